@@ -1,0 +1,1 @@
+"""Model conversion: native model -> ONNX -> deployable targets, with parity proof."""

@@ -1,0 +1,87 @@
+"""One exception hierarchy for everything users can get wrong or run into.
+
+Every error a user sees is a `TrainerError`: the CLI prints `str(err)` as one red line and
+exits with `err.exit_code`; `TRAINER_DEBUG=1` adds the traceback. Foreign errors (Ray, MLflow,
+ONNX, ...) are translated into these at the boundary where they are caught.
+"""
+from __future__ import annotations
+
+
+class TrainerError(Exception):
+    """Base class. `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, **fields):
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+
+class SpecError(TrainerError):
+    """The job spec (or a CLI argument that feeds it) is invalid. Nothing was submitted."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, path: str = "", **fields):
+        super().__init__(f"{path}: {message}" if path else message, path=path, **fields)
+        self.path = path
+
+
+class UsageError(TrainerError):
+    """A command was called wrongly (unknown name, bad flag value, missing file)."""
+
+    exit_code = 2
+
+
+class UnknownNameError(UsageError):
+    """A registry lookup failed; the message lists the valid names."""
+
+    def __init__(self, kind: str, name: str, valid: list[str]):
+        super().__init__(f"unknown {kind} {name!r}; valid: {', '.join(sorted(valid))}",
+                         kind=kind, name=name, valid=sorted(valid))
+
+
+class PreflightError(TrainerError):
+    """The job can never run as asked on this cluster (checked before submitting)."""
+
+    exit_code = 3
+
+
+class ClusterError(TrainerError):
+    """The local cluster could not be started/stopped, or a remote one is unreachable."""
+
+    exit_code = 4
+
+
+class JobError(TrainerError):
+    """A submitted job failed, was cancelled, or cannot be found."""
+
+    exit_code = 5
+
+
+class RuntimeNotInstalledError(TrainerError):
+    """A framework runtime (venv) is missing; the message gives the install command."""
+
+    exit_code = 6
+
+
+class ConversionError(TrainerError):
+    """A model could not be converted (corrupt input, unsupported ops, bad calibration data)."""
+
+    exit_code = 7
+
+
+class ParityError(ConversionError):
+    """A converted model does not give the same answers as the native one within tolerance."""
+
+    exit_code = 8
+
+
+class UnsupportedOpsError(ConversionError):
+    """Every op the exporter could not convert, listed at once."""
+
+    def __init__(self, frontend: str, ops: list[str]):
+        ops = sorted(set(ops))
+        super().__init__(f"{frontend}: unsupported ops: {', '.join(ops)}", frontend=frontend, ops=ops)
+        self.ops = ops
