@@ -1,0 +1,69 @@
+"""What nodes a Ray cluster has: labels, total and free resources. Read through the dashboard
+(HTTP), so it works the same for the local cluster and a remote KubeRay head."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from trainer.errors import ClusterError
+
+ACCELERATOR_LABEL = "ray.io/accelerator-type"
+
+
+@dataclass
+class Node:
+    node_id: str
+    is_head: bool
+    state: str
+    accelerator: str | None
+    cpus: float
+    gpus: float
+    cpus_free: float | None = None
+    gpus_free: float | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        role = "head" if self.is_head else (self.accelerator or "unlabelled")
+        return f"{role}(cpus={self.cpus:g}, gpus={self.gpus:g})"
+
+
+def nodes(dashboard_url: str) -> list[Node]:
+    """Alive nodes of the cluster behind `dashboard_url`, with free resources where known."""
+    from ray.util.state import list_nodes
+
+    try:
+        states = list_nodes(address=dashboard_url, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+    except Exception as e:
+        raise ClusterError(f"cannot read the node list from {dashboard_url}: {_short(e)}") from None
+    free = _available_resources(dashboard_url)
+    result = []
+    for s in states:
+        res = s.resources_total or {}
+        avail = free.get(s.node_id, {})
+        result.append(Node(
+            node_id=s.node_id, is_head=bool(s.is_head_node), state=s.state,
+            accelerator=(s.labels or {}).get(ACCELERATOR_LABEL),
+            cpus=float(res.get("CPU", 0)), gpus=float(res.get("GPU", 0)),
+            cpus_free=avail.get("CPU", 0.0) if s.node_id in free else None,
+            gpus_free=avail.get("GPU", 0.0) if s.node_id in free else None,
+            labels={k: v for k, v in (s.labels or {}).items() if k != "ray.io/node-id"}))
+    return sorted(result, key=lambda n: (not n.is_head, n.accelerator or "", n.node_id))
+
+
+def _available_resources(dashboard_url: str) -> dict[str, dict[str, float]]:
+    """node id -> free resources, from the autoscaler's usage report (best effort: {} if absent)."""
+    import requests
+
+    try:
+        resp = requests.get(f"{dashboard_url}/api/cluster_status", params={"format": "0"}, timeout=5)
+        usage = resp.json()["data"]["clusterStatus"]["loadMetricsReport"]["usageByNode"]
+    except Exception:
+        return {}
+    return {node_id: {k: float(total) - float(used) for k, (used, total) in res.items()}
+            for node_id, res in usage.items()}
+
+
+def _short(e: Exception) -> str:
+    return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__

@@ -1,0 +1,246 @@
+"""The embedded local Ray cluster: a CPU-only head that schedules and runs no training, plus
+worker nodes labelled `ray.io/accelerator-type=<ACCEL>` (fake accelerator labels are how tests
+exercise placement on one host).
+
+Everything lives under `$TRAINER_HOME/cluster` (state.json, logs) and one Ray temp dir, so
+`down` can find and stop exactly the processes this cluster started, never another Ray on the host.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from trainer.errors import ClusterError, UsageError
+from trainer.home import trainer_home
+
+# Ray writes unix sockets under its temp dir; their paths must stay under ~107 bytes.
+MAX_TEMP_DIR_LEN = 40
+START_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    accelerator: str
+    cpus: int
+    gpus: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> "NodeSpec":
+        """`ACCEL:CPUS[:GPUS]`, e.g. `cpu:2`, `A100:1`, `H100:4:1`."""
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9_.-]*):(\d+)(?::(\d+))?", text.strip())
+        if not m or int(m.group(2)) < 1:
+            raise UsageError(f"--node {text!r}: expected ACCEL:CPUS[:GPUS] with CPUS >= 1, e.g. cpu:2 or A100:1")
+        return cls(m.group(1), int(m.group(2)), int(m.group(3) or 0))
+
+    def __str__(self) -> str:
+        return f"{self.accelerator}:{self.cpus}" + (f":{self.gpus}" if self.gpus else "")
+
+
+def default_nodes() -> list[NodeSpec]:
+    return [NodeSpec("cpu", os.cpu_count() or 1)]
+
+
+@dataclass
+class ClusterState:
+    gcs_address: str
+    dashboard_url: str
+    temp_dir: str
+    nodes: list[dict] = field(default_factory=list)
+    started_at: float = 0.0
+
+    @property
+    def node_specs(self) -> list[NodeSpec]:
+        return [NodeSpec(**n) for n in self.nodes]
+
+
+class LocalCluster:
+    def __init__(self, home: Path | None = None):
+        self.home = home or trainer_home()
+        self.dir = self.home / "cluster"
+        self.state_file = self.dir / "state.json"
+        self.log_dir = self.dir / "logs"
+
+    # ------------------------------------------------------------------ queries
+    def state(self) -> ClusterState | None:
+        """The running cluster, or None (a stale state file from a dead cluster is ignored)."""
+        if not self.state_file.is_file():
+            return None
+        try:
+            state = ClusterState(**json.loads(self.state_file.read_text()))
+        except (ValueError, TypeError):
+            return None
+        return state if _dashboard_alive(state.dashboard_url) else None
+
+    # ------------------------------------------------------------------ lifecycle
+    def up(self, nodes: list[NodeSpec] | None = None, object_store_mb: int | None = None,
+           progress=None) -> tuple[ClusterState, bool]:
+        """Start the cluster, or reuse the running one. Returns (state, started_now)."""
+        running = self.state()
+        if running is not None:
+            if nodes and sorted(map(str, running.node_specs)) != sorted(map(str, nodes)):
+                raise ClusterError(
+                    f"a local cluster is already running with nodes {', '.join(map(str, running.node_specs))}; "
+                    f"run `trainer cluster down` first to start one with {', '.join(map(str, nodes))}")
+            return running, False
+        nodes = nodes or default_nodes()
+        self._stop_processes(self._temp_dir(), None)  # leftovers of a crashed cluster
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        temp_dir = self._temp_dir()
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        store = str((object_store_mb or _default_object_store_mb(len(nodes) + 1)) * 1024 * 1024)
+        gcs_port, dash_port, client_port = _free_port(), _dashboard_port(), _free_port()
+        state = ClusterState(gcs_address=f"127.0.0.1:{gcs_port}",
+                             dashboard_url=f"http://127.0.0.1:{dash_port}", temp_dir=str(temp_dir),
+                             nodes=[asdict(n) for n in nodes], started_at=time.time())
+        common = ["--node-ip-address=127.0.0.1", f"--object-store-memory={store}", "--disable-usage-stats"]
+        try:
+            _say(progress, "starting the head (CPU-only: schedules, runs no training)")
+            self._ray_start("head", [
+                "--head", f"--port={gcs_port}", "--num-cpus=0", "--num-gpus=0",
+                "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+                f"--ray-client-server-port={client_port}", f"--temp-dir={temp_dir}", *common])
+            # Nodes join one after another: two started at the same instant race for ports.
+            for i, node in enumerate(nodes):
+                _say(progress, f"starting worker node {i + 1}/{len(nodes)}: {node}")
+                self._ray_start(f"node{i}-{node.accelerator}", [
+                    f"--address={state.gcs_address}", f"--num-cpus={node.cpus}", f"--num-gpus={node.gpus}",
+                    f"--labels=ray.io/accelerator-type={node.accelerator}",
+                    f"--resources={json.dumps({f'accelerator_type:{node.accelerator}': 1})}",
+                    "--include-log-monitor=false", *common])
+            self._wait_for_nodes(state, len(nodes) + 1)
+        except BaseException:
+            self._stop_processes(temp_dir, gcs_port)
+            raise
+        self.state_file.write_text(json.dumps(asdict(state), indent=2))
+        return state, True
+
+    def down(self) -> int:
+        """Stop this cluster's processes (and only those). Returns how many were stopped."""
+        state = None
+        if self.state_file.is_file():
+            try:
+                state = ClusterState(**json.loads(self.state_file.read_text()))
+            except (ValueError, TypeError):
+                pass
+        gcs_port = int(state.gcs_address.rsplit(":", 1)[1]) if state else None
+        stopped = self._stop_processes(Path(state.temp_dir) if state else self._temp_dir(), gcs_port)
+        self.state_file.unlink(missing_ok=True)
+        return stopped
+
+    # ------------------------------------------------------------------ internals
+    def _temp_dir(self) -> Path:
+        preferred = self.home / "ray"
+        if len(str(preferred)) <= MAX_TEMP_DIR_LEN:
+            return preferred
+        short = Path("/tmp") / f"trainer-ray-{hashlib.sha1(str(self.home).encode()).hexdigest()[:10]}"
+        self.home.mkdir(parents=True, exist_ok=True)
+        if not preferred.exists() and not preferred.is_symlink():
+            preferred.symlink_to(short, target_is_directory=True)  # logs still found under $TRAINER_HOME
+        return short
+
+    def _ray_start(self, name: str, args: list[str]) -> None:
+        ray_bin = Path(sys.executable).parent / "ray"
+        cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", *args]
+        log = self.log_dir / f"{name}.log"
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        with log.open("w") as fh:
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=START_TIMEOUT_S)
+        if proc.returncode != 0:
+            tail = [l for l in log.read_text().splitlines() if l.strip()][-1:] or ["(no output)"]
+            raise ClusterError(f"`ray start` for {name} failed (exit {proc.returncode}): {tail[0][:300]} "
+                               f"(full log: {log})")
+
+    def _wait_for_nodes(self, state: ClusterState, count: int) -> None:
+        from trainer.cluster.inventory import nodes
+
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if _dashboard_alive(state.dashboard_url):
+                try:
+                    if len(nodes(state.dashboard_url)) >= count:
+                        return
+                except ClusterError:
+                    pass
+            time.sleep(0.5)
+        raise ClusterError(f"the local cluster did not report {count} alive nodes within "
+                           f"{START_TIMEOUT_S}s (logs: {self.log_dir})")
+
+    def _stop_processes(self, temp_dir: Path, gcs_port: int | None) -> int:
+        import psutil
+
+        needles = [str(temp_dir), str(temp_dir.resolve())]
+        if gcs_port:
+            needles.append(f"127.0.0.1:{gcs_port}")
+        roots = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(proc.info.get("cmdline") or [])
+            if proc.pid != os.getpid() and any(n in cmd for n in needles):
+                roots.append(proc)
+        victims = {p.pid: p for p in roots}
+        for p in roots:
+            try:
+                victims.update({c.pid: c for c in p.children(recursive=True)})
+            except psutil.Error:
+                pass
+        victims.pop(os.getpid(), None)
+        for p in victims.values():
+            try:
+                p.send_signal(signal.SIGTERM)
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(list(victims.values()), timeout=8)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        return len(victims)
+
+
+def _dashboard_alive(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(f"{url}/api/version", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dashboard_port() -> int:
+    """Ray's usual 8265 when free (what users expect), else any free port."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", 8265))
+            return 8265
+        except OSError:
+            pass
+    return _free_port()
+
+
+def _default_object_store_mb(node_count: int) -> int:
+    """Bounded: Ray would reserve ~30% of RAM per node; a few hundred MB each is plenty here."""
+    import psutil
+
+    total_mb = psutil.virtual_memory().total // (1024 * 1024)
+    return int(max(128, min(1024, total_mb * 0.1 / node_count)))
+
+
+def _say(progress, text: str) -> None:
+    if progress is not None:
+        progress(text)

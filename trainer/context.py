@@ -1,0 +1,254 @@
+"""`ctx`: the one object a training function sees. It hides Ray Train and MLflow.
+
+    def train(ctx):
+        model = ctx.prepare_model(Net())
+        loader = ctx.prepare_data_loader(DataLoader(...))
+        state = ctx.restore()                       # dict of the last checkpoint, or None
+        for epoch in range(start, ctx.config["epochs"]):
+            ...
+            ctx.report({"epoch": epoch, "loss": loss}, checkpoint={"model": ..., "epoch": epoch})
+        ctx.save_model(model, example_input)
+
+Call `ctx.report` on every rank, as often as you like (every step is fine): values are buffered and
+sent to MLflow (rank 0) by a background thread; Ray Train is only involved when a checkpoint is
+persisted. Pass `checkpoint=` at the same points on every rank; rank 0's dict is saved.
+
+Where the function runs is a `Session`: inside a Ray Train worker group, or in-process
+(`trainer run --local`, world size 1). The framework part (device, model wrapping, how a checkpoint
+dict is written) lives in `trainer.runners.<framework>`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from trainer.spec import JobSpec
+
+PROGRESS_PREFIX = "TRAINER_PROGRESS "
+PROGRESS_INTERVAL_S = 1.0
+
+
+class Session(Protocol):
+    rank: int
+    local_rank: int
+    world_size: int
+
+    def restore_dir(self) -> Path | None:
+        """Folder of the checkpoint to resume from, or None."""
+
+    def persist(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        """Make a checkpoint durable (a collective: every rank calls it; rank 0 passes the dir)."""
+
+
+class Context:
+    """Framework-neutral part of `ctx`; runners subclass it (see trainer.runners.torch)."""
+
+    def __init__(self, spec: JobSpec, session: Session, *, run_id: str | None = None,
+                 tracking_uri: str | None = None, data_path: Path | None = None):
+        self.spec = spec
+        self.config: dict[str, Any] = dict(spec.config)
+        self.data_path = data_path
+        self.run_id = run_id
+        self._session = session
+        self._tracking_uri = tracking_uri
+        self._channel = None
+        if run_id and session.rank == 0:
+            from trainer.tracking.metrics import MetricsChannel
+
+            self._channel = MetricsChannel(tracking_uri, run_id)
+        # With no restarts possible nothing can be replayed, so every report is committed at once.
+        self._commit_each_report = spec.failure.max_failures == 0
+        self._checkpoints_seen = 0
+        self._auto_step = 0
+        self._last_progress = 0.0
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def rank(self) -> int:
+        return self._session.rank
+
+    @property
+    def local_rank(self) -> int:
+        return self._session.local_rank
+
+    @property
+    def world_size(self) -> int:
+        return self._session.world_size
+
+    @property
+    def in_ray_train(self) -> bool:
+        return isinstance(self._session, RayTrainSession)
+
+    @property
+    def device(self):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ framework hooks
+    def prepare_model(self, model):
+        return model
+
+    def prepare_data_loader(self, loader):
+        return loader
+
+    def _write_checkpoint(self, state: dict, folder: Path) -> None:
+        raise NotImplementedError
+
+    def _read_checkpoint(self, folder: Path) -> dict:
+        raise NotImplementedError
+
+    def _log_model(self, model, example_input) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the contract
+    def report(self, metrics: dict[str, Any], checkpoint: dict | None = None) -> None:
+        """Record metrics (every rank may call; rank 0's go to MLflow) and optionally a checkpoint.
+
+        The step is `metrics["step"]`, else `metrics["epoch"]`, else a counter of report calls.
+        """
+        values = _numeric(metrics)
+        step = int(metrics.get("step", metrics.get("epoch", self._auto_step)))
+        values.pop("step", None)
+        self._auto_step += 1
+        if self._channel is not None:
+            self._channel.add(values, step)
+        persisted = False
+        if checkpoint is not None:
+            self._checkpoints_seen += 1
+            if self._checkpoints_seen % self.spec.checkpoint.every_epochs == 0:
+                self._persist(values, checkpoint)
+                persisted = True
+        if self._channel is not None and (persisted or self._commit_each_report):
+            self._channel.commit()
+        if self.rank == 0:
+            self._print_progress(step, values, force=persisted or "epoch" in metrics)
+
+    def restore(self) -> dict | None:
+        """The dict passed with the last persisted checkpoint (after a restart), or None."""
+        folder = self._session.restore_dir()
+        return None if folder is None else self._read_checkpoint(folder)
+
+    def save_model(self, model, example_input, labels=None) -> None:
+        """Log the trained model to the run (rank 0), in the native format the converters read.
+
+        `example_input` is a batch of real inputs: it becomes the model's input example and the
+        calibration set of `convert:`; `labels` (optional, same length) let conversion report the
+        accuracy delta.
+        """
+        if self.rank != 0:
+            return
+        self._log_model(model, example_input)
+        if self.run_id:
+            import numpy as np
+
+            from trainer.tracking.runs import client
+
+            with tempfile.TemporaryDirectory() as tmp:
+                np.save(Path(tmp) / "inputs.npy", _to_numpy(example_input).astype("float32"))
+                if labels is not None:
+                    np.save(Path(tmp) / "labels.npy", _to_numpy(labels))
+                client(self._tracking_uri).log_artifacts(self.run_id, tmp, "calibration")
+
+    # ------------------------------------------------------------------ internals
+    def _persist(self, values: dict[str, float], state: dict) -> None:
+        folder = Path(tempfile.mkdtemp(prefix="trainer-ckpt-"))
+        try:
+            if self.rank == 0:
+                self._write_checkpoint(state, folder)
+            self._session.persist(values, folder if self.rank == 0 else None)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _print_progress(self, step: int, values: dict[str, float], force: bool) -> None:
+        """One machine-readable line the CLI turns into a live progress bar (rate-limited)."""
+        now = time.monotonic()
+        if not force and now - self._last_progress < PROGRESS_INTERVAL_S:
+            return
+        self._last_progress = now
+        print(PROGRESS_PREFIX + json.dumps({"step": step, "metrics": values, "time": time.time()}),
+              flush=True, file=sys.stdout)
+
+    def close(self, success: bool = True) -> None:
+        """Flush metrics (all pending ones on success) and stop the sender thread."""
+        if self._channel is not None:
+            self._channel.close(commit=success)
+            self._channel = None
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if hasattr(value, "item"):
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"ctx.report: metric {key!r} must be a number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ValueError(f"ctx.report: metric {key!r} is {value} (training diverged?)")
+        out[key] = float(value)
+    return out
+
+
+def _to_numpy(x):
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    import numpy as np
+
+    return np.asarray(x)
+
+
+class LocalSession:
+    """In-process, world size 1: `trainer run --local` and GPU benchmarks. Checkpoints go to a
+    folder (keep-N), so the same function's checkpoint code runs too."""
+
+    rank = 0
+    local_rank = 0
+    world_size = 1
+
+    def __init__(self, checkpoint_root: Path, keep: int):
+        self.root = checkpoint_root
+        self.keep = keep
+        self._count = 0
+
+    def restore_dir(self) -> Path | None:
+        return None
+
+    def persist(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        if checkpoint_dir is None:
+            return
+        target = self.root / f"checkpoint_{self._count:06d}"
+        self._count += 1
+        shutil.copytree(checkpoint_dir, target)
+        (target / "metrics.json").write_text(json.dumps(metrics))
+        for old in sorted(self.root.glob("checkpoint_*"))[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+class RayTrainSession:
+    """Inside a Ray Train worker: rank from Ray, checkpoints through `ray.train.report`."""
+
+    def __init__(self):
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.local_rank = ctx.get_local_rank()
+        self.world_size = ctx.get_world_size()
+
+    def restore_dir(self) -> Path | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        return Path(checkpoint.to_directory())
+
+    def persist(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)

@@ -1,0 +1,1 @@
+"""One runner per framework behind one small interface (`trainer.runners.base.Runner`)."""

@@ -1,0 +1,163 @@
+"""How a job executes once submitted.
+
+`python -m trainer.runners.job` is the Ray job's entrypoint: it runs in the job's driver process
+(under the runtime's interpreter), builds the framework's Ray trainer, fits, runs `convert:` when
+the spec has it, and closes the MLflow run. `worker_loop` is what every Ray Train worker runs.
+`run_in_process` is the same path with no Ray at all (`trainer run --local`).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from trainer.context import LocalSession, RayTrainSession
+from trainer.errors import SpecError, TrainerError
+from trainer.runners.base import get_runner
+from trainer.spec import JobSpec
+
+ENV_SPEC = "TRAINER_SPEC"
+ENV_RUN_ID = "TRAINER_RUN_ID"
+ENV_JOB_ID = "TRAINER_JOB_ID"
+ACCELERATOR_LABEL = "ray.io/accelerator-type"
+
+
+def load_function(spec: JobSpec, workdir: Path):
+    """Import the spec's entrypoint file and return the training function."""
+    path = (workdir / spec.entrypoint_file).resolve()
+    if not path.is_file():
+        raise SpecError(f"file not found: {path}", path="entrypoint")
+    module_name = f"trainer_user_{path.stem}"
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module  # so pickling of user classes by reference works
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))  # sibling modules of the training file import normally
+    module_spec.loader.exec_module(module)
+    fn = getattr(module, spec.entrypoint_function, None)
+    if not callable(fn):
+        raise SpecError(f"{spec.entrypoint_file} has no function {spec.entrypoint_function!r}", path="entrypoint")
+    return fn
+
+
+def _data_path(spec: JobSpec, workdir: Path) -> Path | None:
+    if spec.data is None:
+        return None
+    from trainer.scheduling.fingerprint import resolve_data_path
+
+    return resolve_data_path(spec.data.path, workdir)
+
+
+def _train(spec: JobSpec, session, workdir: Path, run_id: str | None, tracking_uri: str | None) -> None:
+    runner = get_runner(spec.framework)
+    ctx = runner.make_context(spec, session, run_id=run_id, tracking_uri=tracking_uri,
+                              data_path=_data_path(spec, workdir))
+    fn = load_function(spec, workdir)
+    ok = False
+    try:
+        fn(ctx)
+        ok = True
+    finally:
+        ctx.close(success=ok)
+
+
+def worker_loop(config: dict) -> None:
+    """Runs in every Ray Train worker (one per rank)."""
+    spec = JobSpec.model_validate_json(config["spec"])
+    workdir = Path(config["workdir"]) if Path(config["workdir"]).is_dir() else Path.cwd()
+    _train(spec, RayTrainSession(), workdir, config.get("run_id"), config.get("tracking_uri"))
+
+
+def scaling_config(spec: JobSpec):
+    from ray.train import ScalingConfig
+
+    res = spec.resources
+    per_worker = {"CPU": res.cpus_per_worker}
+    if res.gpus_per_worker:
+        per_worker["GPU"] = res.gpus_per_worker
+    return ScalingConfig(num_workers=spec.workers, use_gpu=res.gpus_per_worker > 0,
+                         resources_per_worker=per_worker,
+                         label_selector={ACCELERATOR_LABEL: res.accelerator})
+
+
+def checkpoint_storage(spec: JobSpec) -> str:
+    if spec.checkpoint.storage:
+        return spec.checkpoint.storage
+    from trainer.home import trainer_home
+
+    return str(trainer_home() / "checkpoints")
+
+
+def convert_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str | None) -> None:
+    """The spec's `convert:` step; a parity miss fails the job (the report is logged first)."""
+    if spec.convert is None or run_id is None:
+        return
+    from converters.api import convert_run
+
+    p = spec.convert.parity
+    print(f"converting the trained model to {', '.join(spec.convert.targets)}", flush=True)
+    report = convert_run(run_id, spec.convert.targets, edge=spec.convert.edge, atol=p.atol, rtol=p.rtol,
+                         min_top1=p.min_top1, max_accuracy_drop=p.max_accuracy_drop,
+                         tracking_uri=tracking_uri)
+    print(report.to_markdown() if hasattr(report, "to_markdown") else report, flush=True)
+
+
+def main() -> int:
+    """The Ray job entrypoint."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    from trainer.tracking.runs import finish_run
+
+    spec = JobSpec.model_validate_json(os.environ[ENV_SPEC])
+    run_id = os.environ.get(ENV_RUN_ID)
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    job_id = os.environ.get(ENV_JOB_ID, spec.name)
+    workdir = Path.cwd()
+    runner = get_runner(spec.framework)
+    run_config = RunConfig(
+        name=job_id, storage_path=checkpoint_storage(spec),
+        failure_config=FailureConfig(max_failures=spec.failure.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep))
+    loop_config = {"spec": spec.model_dump_json(), "run_id": run_id, "tracking_uri": tracking_uri,
+                   "workdir": str(workdir)}
+    status = "FAILED"
+    try:
+        print(f"job {job_id}: {spec.workers} {spec.framework} worker(s) on "
+              f"{spec.resources.accelerator} nodes; MLflow run {run_id}", flush=True)
+        trainer = runner.ray_trainer(worker_loop, loop_config, scaling_config(spec), run_config)
+        trainer.fit()
+        convert_after_training(spec, run_id, tracking_uri)
+        status = "FINISHED"
+        return 0
+    except TrainerError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except Exception as e:
+        traceback.print_exc()
+        print(f"error: training failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+              file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if run_id:
+            finish_run(tracking_uri, run_id, status)
+
+
+def run_in_process(spec: JobSpec, workdir: Path, run_id: str | None, tracking_uri: str | None,
+                   checkpoint_root: Path) -> None:
+    """`trainer run --local`: the same function, world size 1, no Ray."""
+    from trainer.tracking.runs import finish_run
+
+    status = "FAILED"
+    try:
+        _train(spec, LocalSession(checkpoint_root, spec.checkpoint.keep), workdir, run_id, tracking_uri)
+        convert_after_training(spec, run_id, tracking_uri)
+        status = "FINISHED"
+    finally:
+        if run_id:
+            finish_run(tracking_uri, run_id, status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

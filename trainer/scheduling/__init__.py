@@ -1,0 +1,1 @@
+"""Everything between a validated spec and a running job: preflight checks and submission."""
