@@ -1,0 +1,194 @@
+"""The edge bundle: one folder a board needs to run a converted model, and nothing else.
+
+    <bundle>/
+      manifest.json   format version; input name/shape/layout/dtype; preprocessing; labels;
+                      every model (name -> file, kind); sha256 + size of every file; the
+                      aarch64 runtime (python/numpy/onnxruntime) the runner is checked with
+      <name>.onnx     one file per model (`fp32.onnx`, `int8.onnx`, ...; `.tflite` also works)
+      run.py          a copy of converters/edge/runner.py: numpy + onnxruntime only
+
+The folder is written next to its final place and renamed into it, so a failed write leaves
+nothing behind. `load_bundle` checks every checksum before anyone runs the models.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from converters.base import ModelInput
+from converters.edge import runner
+from converters.edge.setup import NUMPY_VERSION, ONNXRUNTIME_VERSION, PYTHON, WHEEL_PLATFORM
+from trainer.errors import ConversionError, UsageError
+
+FORMAT = runner.FORMAT
+FORMAT_VERSION = 1
+MODEL_KINDS = {".onnx": "onnx", ".tflite": "tflite"}
+RUNNER_NAME = "run.py"
+MANIFEST_NAME = "manifest.json"
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class Bundle:
+    """A bundle whose files all matched their checksums when it was loaded."""
+
+    path: Path
+    manifest: dict
+    models: dict[str, Path]
+    inputs: list[ModelInput]
+    labels: list[str] | None = None
+    preprocessing: dict | None = None
+    files: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def runner(self) -> Path:
+        return self.path / RUNNER_NAME
+
+
+def _sha256(path: Path) -> str:
+    return runner.sha256_of(path)
+
+
+def _copy_onnx(src: Path, dst: Path, names: list[str]):
+    """Copy one ONNX file, inlining external data so the bundle stays one file per model,
+    and check that the model takes the bundle's input."""
+    import onnx
+
+    try:
+        model = onnx.load(str(src), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError, OSError, ValueError... for bad files
+        raise ConversionError(f"{src}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    initializers = {t.name for t in model.graph.initializer}
+    graph_inputs = [i.name for i in model.graph.input if i.name not in initializers]
+    if graph_inputs != names:
+        raise ConversionError(f"{src.name}: model inputs are {graph_inputs}, the bundle's inputs are "
+                              f"{names}; pass the ModelInput list of this model")
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    if external:
+        try:
+            model = onnx.load(str(src), load_external_data=True)
+        except OSError as e:
+            raise ConversionError(f"{src}: its external data cannot be read ({e})") from None
+        onnx.save_model(model, str(dst), save_as_external_data=False)
+    else:
+        shutil.copyfile(src, dst)
+
+
+def _input_entry(i: ModelInput) -> dict:
+    return {"name": i.name, "shape": [None if d is None else int(d) for d in i.shape],
+            "layout": i.layout, "dtype": i.dtype}
+
+
+def write_bundle(out_dir: Path, models: dict[str, Path], inputs: list[ModelInput],
+                 labels: list[str] | None = None, preprocessing: dict | None = None) -> Path:
+    """Write an edge bundle for `models` (name -> .onnx/.tflite file) into `out_dir`.
+
+    `out_dir` may be missing, empty, or an older bundle (replaced); anything else is refused.
+    `preprocessing` is stored as given (JSON); the runner applies `scale`, `mean`, `std`,
+    `channel_axis` on request (`run.py --preprocess`). Returns `out_dir`.
+    """
+    out_dir = Path(out_dir)
+    if not models:
+        raise UsageError("write_bundle: no models given; pass {name: path}")
+    if len(inputs) != 1:
+        raise ConversionError(f"edge bundles take models with exactly one input, got {len(inputs)}: "
+                              f"{[i.name for i in inputs]}")
+    for name, path in models.items():
+        if not _MODEL_NAME.match(name) or name in ("run", "manifest"):
+            raise UsageError(f"bundle model name {name!r} must be a plain file name "
+                             "(letters, digits, _ . -), not 'run' or 'manifest'")
+        if Path(path).suffix not in MODEL_KINDS:
+            raise UsageError(f"{path}: edge bundles take {', '.join(MODEL_KINDS)} models")
+        if not Path(path).is_file():
+            raise UsageError(f"{path}: model file not found")
+    if labels is not None:
+        labels = [str(label) for label in labels]
+    try:
+        json.dumps(preprocessing)
+    except TypeError as e:
+        raise UsageError(f"bundle preprocessing must be JSON (numbers, lists, strings): {e}") from None
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).is_file():
+        raise UsageError(f"{out_dir} exists and is not an edge bundle; pick an empty or new folder")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        entries = {}
+        for name, path in models.items():
+            path = Path(path)
+            kind = MODEL_KINDS[path.suffix]
+            file = f"{name}{path.suffix}"
+            if kind == "onnx":
+                _copy_onnx(path, staging / file, [i.name for i in inputs])
+            else:
+                shutil.copyfile(path, staging / file)
+            entries[name] = {"file": file, "kind": kind}
+        shutil.copyfile(runner.__file__, staging / RUNNER_NAME)
+        files = {f.name: {"sha256": _sha256(f), "size": f.stat().st_size}
+                 for f in sorted(staging.iterdir())}
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "models": entries,
+            "inputs": [_input_entry(i) for i in inputs],
+            "preprocessing": preprocessing,
+            "labels": labels,
+            "files": files,
+            "runner": {"file": RUNNER_NAME, "needs": ["python>=3.9", "numpy", "onnxruntime"]
+                       + (["ai-edge-litert"] if any(e["kind"] == "tflite" for e in entries.values()) else []),
+                       "usage": "python3 run.py --input x.npy --out results/"},
+            # The aarch64 runtime `trainer edge run` checks bundles with (qemu-user, Debian arm64).
+            "checked_with": {"python": PYTHON.removeprefix("python"), "numpy": NUMPY_VERSION,
+                             "onnxruntime": ONNXRUNTIME_VERSION, "platform": WHEEL_PLATFORM},
+            "written_with": _host_versions(),
+        }
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _host_versions() -> dict:
+    import platform
+
+    found = {"python": platform.python_version(), "machine": platform.machine()}
+    for module in ("onnx", "onnxruntime"):
+        try:
+            found[module] = __import__(module).__version__
+        except ImportError:
+            pass
+    return found
+
+
+def load_bundle(bundle_dir: Path) -> Bundle:
+    """Read a bundle and check every file against its manifest checksum and size."""
+    bundle_dir = Path(bundle_dir)
+    if not bundle_dir.is_dir():
+        raise UsageError(f"{bundle_dir}: no such bundle folder")
+    try:
+        manifest = runner.load_manifest(bundle_dir, verify=True)
+    except runner.BundleError as e:
+        raise ConversionError(f"{bundle_dir}: {e}") from None
+    try:
+        models = {name: bundle_dir / m["file"] for name, m in manifest["models"].items()}
+        inputs = [ModelInput(name=i["name"], shape=tuple(i["shape"]), layout=i["layout"],
+                             dtype=i["dtype"]) for i in manifest["inputs"]]
+    except (KeyError, TypeError) as e:
+        raise ConversionError(f"{bundle_dir}/manifest.json: missing or malformed field {e}") from None
+    for name, path in models.items():
+        if path.name not in manifest["files"]:
+            raise ConversionError(f"{bundle_dir}/manifest.json: model {name!r} file {path.name} has no checksum")
+    return Bundle(path=bundle_dir, manifest=manifest, models=models, inputs=inputs,
+                  labels=manifest.get("labels"), preprocessing=manifest.get("preprocessing"),
+                  files=manifest["files"])

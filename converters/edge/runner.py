@@ -1,0 +1,242 @@
+"""Run an edge bundle: the script that ships inside every bundle as `run.py`.
+
+It must run on the board itself, so it needs only Python 3.9+, numpy and onnxruntime
+(`ai_edge_litert` too, for `.tflite` models) - never `trainer`. It checks every file against the
+manifest's sha256 before loading anything, checks the input against the manifest, runs each
+model and writes `<out>/<model>.npy` (first output; more outputs as `<model>.<i>.npy`) plus
+`<out>/result.json` (timings, versions, machine).
+
+    python3 run.py --input x.npy --out results/            # all models in the bundle
+    python3 run.py --input x.npy --model int8 --repeat 50  # + batch-1 latency p50 over 50 runs
+    python3 run.py --input raw.npy --preprocess            # apply the manifest's preprocessing
+
+Exit codes: 0 ok, 2 bad arguments or input, 3 corrupt bundle, 4 runtime missing or failed.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+FORMAT = "trainer-edge-bundle"
+FORMAT_VERSIONS = (1,)
+
+
+class BundleError(Exception):
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_manifest(bundle: Path, verify: bool = True) -> dict:
+    path = bundle / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"no manifest.json in {bundle}: not an edge bundle", 3) from None
+    except ValueError as e:
+        raise BundleError(f"corrupt bundle: manifest.json is not valid JSON ({e})", 3) from None
+    if not isinstance(manifest, dict):
+        raise BundleError("corrupt bundle: manifest.json is not a JSON object", 3)
+    if manifest.get("format") != FORMAT or manifest.get("format_version") not in FORMAT_VERSIONS:
+        raise BundleError(f"manifest.json: unsupported bundle format {manifest.get('format')!r} "
+                          f"v{manifest.get('format_version')}; this runner reads {FORMAT} "
+                          f"v{', v'.join(map(str, FORMAT_VERSIONS))}", 3)
+    if not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("models"), dict) \
+            or not manifest.get("inputs"):
+        raise BundleError("corrupt bundle: manifest.json lacks its files/models/inputs tables", 3)
+    if verify:
+        for name, entry in sorted(manifest["files"].items()):
+            file = bundle / name
+            if not file.is_file():
+                raise BundleError(f"corrupt bundle: {name} is missing", 3)
+            if file.stat().st_size != entry["size"]:
+                raise BundleError(f"corrupt bundle: {name} is {file.stat().st_size} bytes, "
+                                  f"manifest says {entry['size']}", 3)
+            if sha256_of(file) != entry["sha256"]:
+                raise BundleError(f"corrupt bundle: {name} sha256 does not match the manifest", 3)
+    return manifest
+
+
+def check_input(x, spec: dict):
+    import numpy as np
+
+    if x.dtype != np.dtype(spec["dtype"]):
+        raise BundleError(f"input {spec['name']!r}: dtype {x.dtype}, model takes {spec['dtype']}", 2)
+    shape = spec["shape"]
+    if x.ndim != len(shape) or any(d is not None and d != n for d, n in zip(shape, x.shape)):
+        want = "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+        raise BundleError(f"input {spec['name']!r}: shape {tuple(x.shape)}, model takes {want} "
+                          f"({spec.get('layout', '?')})", 2)
+
+
+def preprocess(x, steps: dict | None):
+    """`(x * scale - mean) / std`, mean/std broadcast along `channel_axis` (default 1)."""
+    import numpy as np
+
+    if not steps:
+        raise BundleError("--preprocess: the manifest has no preprocessing", 2)
+    unknown = sorted(set(steps) - {"scale", "mean", "std", "channel_axis"})
+    if unknown:
+        raise BundleError(f"--preprocess: this runner cannot apply {', '.join(unknown)}; "
+                          "feed already-preprocessed inputs instead", 2)
+    x = x.astype(np.float32) * np.float32(steps.get("scale", 1.0))
+    axis = steps.get("channel_axis", 1)
+    for key in ("mean", "std"):
+        if key in steps:
+            v = np.asarray(steps[key], dtype=np.float32)
+            if v.ndim == 1 and v.size > 1:
+                shape = [1] * x.ndim
+                shape[axis] = v.size
+                v = v.reshape(shape)
+            x = x - v if key == "mean" else x / v
+    return x
+
+
+class OnnxModel:
+    def __init__(self, path: Path, threads: int):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise BundleError(f"onnxruntime is not importable ({e}); pip install onnxruntime", 4) from None
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x):
+        return self.session.run(None, {self.input_name: x})
+
+
+class TfliteModel:
+    def __init__(self, path: Path, threads: int):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as e:
+            raise BundleError(f"ai_edge_litert is not importable ({e}); pip install ai-edge-litert", 4) from None
+        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        self.batch = None
+
+    def __call__(self, x):
+        it = self.interpreter
+        inp = it.get_input_details()[0]
+        if self.batch != x.shape[0]:
+            it.resize_tensor_input(inp["index"], list(x.shape))
+            it.allocate_tensors()
+            self.batch = x.shape[0]
+        it.set_tensor(inp["index"], x)
+        it.invoke()
+        return [it.get_tensor(o["index"]) for o in it.get_output_details()]
+
+
+KINDS = {"onnx": OnnxModel, "tflite": TfliteModel}
+
+
+def versions() -> dict:
+    import numpy as np
+
+    found = {"python": platform.python_version(), "numpy": np.__version__}
+    for module in ("onnxruntime", "ai_edge_litert"):
+        try:
+            found[module] = __import__(module).__version__
+        except Exception:  # not installed, or installed without a version: not needed here
+            pass
+    return found
+
+
+def run(bundle: Path, x, out: Path | None, models: list[str] | None, threads: int, repeat: int,
+        verify: bool, apply_preprocessing: bool) -> dict:
+    import numpy as np
+
+    manifest = load_manifest(bundle, verify)
+    if apply_preprocessing:
+        x = preprocess(x, manifest.get("preprocessing"))
+    check_input(x, manifest["inputs"][0])
+    chosen = models or list(manifest["models"])
+    unknown = [m for m in chosen if m not in manifest["models"]]
+    if unknown:
+        raise BundleError(f"unknown model {unknown[0]!r}; the bundle has {', '.join(manifest['models'])}", 2)
+    result = {"machine": platform.machine(), "versions": versions(), "batch": int(x.shape[0]),
+              "models": {}}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    for name in chosen:
+        entry = manifest["models"][name]
+        t0 = time.perf_counter()
+        model = KINDS[entry["kind"]](bundle / entry["file"], threads)
+        t1 = time.perf_counter()
+        outputs = model(x)
+        t2 = time.perf_counter()
+        info = {"load_s": t1 - t0, "batch_s": t2 - t1,
+                "outputs": [list(o.shape) for o in outputs]}
+        if repeat > 0:
+            one = x[:1]
+            model(one)  # warm-up: first run allocates
+            times = []
+            for _ in range(repeat):
+                t = time.perf_counter()
+                model(one)
+                times.append(time.perf_counter() - t)
+            info["latency_ms_p50"] = 1000 * sorted(times)[len(times) // 2]
+            info["latency_runs"] = repeat
+        if out is not None:
+            files = []
+            for i, o in enumerate(outputs):
+                file = f"{name}.npy" if i == 0 else f"{name}.{i}.npy"
+                np.save(out / file, np.asarray(o))
+                files.append(file)
+            info["files"] = files
+        result["models"][name] = info
+        labels = manifest.get("labels")
+        if out is None:
+            top = np.asarray(outputs[0]).argmax(axis=-1)[:10].tolist()
+            shown = [labels[i] for i in top] if labels else top
+            print(f"{name}: top-1 of the first {len(shown)}: {shown}")
+    if out is not None:
+        (out / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run this edge bundle's models on an input .npy")
+    parser.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parent,
+                        help="bundle folder (default: the folder this script is in)")
+    parser.add_argument("--input", type=Path, required=True, help=".npy file with the input batch")
+    parser.add_argument("--out", type=Path, help="folder for <model>.npy outputs and result.json")
+    parser.add_argument("--model", action="append", help="run only this model (repeatable)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=0, help="time this many batch-1 runs")
+    parser.add_argument("--preprocess", action="store_true",
+                        help="apply the manifest's preprocessing to a raw input first")
+    parser.add_argument("--no-verify", action="store_true", help="skip the sha256 checks")
+    args = parser.parse_args(argv)
+    try:
+        import numpy as np
+
+        try:
+            x = np.load(args.input, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise BundleError(f"cannot read input {args.input}: {e}", 2) from None
+        run(args.bundle, x, args.out, args.model, args.threads, args.repeat,
+            not args.no_verify, args.preprocess)
+    except BundleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
