@@ -1,0 +1,102 @@
+"""TFLite targets: `tflite` (fp32) and `tflite-int8` (full-integer kernels, float32 in/out).
+
+From a Keras/SavedModel source (an export by the keras frontend, which records the native
+model in `ExportResult.extras["tf_source"]`): TFLiteConverter on the same dynamic-batch
+`tf.function` the ONNX export used; int8 is calibrated on up to 200 of the calibration
+samples (representative dataset) with `TFLITE_BUILTINS_INT8` only. From any other (ONNX-only)
+source: onnx2tf, when it is installed in the tensorflow runtime, fp32 only, keeping an NCHW
+input NCHW. Both build and run (`ai_edge_litert` interpreter) happen in the tensorflow
+runtime, through the keras frontend's long-lived worker.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from converters.base import ExportResult
+from converters.frontends.keras import TFWorker, WorkerFailed, tf_worker
+from trainer.errors import ConversionError, UnsupportedOpsError
+
+
+class TFLiteTarget:
+    def __init__(self, name: str, int8: bool, worker: TFWorker | None = None):
+        self.name = name
+        self.int8 = int8
+        self._worker = worker
+
+    @property
+    def worker(self) -> TFWorker:
+        return self._worker or tf_worker()
+
+    def build(self, export: ExportResult, out_dir: Path, calib: np.ndarray | None) -> Path:
+        out_dir = Path(out_dir)
+        out = out_dir / ("model_int8.tflite" if self.int8 else "model.tflite")
+        source = export.extras.get("tf_source")
+        if self.int8 and calib is None:
+            raise ConversionError(f"{self.name}: int8 needs calibration samples; pass --calib DATA")
+        created = not out_dir.exists()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with tempfile.TemporaryDirectory(prefix=".tflite-", dir=out_dir) as tmp:
+                tmp = Path(tmp)
+                args: dict = {"out": tmp / out.name, "int8": self.int8}
+                if source is not None:
+                    args["source"] = Path(source)
+                    np.save(tmp / "sample.npy", _sample(export, calib))
+                    args["sample"] = tmp / "sample.npy"
+                    if calib is not None and self.int8:
+                        np.save(tmp / "calib.npy", np.ascontiguousarray(calib, dtype=np.float32))
+                        args["calib"] = tmp / "calib.npy"
+                else:
+                    args["onnx"] = export.onnx_path
+                    if export.inputs and export.inputs[0].layout.startswith("NC"):
+                        args["input_name"] = export.inputs[0].name
+                self.worker.call("tflite-build", **args)
+                (tmp / out.name).replace(out)
+        except WorkerFailed as exc:
+            _rmdir_if_created(out_dir, created)
+            if exc.ops:
+                raise UnsupportedOpsError(self.name, exc.ops) from None
+            raise ConversionError(f"{self.name}: {exc.message}") from None
+        except BaseException:
+            _rmdir_if_created(out_dir, created)
+            raise
+        return out
+
+    def predict(self, artifact: Path, inputs: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(inputs, dtype=np.float32)
+        with tempfile.TemporaryDirectory(prefix="tflite-predict-") as tmp:
+            np.save(Path(tmp) / "x.npy", x)
+            try:
+                self.worker.call("tflite-predict", artifact=Path(artifact), inputs=Path(tmp) / "x.npy",
+                                 out=Path(tmp) / "y.npy")
+            except WorkerFailed as exc:
+                raise ConversionError(f"{self.name}: {exc.message}") from None
+            return np.load(Path(tmp) / "y.npy")
+
+
+def _sample(export: ExportResult, calib: np.ndarray | None) -> np.ndarray:
+    """One input of the exported shape: fixes the converter's signature (batch stays dynamic)."""
+    if calib is not None:
+        return np.ascontiguousarray(np.asarray(calib)[:1], dtype=np.float32)
+    shape = export.inputs[0].shape if export.inputs else ()
+    if not shape or any(d is None for d in shape[1:]):
+        raise ConversionError(f"tflite: the exported input shape {shape} is not fixed; pass --calib DATA")
+    return np.zeros((1, *shape[1:]), np.float32)
+
+
+def _rmdir_if_created(out_dir: Path, created: bool) -> None:
+    if created:
+        try:
+            out_dir.rmdir()
+        except OSError:
+            pass
+
+
+TARGET = TFLiteTarget("tflite", int8=False)
+TARGET_INT8 = TFLiteTarget("tflite-int8", int8=True)
+TARGETS = [TARGET, TARGET_INT8]
+
+__all__ = ["TARGET", "TARGET_INT8", "TARGETS", "TFLiteTarget"]
