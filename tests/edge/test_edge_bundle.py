@@ -165,3 +165,24 @@ def test_rewriting_a_bundle_replaces_it(tmp_path, tiny_model, tiny_input):
     write_bundle(bundle, {"only": tiny_model}, [tiny_input])
     assert sorted(p.name for p in bundle.iterdir()) == ["manifest.json", "only.onnx", "run.py"]
     assert list(load_bundle(bundle).models) == ["only"]
+
+
+def trainer_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trainer.cli", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_verify_and_its_errors(tmp_path, tiny_model, tiny_input):
+    bundle = write_bundle(tmp_path / "b", {"fp32": tiny_model}, [tiny_input])
+    proc = trainer_cli("edge", "verify", str(bundle))
+    assert proc.returncode == 0, proc.stderr
+    assert "ok, 2 files verified; models fp32; input x [None, 4] NC float32" in proc.stdout
+    (bundle / "fp32.onnx").write_bytes(b"not a model")
+    proc = trainer_cli("edge", "verify", str(bundle))
+    assert proc.returncode == ConversionError.exit_code
+    assert proc.stderr.strip().startswith("error:") and "corrupt bundle: fp32.onnx" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    np.save(tmp_path / "x.npy", np.zeros((1, 4), np.float32))
+    proc = trainer_cli("edge", "run", str(bundle), "--inputs", str(tmp_path / "x.npy"), "--cpu", "cortex-a99")
+    assert proc.returncode == UsageError.exit_code
+    assert "unknown aarch64 CPU model 'cortex-a99'; valid:" in proc.stderr

@@ -103,3 +103,20 @@ def test_missing_root_says_run_setup(tmp_path, monkeypatch, qemu, tiny_model, ti
     monkeypatch.setenv("TRAINER_RUNTIMES", str(tmp_path / "no-runtimes"))
     with pytest.raises(RuntimeNotInstalledError, match="run: trainer edge setup"):
         run_bundle(bundle, np.zeros((1, 4), np.float32), "cortex-a72")
+
+
+@pytest.mark.slow
+def test_cli_edge_run_saves_outputs(tmp_path, digits_models, edge_root, ort_outputs):
+    import subprocess
+    import sys
+
+    m = digits_models
+    bundle = write_bundle(tmp_path / "digits", {"fp32": m.fp32}, [m.input])
+    np.save(tmp_path / "x.npy", m.x_test[:8])
+    proc = subprocess.run([sys.executable, "-m", "trainer.cli", "edge", "run", str(bundle), "--inputs",
+                           str(tmp_path / "x.npy"), "--cpu", "cortex-a53", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "emulated cortex-a53 (aarch64, onnxruntime" in proc.stdout
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "fp32.npy"), ort_outputs(m.fp32, m.x_test[:8]),
+                               rtol=1e-4, atol=1e-4)
