@@ -1,0 +1,83 @@
+"""MXNet -> ONNX with the official exporter, `mx.onnx.export_model`, in the MXNet runtime.
+
+The native model is a symbol + params pair, as `HybridBlock.export(prefix)` or
+`mx.model.save_checkpoint` write them: `<prefix>-symbol.json` and `<prefix>-<epoch>.params`.
+MODEL may be that folder, the symbol file or the params file.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from converters.base import ExportResult, ModelInput
+from converters.frontends._mxnet_call import run_worker
+from trainer.errors import ConversionError
+
+
+def resolve_checkpoint(model: Path) -> tuple[Path, Path]:
+    """(symbol.json, params) of an MXNet checkpoint given as a folder, symbol or params file."""
+    model = Path(model)
+    if not model.exists():
+        raise ConversionError(f"mxnet: model {model} does not exist")
+    if model.is_dir():
+        symbols = sorted(model.glob("*-symbol.json"))
+        if len(symbols) != 1:
+            raise ConversionError(f"mxnet: {model} must hold exactly one *-symbol.json, found {len(symbols)}")
+        symbol = symbols[0]
+    elif model.name.endswith("-symbol.json"):
+        symbol = model
+    elif model.suffix == ".params":
+        prefix = re.sub(r"-\d+$", "", model.stem)
+        symbol = model.with_name(f"{prefix}-symbol.json")
+        if not symbol.is_file():
+            raise ConversionError(f"mxnet: no symbol file {symbol.name} next to {model.name}")
+        return symbol, model
+    else:
+        raise ConversionError(f"mxnet: {model} is not an MXNet checkpoint (want <prefix>-symbol.json "
+                              f"+ <prefix>-NNNN.params, or their folder)")
+    prefix = symbol.name[: -len("-symbol.json")]
+    params = sorted(symbol.parent.glob(f"{prefix}-*.params"),
+                    key=lambda p: int(m.group(1)) if (m := re.search(r"-(\d+)\.params$", p.name)) else -1)
+    if not params:
+        raise ConversionError(f"mxnet: no {prefix}-NNNN.params next to {symbol.name}")
+    return symbol, params[-1]     # the newest epoch
+
+
+class MXNetFrontend:
+    name = "mxnet"
+    runtime = "mxnet"
+
+    def export(self, model: Path, out_dir: Path, sample: np.ndarray) -> ExportResult:
+        symbol, params = resolve_checkpoint(model)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        onnx_path = out_dir / "model.onnx"
+        with tempfile.TemporaryDirectory(prefix="trainer-mxnet-") as tmp:
+            sample_path = Path(tmp) / "sample.npy"
+            np.save(sample_path, np.ascontiguousarray(sample[:1], dtype=np.float32))
+            meta = run_worker("mx-export", self.name, symbol=symbol, params=params, sample=sample_path,
+                              out=onnx_path)
+        return ExportResult(
+            onnx_path=onnx_path,
+            inputs=[ModelInput(meta["input"], (None, *sample.shape[1:]), _layout(sample.ndim))],
+            exporter=meta["exporter"],
+            notes=[f"opset {meta['opset']} (mx.onnx stamps the installed onnx's newest opset)"],
+        )
+
+    def predict(self, model: Path, inputs: np.ndarray) -> np.ndarray:
+        symbol, params = resolve_checkpoint(model)
+        with tempfile.TemporaryDirectory(prefix="trainer-mxnet-") as tmp:
+            x, y = Path(tmp) / "x.npy", Path(tmp) / "y.npy"
+            np.save(x, np.ascontiguousarray(inputs, dtype=np.float32))
+            run_worker("mx-predict", self.name, symbol=symbol, params=params, inputs=x, out=y)
+            return np.load(y)
+
+
+def _layout(ndim: int) -> str:
+    return {4: "NCHW", 3: "NCW", 2: "NC"}.get(ndim, "N" + "?" * (ndim - 1))
+
+
+FRONTEND = MXNetFrontend()
