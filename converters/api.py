@@ -1,0 +1,291 @@
+"""Convert a native model to deployable targets and prove they give the same answers.
+
+    convert(model, source, targets, calib=None, edge=(), atol=1e-4, rtol=1e-3, out_dir=None,
+            run_id=None) -> ConversionReport
+    convert_run(run_id, targets, edge=(), atol=1e-4, ...) -> ConversionReport
+
+Everything is written into a temporary folder next to `out_dir` and moved into place only when
+every target is within tolerance. When parity fails, only the report (JSON, Markdown, PNG, all
+saying FAILED) lands in `out_dir`, and ParityError (carrying the report) is raised after it is
+written; on any other error nothing is left behind. When the model came from an MLflow run (or
+`run_id` is given) the output folder is logged to that run under `conversion/`, with the parity
+metrics (`parity.<target>.max_abs_diff`, ...) in one log_batch.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from converters import registry
+from converters.parity import ConversionReport, Row, Tolerance, compare, latencies, write_report
+from converters.sources import (Calibration, check_shape, fmt_shape, frontend_for, load_calibration,
+                                resolve_model, run_calibration, split, tracking_uri)
+from trainer.errors import ConversionError, ParityError, TrainerError, UnknownNameError, UsageError
+
+EDGE_SAMPLES = 64          # emulated aarch64 is ~20-50x slower; a batch this size is plenty
+EDGE_FORMATS = (".onnx", ".tflite")
+__all__ = ["convert", "convert_run", "ConversionReport", "Tolerance"]
+
+
+def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
+            calib: str | Path | np.ndarray | Calibration | None = None, edge: Iterable[str] = (),
+            atol: float = 1e-4, rtol: float = 1e-3, out_dir: str | Path | None = None,
+            run_id: str | None = None, *, min_agreement: float = 0.98,
+            max_accuracy_drop: float = 0.01, log_to_mlflow: bool = True) -> ConversionReport:
+    """Convert `model` (a file/folder or `runs:/...` / `models:/name@alias`) from the `source`
+    framework (None: from the MLflow model's flavor) into each of `targets`, judge parity on the
+    calibration samples (held-out half), optionally bundle for and run on emulated ARM `edge`
+    CPUs. Returns the report; raises ParityError (with `.report`) when a target misses its
+    tolerance, UsageError / ConversionError / UnsupportedOpsError on bad inputs."""
+    targets = _names(targets)
+    edge = _names(edge)
+    if not targets:
+        raise UsageError("no targets given; use --to with one or more of: " + ", ".join(registry.TARGETS))
+    for t in targets:
+        if t not in registry.TARGETS:
+            raise UnknownNameError("target (--to)", t, list(registry.TARGETS))
+    if source is not None:
+        registry.check_names(source, targets)
+    tol = Tolerance(atol=atol, rtol=rtol, min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop)
+    out_dir = _out_dir(model, out_dir)
+    created = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    work = Path(tempfile.mkdtemp(prefix="trainer-convert-"))
+    try:
+        report = _convert(str(model), source, targets, calib, edge, tol, staging, work, run_id, out_dir)
+        write_report(report, staging)
+        _publish(staging, out_dir, keep_all=report.passed)
+    except BaseException as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        for p in created:  # folders this call made, innermost first; only if still empty
+            if p.exists() and not any(p.iterdir()):
+                p.rmdir()
+        if isinstance(err, TrainerError) or not isinstance(err, Exception):
+            raise
+        raise ConversionError(f"conversion failed: {type(err).__name__}: {_first_line(err)}") from err
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if log_to_mlflow and report.run_id:
+        _log_to_run(report, out_dir)
+    if not report.passed:
+        failed = ", ".join(f"{r.target} ({r.criterion})" for r in report.failed_rows)
+        err = ParityError(f"parity failed for {failed}; report: {out_dir / 'report.md'}", report=report)
+        err.report = report
+        raise err
+    return report
+
+
+def convert_run(run_id: str, targets: Sequence[str] | str, edge: Iterable[str] = (),
+                atol: float = 1e-4, rtol: float = 1e-3, *, source: str | None = None,
+                artifact_path: str = "model", out_dir: str | Path | None = None,
+                calib: str | Path | np.ndarray | Calibration | None = None,
+                min_agreement: float = 0.98, max_accuracy_drop: float = 0.01) -> ConversionReport:
+    """Convert `runs:/<run_id>/<artifact_path>` with the run's logged calibration samples and
+    log everything back into that run (what a job with a `convert:` section does after training).
+    Output goes to `$TRAINER_HOME/conversions/<run_id>` unless `out_dir` is given."""
+    if out_dir is None:
+        from trainer.home import trainer_home
+
+        out_dir = trainer_home() / "conversions" / run_id
+    return convert(f"runs:/{run_id}/{artifact_path}", source, targets, calib=calib, edge=edge,
+                   atol=atol, rtol=rtol, out_dir=out_dir, run_id=run_id,
+                   min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop)
+
+
+# -- the steps -------------------------------------------------------------------------------
+
+def _convert(model: str, source: str | None, targets: list[str], calib, edge: list[str],
+             tol: Tolerance, staging: Path, work: Path, run_id: str | None,
+             out_dir: Path) -> ConversionReport:
+    resolved = resolve_model(model, work / "download")
+    source = source or frontend_for(resolved.path)
+    if source is None:
+        raise UsageError(f"--from is required for {model}: one of {', '.join(registry.FRONTENDS)}")
+    registry.check_names(source, targets)
+    for t in targets:
+        if registry.route(source, t) is None:
+            raise UsageError(f"{source} -> {t} is not a supported conversion (see trainer convert --list)")
+    frontend = registry.frontend(source)
+    target_objs = {t: registry.target(t) for t in targets}
+    if edge:
+        from converters.edge.qemu import check_cpu
+
+        for cpu in edge:
+            check_cpu(cpu)
+    run_id = run_id or resolved.run_id
+    path = resolved.path
+    notes: list[str] = []
+
+    cal = _calibration(calib, run_id)
+    expected = frontend.input_shape(path) if hasattr(frontend, "input_shape") else None
+    if cal is not None:
+        check_shape(cal.x, expected)
+        cal_set, eval_set, how = split(cal)
+        notes.append(how)
+    else:
+        example = frontend.example_input(path) if hasattr(frontend, "example_input") else None
+        if example is None and expected and all(d is not None for d in expected[1:]):
+            example = np.zeros((1, *expected[1:]), np.float32)
+        if example is None:
+            raise UsageError(f"{source}: calibration data is needed to know the input shape and "
+                             f"to judge parity: pass --calib DATA (.npy/.npz)")
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((64, *example.shape[1:])).astype(np.float32)
+        cal_set = eval_set = Calibration(x, None, "random")
+        notes.append(f"no calibration data: parity judged on 64 N(0,1) random inputs of shape "
+                     f"{fmt_shape(x.shape, batch=True)}")
+        if any(getattr(o, "precision", "fp32") == "int8" for o in target_objs.values()):
+            raise UsageError("int8 targets need real calibration samples: pass --calib DATA (.npy/.npz)")
+
+    export = frontend.export(path, work / "export", cal_set.x[:2])
+    notes += [f"export: {n}" for n in export.notes]
+    native_run = frontend.runner(path) if hasattr(frontend, "runner") else None
+    native_out = native_run(eval_set.x) if native_run else frontend.predict(path, eval_set.x)
+    native_lat = latencies(native_run, eval_set.x)
+    native_acc = _accuracy(native_out, eval_set.y)
+
+    rows: list[Row] = []
+    artifacts: dict[str, Path] = {}
+    for name, target in target_objs.items():
+        precision = getattr(target, "precision", "fp32")
+        artifact = Path(target.build(export, staging / name, cal_set.x if cal is not None else None))
+        artifacts[name] = artifact
+        run = target.runner(artifact) if hasattr(target, "runner") else None
+        out = run(eval_set.x) if run else target.predict(artifact, eval_set.x)
+        m = compare(name, precision, native_out, out, eval_set.y, tol)
+        rows.append(Row(target=name, precision=precision, artifact=str(artifact.relative_to(staging)),
+                        size_bytes=_size(artifact.parent if artifact.suffix == ".py" else artifact),
+                        n_samples=len(eval_set.x),
+                        max_abs_diff=m["max_abs_diff"], max_rel_diff=m["max_rel_diff"],
+                        top1_agreement=m["top1_agreement"], accuracy=m["accuracy"],
+                        accuracy_delta=m["accuracy_delta"], latency_ms=latencies(run, eval_set.x),
+                        passed=m["passed"], criterion=m["criterion"],
+                        notes=list(getattr(target, "notes", []) or [])))
+    if edge:
+        rows += _edge_rows(edge, artifacts, target_objs, export, eval_set, native_out, tol, staging)
+
+    return ConversionReport(
+        model=model, source=source, exporter=export.exporter,
+        inputs=[dict(name=i.name, shape=list(i.shape), layout=i.layout, dtype=i.dtype) for i in export.inputs],
+        tolerance=tol, native_latency_ms=native_lat, native_accuracy=native_acc,
+        native_size_bytes=_size(path), rows=rows, notes=notes, out_dir=str(out_dir), run_id=run_id)
+
+
+def _edge_rows(cpus: list[str], artifacts: dict[str, Path], target_objs: dict, export, eval_set: Calibration,
+               native_out: np.ndarray, tol: Tolerance, staging: Path) -> list[Row]:
+    from converters.edge.bundle import write_bundle
+    from converters.edge.qemu import run_bundle
+
+    models = {n: p for n, p in artifacts.items() if p.suffix in EDGE_FORMATS}
+    if not models:
+        raise UsageError("--edge needs at least one of the onnx, onnx-int8 or tflite targets in --to")
+    bundle = write_bundle(staging / "edge", models=models, inputs=export.inputs)
+    x = eval_set.x[:EDGE_SAMPLES]
+    y = None if eval_set.y is None else eval_set.y[:EDGE_SAMPLES]
+    rows = []
+    for cpu in cpus:
+        t0 = time.perf_counter()
+        outputs = run_bundle(bundle, x, cpu)
+        wall = time.perf_counter() - t0
+        for name, out in outputs.items():
+            precision = getattr(target_objs.get(name), "precision", "fp32")
+            m = compare(name, precision, native_out[:len(x)], out, y, tol)
+            rows.append(Row(target=f"{name}@{cpu}", precision=precision,
+                            artifact=str((Path(bundle) / models[name].name).relative_to(staging))
+                            if (Path(bundle) / models[name].name).exists() else str(Path(bundle).relative_to(staging)),
+                            size_bytes=_size(models[name]), n_samples=len(x),
+                            max_abs_diff=m["max_abs_diff"], max_rel_diff=m["max_rel_diff"],
+                            top1_agreement=m["top1_agreement"], accuracy=m["accuracy"],
+                            accuracy_delta=m["accuracy_delta"], latency_ms={"b1": None, "b64": None},
+                            passed=m["passed"], criterion=m["criterion"],
+                            notes=[f"emulated aarch64 (qemu -cpu {cpu}), {len(x)} samples, "
+                                   f"bundle run took {wall:.1f} s wall"]))
+    return rows
+
+
+def _calibration(calib, run_id: str | None) -> Calibration | None:
+    if isinstance(calib, Calibration):
+        return calib
+    if isinstance(calib, np.ndarray):
+        return Calibration(np.ascontiguousarray(calib, np.float32), None, "array")
+    if calib is not None:
+        return load_calibration(Path(calib))
+    if run_id:
+        return run_calibration(run_id)
+    return None
+
+
+def _publish(staging: Path, out_dir: Path, keep_all: bool) -> None:
+    """Move the staged output into place (only the report when parity failed)."""
+    if not keep_all:
+        keep = {"report.json", "report.md", "report.png"}
+        for p in list(staging.iterdir()):
+            if p.name not in keep:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    old = None
+    if out_dir.exists():
+        if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "report.json").exists():
+            raise UsageError(f"{out_dir} exists and is not the output of an earlier conversion; "
+                             f"choose another --out or remove it")
+        old = out_dir.with_name(f".{out_dir.name}.old-{time.time_ns()}")
+        out_dir.rename(old)
+    staging.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _log_to_run(report: ConversionReport, out_dir: Path) -> None:
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    ts = int(time.time() * 1000)
+    try:
+        client.log_artifacts(report.run_id, str(out_dir), "conversion")
+        metrics = [Metric(k, v, ts, 0) for k, v in report.metrics().items() if np.isfinite(v)]
+        client.log_batch(report.run_id, metrics=metrics)
+    except MlflowException as err:
+        raise ConversionError(f"converted, but logging to MLflow run {report.run_id} failed: "
+                              f"{_first_line(err)}; the output is in {out_dir}") from err
+
+
+def _out_dir(model: str | Path, out_dir: str | Path | None) -> Path:
+    if out_dir is not None:
+        return Path(out_dir).expanduser().resolve()
+    text = str(model).rstrip("/")
+    stem = text.split("/")[1] if text.startswith("runs:/") else Path(text.split("@")[0]).stem
+    return (Path.cwd() / "converted" / (stem or "model")).resolve()
+
+
+def _names(value: Iterable[str] | str | None) -> list[str]:
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    return [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+
+
+def _size(path: Path) -> int | None:
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return None
+
+
+def _accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
+    from converters.parity import accuracy
+
+    return accuracy(np.asarray(outputs), labels)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

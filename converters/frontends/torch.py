@@ -1,0 +1,308 @@
+"""`--from torch`: PyTorch model -> ONNX with the official exporter.
+
+Accepts a TorchScript archive, a pickled full module (`torch.save(model)`), an ExportedProgram
+(`.pt2`, `torch.export.save`) or an MLflow pytorch-flavor model folder (has `MLmodel`).
+Exports with the dynamo exporter (`torch.onnx.export(..., dynamo=True)`, one file, dynamic
+batch); when that fails, the TorchScript exporter (`dynamo=False`, `dynamic_axes`), with the
+reason recorded in `ExportResult.notes`. When both fail on operators without an ONNX
+translation, every such operator is listed at once (UnsupportedOpsError).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from converters.base import ExportResult, ModelInput
+from trainer.errors import ConversionError, UnsupportedOpsError
+
+_LAYOUTS = {2: "NC", 3: "NTC", 4: "NCHW", 5: "NCDHW"}
+_LEGACY_OP = re.compile(r"Exporting the operator '([\w:.]+)'")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+class TorchFrontend:
+    name = "torch"
+    runtime = "torch"
+
+    def __init__(self):
+        self._models: dict[Path, object] = {}
+
+    # -- loading -------------------------------------------------------------------------
+    def load(self, model: Path):
+        """The model as an eval-mode `nn.Module` (ExportedPrograms are kept as such)."""
+        model = Path(model).resolve()
+        if model not in self._models:
+            self._models[model] = self._load(model)
+        return self._models[model]
+
+    def _load(self, model: Path):
+        import torch
+
+        if model.is_dir():
+            if not (model / "MLmodel").is_file():
+                raise ConversionError(f"torch: {model} is a folder but not an MLflow model (no MLmodel file)")
+            import mlflow.pytorch
+
+            try:
+                return mlflow.pytorch.load_model(str(model), map_location="cpu").eval()
+            except Exception as err:
+                raise ConversionError(f"torch: cannot load the MLflow model {model}: {_first_line(err)}") from err
+        if not model.is_file():
+            raise ConversionError(f"torch: model file not found: {model}")
+        if model.suffix == ".pt2":
+            try:
+                return torch.export.load(str(model))
+            except Exception as err:
+                raise ConversionError(f"torch: {model.name} is not a loadable ExportedProgram (.pt2): "
+                                      f"{_first_line(err)}") from err
+        if not zipfile.is_zipfile(model):
+            raise ConversionError(f"torch: {model.name} is not a TorchScript, torch.save'd or .pt2 "
+                                  f"model (not a zip archive: truncated or corrupt?)")
+        errors = []
+        try:
+            return torch.jit.load(str(model), map_location="cpu").eval()
+        except Exception as err:
+            errors.append(_first_line(err))
+        try:
+            obj = torch.load(str(model), map_location="cpu", weights_only=False)
+        except Exception as err:
+            raise ConversionError(f"torch: cannot load {model.name} (truncated or corrupt?): "
+                                  f"{_first_line(err)}") from err
+        if isinstance(obj, torch.nn.Module):
+            return obj.eval()
+        if isinstance(obj, dict):
+            raise ConversionError(f"torch: {model.name} holds a state_dict, not a model; save the "
+                                  f"module itself (torch.save(model), TorchScript or torch.export)")
+        raise ConversionError(f"torch: {model.name} holds a {type(obj).__name__}, not an nn.Module")
+
+    def module(self, model: Path):
+        """A callable nn.Module (an ExportedProgram's `.module()`)."""
+        import torch
+
+        m = self.load(model)
+        if isinstance(m, torch.export.ExportedProgram):
+            m = m.module()
+        return m
+
+    # -- optional hooks (see converters.registry) --------------------------------------
+    def input_shape(self, model: Path) -> tuple[int | None, ...] | None:
+        """What the model declares it takes (ExportedProgram, MLflow signature); None = not
+        declared (a plain module: a wrong shape then shows when the model is first run)."""
+        import torch
+
+        model = Path(model)
+        if model.is_dir():
+            shape = _mlflow_input_shape(model)
+            if shape:
+                return shape
+        m = self.load(model)
+        if isinstance(m, torch.export.ExportedProgram):
+            for spec in m.graph_signature.input_specs:
+                if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT:
+                    node = next(n for n in m.graph.nodes if n.name == spec.arg.name)
+                    val = node.meta.get("val")
+                    if val is not None:
+                        return tuple(d if isinstance(d, int) else None for d in val.shape)
+            return None
+        return None
+
+    def example_input(self, model: Path) -> np.ndarray | None:
+        model = Path(model)
+        if model.is_dir() and (model / "MLmodel").is_file():
+            try:
+                from mlflow.models import Model
+
+                ex = Model.load(str(model)).load_input_example(str(model))
+                return None if ex is None else np.asarray(ex, dtype=np.float32)
+            except Exception:
+                return None
+        return None
+
+    # -- protocol ------------------------------------------------------------------------
+    def export(self, model: Path, out_dir: Path, sample: np.ndarray) -> ExportResult:
+        import torch
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        dst = out_dir / "model.onnx"
+        loaded = self.load(model)
+        module = self.module(model)
+        # A batch of >= 2 so the exporter does not specialise the batch dim to 1.
+        x = torch.from_numpy(_batch_of(sample, 2))
+        self._check_runs(module, x)
+        notes: list[str] = []
+        names = dict(input_names=["input"], output_names=["output"],
+                     dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+        try:
+            with _quiet():
+                torch.onnx.export(module, (x,), str(dst), dynamo=True, external_data=False,
+                                  optimize=True, **names)
+            exporter = f"torch.onnx {torch.__version__} (dynamo)"
+        except Exception as dynamo_err:
+            reason = _first_line(dynamo_err)
+            cause = dynamo_err.__cause__ or dynamo_err.__context__
+            if cause is not None and "Exception summary" in str(dynamo_err):
+                summary = str(dynamo_err).split("## Exception summary", 1)[1].strip().splitlines()
+                reason = summary[0] if summary else reason
+            notes.append(f"dynamo exporter failed ({reason}); used the TorchScript exporter")
+            dst.unlink(missing_ok=True)
+            try:
+                scripted = loaded if isinstance(loaded, torch.jit.ScriptModule) else module
+                with _quiet():
+                    torch.onnx.export(scripted, (x,), str(dst), dynamo=False, opset_version=17, **names)
+                exporter = f"torch.onnx {torch.__version__} (TorchScript)"
+            except Exception as ts_err:
+                dst.unlink(missing_ok=True)
+                ops = _unsupported_ops(module, x)
+                ops += _LEGACY_OP.findall(str(ts_err))
+                if ops:
+                    raise UnsupportedOpsError("torch", ops) from ts_err
+                raise ConversionError(f"torch: export failed with both exporters: dynamo: {reason}; "
+                                      f"TorchScript: {_first_line(ts_err)}") from ts_err
+        import onnx
+
+        proto = onnx.load(str(dst))
+        graph_inputs = [i for i in proto.graph.input
+                        if i.name not in {init.name for init in proto.graph.initializer}]
+        if len(graph_inputs) != 1:
+            raise ConversionError(f"torch: the exported model has {len(graph_inputs)} inputs; "
+                                  f"conversion handles one-input models")
+        shape = (None, *sample.shape[1:])
+        inputs = [ModelInput(graph_inputs[0].name, shape, _LAYOUTS.get(len(shape), "N" + "?" * (len(shape) - 1)))]
+        return ExportResult(dst, inputs, exporter, notes)
+
+    def predict(self, model: Path, inputs: np.ndarray) -> np.ndarray:
+        return self.runner(model)(inputs)
+
+    def runner(self, model: Path) -> Callable[[np.ndarray], np.ndarray]:
+        import torch
+
+        module = self.module(model)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                outs = [_first_output(module(torch.from_numpy(np.ascontiguousarray(x[i:i + 512], np.float32))))
+                        for i in range(0, len(x), 512)]
+            return np.concatenate([o.detach().numpy() for o in outs])
+
+        return run
+
+    def _check_runs(self, module, x) -> None:
+        import torch
+
+        try:
+            with torch.inference_mode():
+                module(x)
+        except Exception as err:
+            takes = _infer_from_first_layer(module)
+            takes = f" but its first layer takes {_fmt_shape(takes)}" if takes else ""
+            raise ConversionError(f"torch: the model does not run on inputs of shape "
+                                  f"{_fmt_shape(tuple(x.shape[1:]), batch=True)}{takes}: "
+                                  f"{_first_line(err)}") from err
+
+
+def _first_output(out):
+    import torch
+
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    if not isinstance(out, torch.Tensor):
+        raise ConversionError(f"torch: the model returns {type(out).__name__}, not a tensor")
+    return out
+
+
+def _batch_of(sample: np.ndarray, n: int) -> np.ndarray:
+    sample = np.asarray(sample, dtype=np.float32)
+    if len(sample) >= n:
+        return np.ascontiguousarray(sample[:n])
+    return np.ascontiguousarray(np.concatenate([sample] * n)[:n])
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters print progress and warnings; keep them off the user's terminal."""
+    buf = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        warnings.simplefilter("ignore")
+        import logging
+
+        level = logging.getLogger("torch").level
+        logging.getLogger("torch").setLevel(logging.ERROR)
+        try:
+            yield buf
+        finally:
+            logging.getLogger("torch").setLevel(level)
+
+
+def _unsupported_ops(module, x) -> list[str]:
+    """Every op in the decomposed graph that the ONNX registry has no translation for.
+
+    The dynamo exporter stops at the first op it cannot translate; this runs the same capture
+    and decomposition and asks the dispatcher about every node, so all are reported at once.
+    Uses torch.onnx internals (checked on torch 2.13); on failure returns what it could find.
+    """
+    import torch
+
+    try:
+        from torch.onnx._internal.exporter import _core, _dispatching, _registration
+
+        with _quiet():
+            registry = _registration.ONNXRegistry.from_torchlib()
+            ep = torch.export.export(module, (x,), strict=False)
+            ep = _core._prepare_exported_program_for_export(ep, registry=registry)
+        ops = []
+        for node in ep.graph.nodes:
+            if node.op == "call_function":
+                fn, _ = _dispatching.dispatch(node, registry)
+                if fn is None:
+                    ops.append(str(node.target))
+        return ops
+    except Exception:
+        return []
+
+
+def _fmt_shape(shape, batch: bool = False) -> str:
+    dims = (["N"] if batch else []) + ["?" if d is None else str(d) for d in shape]
+    return "(" + ", ".join(dims) + ")"
+
+
+def _infer_from_first_layer(module) -> tuple[int | None, ...] | None:
+    """A hint for error messages only (a model may reshape its input before the first layer)."""
+    import torch.nn as nn
+
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(m)]
+            return (None, m.in_channels, *([None] * dims))
+        if isinstance(m, (nn.LSTM, nn.GRU, nn.RNN)):
+            return (None, None, m.input_size) if m.batch_first else None
+        if isinstance(m, nn.Embedding):
+            return None
+    return None
+
+
+def _mlflow_input_shape(model_dir: Path) -> tuple[int | None, ...] | None:
+    try:
+        from mlflow.models import Model
+
+        sig = Model.load(str(model_dir)).signature
+        if sig is None or sig.inputs is None:
+            return None
+        specs = sig.inputs.inputs
+        if len(specs) != 1 or not hasattr(specs[0], "shape"):
+            return None
+        return tuple(None if d == -1 else int(d) for d in specs[0].shape)
+    except Exception:
+        return None

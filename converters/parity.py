@@ -1,0 +1,270 @@
+"""Parity: does each converted artifact give the native model's answers?
+
+Every artifact runs on the same inputs as the native model. Per target:
+- max abs diff: max |a - b| over all output elements (a = native, b = converted).
+- max rel diff: max |a - b| / max(|a|, eps) with eps = 1e-3 * max|a| over the whole output:
+  relative to each element, but elements much smaller than the output's scale are measured
+  against that scale instead, so a logit of 1e-9 does not turn a 1e-7 diff into "100x".
+- top-1 agreement: share of samples whose argmax (last axis) is the same (class scores only).
+- accuracy delta: converted accuracy - native accuracy, when labels are known.
+- latency p50 (ms) at batch 1 and batch 64, native framework vs the converted runtime, both
+  in this process (n/a where a model only runs in another process, e.g. under emulation).
+
+Tolerances: fp32 targets pass when |a - b| <= atol + rtol * |a| element-wise (numpy.allclose);
+int8 targets pass on top-1 agreement >= min_agreement and accuracy delta >= -max_accuracy_drop
+(or, for outputs that are not class scores, max abs diff <= int8_scale_tol * max|a|).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+REL_EPS = 1e-3
+
+
+@dataclass
+class Tolerance:
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    min_agreement: float = 0.98      # int8: top-1 agreement with the native model
+    max_accuracy_drop: float = 0.01  # int8: accuracy may drop by at most this much
+    int8_scale_tol: float = 0.05     # int8 on non-classifier outputs: max abs diff / max|a|
+
+
+@dataclass
+class Row:
+    target: str
+    precision: str
+    artifact: str                   # path relative to the output folder
+    size_bytes: int | None
+    n_samples: int
+    max_abs_diff: float
+    max_rel_diff: float
+    top1_agreement: float | None
+    accuracy: float | None
+    accuracy_delta: float | None
+    latency_ms: dict[str, float | None]       # {"b1": .., "b64": ..} converted
+    passed: bool
+    criterion: str                  # what it was judged by, with the numbers
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ConversionReport:
+    model: str
+    source: str
+    exporter: str
+    inputs: list[dict]
+    tolerance: Tolerance
+    native_latency_ms: dict[str, float | None]
+    native_accuracy: float | None
+    native_size_bytes: int | None
+    rows: list[Row]
+    notes: list[str] = field(default_factory=list)
+    out_dir: str = ""
+    run_id: str | None = None
+    files: dict[str, str] = field(default_factory=dict)   # kind -> path (report.json, ...)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.rows)
+
+    @property
+    def failed_rows(self) -> list[Row]:
+        return [r for r in self.rows if not r.passed]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["status"] = "PASSED" if self.passed else "FAILED"
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat numeric metrics for MLflow: parity.<target>.<metric>."""
+        out: dict[str, float] = {"parity.passed": float(self.passed)}
+        for r in self.rows:
+            key = "parity." + r.target.replace("@", ".edge.")
+            vals = {"max_abs_diff": r.max_abs_diff, "max_rel_diff": r.max_rel_diff,
+                    "top1_agreement": r.top1_agreement, "accuracy_delta": r.accuracy_delta,
+                    "size_bytes": r.size_bytes, "passed": float(r.passed),
+                    "latency_p50_b1_ms": r.latency_ms.get("b1"),
+                    "latency_p50_b64_ms": r.latency_ms.get("b64")}
+            out.update({f"{key}.{k}": float(v) for k, v in vals.items() if v is not None})
+        return out
+
+    def to_markdown(self) -> str:
+        status = "PASSED" if self.passed else "FAILED"
+        t = self.tolerance
+        lines = [f"# Conversion parity report: {status}", "",
+                 f"- model: `{self.model}` (from `{self.source}`, exporter: {self.exporter})",
+                 f"- inputs: " + ", ".join(f"`{i['name']}` {fmt_dims(i['shape'])} {i['layout']} {i['dtype']}"
+                                           for i in self.inputs),
+                 f"- tolerance: fp32 |a-b| <= {t.atol:g} + {t.rtol:g}*|a|; int8 top-1 agreement >= "
+                 f"{t.min_agreement:g} and accuracy delta >= {-t.max_accuracy_drop:g}",
+                 f"- native: size {fmt_size(self.native_size_bytes)}, accuracy "
+                 f"{fmt_num(self.native_accuracy)}, latency p50 b1 {fmt_ms(self.native_latency_ms.get('b1'))}"
+                 f", b64 {fmt_ms(self.native_latency_ms.get('b64'))}", ""]
+        lines += ["| target | size | max abs diff | max rel diff | top-1 agreement | accuracy delta | "
+                  "latency p50 b1 (native -> converted) | latency p50 b64 | result |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in self.rows:
+            lines.append(f"| {r.target} | {fmt_size(r.size_bytes)} | {r.max_abs_diff:.3g} | {r.max_rel_diff:.3g} | "
+                         f"{fmt_num(r.top1_agreement)} | {fmt_delta(r.accuracy_delta)} | "
+                         f"{fmt_ms(self.native_latency_ms.get('b1'))} -> {fmt_ms(r.latency_ms.get('b1'))} | "
+                         f"{fmt_ms(self.native_latency_ms.get('b64'))} -> {fmt_ms(r.latency_ms.get('b64'))} | "
+                         f"{'pass' if r.passed else 'FAIL'}: {r.criterion.replace('|', chr(92) + '|')} |")
+        notes = self.notes + [f"{r.target}: {n}" for r in self.rows for n in r.notes]
+        if notes:
+            lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+        lines += ["", "max rel diff = max |a-b| / max(|a|, 1e-3 * max|a|) (a = native output).", ""]
+        return "\n".join(lines)
+
+
+def compare(target: str, precision: str, native: np.ndarray, converted: np.ndarray,
+            labels: np.ndarray | None, tol: Tolerance) -> dict:
+    """The error metrics and the pass/fail verdict of one artifact's outputs vs the native ones."""
+    a = np.asarray(native, dtype=np.float64)
+    b = np.asarray(converted, dtype=np.float64)
+    if a.shape != b.shape:
+        if a.size == b.size:
+            b = b.reshape(a.shape)
+        else:
+            return dict(max_abs_diff=float("inf"), max_rel_diff=float("inf"), top1_agreement=None,
+                        accuracy=None, accuracy_delta=None, passed=False,
+                        criterion=f"output shape {b.shape} differs from native {a.shape}")
+    diff = np.abs(a - b)
+    scale = float(np.max(np.abs(a))) if a.size else 0.0
+    eps = max(REL_EPS * scale, np.finfo(np.float32).tiny)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    max_rel = float((diff / np.maximum(np.abs(a), eps)).max()) if diff.size else 0.0
+    if not np.all(np.isfinite(b)):
+        max_abs = max_rel = float("inf")
+    top1 = float(np.mean(a.argmax(-1) == b.argmax(-1))) if a.ndim >= 2 and a.shape[-1] > 1 else None
+    acc, native_acc = accuracy(b, labels), accuracy(a, labels)
+    delta = None if acc is None else acc - native_acc
+    if precision == "int8":
+        if top1 is not None:
+            agree_ok = top1 >= tol.min_agreement
+            delta_ok = delta is None or delta >= -tol.max_accuracy_drop - 1e-12
+            passed = agree_ok and delta_ok
+            criterion = f"top-1 agreement {top1:.4f} {'>=' if agree_ok else '<'} {tol.min_agreement:g}"
+            if delta is not None:
+                criterion += f", accuracy delta {delta:+.4f} {'>=' if delta_ok else '<'} {-tol.max_accuracy_drop:g}"
+        else:
+            passed = max_abs <= tol.int8_scale_tol * scale
+            criterion = f"max abs diff {max_abs:.3g} {'<=' if passed else '>'} {tol.int8_scale_tol:g} * max|a| ({scale:.3g})"
+    else:
+        worst = float((diff - (tol.atol + tol.rtol * np.abs(a))).max()) if diff.size else 0.0
+        passed = bool(np.all(np.isfinite(b))) and worst <= 0
+        criterion = f"|a-b| <= {tol.atol:g} + {tol.rtol:g}*|a|" + ("" if passed else f" (exceeded by {worst:.3g})")
+    return dict(max_abs_diff=max_abs, max_rel_diff=max_rel, top1_agreement=top1, accuracy=acc,
+                accuracy_delta=delta, passed=bool(passed), criterion=criterion)
+
+
+def accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
+    if labels is None or outputs.ndim != 2 or outputs.shape[-1] < 2 or len(labels) != len(outputs):
+        return None
+    return float(np.mean(outputs.argmax(-1) == labels))
+
+
+def latency_p50(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int,
+                repeats: int = 30, budget_s: float = 1.0) -> float:
+    """Median wall time (ms) of `run` on a batch of `batch` samples, after one warm-up call."""
+    if len(x) < batch:
+        x = np.concatenate([x] * (batch // len(x) + 1))
+    xb = np.ascontiguousarray(x[:batch])
+    run(xb)
+    times = []
+    start = time.perf_counter()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run(xb)
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s and len(times) >= 5:
+            break
+    return float(np.median(times) * 1e3)
+
+
+def latencies(run: Callable[[np.ndarray], np.ndarray] | None, x: np.ndarray,
+              batches: tuple[int, ...] = (1, 64)) -> dict[str, float | None]:
+    if run is None:
+        return {f"b{b}": None for b in batches}
+    return {f"b{b}": latency_p50(run, x, b) for b in batches}
+
+
+def write_report(report: ConversionReport, out_dir: Path) -> dict[str, Path]:
+    """report.json, report.md and report.png (per-target error and latency) in `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"json": out_dir / "report.json", "markdown": out_dir / "report.md", "plot": out_dir / "report.png"}
+    report.files = {k: v.name for k, v in files.items()}
+    files["json"].write_text(report.to_json())
+    files["markdown"].write_text(report.to_markdown())
+    plot(report, files["plot"])
+    return files
+
+
+def plot(report: ConversionReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.target for r in report.rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    y = np.arange(len(names))
+    colors = ["tab:green" if r.passed else "tab:red" for r in report.rows]
+    abs_d = [max(r.max_abs_diff, 1e-12) if np.isfinite(r.max_abs_diff) else 1.0 for r in report.rows]
+    ax1.barh(y, abs_d, color=colors)
+    ax1.set_xscale("log")
+    ax1.set_yticks(y, names)
+    ax1.axvline(report.tolerance.atol, color="k", linestyle="--", linewidth=1, label=f"atol {report.tolerance.atol:g}")
+    ax1.set_xlabel("max abs diff vs native (log)")
+    ax1.legend(loc="lower right", fontsize=8)
+    ax1.set_title("error (green = within tolerance)")
+    groups = ["native"] + [r.target for r in report.rows if r.latency_ms.get("b1") is not None]
+    lat = {"b1": [report.native_latency_ms.get("b1")], "b64": [report.native_latency_ms.get("b64")]}
+    for r in report.rows:
+        if r.latency_ms.get("b1") is not None:
+            lat["b1"].append(r.latency_ms["b1"])
+            lat["b64"].append(r.latency_ms.get("b64"))
+    x = np.arange(len(groups))
+    for i, (k, vals) in enumerate(lat.items()):
+        ax2.bar(x + (i - 0.5) * 0.38, [v or 0 for v in vals], 0.38, label=f"batch {k[1:]}")
+    ax2.set_xticks(x, groups, rotation=20)
+    ax2.set_ylabel("latency p50 (ms)")
+    ax2.set_yscale("log")
+    ax2.legend(fontsize=8)
+    ax2.set_title("latency (this machine)")
+    fig.suptitle(f"{Path(report.model).name}: {'PASSED' if report.passed else 'FAILED'}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def fmt_size(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    return f"{n / 1024:.1f} KiB" if n < 1024 ** 2 else f"{n / 1024 ** 2:.2f} MiB"
+
+
+def fmt_ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3g} ms"
+
+
+def fmt_num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def fmt_delta(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.4f}"
+
+
+def fmt_dims(shape) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
