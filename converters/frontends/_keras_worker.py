@@ -111,8 +111,8 @@ class NativeModel:
         if declared is not None:
             if len(declared) != len(sample_shape) or any(
                     d is not None and d != s for d, s in zip(declared[1:], sample_shape[1:])):
-                raise WorkerError(f"sample shape {tuple(sample_shape)} does not fit the model input "
-                                  f"{tuple('N' if d is None else d for d in declared)}")
+                want = ", ".join("N" if d is None else str(d) for d in declared)
+                raise WorkerError(f"sample shape {tuple(sample_shape)} does not fit the model input ({want})")
         return tf.TensorSpec([None, *sample_shape[1:]], tf.float32, name="input")
 
     def predict(self, x: np.ndarray) -> np.ndarray:

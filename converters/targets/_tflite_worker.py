@@ -87,7 +87,8 @@ def _from_onnx(onnx_path: Path, out: Path, int8: bool, input_name: str | None) -
     try:
         kwargs = dict(input_onnx_file_path=str(onnx_path), output_folder_path=str(work), non_verbose=True)
         if input_name:
-            # keep the source's NCHW input, so the artifact takes what the native model takes
+            # keep the source's input layout (onnx2tf would turn NCHW into NHWC, and misread an NHWC
+            # input as NCHW), so the artifact takes what the native model takes
             kwargs["keep_ncw_or_nchw_or_ncdhw_input_names"] = [input_name]
         try:
             onnx2tf.convert(**kwargs)

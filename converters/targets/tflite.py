@@ -2,11 +2,11 @@
 
 From a Keras/SavedModel source (an export by the keras frontend, which records the native
 model in `ExportResult.extras["tf_source"]`): TFLiteConverter on the same dynamic-batch
-`tf.function` the ONNX export used; int8 is calibrated on up to 200 of the calibration
+`tf.function` the ONNX export used, frozen; int8 is calibrated on up to 200 of the calibration
 samples (representative dataset) with `TFLITE_BUILTINS_INT8` only. From any other (ONNX-only)
-source: onnx2tf, when it is installed in the tensorflow runtime, fp32 only, keeping an NCHW
-input NCHW. Both build and run (`ai_edge_litert` interpreter) happen in the tensorflow
-runtime, through the keras frontend's long-lived worker.
+source: onnx2tf, when it is installed in the tensorflow runtime, fp32 only, keeping the
+source's input layout (NCHW stays NCHW). Build and run (`ai_edge_litert` interpreter) both
+happen in the tensorflow runtime, through the keras frontend's long-lived worker.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class TFLiteTarget:
                         args["calib"] = tmp / "calib.npy"
                 else:
                     args["onnx"] = export.onnx_path
-                    if export.inputs and export.inputs[0].layout.startswith("NC"):
+                    if export.inputs:
                         args["input_name"] = export.inputs[0].name
                 self.worker.call("tflite-build", **args)
                 (tmp / out.name).replace(out)
@@ -79,12 +79,12 @@ class TFLiteTarget:
 
 def _sample(export: ExportResult, calib: np.ndarray | None) -> np.ndarray:
     """One input of the exported shape: fixes the converter's signature (batch stays dynamic)."""
+    shape = export.inputs[0].shape if export.inputs else ()
+    if shape and all(d is not None for d in shape[1:]):
+        return np.zeros((1, *shape[1:]), np.float32)
     if calib is not None:
         return np.ascontiguousarray(np.asarray(calib)[:1], dtype=np.float32)
-    shape = export.inputs[0].shape if export.inputs else ()
-    if not shape or any(d is None for d in shape[1:]):
-        raise ConversionError(f"tflite: the exported input shape {shape} is not fixed; pass --calib DATA")
-    return np.zeros((1, *shape[1:]), np.float32)
+    raise ConversionError(f"tflite: the exported input shape {shape} is not fixed; pass --calib DATA")
 
 
 def _rmdir_if_created(out_dir: Path, created: bool) -> None:
