@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from converters.edge.bundle import load_bundle
-from converters.edge.setup import find_qemu, python_command, require_qemu, require_root
-from trainer.errors import ConversionError, UnknownNameError, UsageError
+from converters.edge.setup import find_qemu, python_command, read_stamp, require_qemu, require_root
+from trainer.errors import ConversionError, RuntimeNotInstalledError, UnknownNameError, UsageError
 
 # What Debian 12's qemu 7.2 offers; used only when qemu itself is not there to ask.
 KNOWN_CPUS = ("a64fx", "cortex-a35", "cortex-a53", "cortex-a57", "cortex-a72", "cortex-a76",
@@ -81,6 +81,10 @@ def run_bundle_detailed(bundle_dir: Path, inputs: np.ndarray, cpu: str = DEFAULT
         x = x.astype(spec.dtype)
     qemu = require_qemu()
     root = require_root()
+    kinds = {bundle.manifest["models"][n]["kind"] for n in (models or bundle.models) if n in bundle.models}
+    if "tflite" in kinds and not (read_stamp(root) or {}).get("ai_edge_litert"):
+        raise RuntimeNotInstalledError(f"{bundle.path} has .tflite models and the arm64 root has no "
+                                       "ai-edge-litert; run: trainer edge setup --tflite")
     argv, env = python_command(root, cpu, qemu)
     with tempfile.TemporaryDirectory(prefix="trainer-edge-") as tmp:
         tmp = Path(tmp)

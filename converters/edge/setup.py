@@ -6,7 +6,8 @@ of numpy and onnxruntime in `site/`. `qemu-aarch64-static -L <root>` runs it on 
 binfmt_misc or a chroot (CI containers often have neither).
 
 onnxruntime is pinned: 1.27.0 imports and runs under Debian 12's qemu 7.2; 1.28.0 and newer
-segfault on import there (checked again for 1.28.0 and 1.32.0).
+segfault on import there (checked again for 1.28.0 and 1.32.0). The same holds for the optional
+ai-edge-litert (`--tflite`): 1.4.0 runs, 2.3.0 segfaults when a model is invoked.
 
     trainer edge setup            # or: python -m converters.edge.setup
 """
@@ -27,8 +28,14 @@ from trainer.home import runtimes_dir
 
 ONNXRUNTIME_VERSION = "1.27.0"
 NUMPY_VERSION = "2.4.6"
+# Optional, for .tflite bundles: 1.4.0 runs under qemu 7.2; 2.3.0 segfaults on invoke there.
+LITERT_VERSION = "1.4.0"
 PYTHON = "python3.11"
 WHEEL_PLATFORM = "manylinux_2_28_aarch64"
+# pip takes exactly the --platform tags it is given; Debian 12's glibc 2.36 runs all of these
+# (ai-edge-litert's cp311 aarch64 wheels are manylinux_2_17 only).
+WHEEL_PLATFORMS = (WHEEL_PLATFORM, "manylinux_2_27_aarch64", "manylinux_2_17_aarch64",
+                   "manylinux2014_aarch64")
 # Roots of the arm64 package closure; apt-cache resolves the rest (libc6, libssl3, libffi8, ...).
 ROOT_PACKAGES = ("python3.11-minimal", "libpython3.11-stdlib", "libstdc++6", "zlib1g")
 # From the closure we unpack only shared libraries and Python itself: dpkg, tar, perl and
@@ -80,9 +87,9 @@ def require_root() -> Path:
     return root
 
 
-def _run(cmd: list[str], cwd: Path | None = None, what: str = "") -> str:
+def _run(cmd: list[str], cwd: Path | None = None, what: str = "", env: dict | None = None) -> str:
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+                          env=env or {**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise RuntimeNotInstalledError(f"{what or cmd[0]} failed: `{' '.join(cmd)}`: {tail[0]}")
@@ -107,7 +114,7 @@ class _Steps:
         with self.console.status(title + " ..."):
             result = fn(*args)
         took = time.perf_counter() - t0
-        self.console.print(f"[green]✓[/green] {title} ({took:.1f} s)")
+        self.console.print(f"[green]✓[/green] {title} ({took:.1f} s)", soft_wrap=True)
         self.done.append(title)
         return result
 
@@ -172,7 +179,8 @@ def _download_and_unpack(packages: list[str], work: Path, root: Path) -> list[st
 
 def _install_wheels(site: Path, extra: list[str]):
     _run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-          "--no-warn-conflicts", "--target", str(site), "--platform", WHEEL_PLATFORM,
+          "--no-warn-conflicts", "--target", str(site),
+          *(arg for tag in WHEEL_PLATFORMS for arg in ("--platform", tag)),
           "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
           "--only-binary=:all:", f"numpy=={NUMPY_VERSION}", f"onnxruntime=={ONNXRUNTIME_VERSION}",
           *extra], what="pip install (aarch64 wheels)")
@@ -212,7 +220,7 @@ def setup_edge(force: bool = False, tflite: bool = False, quiet: bool = False) -
     root = edge_root()
     stamp = read_stamp(root)
     if stamp and not force and stamp.get("onnxruntime") == ONNXRUNTIME_VERSION \
-            and (stamp.get("ai_edge_litert") or not tflite) and find_qemu():
+            and (stamp.get("ai_edge_litert") == LITERT_VERSION or not tflite) and find_qemu():
         steps.note(f"arm64 root already provisioned at {root} (python {stamp.get('python')}, "
                    f"numpy {stamp.get('numpy')}, onnxruntime {stamp.get('onnxruntime')}); "
                    "nothing to do (--force rebuilds it)")
@@ -229,16 +237,16 @@ def setup_edge(force: bool = False, tflite: bool = False, quiet: bool = False) -
     try:
         debs = steps.run(f"downloading and unpacking {len(packages)} arm64 packages",
                          _download_and_unpack, packages, work, new_root)
-        extra = ["ai-edge-litert"] if tflite else []
+        extra = [f"ai-edge-litert=={LITERT_VERSION}"] if tflite else []
         steps.run(f"installing aarch64 wheels: numpy {NUMPY_VERSION}, onnxruntime "
-                  f"{ONNXRUNTIME_VERSION}{', ai-edge-litert' if tflite else ''}",
+                  f"{ONNXRUNTIME_VERSION}{f', ai-edge-litert {LITERT_VERSION}' if tflite else ''}",
                   _install_wheels, new_root / "site", extra)
         found = steps.run("importing them under qemu -cpu cortex-a72", _smoke_test, new_root, qemu)
         if tflite:
             argv, env = python_command(new_root, "cortex-a72", qemu)
             found["ai_edge_litert"] = _run([*argv, "-c", "import ai_edge_litert.interpreter as i; "
                                             "import importlib.metadata as m; print(m.version('ai-edge-litert'))"],
-                                           what="importing ai_edge_litert under qemu").strip()
+                                           what="importing ai_edge_litert under qemu", env=env).strip()
         stamp = {**found, "debian_packages": debs, "qemu": str(qemu),
                  "built": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         (new_root / STAMP).write_text(json.dumps(stamp, indent=2))

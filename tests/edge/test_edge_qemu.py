@@ -28,7 +28,7 @@ def output_scale(model) -> float:
 
 
 @pytest.mark.slow
-def test_fp32_and_int8_bundles_agree_with_x86_under_cortex_a72(tmp_path, digits_models, edge_root,
+def test_fp32_and_int8_bundles_agree_with_x86_under_cortex_a72(tmp_path, edge_root, digits_models,
                                                               ort_outputs):
     m = digits_models
     bundle = write_bundle(tmp_path / "digits", {"fp32": m.fp32, "int8": m.int8}, [m.input],
@@ -70,7 +70,7 @@ def test_fp32_and_int8_bundles_agree_with_x86_under_cortex_a72(tmp_path, digits_
 
 
 @pytest.mark.slow
-def test_run_bundle_on_other_cpu_models(tmp_path, digits_models, edge_root, ort_outputs):
+def test_run_bundle_on_other_cpu_models(tmp_path, edge_root, digits_models, ort_outputs):
     m = digits_models
     bundle = write_bundle(tmp_path / "digits", {"int8": m.int8}, [m.input])
     x = m.x_test[:64]
@@ -106,7 +106,7 @@ def test_missing_root_says_run_setup(tmp_path, monkeypatch, qemu, tiny_model, ti
 
 
 @pytest.mark.slow
-def test_cli_edge_run_saves_outputs(tmp_path, digits_models, edge_root, ort_outputs):
+def test_cli_edge_run_saves_outputs(tmp_path, edge_root, digits_models, ort_outputs):
     import subprocess
     import sys
 
