@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from converters.base import ExportResult, ModelInput
+from converters.sources import fmt_shape
 from trainer.errors import ConversionError, UnsupportedOpsError
 
 _LAYOUTS = {2: "NC", 3: "NTC", 4: "NCHW", 5: "NCDHW"}
@@ -71,7 +72,9 @@ class TorchFrontend:
                                   f"model (not a zip archive: truncated or corrupt?)")
         errors = []
         try:
-            return torch.jit.load(str(model), map_location="cpu").eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # jit.load's deprecation notice
+                return torch.jit.load(str(model), map_location="cpu").eval()
         except Exception as err:
             errors.append(_first_line(err))
         try:
@@ -205,9 +208,9 @@ class TorchFrontend:
                 module(x)
         except Exception as err:
             takes = _infer_from_first_layer(module)
-            takes = f" but its first layer takes {_fmt_shape(takes)}" if takes else ""
+            takes = f" but its first layer takes {fmt_shape(takes, batch=True)}" if takes else ""
             raise ConversionError(f"torch: the model does not run on inputs of shape "
-                                  f"{_fmt_shape(tuple(x.shape[1:]), batch=True)}{takes}: "
+                                  f"{fmt_shape(tuple(x.shape), batch=True)}{takes}: "
                                   f"{_first_line(err)}") from err
 
 
@@ -271,11 +274,6 @@ def _unsupported_ops(module, x) -> list[str]:
         return ops
     except Exception:
         return []
-
-
-def _fmt_shape(shape, batch: bool = False) -> str:
-    dims = (["N"] if batch else []) + ["?" if d is None else str(d) for d in shape]
-    return "(" + ", ".join(dims) + ")"
 
 
 def _infer_from_first_layer(module) -> tuple[int | None, ...] | None:

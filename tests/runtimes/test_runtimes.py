@@ -104,3 +104,19 @@ def test_every_runtime_has_a_lock_next_to_its_dockerfile():
         lock = runtimes.lock_path(name)
         assert lock.parent == repo_root() / "images" / name
         assert (lock.parent / "Dockerfile").is_file(), f"images/{name}/Dockerfile missing"
+
+
+def test_cli_prints_one_line_errors_with_exit_codes(empty_runtimes):
+    from typer.testing import CliRunner
+
+    from trainer.cli import app
+    runner = CliRunner()
+    missing = runner.invoke(app, ["runtime", "path", "mxnet"])
+    assert missing.exit_code == 6
+    assert "runtime 'mxnet' is not installed; run: trainer runtime install mxnet" in missing.output
+    unknown = runner.invoke(app, ["runtime", "install", "caffe"])
+    assert unknown.exit_code == 2 and "valid: mxnet, tensorflow, torch" in unknown.output
+    listed = runner.invoke(app, ["runtime", "list", "--output", "json"])
+    assert listed.exit_code == 0
+    rows = {r["name"]: r for r in json.loads(listed.output)}
+    assert set(rows) == {"torch", "tensorflow", "mxnet"} and rows["mxnet"]["installed"] is False

@@ -1,12 +1,36 @@
 """`trainer runtime install|list|path`: thin commands over `trainer.runtimes`."""
 from __future__ import annotations
 
+import functools
 import json
+import os
 from dataclasses import asdict
 
 import typer
 
 from trainer import runtimes
+from trainer.errors import TrainerError, UsageError
+
+
+def _one_line_errors(fn):
+    """TrainerError -> one red line on stderr and its exit code (traceback with TRAINER_DEBUG=1)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TrainerError as e:
+            from rich.console import Console
+            err = Console(stderr=True)
+            if os.environ.get("TRAINER_DEBUG"):
+                err.print_exception()
+            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+    return wrapper
+
+
+def _check_output(output: str, allowed: tuple[str, ...]) -> None:
+    if output not in allowed:
+        raise UsageError(f"--output must be one of {', '.join(allowed)}, got {output!r}")
 
 
 def register(app: typer.Typer) -> None:
@@ -14,12 +38,14 @@ def register(app: typer.Typer) -> None:
                         no_args_is_help=True)
 
     @group.command("install")
+    @_one_line_errors
     def install_cmd(
         name: str = typer.Argument(..., help="torch | tensorflow | mxnet"),
         force: bool = typer.Option(False, "--force", help="rebuild even when the lock is unchanged"),
         output: str = typer.Option("text", "--output", "-o", help="text | json"),
     ) -> None:
         """Build the runtime's venv from its lock file (skipped when the lock is unchanged)."""
+        _check_output(output, ("text", "json"))
         quiet = output == "json"
         report = runtimes.install(name, force=force, echo=None if quiet else (lambda line: typer.echo(f"  {line}")))
         if quiet:
@@ -33,8 +59,10 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  {pkg}=={ver}")
 
     @group.command("list")
+    @_one_line_errors
     def list_cmd(output: str = typer.Option("table", "--output", "-o", help="table | json")) -> None:
         """Every runtime: installed?, path, lock digest, key versions."""
+        _check_output(output, ("table", "json"))
         rows = runtimes.list_runtimes()
         if output == "json":
             typer.echo(json.dumps([asdict(r) for r in rows], indent=1))
@@ -48,6 +76,7 @@ def register(app: typer.Typer) -> None:
         Console().print(table)
 
     @group.command("path")
+    @_one_line_errors
     def path_cmd(
         name: str = typer.Argument(..., help="torch | tensorflow | mxnet"),
         python: bool = typer.Option(False, "--python", help="print the interpreter instead of the prefix"),

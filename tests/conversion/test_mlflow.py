@@ -1,0 +1,78 @@
+"""Converting a model that lives in MLflow: calibration from the run, results logged back."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def logged_run(tmp_path, monkeypatch, digits_cnn):
+    """A run in a SQLite MLflow holding a pytorch-flavor model and calibration/ artifacts, the
+    model registered as `digits` with alias `staging` - what a training job leaves behind."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model_path, calib, _ = digits_cnn
+    model = torch.load(model_path, weights_only=False)
+    z = np.load(calib)
+    (tmp_path / "cal").mkdir()
+    np.save(tmp_path / "cal" / "inputs.npy", z["x"])
+    np.save(tmp_path / "cal" / "labels.npy", z["y"])
+    mlflow.set_experiment("conversion-test")
+    with mlflow.start_run() as run:
+        with torch.no_grad():
+            sig = infer_signature(z["x"][:4], model(torch.from_numpy(z["x"][:4])).numpy())
+        mlflow.pytorch.log_model(model, name="model", signature=sig, pip_requirements=["torch"])
+        mlflow.log_artifacts(str(tmp_path / "cal"), "calibration")
+    client = MlflowClient()
+    mv = mlflow.register_model(f"runs:/{run.info.run_id}/model", "digits")
+    client.set_registered_model_alias("digits", "staging", mv.version)
+    return run.info.run_id
+
+
+def test_convert_registered_model_logs_into_its_source_run(cli, tmp_path, logged_run):
+    from mlflow.tracking import MlflowClient
+
+    from converters.sources import source_run_id
+
+    assert source_run_id("models:/digits@staging") == logged_run
+    assert source_run_id(f"runs:/{logged_run}/model") == logged_run
+
+    # No --from (the flavor says torch) and no --calib (the run's calibration/ artifacts).
+    result = cli("models:/digits@staging", "--to", "onnx,onnx-int8", "--out", tmp_path / "conv", "--output", "json")
+    assert result.exit_code == 0, (result.output, result.exception)
+    report = json.loads(result.stdout)
+    assert report["status"] == "PASSED" and report["run_id"] == logged_run and report["source"] == "torch"
+    assert any("held-out" in n and "calibration" in n for n in report["notes"])
+
+    client = MlflowClient()
+    logged = {f.path for f in client.list_artifacts(logged_run, "conversion")}
+    assert {"conversion/onnx", "conversion/onnx-int8", "conversion/report.json", "conversion/report.md",
+            "conversion/report.png"} <= logged
+    metrics = client.get_run(logged_run).data.metrics
+    rows = {r["target"]: r for r in report["rows"]}
+    assert metrics["parity.onnx.max_abs_diff"] == pytest.approx(rows["onnx"]["max_abs_diff"])
+    assert metrics["parity.onnx-int8.top1_agreement"] == pytest.approx(rows["onnx-int8"]["top1_agreement"])
+    assert metrics["parity.passed"] == 1.0
+
+
+def test_runs_uri_without_calibration_artifacts_needs_calib(cli, tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    from _torch_models import DigitsCNN
+
+    with mlflow.start_run() as run:
+        mlflow.pytorch.log_model(DigitsCNN().eval(), name="model", pip_requirements=["torch"])
+    result = cli(f"runs:/{run.info.run_id}/model", "--to", "onnx-int8", "--out", tmp_path / "conv")
+    assert result.exit_code == 2, result.output
+    assert "--calib" in result.stderr and not (tmp_path / "conv").exists()
