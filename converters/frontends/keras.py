@@ -54,6 +54,7 @@ class TFWorker:
         self._proc: subprocess.Popen | None = None
         self._log_path: Path | None = None
         self._lock = threading.Lock()
+        self._atexit = False
 
     @property
     def log_path(self) -> Path | None:
@@ -74,6 +75,9 @@ class TFWorker:
                                       stdout=subprocess.PIPE, stderr=log, env=env, text=True, bufsize=1,
                                       cwd=str(repo_root()))
         log.close()
+        if not self._atexit:
+            atexit.register(self.close)
+            self._atexit = True
         self._read(timeout=120, what="start")
 
     def _read(self, timeout: float, what: str) -> dict:
@@ -148,7 +152,6 @@ def tf_worker() -> TFWorker:
     global _WORKER
     if _WORKER is None:
         _WORKER = TFWorker()
-        atexit.register(_WORKER.close)
     return _WORKER
 
 

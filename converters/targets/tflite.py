@@ -21,10 +21,15 @@ from trainer.errors import ConversionError, UnsupportedOpsError
 
 
 class TFLiteTarget:
-    def __init__(self, name: str, int8: bool, worker: TFWorker | None = None):
-        self.name = name
-        self.int8 = int8
+    """`tflite`: fp32. The registry instantiates it with no arguments."""
+
+    name = "tflite"
+    int8 = False
+    precision = "fp32"          # judged by atol/rtol in the parity report
+
+    def __init__(self, worker: TFWorker | None = None):
         self._worker = worker
+        self.notes: list[str] = []
 
     @property
     def worker(self) -> TFWorker:
@@ -36,6 +41,7 @@ class TFLiteTarget:
         source = export.extras.get("tf_source")
         if self.int8 and calib is None:
             raise ConversionError(f"{self.name}: int8 needs calibration samples; pass --calib DATA")
+        self.notes = []
         created = not out_dir.exists()
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -53,7 +59,7 @@ class TFLiteTarget:
                     args["onnx"] = export.onnx_path
                     if export.inputs:
                         args["input_name"] = export.inputs[0].name
-                self.worker.call("tflite-build", **args)
+                info = self.worker.call("tflite-build", **args)
                 (tmp / out.name).replace(out)
         except WorkerFailed as exc:
             _rmdir_if_created(out_dir, created)
@@ -63,6 +69,8 @@ class TFLiteTarget:
         except BaseException:
             _rmdir_if_created(out_dir, created)
             raise
+        self.notes = [f"{info['via']}" + (f", int8 calibrated on {info['calib_samples']} samples, "
+                                          f"float32 input/output" if self.int8 else "")]
         return out
 
     def predict(self, artifact: Path, inputs: np.ndarray) -> np.ndarray:
@@ -95,8 +103,16 @@ def _rmdir_if_created(out_dir: Path, created: bool) -> None:
             pass
 
 
-TARGET = TFLiteTarget("tflite", int8=False)
-TARGET_INT8 = TFLiteTarget("tflite-int8", int8=True)
+class TFLiteInt8Target(TFLiteTarget):
+    """`tflite-int8`: int8 kernels (TFLITE_BUILTINS_INT8), float32 input/output."""
+
+    name = "tflite-int8"
+    int8 = True
+    precision = "int8"          # judged by top-1 agreement and accuracy delta
+
+
+TARGET = TFLiteTarget()
+TARGET_INT8 = TFLiteInt8Target()
 TARGETS = [TARGET, TARGET_INT8]
 
-__all__ = ["TARGET", "TARGET_INT8", "TARGETS", "TFLiteTarget"]
+__all__ = ["TARGET", "TARGET_INT8", "TARGETS", "TFLiteTarget", "TFLiteInt8Target"]
