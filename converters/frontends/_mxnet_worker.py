@@ -34,12 +34,13 @@ class WorkerError(Exception):
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("Stack trace"):
-            return line[:300]
-    return type(exc).__name__
+    """The line of a (possibly multi-line, C++-traceback-laden) message that says what failed."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith(("Traceback", "File ", "[bt]", "Stack trace"))]
+    if not lines:
+        return type(exc).__name__
+    line = lines[-1] if len(lines) > 1 and "Error" in lines[-1] else lines[0]
+    return line.removeprefix("MXNetError: ")[:300]
 
 
 # -- MXNet: loading -----------------------------------------------------------------------------
@@ -132,8 +133,11 @@ def cmd_mx_predict(a) -> dict:
     sym, arg, aux = _load_mx(Path(a.symbol), Path(a.params))
     data = _data_names(sym, arg, aux)
     x = np.load(a.inputs).astype(np.float32)
-    exe = sym.bind(mx.cpu(), args={**{k: v for k, v in arg.items()}, data[0]: mx.nd.array(x)},
-                   aux_states=aux, grad_req="null")
+    # simple_bind allocates every argument (a Module checkpoint's softmax_label included, as
+    # zeros: inference ignores it); then the trained values are copied in.
+    exe = sym.simple_bind(mx.cpu(), grad_req="null", **{data[0]: x.shape})
+    exe.copy_params_from(arg, aux, allow_extra_params=True)
+    exe.arg_dict[data[0]][:] = x
     out = exe.forward(is_train=False)[0].asnumpy()
     np.save(a.out, out)
     return {"shape": list(out.shape)}
