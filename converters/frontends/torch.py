@@ -56,9 +56,13 @@ class TorchFrontend:
             import mlflow.pytorch
 
             try:
-                return mlflow.pytorch.load_model(str(model), map_location="cpu").eval()
+                loaded = mlflow.pytorch.load_model(str(model), map_location="cpu")
             except Exception as err:
                 raise ConversionError(f"torch: cannot load the MLflow model {model}: {_first_line(err)}") from err
+            try:
+                return loaded.eval()
+            except Exception:  # pt2-format models load as exported modules, which have no eval mode
+                return loaded
         if not model.is_file():
             raise ConversionError(f"torch: model file not found: {model}")
         if model.suffix == ".pt2":

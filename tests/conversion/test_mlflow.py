@@ -30,7 +30,8 @@ def logged_run(tmp_path, monkeypatch, digits_cnn):
     with mlflow.start_run() as run:
         with torch.no_grad():
             sig = infer_signature(z["x"][:4], model(torch.from_numpy(z["x"][:4])).numpy())
-        mlflow.pytorch.log_model(model, name="model", signature=sig, pip_requirements=["torch"])
+        mlflow.pytorch.log_model(model, name="model", signature=sig, serialization_format="pickle",
+                                 pip_requirements=["torch"])
         mlflow.log_artifacts(str(tmp_path / "cal"), "calibration")
     client = MlflowClient()
     mv = mlflow.register_model(f"runs:/{run.info.run_id}/model", "digits")
@@ -71,8 +72,10 @@ def test_runs_uri_without_calibration_artifacts_needs_calib(cli, tmp_path, monke
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     from _torch_models import DigitsCNN
 
+    mlflow.set_experiment("conversion-test-no-calib")  # a fresh store: the fluent API's experiment is gone
     with mlflow.start_run() as run:
-        mlflow.pytorch.log_model(DigitsCNN().eval(), name="model", pip_requirements=["torch"])
+        mlflow.pytorch.log_model(DigitsCNN().eval(), name="model", serialization_format="pickle",
+                                 pip_requirements=["torch"])
     result = cli(f"runs:/{run.info.run_id}/model", "--to", "onnx-int8", "--out", tmp_path / "conv")
     assert result.exit_code == 2, result.output
     assert "--calib" in result.stderr and not (tmp_path / "conv").exists()
