@@ -58,12 +58,15 @@ TARGETS: dict[str, Entry] = {
                        "ONNX Runtime static QDQ int8, calibrated on real samples",
                        routes={"*": "quant_pre_process + quantize_static (QDQ)"}),
     "tflite": Entry("converters.targets.tflite:TFLiteTarget", "TFLite flatbuffer", "tensorflow",
-                    routes={"keras": "TFLiteConverter (fp32, int8)",
-                            "*": "onnx2tf, when installed"}),
+                    routes={"keras": "TFLiteConverter",
+                            "*": "onnx2tf, when installed (no LSTM)"}),
+    "tflite-int8": Entry("converters.targets.tflite:TFLiteInt8Target",
+                         "TFLite flatbuffer, int8 (calibrated on real samples)", "tensorflow",
+                         routes={"keras": "TFLiteConverter, full-integer int8"}),
     "pytorch": Entry("converters.targets.pytorch:PyTorchTarget", "PyTorch module (TorchScript)",
                      routes={"caffe": "MMdnn IR -> PyTorch code + weights",
                              "mxnet-mmdnn": "MMdnn IR -> PyTorch code + weights",
-                             "*": "onnx2torch"}),
+                             "*": "onnx2torch (no LSTM/GRU; opset <= 17)"}),
 }
 
 _loaded: dict[tuple[str, str], Any] = {}
