@@ -133,15 +133,13 @@ class Job:
 
     def progress(self, poll_s: float = 1.0) -> Iterator[dict]:
         """Progress events ({"step", "metrics", "time"}) printed by rank 0, until the job ends."""
-        from trainer.context import PROGRESS_PREFIX
-
+        last = 0.0
         for line in self.follow(poll_s):
-            idx = line.find(PROGRESS_PREFIX)
-            if idx >= 0:
-                try:
-                    yield json.loads(line[idx + len(PROGRESS_PREFIX):])
-                except ValueError:
-                    continue
+            event = parse_progress(line)
+            # Several Ray nodes on one host can forward the same worker line twice.
+            if event is not None and event.get("time", 0) > last:
+                last = event.get("time", 0)
+                yield event
 
     def wait(self, timeout: float | None = None, poll_s: float = 1.0) -> JobState:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -184,6 +182,19 @@ class Job:
                 finish_run(self.tracking_uri, self.run_id, state.mlflow_status)
         except Exception:
             pass  # tracking unreachable: the job's state is still right
+
+
+def parse_progress(line: str) -> dict | None:
+    """The event in a rank-0 progress line of the job's logs, or None."""
+    from trainer.context import PROGRESS_PREFIX
+
+    idx = line.find(PROGRESS_PREFIX)
+    if idx < 0:
+        return None
+    try:
+        return json.loads(line[idx + len(PROGRESS_PREFIX):])
+    except ValueError:
+        return None
 
 
 def _seconds(ms: int | None) -> float | None:

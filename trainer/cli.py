@@ -295,6 +295,10 @@ for _module in ("trainer.runtimes.cli", "converters.cli", "converters.edge.cli")
 
 
 def main() -> None:
+    import logging
+
+    # Ray's client logs every file it skips while packaging the working_dir; users need none of it.
+    logging.getLogger("ray").setLevel(logging.ERROR)
     app()
 
 

@@ -62,6 +62,8 @@ class Context:
             from trainer.tracking.metrics import MetricsChannel
 
             self._channel = MetricsChannel(tracking_uri, run_id)
+            if session.restore_dir() is not None:
+                self._channel.resume()
         # With no restarts possible nothing can be replayed, so every report is committed at once.
         self._commit_each_report = spec.failure.max_failures == 0
         self._checkpoints_seen = 0
@@ -121,9 +123,11 @@ class Context:
         if checkpoint is not None:
             self._checkpoints_seen += 1
             if self._checkpoints_seen % self.spec.checkpoint.every_epochs == 0:
+                if self._channel is not None:
+                    self._channel.flush()  # in MLflow before the checkpoint exists (see metrics.py)
                 self._persist(values, checkpoint)
                 persisted = True
-        if self._channel is not None and (persisted or self._commit_each_report):
+        if self._channel is not None and not persisted and self._commit_each_report:
             self._channel.commit()
         if self.rank == 0:
             self._print_progress(step, values, force=persisted or "epoch" in metrics)
@@ -242,10 +246,10 @@ class RayTrainSession:
     def restore_dir(self) -> Path | None:
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        return Path(checkpoint.to_directory())
+        if not hasattr(self, "_restore_dir"):
+            checkpoint = ray.train.get_checkpoint()
+            self._restore_dir = None if checkpoint is None else Path(checkpoint.to_directory())
+        return self._restore_dir
 
     def persist(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         import ray.train

@@ -191,7 +191,8 @@ def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise SpecError(f"cannot set {dotted!r}: {'.'.join(parts[:i + 1])} is not a mapping", path=dotted)
+            raise SpecError(f"is {type(child).__name__}, not a mapping; cannot set {dotted!r}",
+                            path=".".join(parts[:i + 1]))
         node = child
     node[parts[-1]] = value
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -140,8 +141,19 @@ def main() -> int:
               file=sys.stderr, flush=True)
         return 1
     finally:
+        _leave_vanished_cwd()
         if run_id:
             finish_run(tracking_uri, run_id, status)
+
+
+def _leave_vanished_cwd() -> None:
+    """When several Ray nodes share one host they share the unpacked working_dir, and a node's
+    agent may delete it once that node's last worker exits, while this driver still sits in it.
+    MLflow resolves paths against the cwd, so step out of a folder that no longer exists."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        os.chdir(tempfile.gettempdir())
 
 
 def run_in_process(spec: JobSpec, workdir: Path, run_id: str | None, tracking_uri: str | None,

@@ -3,8 +3,10 @@
 `ctx.report` must be cheap enough to call every step, so values are appended to an in-memory
 buffer and a background thread sends them with `log_batch`. Values are *committed* together with
 checkpoints: a report between two checkpoints is held back until the next persisted checkpoint
-(or the end of training) commits it. After a worker failure the group resumes from the last
-checkpoint and replays the uncommitted steps, so MLflow never sees a step twice or misses one.
+(or the end of training) commits it, and the commit reaches MLflow *before* the checkpoint is
+persisted. After a worker failure the group resumes from the last checkpoint and replays the steps
+after it; a restarted channel drops any (key, step) MLflow already has (a crash between the
+flush and the checkpoint), so every step lands exactly once.
 """
 from __future__ import annotations
 
@@ -26,14 +28,29 @@ class MetricsChannel:
         self._client = client(tracking_uri)
         self._run_id = run_id
         self._pending: list = []
+        self._logged_up_to: dict[str, int] = {}
         self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="trainer-metrics", daemon=True)
         self._thread.start()
 
+    def resume(self) -> None:
+        """After a restart: skip the steps MLflow already holds for each key."""
+        for key in self._client.get_run(self._run_id).data.metrics:
+            steps = [m.step for m in self._client.get_metric_history(self._run_id, key)]
+            self._logged_up_to[key] = max(steps, default=-1)
+
     def add(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        self._pending.extend(self._metric(k, float(v), now, step) for k, v in metrics.items())
+        self._pending.extend(self._metric(k, float(v), now, step) for k, v in metrics.items()
+                             if step > self._logged_up_to.get(k, -1))
+
+    def flush(self) -> None:
+        """Commit and wait until MLflow has everything (used right before a checkpoint)."""
+        self.commit()
+        self._queue.join()
+        if self._error is not None:
+            raise RuntimeError(f"MLflow metric logging failed: {self._error}") from self._error
 
     def commit(self) -> None:
         """Hand everything reported so far to the sender thread."""
@@ -55,15 +72,17 @@ class MetricsChannel:
     def _loop(self) -> None:
         done = False
         while not done:
-            batch = []
+            batch, taken = [], 0
             try:
                 item = self._queue.get(timeout=FLUSH_INTERVAL_S)
+                taken += 1
                 while True:
                     if item is None:
                         done = True
                         break
                     batch.extend(item)
                     item = self._queue.get_nowait()
+                    taken += 1
             except queue.Empty:
                 pass
             try:
@@ -71,3 +90,6 @@ class MetricsChannel:
                     self._client.log_batch(self._run_id, metrics=batch[i:i + MAX_BATCH], synchronous=True)
             except BaseException as e:  # surfaced to the training loop on the next commit
                 self._error = e
+            finally:
+                for _ in range(taken):
+                    self._queue.task_done()

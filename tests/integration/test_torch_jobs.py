@@ -1,0 +1,156 @@
+"""PyTorch jobs on a real multi-node local Ray cluster, recorded in a real MLflow store."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from ray.util.state import list_actors
+
+import trainer
+from trainer.scheduling.fingerprint import fingerprint
+from trainer.tracking.runs import client, metrics_frame
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "digits" / "torch.yaml"
+TRAINER = str(Path(sys.executable).parent / "trainer")
+
+
+def _steps(job, key):
+    frame = metrics_frame(job.tracking_uri, job.run_id)
+    return frame[frame.key == key].step.tolist()
+
+
+def _train_workers(address, job):
+    """RayTrainWorker actors of this job (alive or dead), from Ray's own state API."""
+    ray_job_id = job._jobs().info(job.id).job_id
+    return [a for a in list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker")],
+                                   detail=True, limit=1000, raise_on_missing_output=False)
+            if a.job_id == ray_job_id]
+
+
+def test_digits_end_to_end(cluster):
+    """The README's main command: 2 DDP workers, >= 0.95, everything recorded in MLflow."""
+    proc = subprocess.run([TRAINER, "submit", str(EXAMPLE), "--wait", "--output", "json"], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)
+    assert summary["status"] == "SUCCEEDED"
+    assert summary["test_accuracy"] >= 0.95
+
+    job = trainer.Job.get(summary["job_id"], cluster.dashboard_url)
+    run = client(job.tracking_uri).get_run(job.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["epochs"] == "12" and run.data.params["trainer.workers"] == "2"
+    assert run.data.tags["trainer.job_id"] == job.id
+    # Per-epoch metrics for every epoch, exactly once.
+    for key in ("loss", "accuracy", "epoch"):
+        assert _steps(job, key) == list(range(12)), key
+    # The dataset's content digest is the run's input.
+    (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
+    expected = fingerprint("package://sklearn.datasets/data/digits.csv.gz", REPO)
+    assert dataset.digest == expected.digest[:32]
+    # The final model is logged and loads; calibration samples are there for conversion.
+    import mlflow.pytorch
+    import torch
+
+    mlflow.set_tracking_uri(job.tracking_uri)
+    model = mlflow.pytorch.load_model(f"runs:/{job.run_id}/model")
+    assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+    artifacts = {a.path for a in client(job.tracking_uri).list_artifacts(job.run_id, "calibration")}
+    assert artifacts == {"calibration/inputs.npy", "calibration/labels.npy"}
+    # Both workers ran, on the cpu node (never on the head).
+    workers = _train_workers(cluster.dashboard_url, job)
+    cpu_node = next(n for n in trainer.cluster_status()["nodes"] if n["accelerator"] == "cpu")
+    assert len(workers) == 2 and {w.node_id for w in workers} == {cpu_node["node_id"]}
+
+
+def test_placement_follows_the_accelerator_label(cluster):
+    job = trainer.submit(EXAMPLE, set=["resources.accelerator=A100", "workers=1", "config.epochs=2"])
+    assert job.wait(timeout=600).value == "SUCCEEDED", job.logs()[-3000:]
+    nodes = {n["accelerator"]: n["node_id"] for n in trainer.cluster_status()["nodes"] if not n["is_head"]}
+    workers = _train_workers(cluster.dashboard_url, job)
+    assert workers and {w.node_id for w in workers} == {nodes["A100"]}
+
+
+def test_unplaceable_accelerator_fails_fast_with_inventory(cluster):
+    started = time.monotonic()
+    proc = subprocess.run([TRAINER, "submit", str(EXAMPLE), "--set", "resources.accelerator=H100"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 3, proc.stderr
+    assert elapsed < 5, elapsed
+    message = proc.stderr.strip()
+    assert "no node is labelled ray.io/accelerator-type=H100" in message
+    for node in ("A100(cpus=1", "T4(cpus=1", "cpu(cpus=2", "head(cpus=0"):
+        assert node in message
+    assert not any(j["status"] == "PENDING" for j in trainer.list_jobs())
+
+
+def test_too_many_workers_for_the_labelled_nodes(cluster):
+    with pytest.raises(trainer.TrainerError, match="the 1 T4 node\\(s\\) fit only 1 worker"):
+        trainer.submit(EXAMPLE, set=["resources.accelerator=T4", "workers=2"])
+
+
+def test_killed_worker_resumes_from_last_checkpoint(cluster):
+    epochs = 25
+    job = trainer.submit(EXAMPLE, set=[f"config.epochs={epochs}"])
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and not [s for s in _steps(job, "epoch") if s >= 2]:
+        assert not job.status().is_terminal, job.logs()[-3000:]
+        time.sleep(1)
+    alive = [w for w in _train_workers(cluster.dashboard_url, job) if w.state == "ALIVE"]
+    assert len(alive) == 2
+    os.kill(alive[1].pid, signal.SIGKILL)
+
+    assert job.wait(timeout=900).value == "SUCCEEDED", job.logs()[-3000:]
+    # A new worker group was started (Ray's state API, not our logs) ...
+    assert len(_train_workers(cluster.dashboard_url, job)) >= 4
+    # ... that resumed from a checkpoint, not from scratch: rank 0's progress lines go back only
+    # to the epoch after the last checkpoint ...
+    from trainer.api import parse_progress
+
+    events = {e["time"]: e["step"] for e in map(parse_progress, job.logs().splitlines()) if e}
+    printed = [events[t] for t in sorted(events)]
+    restart = next(i for i in range(1, len(printed)) if printed[i] <= printed[i - 1])
+    assert 0 < printed[restart] <= printed[restart - 1], printed
+    # ... and MLflow shows every epoch exactly once.
+    for key in ("epoch", "loss", "accuracy"):
+        assert _steps(job, key) == list(range(epochs)), key
+    assert job.final_metrics()["test_accuracy"] >= 0.95
+
+
+def test_cancel_stops_the_job_and_frees_the_cluster(cluster):
+    job = trainer.submit(EXAMPLE, set=["config.epochs=500"])
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not _steps(job, "epoch"):
+        time.sleep(1)
+    proc = subprocess.run([TRAINER, "cancel", job.id, "--output", "json"], capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["status"] == "CANCELLED"
+    assert job.status().value == "CANCELLED"
+    assert client(job.tracking_uri).get_run(job.run_id).info.status == "KILLED"
+    # The workers' CPUs come back: the cluster stays usable.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        cpu = next(n for n in trainer.cluster_status()["nodes"] if n["accelerator"] == "cpu")
+        if cpu["cpus_free"] == cpu["cpus"]:
+            break
+        time.sleep(2)
+    assert cpu["cpus_free"] == cpu["cpus"]
+    status = subprocess.run([TRAINER, "status", job.id], capture_output=True, text=True, timeout=60)
+    assert status.stdout.strip() == "CANCELLED"
+
+
+def test_run_local_gives_the_same_accuracy_band_without_ray(trainer_home):
+    result = trainer.run_local(EXAMPLE)
+    assert result.metrics["test_accuracy"] >= 0.95
+    run = client(result.tracking_uri).get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["trainer.ray_address"] == "local"

@@ -1,0 +1,64 @@
+"""The batched metrics channel against a real (SQLite) MLflow store."""
+import pytest
+
+from trainer.tracking.metrics import MetricsChannel
+from trainer.tracking.runs import client, metrics_frame
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite store for the module (creating its schema takes seconds)."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    return uri, client(uri).create_experiment("t", artifact_location=(folder / "art").as_uri())
+
+
+@pytest.fixture
+def run(store):
+    uri, exp = store
+    return uri, client(uri).create_run(exp).info.run_id
+
+
+def steps(uri, run_id, key):
+    frame = metrics_frame(uri, run_id)
+    return frame[frame.key == key].step.tolist()
+
+
+def test_pending_values_wait_for_commit(run):
+    uri, run_id = run
+    ch = MetricsChannel(uri, run_id)
+    ch.add({"loss": 1.0}, 0)
+    ch.add({"loss": 0.5}, 1)
+    ch._queue.join()
+    assert steps(uri, run_id, "loss") == []          # not committed: nothing sent
+    ch.flush()
+    assert steps(uri, run_id, "loss") == [0, 1]
+    ch.add({"loss": 0.2}, 2)
+    ch.close(commit=False)                            # a failed attempt's tail is dropped
+    assert steps(uri, run_id, "loss") == [0, 1]
+
+
+def test_restarted_channel_never_logs_a_step_twice(run):
+    uri, run_id = run
+    first = MetricsChannel(uri, run_id)
+    for epoch in range(3):
+        first.add({"loss": 1.0 / (epoch + 1), "epoch": epoch}, epoch)
+    first.flush()                                     # flushed, then the worker died before its checkpoint
+    first.close(commit=False)
+    second = MetricsChannel(uri, run_id)              # the group resumes from the checkpoint of epoch 1
+    second.resume()
+    for epoch in range(2, 5):
+        second.add({"loss": 0.1, "epoch": epoch}, epoch)
+    second.close()
+    assert steps(uri, run_id, "loss") == [0, 1, 2, 3, 4]
+    assert steps(uri, run_id, "epoch") == [0, 1, 2, 3, 4]
+
+
+def test_many_values_are_sent_in_batches(run):
+    uri, run_id = run
+    ch = MetricsChannel(uri, run_id)
+    for step in range(1500):
+        ch.add({"a": step, "b": -step}, step)
+    ch.close()
+    assert steps(uri, run_id, "a") == list(range(1500))
+    assert len(steps(uri, run_id, "b")) == 1500
