@@ -123,3 +123,19 @@ def test_locks_are_fully_pinned_and_use_the_projects_ray(name):
     loose = [ln for ln in lock.read_text().splitlines()
              if ln.strip() and not ln.startswith("#") and "==" not in ln]
     assert not loose, f"{lock.name} has unpinned lines: {loose}"
+
+
+@pytest.mark.parametrize("name", RUNTIME_NAMES)
+def test_locks_satisfy_the_core_dependencies(name):
+    """`trainer` goes into every runtime with --no-deps: its lock must already hold its deps."""
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((repo_root() / "pyproject.toml").read_text())
+    pins = runtimes._parse_lock(runtimes.lock_path(name))
+    unmet = []
+    for dep in project["project"]["dependencies"]:
+        req = Requirement(dep)
+        have = pins.get(runtimes._norm(req.name))
+        if have is None or not req.specifier.contains(have, prereleases=True):
+            unmet.append(f"{dep} (lock has {have or 'nothing'})")
+    assert not unmet, f"images/{name}/requirements.lock misses core deps: {unmet}"

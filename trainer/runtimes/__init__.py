@@ -3,7 +3,7 @@
 A runtime is `$TRAINER_RUNTIMES/<name>` (default `~/.trainer/runtimes/<name>`), a venv made
 from `images/<name>/requirements.lock` - the file `images/<name>/Dockerfile` installs too, so a
 laptop and a cluster pod run the same versions. This repo's `trainer` and `converters`
-packages are put on the venv's path (a `.pth` file), without their dependencies: the lock
+packages are put on the venv's path (symlinks + a `.pth` file), without their dependencies: the lock
 already holds everything a worker needs.
 
 Code that needs another framework runs `python_for(name) -m <module>` as a subprocess; the
@@ -55,7 +55,8 @@ RUNTIMES: dict[str, RuntimeSpec] = {
 }
 
 STAMP = ".trainer-runtime.json"   # written last: a venv without it is an unfinished install
-PTH = "trainer-repo.pth"          # puts repo_root() on sys.path in the runtime
+PTH = "trainer-repo.pth"          # puts PROJECT_LINKS on sys.path in the runtime
+PROJECT_LINKS = "trainer-src"     # <venv>/trainer-src/{trainer,converters} -> this checkout
 
 
 def _spec(name: str) -> RuntimeSpec:
@@ -274,9 +275,7 @@ def install(name: str, force: bool = False, *, echo=None) -> InstallReport:
              [py, "-m", "pip", "install", "--disable-pip-version-check", "-r", str(lock)])
         purelib = step("locating site-packages",
                        [py, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).strip().splitlines()[-1]
-        # The repo on the path, not `pip install -e .`: that would pull the core deps' ranges
-        # over the lock's pins.
-        (Path(purelib) / PTH).write_text(f"{repo_root()}\n")
+        _link_project(venv, Path(purelib))
         step("checking imports", [py, "-c", "; ".join(f"import {m}" for m in spec.import_check)],
              env={**os.environ, "PYTHONNOUSERSITE": "1"})
         freeze = step("recording versions", [py, "-m", "pip", "freeze", "--disable-pip-version-check"]).split("\n")
@@ -292,6 +291,23 @@ def install(name: str, force: bool = False, *, echo=None) -> InstallReport:
     }, indent=1))
     return InstallReport(name, "created", str(venv), py_version, digest, time.monotonic() - t0,
                          versions, len(freeze), str(log_path))
+
+
+def _link_project(venv: Path, purelib: Path) -> None:
+    """Make this checkout's `trainer` and `converters` importable in the venv, deps not included.
+
+    Not `pip install -e .` (it would resolve the core's version ranges over the lock's pins),
+    and not the repo root on sys.path (its `trainer.egg-info` would show up as an installed
+    distribution whose deps `pip check` then judges): a folder of symlinks to the two packages.
+    """
+    src = venv / PROJECT_LINKS
+    src.mkdir(exist_ok=True)
+    for package in ("trainer", "converters"):
+        link = src / package
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(repo_root() / package, target_is_directory=True)
+    (purelib / PTH).write_text(f"{src}\n")
 
 
 def _py_version() -> str:
