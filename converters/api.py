@@ -115,9 +115,11 @@ def _convert(model: str, source: str | None, targets: list[str], calib, edge: li
     target_objs = {t: registry.target(t) for t in targets}
     if edge:
         from converters.edge.qemu import check_cpu
+        from converters.edge.setup import require_qemu, require_root
 
         for cpu in edge:
             check_cpu(cpu)
+        require_qemu(), require_root()  # fail before the (slow) export, with the setup command
     run_id = run_id or resolved.run_id
     path = resolved.path
     notes: list[str] = []

@@ -26,7 +26,8 @@ def logged_run(tmp_path, monkeypatch, digits_cnn):
     (tmp_path / "cal").mkdir()
     np.save(tmp_path / "cal" / "inputs.npy", z["x"])
     np.save(tmp_path / "cal" / "labels.npy", z["y"])
-    mlflow.set_experiment("conversion-test")
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment(
+        "conversion-test", artifact_location=(tmp_path / "artifacts").as_uri()))
     with mlflow.start_run() as run:
         with torch.no_grad():
             sig = infer_signature(z["x"][:4], model(torch.from_numpy(z["x"][:4])).numpy())
@@ -72,7 +73,9 @@ def test_runs_uri_without_calibration_artifacts_needs_calib(cli, tmp_path, monke
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     from _torch_models import DigitsCNN
 
-    mlflow.set_experiment("conversion-test-no-calib")  # a fresh store: the fluent API's experiment is gone
+    # A fresh store (the fluent API's current experiment is gone), artifacts under tmp_path.
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment(
+        "conversion-test-no-calib", artifact_location=(tmp_path / "artifacts").as_uri()))
     with mlflow.start_run() as run:
         mlflow.pytorch.log_model(DigitsCNN().eval(), name="model", serialization_format="pickle",
                                  pip_requirements=["torch"])
