@@ -153,8 +153,9 @@ def run(spec: str = typer.Argument(..., help="Job spec YAML."),
     if not local:
         raise UsageError("trainer run executes in this process only: pass --local (or use trainer submit)")
     result = api.run_local(spec, set=set_)
+    shown = {k: v for k, v in result.metrics.items() if not k.startswith("parity.") or k == "parity.passed"}
     summary = {"run_id": result.run_id, "wall_time_s": result.wall_time_s,
-               **{k: round(v, 4) for k, v in sorted(result.metrics.items())}}
+               **{k: round(v, 4) for k, v in sorted(shown.items())}}
     _print_json(summary) if output == "json" else out.print(_kv_table("local run", summary))
 
 

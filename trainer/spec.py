@@ -58,8 +58,8 @@ class Tracking(_Strict):
 
 class Parity(_Strict):
     atol: float = Field(1e-4, gt=0, description="fp32 targets: max abs diff allowed.")
-    rtol: float | None = Field(None, gt=0, description="fp32 targets: max relative diff allowed.")
-    min_top1: float = Field(0.98, ge=0, le=1, description="int8 targets: top-1 agreement required.")
+    rtol: float = Field(1e-3, gt=0, description="fp32 targets: max relative diff allowed.")
+    min_agreement: float = Field(0.98, ge=0, le=1, description="int8 targets: top-1 agreement required.")
     max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="int8 targets: accuracy drop allowed.")
 
 

@@ -71,7 +71,7 @@ def test_digits_end_to_end(cluster):
 
 
 def test_placement_follows_the_accelerator_label(cluster):
-    job = trainer.submit(EXAMPLE, set=["resources.accelerator=A100", "workers=1", "config.epochs=2"])
+    job = trainer.submit(EXAMPLE, set=["resources.accelerator=A100", "workers=1", "config.epochs=2", "convert=null"])
     assert job.wait(timeout=600).value == "SUCCEEDED", job.logs()[-3000:]
     nodes = {n["accelerator"]: n["node_id"] for n in trainer.cluster_status()["nodes"] if not n["is_head"]}
     workers = _train_workers(cluster.dashboard_url, job)
@@ -99,7 +99,7 @@ def test_too_many_workers_for_the_labelled_nodes(cluster):
 
 def test_killed_worker_resumes_from_last_checkpoint(cluster):
     epochs = 25
-    job = trainer.submit(EXAMPLE, set=[f"config.epochs={epochs}"])
+    job = trainer.submit(EXAMPLE, set=[f"config.epochs={epochs}", "convert=null"])
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline and not [s for s in _steps(job, "epoch") if s >= 2]:
         assert not job.status().is_terminal, job.logs()[-3000:]
@@ -126,7 +126,7 @@ def test_killed_worker_resumes_from_last_checkpoint(cluster):
 
 
 def test_cancel_stops_the_job_and_frees_the_cluster(cluster):
-    job = trainer.submit(EXAMPLE, set=["config.epochs=500"])
+    job = trainer.submit(EXAMPLE, set=["config.epochs=500", "convert=null"])
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not _steps(job, "epoch"):
         time.sleep(1)

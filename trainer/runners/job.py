@@ -97,12 +97,16 @@ def convert_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str 
         return
     from converters.api import convert_run
 
+    from trainer.home import trainer_home
+
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     p = spec.convert.parity
     print(f"converting the trained model to {', '.join(spec.convert.targets)}", flush=True)
     report = convert_run(run_id, spec.convert.targets, edge=spec.convert.edge, atol=p.atol, rtol=p.rtol,
-                         min_top1=p.min_top1, max_accuracy_drop=p.max_accuracy_drop,
-                         tracking_uri=tracking_uri)
-    print(report.to_markdown() if hasattr(report, "to_markdown") else report, flush=True)
+                         min_agreement=p.min_agreement, max_accuracy_drop=p.max_accuracy_drop,
+                         out_dir=trainer_home() / "converted" / run_id)
+    print(report.to_markdown(), flush=True)
 
 
 def main() -> int:
@@ -129,6 +133,7 @@ def main() -> int:
               f"{spec.resources.accelerator} nodes; MLflow run {run_id}", flush=True)
         trainer = runner.ray_trainer(worker_loop, loop_config, scaling_config(spec), run_config)
         trainer.fit()
+        _leave_vanished_cwd()
         convert_after_training(spec, run_id, tracking_uri)
         status = "FINISHED"
         return 0
