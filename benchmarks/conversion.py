@@ -125,6 +125,10 @@ def main(argv=None) -> int:
             if extra:
                 lines.append(f"| {name} | note | | | | | | | {extra} | |")
             print(f"done: {name}", flush=True)
+    if load_before > all_threads:
+        lines += ["", f"The machine was oversubscribed (load {load_before:.1f} on {all_threads} CPUs): the "
+                  f"{all_threads}-thread torch eager rows are dominated by OpenMP threads waiting for "
+                  f"cores; compare the 1-thread rows."]
     lines += ["", "Parity columns compare each artifact with the native model on held-out samples "
               "(max abs diff over all logits; top-1 agreement of argmax).", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -82,3 +82,12 @@ def test_runs_uri_without_calibration_artifacts_needs_calib(cli, tmp_path, monke
     result = cli(f"runs:/{run.info.run_id}/model", "--to", "onnx-int8", "--out", tmp_path / "conv")
     assert result.exit_code == 2, result.output
     assert "--calib" in result.stderr and not (tmp_path / "conv").exists()
+
+    # The training job's path (convert_run) fails the same way, leaving nothing under TRAINER_HOME.
+    from converters.api import convert_run
+    from trainer.errors import UsageError
+
+    monkeypatch.setenv("TRAINER_HOME", str(tmp_path / "home"))
+    with pytest.raises(UsageError, match="--calib"):
+        convert_run(run.info.run_id, ["onnx-int8"])
+    assert not (tmp_path / "home" / "conversions").exists()
