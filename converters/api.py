@@ -53,6 +53,7 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
         registry.check_names(source, targets)
     tol = Tolerance(atol=atol, rtol=rtol, min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop)
     out_dir = _out_dir(model, out_dir)
+    _check_replaceable(out_dir)
     created = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
@@ -232,14 +233,20 @@ def _publish(staging: Path, out_dir: Path, keep_all: bool) -> None:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
     old = None
     if out_dir.exists():
-        if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "report.json").exists():
-            raise UsageError(f"{out_dir} exists and is not the output of an earlier conversion; "
-                             f"choose another --out or remove it")
+        _check_replaceable(out_dir)
         old = out_dir.with_name(f".{out_dir.name}.old-{time.time_ns()}")
         out_dir.rename(old)
     staging.rename(out_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """An earlier conversion's output (or an empty folder) may be replaced; nothing else."""
+    if out_dir.exists() and not (out_dir.is_dir() and (not any(out_dir.iterdir())
+                                                      or (out_dir / "report.json").exists())):
+        raise UsageError(f"{out_dir} exists and is not the output of an earlier conversion; "
+                         f"choose another --out or remove it")
 
 
 def _log_to_run(report: ConversionReport, out_dir: Path) -> None:
