@@ -307,11 +307,15 @@ def run_local(spec: str | Path | dict | JobSpec, *, set: list[str] | None = None
     """Run the job's function in this process (world size 1, no Ray), tracked in MLflow."""
     from trainer.home import trainer_home
     from trainer.runners.job import run_in_process
+    from trainer.runtimes import python_for
     from trainer.scheduling.preflight import check_spec
     from trainer.tracking import runs
 
     spec_obj, workdir = _load(spec, set, overrides)
     checked = check_spec(spec_obj, workdir)
+    interpreter = python_for(spec_obj.runtime_name)
+    if interpreter.parent.parent.resolve() != Path(sys.prefix).resolve():
+        return _run_local_in(interpreter, spec_obj, workdir)
     uri = runs.tracking_uri(spec_obj)
     job_id = "local-" + _job_id(spec_obj.name)
     run_id = runs.start_run(spec_obj, job_id, uri, "local", checked.fingerprint)
@@ -319,3 +323,33 @@ def run_local(spec: str | Path | dict | JobSpec, *, set: list[str] | None = None
     run_in_process(spec_obj, workdir, run_id, uri, trainer_home() / "local" / job_id)
     metrics = dict(runs.client(uri).get_run(run_id).data.metrics)
     return LocalRun(run_id, uri, round(time.monotonic() - started, 1), metrics)
+
+
+def _run_local_in(interpreter: Path, spec: JobSpec, workdir: Path) -> LocalRun:
+    """`run_local` under another runtime's interpreter (the job's framework is not installed in
+    this one, e.g. tensorflow from the main venv): the child's output streams through."""
+    import subprocess
+    import tempfile
+
+    from trainer.home import repo_root
+
+    code = ("import dataclasses, json, sys\n"
+            "from trainer.api import run_local\n"
+            "from trainer.errors import TrainerError\n"
+            "try:\n"
+            "    result = run_local(json.loads(sys.argv[1]))\n"
+            "except TrainerError as e:\n"
+            "    print(f'error: {e}', file=sys.stderr)\n"
+            "    sys.exit(e.exit_code)\n"
+            "open(sys.argv[2], 'w').write(json.dumps(dataclasses.asdict(result)))\n")
+    path = os.pathsep.join(filter(None, [str(repo_root()), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    with tempfile.TemporaryDirectory(prefix="trainer-local-") as tmp:
+        result = Path(tmp) / "result.json"
+        # cwd = the workdir: a spec given as a dict is resolved against the cwd.
+        proc = subprocess.run([str(interpreter), "-c", code, spec.model_dump_json(exclude_none=True), str(result)],
+                              cwd=workdir, env=env)
+        if proc.returncode != 0 or not result.is_file():
+            raise JobError(f"local run in the {spec.runtime_name} runtime ({interpreter}) failed with exit code "
+                           f"{proc.returncode}; its output is above")
+        return LocalRun(**json.loads(result.read_text()))
