@@ -2,19 +2,23 @@
 
 Ray Train starts the workers and sets `TF_CONFIG` in each; the context creates the strategy
 before the user's function runs (TensorFlow requires collective ops to be configured before any
-other op). A training function builds and compiles its model inside the strategy's scope:
+other op). A training function builds its model and optimizer inside the strategy's scope:
 
     def train(ctx):
         dataset = ctx.prepare_data_loader(tf.data.Dataset.from_tensor_slices(...).batch(global_batch))
-        with ctx.strategy.scope():
+        with ctx.strategy.scope():                # variables made here are mirrored on every worker
             model = ctx.prepare_model(build_model())
-            model.compile(...)
-        ...
+            optimizer = keras.optimizers.SGD(...)
+        ...                                        # a step run with ctx.strategy.run, in a tf.function
         ctx.report({"epoch": epoch, "loss": ...}, checkpoint={"weights": model.get_weights(), ...})
         ctx.save_model(model, x_test[:256], labels=y_test[:256])
 
-`model.fit` on a dataset splits each (global) batch across the workers and all-reduces the
-gradients; `ctx.strategy` is the default (no-op) strategy in `trainer run --local`.
+Keras 3's `model.fit` does not work under MultiWorkerMirroredStrategy (keras-team/keras#20585:
+it reduces a batch tuple and scalar logs in ways the collective strategy rejects), so training
+steps are written with `strategy.run` (see examples/digits/train_tensorflow.py); the Keras
+optimizer all-reduces gradients across workers itself. `ctx.strategy` is the default (no-op)
+strategy in `trainer run --local`, where the same code runs unchanged.
+
 Checkpoints are dicts of numpy arrays / lists / numbers (tensors and variables are converted);
 the saved model is an MLflow tensorflow-flavor model holding `data/model.keras`.
 """
