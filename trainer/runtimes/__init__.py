@@ -213,7 +213,7 @@ list = list_runtimes  # noqa: A001 - `trainer.runtimes.list()` reads like the CL
 @dataclass
 class InstallReport:
     name: str
-    action: str                     # "created" | "unchanged" | "project-venv"
+    action: str                     # "created" | "synced" | "unchanged" | "project-venv"
     path: str
     python: str
     lock_sha256: str
@@ -251,8 +251,14 @@ def install(name: str, force: bool = False, *, echo=None) -> InstallReport:
 
     base = _base_python(spec.python)
     venv.parent.mkdir(parents=True, exist_ok=True)
-    if venv.exists():
+    # A finished earlier install (stamp present, same Python) is synced to the new lock in
+    # place - only what changed is installed; anything else (half-built, forced) is rebuilt.
+    sync = (not force and stamp is not None and _venv_python(venv).exists()
+            and stamp.get("python", "").startswith(spec.python + "."))
+    if venv.exists() and not sync:
         shutil.rmtree(venv)
+    if sync:
+        (venv / STAMP).unlink()
     log_path = venv.parent / f"{name}.install.log"
     with open(log_path, "w") as log:
         def step(what: str, cmd: list[str], **kw) -> str:
@@ -268,11 +274,18 @@ def install(name: str, force: bool = False, *, echo=None) -> InstallReport:
                     f"runtime {name!r}: {what} failed: {last[0].strip()} (full log: {log_path})", runtime=name)
             return done.stdout
 
-        step(f"creating venv {venv} with {base}", [str(base), "-m", "venv", str(venv)])
+        if not sync:
+            step(f"creating venv {venv} with {base}", [str(base), "-m", "venv", str(venv)])
         py = str(_venv_python(venv))
         # No `-U pip`: pip is whatever the base interpreter ships; the lock decides the rest.
         step(f"installing {lock.relative_to(repo_root())} ({len(_parse_lock(lock))} pins)",
              [py, "-m", "pip", "install", "--disable-pip-version-check", "-r", str(lock)])
+        if sync:   # drop what the lock no longer lists
+            pins = _parse_lock(lock)
+            extra = [ln.split("==")[0] for ln in stamp.get("freeze", []) if _norm(ln.split("==")[0]) not in pins]
+            if extra:
+                step(f"removing {len(extra)} package(s) no longer in the lock",
+                     [py, "-m", "pip", "uninstall", "-y", *extra])
         purelib = step("locating site-packages",
                        [py, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).strip().splitlines()[-1]
         _link_project(venv, Path(purelib))
@@ -289,7 +302,7 @@ def install(name: str, force: bool = False, *, echo=None) -> InstallReport:
         "base_python": str(base), "versions": versions, "freeze": freeze,
         "installed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }, indent=1))
-    return InstallReport(name, "created", str(venv), py_version, digest, time.monotonic() - t0,
+    return InstallReport(name, "synced" if sync else "created", str(venv), py_version, digest, time.monotonic() - t0,
                          versions, len(freeze), str(log_path))
 
 

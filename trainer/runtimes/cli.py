@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         if quiet:
             typer.echo(json.dumps(report.to_dict(), indent=1))
             return
-        what = {"created": "installed", "unchanged": "already up to date (lock unchanged)",
+        what = {"created": "installed", "synced": "synced to the changed lock", "unchanged": "already up to date (lock unchanged)",
                 "project-venv": "served by the project venv (it satisfies the lock)"}[report.action]
         typer.echo(f"runtime {name}: {what} at {report.path} (python {report.python}, "
                    f"{report.packages} packages, {report.seconds:.0f}s)")
