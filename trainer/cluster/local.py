@@ -46,7 +46,12 @@ class NodeSpec:
 
 
 def default_nodes() -> list[NodeSpec]:
-    return [NodeSpec("cpu", os.cpu_count() or 1)]
+    """One node with all cores, labelled by its GPU model when NVML finds GPUs, else `cpu`."""
+    from trainer.cluster.gpus import local_gpus
+
+    gpus = local_gpus()
+    label = gpus[0].label if gpus else "cpu"
+    return [NodeSpec(label, os.cpu_count() or 1, len(gpus))]
 
 
 @dataclass
