@@ -1,14 +1,12 @@
 """`trainer convert`: a thin command over `converters.api.convert`."""
 from __future__ import annotations
 
-import os
-import sys
-import traceback
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from trainer.console import fail
 from trainer.errors import ParityError, TrainerError, UsageError
 
 
@@ -57,19 +55,9 @@ def convert_cmd(
         report = getattr(err, "report", None)
         if report is not None:
             _print_report(console, report, output)
-        _fail(err)
+        fail(err)
     except TrainerError as err:
-        _fail(err)
-
-
-def _fail(err: TrainerError):
-    from rich.console import Console
-    from rich.text import Text
-
-    if os.environ.get("TRAINER_DEBUG") == "1":
-        traceback.print_exception(err, file=sys.stderr)
-    Console(stderr=True).print(Text(f"error: {err}", style="red"), soft_wrap=True)
-    raise typer.Exit(code=err.exit_code)
+        fail(err)
 
 
 def _print_matrix(console, output: str) -> None:

@@ -6,19 +6,17 @@ the traceback.
 """
 from __future__ import annotations
 
-import functools
 import json
-import os
 import sys
 import time
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from trainer import api
-from trainer.errors import TrainerError, UsageError
+from trainer.console import err, handles_errors, out
+from trainer.errors import UsageError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Distributed training on Ray, tracked in MLflow, converted for the edge.")
@@ -27,33 +25,9 @@ spec_app = typer.Typer(no_args_is_help=True, help="Job spec tools.")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(spec_app, name="spec")
 
-out = Console()
-err = Console(stderr=True)
-
 OutputOpt = typer.Option("table", "--output", "-o", help="table | json")
 AddressOpt = typer.Option(None, "--address", help="Ray dashboard address (http://HOST:8265); "
                           "default $TRAINER_ADDRESS, else the local cluster.")
-
-
-def fail(e: TrainerError) -> None:
-    if os.environ.get("TRAINER_DEBUG"):
-        err.print_exception()
-    err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
-    raise typer.Exit(e.exit_code)
-
-
-def handles_errors(fn):
-    """User-facing errors become one red line and the error's exit code."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except TrainerError as e:
-            fail(e)
-        except KeyboardInterrupt:
-            err.print("interrupted")
-            raise typer.Exit(130)
-    return wrapper
 
 
 def _check_output(output: str) -> None:

@@ -1,33 +1,19 @@
 """`trainer edge ...`: provision the emulated aarch64 machine, run and inspect bundles."""
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from trainer.errors import TrainerError
+from trainer.console import handles_errors
 
 edge_app = typer.Typer(help="Edge bundles for ARM: provision the emulated aarch64 root, run bundles on it.",
                        no_args_is_help=True)
 
 
-def _user_errors(fn):
-    """A TrainerError becomes the CLI's one red line and exit code (trainer.cli.fail)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except TrainerError as e:
-            from trainer.cli import fail
-
-            fail(e)
-    return wrapper
-
-
 @edge_app.command("setup")
-@_user_errors
+@handles_errors
 def setup_cmd(force: bool = typer.Option(False, "--force", help="Rebuild the arm64 root even if it is there."),
               tflite: bool = typer.Option(False, "--tflite", help="Also install ai-edge-litert (for .tflite models).")):
     """Build and cache the arm64 python3.11 + numpy + onnxruntime root that `edge run` uses."""
@@ -37,7 +23,7 @@ def setup_cmd(force: bool = typer.Option(False, "--force", help="Rebuild the arm
 
 
 @edge_app.command("run")
-@_user_errors
+@handles_errors
 def run_cmd(bundle: Path = typer.Argument(..., help="Bundle folder (has manifest.json and run.py)."),
             inputs: Path = typer.Option(..., "--inputs", help=".npy file with the input batch."),
             cpu: str = typer.Option("cortex-a72", "--cpu", help="Emulated CPU model, e.g. cortex-a72, cortex-a53, neoverse-n1."),
@@ -73,7 +59,7 @@ def run_cmd(bundle: Path = typer.Argument(..., help="Bundle folder (has manifest
 
 
 @edge_app.command("verify")
-@_user_errors
+@handles_errors
 def verify_cmd(bundle: Path = typer.Argument(..., help="Bundle folder.")):
     """Check every file of BUNDLE against its manifest checksums."""
     from converters.edge.bundle import load_bundle

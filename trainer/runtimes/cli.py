@@ -1,31 +1,14 @@
 """`trainer runtime install|list|path`: thin commands over `trainer.runtimes`."""
 from __future__ import annotations
 
-import functools
 import json
-import os
 from dataclasses import asdict
 
 import typer
 
 from trainer import runtimes
-from trainer.errors import TrainerError, UsageError
-
-
-def _one_line_errors(fn):
-    """TrainerError -> one red line on stderr and its exit code (traceback with TRAINER_DEBUG=1)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except TrainerError as e:
-            from rich.console import Console
-            err = Console(stderr=True)
-            if os.environ.get("TRAINER_DEBUG"):
-                err.print_exception()
-            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
-            raise typer.Exit(e.exit_code) from None
-    return wrapper
+from trainer.console import handles_errors
+from trainer.errors import UsageError
 
 
 def _check_output(output: str, allowed: tuple[str, ...]) -> None:
@@ -38,7 +21,7 @@ def register(app: typer.Typer) -> None:
                         no_args_is_help=True)
 
     @group.command("install")
-    @_one_line_errors
+    @handles_errors
     def install_cmd(
         name: str = typer.Argument(..., help="torch | tensorflow | mxnet"),
         force: bool = typer.Option(False, "--force", help="rebuild even when the lock is unchanged"),
@@ -59,7 +42,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  {pkg}=={ver}")
 
     @group.command("list")
-    @_one_line_errors
+    @handles_errors
     def list_cmd(output: str = typer.Option("table", "--output", "-o", help="table | json")) -> None:
         """Every runtime: installed?, path, lock digest, key versions."""
         _check_output(output, ("table", "json"))
@@ -76,7 +59,7 @@ def register(app: typer.Typer) -> None:
         Console().print(table)
 
     @group.command("path")
-    @_one_line_errors
+    @handles_errors
     def path_cmd(
         name: str = typer.Argument(..., help="torch | tensorflow | mxnet"),
         python: bool = typer.Option(False, "--python", help="print the interpreter instead of the prefix"),
