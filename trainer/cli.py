@@ -254,19 +254,17 @@ def cluster_status(address: Optional[str] = AddressOpt, output: str = OutputOpt)
     out.print(table)
 
 
-def _mount_optional(module: str) -> None:
-    """Command groups from other packages (converters, runtimes) register themselves."""
-    import importlib
+def _mount_command_groups() -> None:
+    """Command groups that live beside their packages register themselves here."""
+    from converters.cli import register as register_convert
+    from converters.edge.cli import register as register_edge
+    from trainer.runtimes.cli import register as register_runtime
 
-    importlib.import_module(module).register(app)
+    for register in (register_runtime, register_convert, register_edge):
+        register(app)
 
 
-for _module in ("trainer.runtimes.cli", "converters.cli", "converters.edge.cli"):
-    try:
-        _mount_optional(_module)
-    except ModuleNotFoundError as _e:
-        if _e.name is None or not _e.name.startswith(_module.split(".")[0]):
-            raise
+_mount_command_groups()
 
 
 def main() -> None:

@@ -68,6 +68,17 @@ def test_digits_end_to_end(cluster):
     workers = _train_workers(cluster.dashboard_url, job)
     cpu_node = next(n for n in trainer.cluster_status()["nodes"] if n["accelerator"] == "cpu")
     assert len(workers) == 2 and {w.node_id for w in workers} == {cpu_node["node_id"]}
+    # The CLI's JSON views agree.
+    listed = json.loads(subprocess.run([TRAINER, "list", "--output", "json"], capture_output=True, text=True,
+                                       timeout=60, check=True).stdout)
+    assert {"job_id": job.id, "status": "SUCCEEDED", "run_id": job.run_id}.items() <= \
+        next(j for j in listed if j["job_id"] == job.id).items()
+    status = json.loads(subprocess.run([TRAINER, "cluster", "status", "--output", "json"], capture_output=True,
+                                       text=True, timeout=60, check=True).stdout)
+    labels = sorted(n["labels"].get("ray.io/accelerator-type", "head") for n in status["nodes"])
+    assert labels == ["A100", "T4", "cpu", "head"]
+    head = next(n for n in status["nodes"] if n["is_head"])
+    assert head["cpus"] == 0 and head["gpus"] == 0
 
 
 def test_placement_follows_the_accelerator_label(cluster):
