@@ -114,9 +114,22 @@ class TensorflowContext(Context):
         with mlflow.start_run(run_id=self.run_id):
             mlflow.tensorflow.log_model(
                 model, name="model", signature=signature,
-                pip_requirements=[f"tensorflow-cpu=={tf.__version__}", f"keras=={keras.__version__}"])
+                pip_requirements=[f"{_tensorflow_distribution()}=={tf.__version__}", f"keras=={keras.__version__}"])
         # start_run's exit marked the run FINISHED; the job's driver owns the final status.
         client(self._tracking_uri).update_run(self.run_id, status="RUNNING")
+
+
+def _tensorflow_distribution() -> str:
+    """The installed TensorFlow package's name (tensorflow-cpu locally, tensorflow on GPU images)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("tensorflow-cpu", "tensorflow"):
+        try:
+            version(name)
+            return name
+        except PackageNotFoundError:
+            continue
+    return "tensorflow"
 
 
 def _to_numpy_tree(value):
@@ -131,11 +144,28 @@ def _to_numpy_tree(value):
     return value
 
 
+def _cpu_only_lock() -> bool:
+    """Whether the tensorflow runtime's lock (what both its venv and its image install) pins the
+    CPU-only TensorFlow build."""
+    from trainer.runtimes import lock_path
+
+    lock = lock_path("tensorflow")
+    if not lock.is_file():
+        return False
+    names = {line.split("==")[0].strip().lower().replace("_", "-")
+             for line in lock.read_text().splitlines() if "==" in line and not line.lstrip().startswith("#")}
+    return "tensorflow-cpu" in names and "tensorflow" not in names
+
+
 class TensorflowRunner:
     framework = "tensorflow"
     runtime = "tensorflow"
 
     def unsupported(self, spec) -> list[str]:
+        if spec.resources.gpus_per_worker > 0 and _cpu_only_lock():
+            return [f"gpus_per_worker={spec.resources.gpus_per_worker:g}: the tensorflow runtime "
+                    f"(images/tensorflow/requirements.lock) pins tensorflow-cpu, which cannot use GPUs; "
+                    f"use gpus_per_worker: 0, or a runtime lock with tensorflow[and-cuda]"]
         return []
 
     def make_context(self, spec, session, *, run_id, tracking_uri, data_path) -> TensorflowContext:
