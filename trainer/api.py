@@ -252,7 +252,7 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
     address_given = resolve_address(address)
     check_tracking(uri, local_cluster=address_given is None)
     dashboard, local = _cluster_address(address, progress)
-    check_placement(spec_obj, nodes(dashboard))
+    check_placement(spec_obj, nodes(dashboard, free=False))
 
     job_id = _job_id(spec_obj.name)
     run_id = runs.start_run(spec_obj, job_id, uri, dashboard, checked.fingerprint)

@@ -27,10 +27,12 @@ def resolve_data_path(path: str, workdir: Path) -> Path:
     """A spec's data.path as an absolute path (package:// resolves inside the installed package)."""
     if path.startswith(PACKAGE_SCHEME):
         module, _, rel = path[len(PACKAGE_SCHEME):].partition("/")
-        spec = importlib.util.find_spec(module) if module else None
+        # Locate the top-level package without importing it (importing sklearn costs seconds).
+        top, *subpackages = module.split(".")
+        spec = importlib.util.find_spec(top) if top else None
         if spec is None or not spec.submodule_search_locations:
             raise SpecError(f"package {module!r} is not installed (from {path})", path="data.path")
-        resolved = Path(list(spec.submodule_search_locations)[0]) / rel
+        resolved = Path(list(spec.submodule_search_locations)[0]).joinpath(*subpackages) / rel
     else:
         resolved = (workdir / path).resolve()
     if not resolved.exists():
