@@ -23,8 +23,8 @@ def train(ctx):
 '''
 
 
-def _probe(tmp_path, framework):
-    project = tmp_path / framework
+def _submit_probe(folder, framework):
+    project = folder / framework
     project.mkdir()
     (project / "pyproject.toml").write_text('[project]\nname = "probe"\nversion = "0"\n')
     (project / "probe.py").write_text(PROBE)
@@ -32,13 +32,23 @@ def _probe(tmp_path, framework):
             "workers": 1, "resources": {"accelerator": "cpu", "cpus_per_worker": 1},
             "tracking": {"experiment": "runtime-isolation"}}
     (project / "job.yaml").write_text(yaml.safe_dump(spec))
-    job = trainer.submit(project / "job.yaml")
-    assert job.wait(timeout=600).value == "SUCCEEDED", job.logs()[-3000:]
-    return client(job.tracking_uri).get_run(job.run_id).data.metrics
+    return trainer.submit(project / "job.yaml")
 
 
-def test_torch_job_does_not_import_tensorflow(cluster, tmp_path):
-    metrics = _probe(tmp_path, "torch")
+@pytest.fixture(scope="module")
+def probes(cluster, tmp_path_factory):
+    """Both probe jobs at once (the cpu node holds two 1-CPU workers): half the wall time."""
+    folder = tmp_path_factory.mktemp("probes")
+    jobs = {fw: _submit_probe(folder, fw) for fw in ("torch", "tensorflow")}
+    metrics = {}
+    for fw, job in jobs.items():
+        assert job.wait(timeout=600).value == "SUCCEEDED", job.logs()[-3000:]
+        metrics[fw] = client(job.tracking_uri).get_run(job.run_id).data.metrics
+    return metrics
+
+
+def test_torch_job_does_not_import_tensorflow(probes):
+    metrics = probes["torch"]
     assert metrics["torch_loaded"] == 1.0  # the probe sees imports: TorchTrainer set up torch
     assert metrics["tf_loaded"] == 0.0
     assert metrics["keras_loaded"] == 0.0
@@ -46,8 +56,8 @@ def test_torch_job_does_not_import_tensorflow(cluster, tmp_path):
 
 
 @pytest.mark.tensorflow
-def test_tensorflow_job_does_not_import_torch(cluster, tmp_path):
-    metrics = _probe(tmp_path, "tensorflow")
+def test_tensorflow_job_does_not_import_torch(probes):
+    metrics = probes["tensorflow"]
     assert metrics["tf_loaded"] == 1.0  # TensorflowTrainer's backend and the strategy need it
     assert metrics["torch_loaded"] == 0.0
     assert (metrics["tf_installed"], metrics["torch_installed"]) == (1.0, 0.0)  # the tensorflow runtime
