@@ -1,6 +1,14 @@
 """MXNet (1.9, Gluon) in the mxnet runtime: Ray Train V2's generic DataParallelTrainer plus a
 parameter-server backend.
 
+**Capability: one worker.** `unsupported(spec)` refuses `workers > 1` before submission (exit 3,
+MULTI_WORKER_REASON). The parameter-server mode below is implemented and trains 2 workers to the
+same accuracy as one (measured: 0.994 on digits, both ranks' evaluations identical every epoch),
+but it does not survive a worker failure: Ray Train restarts the group with a fresh scheduler and
+server, and that server aborts with `kvstore_dist_server.h:611: Check failed: !stored.is_none():
+init 1 first` while the workers block in the kvstore forever - a hang, not a resume. Until that is
+solved, multi-worker MXNet is refused rather than offered without fault tolerance.
+
 Ray Train has no MXNet trainer, so the job uses `DataParallelTrainer` with `MXNetConfig`, whose
 backend does what Kubeflow's MXJob did for MXNet's distributed mode (kvstore `dist_sync`):
 
@@ -48,6 +56,10 @@ from pathlib import Path
 
 from trainer.context import Context
 
+MULTI_WORKER_REASON = (
+    "multi-worker training is not supported: MXNet's dist_sync parameter server trains 2 workers "
+    "here, but after a worker failure the restarted group's server aborts ('kvstore_dist_server.h:611: "
+    "Check failed: init 1 first') and the job hangs instead of resuming; use workers: 1")
 CHECKPOINT_FILE = "state.pkl"
 MODEL_PREFIX = "model"
 PS_ROLES = ("scheduler", "server")
@@ -83,6 +95,9 @@ class MXNetContext(Context):
             import mxnet as mx
 
             self._kvstore = mx.kv.create("dist_sync")
+            print(f"mxnet kvstore {self._kvstore.type}: worker {self._kvstore.rank} of "
+                  f"{self._kvstore.num_workers} (ray rank {self.rank}), scheduler "
+                  f"{os.environ['DMLC_PS_ROOT_URI']}:{os.environ['DMLC_PS_ROOT_PORT']}", flush=True)
         return self._kvstore
 
     def prepare_model(self, model):
@@ -243,6 +258,8 @@ class MXNetRunner:
     runtime = "mxnet"
 
     def unsupported(self, spec) -> list[str]:
+        if spec.workers > 1:
+            return [MULTI_WORKER_REASON]
         return []
 
     def make_context(self, spec, session, *, run_id, tracking_uri, data_path) -> MXNetContext:
