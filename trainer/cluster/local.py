@@ -106,13 +106,16 @@ class LocalCluster:
         state = ClusterState(gcs_address=f"127.0.0.1:{gcs_port}",
                              dashboard_url=f"http://127.0.0.1:{dash_port}", temp_dir=str(temp_dir),
                              nodes=[asdict(n) for n in nodes], started_at=time.time())
+        # Every node's dashboard agent gets its own free HTTP port: Ray's default (52365) is one
+        # per host, so a second cluster (or node) on this host would have no agent to take jobs.
         common = ["--node-ip-address=127.0.0.1", f"--object-store-memory={store}", "--disable-usage-stats"]
         try:
             _say(progress, "starting the head (CPU-only: schedules, runs no training)")
             self._ray_start("head", [
                 "--head", f"--port={gcs_port}", "--num-cpus=0", "--num-gpus=0",
                 "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
-                f"--ray-client-server-port={client_port}", f"--temp-dir={temp_dir}", *common])
+                f"--ray-client-server-port={client_port}", f"--temp-dir={temp_dir}",
+                f"--dashboard-agent-listen-port={_free_port()}", *common])
             # Nodes join one after another: two started at the same instant race for ports.
             for i, node in enumerate(nodes):
                 _say(progress, f"starting worker node {i + 1}/{len(nodes)}: {node}")
@@ -120,7 +123,7 @@ class LocalCluster:
                     f"--address={state.gcs_address}", f"--num-cpus={node.cpus}", f"--num-gpus={node.gpus}",
                     f"--labels=ray.io/accelerator-type={node.accelerator}",
                     f"--resources={json.dumps({f'accelerator_type:{node.accelerator}': 1})}",
-                    "--include-log-monitor=false", *common])
+                    "--include-log-monitor=false", f"--dashboard-agent-listen-port={_free_port()}", *common])
             self._wait_for_nodes(state, len(nodes) + 1)
         except BaseException:
             self._stop_processes(temp_dir, gcs_port)
