@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 class Runner(Protocol):
     framework: str
     runtime: str            # default runtime (venv / image) for this framework
+    frontend: str           # converter frontend (converters.registry) for the model save_model logs
 
     def unsupported(self, spec: "JobSpec") -> list[str]:
         """Reasons this runner cannot run `spec` (empty when it can)."""

@@ -101,7 +101,8 @@ def convert_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str 
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     p = spec.convert.parity
     print(f"converting the trained model to {', '.join(spec.convert.targets)}", flush=True)
-    report = convert_run(run_id, spec.convert.targets, edge=spec.convert.edge, atol=p.atol, rtol=p.rtol,
+    report = convert_run(run_id, spec.convert.targets, source=get_runner(spec.framework).frontend,
+                         edge=spec.convert.edge, atol=p.atol, rtol=p.rtol,
                          min_agreement=p.min_agreement, max_accuracy_drop=p.max_accuracy_drop)
     print(report.to_markdown(), flush=True)
 

@@ -256,6 +256,7 @@ def mxnet_config():
 class MXNetRunner:
     framework = "mxnet"
     runtime = "mxnet"
+    frontend = "mxnet"      # the converter frontend that reads what save_model wrote
 
     def unsupported(self, spec) -> list[str]:
         if spec.workers > 1:

@@ -160,6 +160,7 @@ def _cpu_only_lock() -> bool:
 class TensorflowRunner:
     framework = "tensorflow"
     runtime = "tensorflow"
+    frontend = "keras"      # the converter frontend that reads what save_model wrote
 
     def unsupported(self, spec) -> list[str]:
         if spec.resources.gpus_per_worker > 0 and _cpu_only_lock():

@@ -82,6 +82,7 @@ class TorchContext(Context):
 class TorchRunner:
     framework = "torch"
     runtime = "torch"
+    frontend = "torch"      # the converter frontend that reads what save_model wrote
 
     def unsupported(self, spec) -> list[str]:
         return []
