@@ -2,38 +2,23 @@
 in the tensorflow runtime venv, recorded in a real MLflow store."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from ray.util.state import list_actors
 
 import trainer
-from trainer.api import parse_progress
+from _jobs import kill_a_worker_and_check_resume, steps, train_workers
 from trainer.scheduling.fingerprint import fingerprint
-from trainer.tracking.runs import client, metrics_frame, tracking_uri
+from trainer.tracking.runs import client, tracking_uri
 
 pytestmark = [pytest.mark.integration, pytest.mark.tensorflow]
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "digits" / "tensorflow.yaml"
 TRAINER = str(Path(sys.executable).parent / "trainer")
-
-
-def _steps(job, key):
-    frame = metrics_frame(job.tracking_uri, job.run_id)
-    return frame[frame.key == key].step.tolist()
-
-
-def _train_workers(address, job):
-    """RayTrainWorker actors of this job (alive or dead), from Ray's own state API."""
-    ray_job_id = job._jobs().info(job.id).job_id
-    return [a for a in list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker")],
-                                   detail=True, limit=1000, raise_on_missing_output=False)
-            if a.job_id == ray_job_id]
 
 
 def test_tensorflow_digits_end_to_end(cluster, tmp_path):
@@ -52,12 +37,12 @@ def test_tensorflow_digits_end_to_end(cluster, tmp_path):
     assert run.data.params["epochs"] == "12" and run.data.params["trainer.workers"] == "2"
     assert run.data.tags["trainer.framework"] == "tensorflow"
     for key in ("loss", "accuracy", "epoch"):
-        assert _steps(job, key) == list(range(12)), key
+        assert steps(job, key) == list(range(12)), key
     (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
     expected = fingerprint("package://sklearn.datasets/data/digits.csv.gz", REPO)
     assert dataset.digest == expected.digest[:32]
     # Both workers ran on the cpu node, in the tensorflow runtime's interpreter.
-    workers = _train_workers(cluster.dashboard_url, job)
+    workers = train_workers(cluster.dashboard_url, job)
     cpu_node = next(n for n in trainer.cluster_status()["nodes"] if n["accelerator"] == "cpu")
     assert len(workers) == 2 and {w.node_id for w in workers} == {cpu_node["node_id"]}
     assert "Started training worker group of size 2" in job.logs()
@@ -85,29 +70,8 @@ def test_tensorflow_digits_end_to_end(cluster, tmp_path):
 
 
 def test_tensorflow_killed_worker_resumes_from_last_checkpoint(cluster):
-    epochs = 16
-    job = trainer.submit(EXAMPLE, set=[f"config.epochs={epochs}"])
-    deadline = time.monotonic() + 400
-    while time.monotonic() < deadline and not [s for s in _steps(job, "epoch") if s >= 2]:
-        assert not job.status().is_terminal, job.logs()[-3000:]
-        time.sleep(1)
-    alive = [w for w in _train_workers(cluster.dashboard_url, job) if w.state == "ALIVE"]
-    assert len(alive) == 2
-    os.kill(alive[1].pid, signal.SIGKILL)
+    kill_a_worker_and_check_resume(cluster, EXAMPLE, epochs=16, workers=2)
 
-    assert job.wait(timeout=900).value == "SUCCEEDED", job.logs()[-3000:]
-    # A new worker group was started (Ray's state API, not our logs) ...
-    assert len(_train_workers(cluster.dashboard_url, job)) >= 4
-    # ... that resumed from a checkpoint, not from scratch: rank 0's progress lines go back only
-    # to the epoch after the last checkpoint ...
-    events = {e["time"]: e["step"] for e in map(parse_progress, job.logs().splitlines()) if e}
-    printed = [events[t] for t in sorted(events)]
-    restart = next(i for i in range(1, len(printed)) if printed[i] <= printed[i - 1])
-    assert 0 < printed[restart] <= printed[restart - 1], printed
-    # ... and MLflow shows every epoch exactly once.
-    for key in ("epoch", "loss", "accuracy"):
-        assert _steps(job, key) == list(range(epochs)), key
-    assert job.final_metrics()["test_accuracy"] >= 0.95
 
 
 def test_tensorflow_run_local_reexecutes_in_the_runtime(trainer_home):

@@ -1,37 +1,22 @@
 """PyTorch jobs on a real multi-node local Ray cluster, recorded in a real MLflow store."""
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from ray.util.state import list_actors
 
 import trainer
+from _jobs import kill_a_worker_and_check_resume, steps, train_workers
 from trainer.scheduling.fingerprint import fingerprint
-from trainer.tracking.runs import client, metrics_frame
+from trainer.tracking.runs import client
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "digits" / "torch.yaml"
 TRAINER = str(Path(sys.executable).parent / "trainer")
-
-
-def _steps(job, key):
-    frame = metrics_frame(job.tracking_uri, job.run_id)
-    return frame[frame.key == key].step.tolist()
-
-
-def _train_workers(address, job):
-    """RayTrainWorker actors of this job (alive or dead), from Ray's own state API."""
-    ray_job_id = job._jobs().info(job.id).job_id
-    return [a for a in list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker")],
-                                   detail=True, limit=1000, raise_on_missing_output=False)
-            if a.job_id == ray_job_id]
 
 
 def test_digits_end_to_end(cluster):
@@ -50,7 +35,7 @@ def test_digits_end_to_end(cluster):
     assert run.data.tags["trainer.job_id"] == job.id
     # Per-epoch metrics for every epoch, exactly once.
     for key in ("loss", "accuracy", "epoch"):
-        assert _steps(job, key) == list(range(12)), key
+        assert steps(job, key) == list(range(12)), key
     # The dataset's content digest is the run's input.
     (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
     expected = fingerprint("package://sklearn.datasets/data/digits.csv.gz", REPO)
@@ -65,7 +50,7 @@ def test_digits_end_to_end(cluster):
     artifacts = {a.path for a in client(job.tracking_uri).list_artifacts(job.run_id, "calibration")}
     assert artifacts == {"calibration/inputs.npy", "calibration/labels.npy"}
     # Both workers ran, on the cpu node (never on the head).
-    workers = _train_workers(cluster.dashboard_url, job)
+    workers = train_workers(cluster.dashboard_url, job)
     cpu_node = next(n for n in trainer.cluster_status()["nodes"] if n["accelerator"] == "cpu")
     assert len(workers) == 2 and {w.node_id for w in workers} == {cpu_node["node_id"]}
     # The CLI's JSON views agree.
@@ -85,7 +70,7 @@ def test_placement_follows_the_accelerator_label(cluster):
     job = trainer.submit(EXAMPLE, set=["resources.accelerator=A100", "workers=1", "config.epochs=2", "convert=null"])
     assert job.wait(timeout=600).value == "SUCCEEDED", job.logs()[-3000:]
     nodes = {n["accelerator"]: n["node_id"] for n in trainer.cluster_status()["nodes"] if not n["is_head"]}
-    workers = _train_workers(cluster.dashboard_url, job)
+    workers = train_workers(cluster.dashboard_url, job)
     assert workers and {w.node_id for w in workers} == {nodes["A100"]}
 
 
@@ -109,37 +94,14 @@ def test_too_many_workers_for_the_labelled_nodes(cluster):
 
 
 def test_killed_worker_resumes_from_last_checkpoint(cluster):
-    epochs = 25
-    job = trainer.submit(EXAMPLE, set=[f"config.epochs={epochs}", "convert=null"])
-    deadline = time.monotonic() + 400
-    while time.monotonic() < deadline and not [s for s in _steps(job, "epoch") if s >= 2]:
-        assert not job.status().is_terminal, job.logs()[-3000:]
-        time.sleep(1)
-    alive = [w for w in _train_workers(cluster.dashboard_url, job) if w.state == "ALIVE"]
-    assert len(alive) == 2
-    os.kill(alive[1].pid, signal.SIGKILL)
+    kill_a_worker_and_check_resume(cluster, EXAMPLE, epochs=25, workers=2)
 
-    assert job.wait(timeout=900).value == "SUCCEEDED", job.logs()[-3000:]
-    # A new worker group was started (Ray's state API, not our logs) ...
-    assert len(_train_workers(cluster.dashboard_url, job)) >= 4
-    # ... that resumed from a checkpoint, not from scratch: rank 0's progress lines go back only
-    # to the epoch after the last checkpoint ...
-    from trainer.api import parse_progress
-
-    events = {e["time"]: e["step"] for e in map(parse_progress, job.logs().splitlines()) if e}
-    printed = [events[t] for t in sorted(events)]
-    restart = next(i for i in range(1, len(printed)) if printed[i] <= printed[i - 1])
-    assert 0 < printed[restart] <= printed[restart - 1], printed
-    # ... and MLflow shows every epoch exactly once.
-    for key in ("epoch", "loss", "accuracy"):
-        assert _steps(job, key) == list(range(epochs)), key
-    assert job.final_metrics()["test_accuracy"] >= 0.95
 
 
 def test_cancel_stops_the_job_and_frees_the_cluster(cluster):
     job = trainer.submit(EXAMPLE, set=["config.epochs=500", "convert=null"])
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not _steps(job, "epoch"):
+    while time.monotonic() < deadline and not steps(job, "epoch"):
         time.sleep(1)
     proc = subprocess.run([TRAINER, "cancel", job.id, "--output", "json"], capture_output=True, text=True,
                           timeout=180)
