@@ -5,7 +5,6 @@ The same function runs on Ray workers (`trainer submit mxnet.yaml`: with `worker
 are summed by MXNet's `dist_sync` parameter server, see trainer/runners/mxnet.py) and in-process
 (`trainer run mxnet.yaml --local`).
 """
-import gzip
 import os
 import tempfile
 
@@ -13,17 +12,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-
-def load_digits(path):
-    """The digits CSV that ships inside scikit-learn: 64 pixel columns (0..16) + the label."""
-    with gzip.open(path, "rt") as fh:
-        raw = np.loadtxt(fh, delimiter=",", dtype=np.float32)
-    x = (raw[:, :64] / 16.0).reshape(-1, 1, 8, 8).astype(np.float32)
-    y = raw[:, 64].astype(np.int64)
-    order = np.random.default_rng(0).permutation(len(x))  # fixed split: same test set everywhere
-    test = order[: len(x) // 5]
-    train = order[len(x) // 5:]
-    return (x[train], y[train]), (x[test], y[test])
+from digits_data import load_digits  # the shared data + split (same folder)
 
 
 def digits_cnn(width=16):

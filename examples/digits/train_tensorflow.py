@@ -5,21 +5,10 @@ The same function runs on Ray workers (`trainer submit tensorflow.yaml`) and in-
 (`trainer run tensorflow.yaml --local`). Data and split are the ones train_torch.py uses, in
 NHWC layout (Keras' default).
 """
-import gzip
 
 import numpy as np
 
-
-def load_digits(path):
-    """The digits CSV that ships inside scikit-learn: 64 pixel columns (0..16) + the label."""
-    with gzip.open(path, "rt") as fh:
-        raw = np.loadtxt(fh, delimiter=",", dtype=np.float32)
-    x = (raw[:, :64] / 16.0).reshape(-1, 8, 8, 1).astype(np.float32)
-    y = raw[:, 64].astype(np.int64)
-    order = np.random.default_rng(0).permutation(len(x))  # fixed split: same test set everywhere
-    test = order[: len(x) // 5]
-    train = order[len(x) // 5:]
-    return (x[train], y[train]), (x[test], y[test])
+from digits_data import load_digits  # the shared data + split (same folder)
 
 
 def digits_cnn(width=16):
@@ -49,7 +38,7 @@ def train(ctx):
     cfg = ctx.config
     seed = cfg.get("seed", 0)
     keras.utils.set_random_seed(seed)  # same initial weights and shuffle order on every worker
-    (x_train, y_train), (x_test, y_test) = load_digits(ctx.data_path)
+    (x_train, y_train), (x_test, y_test) = load_digits(ctx.data_path, layout="NHWC")
     # Global batches: the strategy splits each one across the workers.
     global_batch = cfg.get("batch_size", 32) * ctx.world_size
     dataset = ctx.prepare_data_loader(

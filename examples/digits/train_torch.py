@@ -3,24 +3,12 @@
 The same function runs on Ray workers (`trainer submit torch.yaml`) and in-process
 (`trainer run torch.yaml --local`).
 """
-import gzip
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-
-def load_digits(path):
-    """The digits CSV that ships inside scikit-learn: 64 pixel columns (0..16) + the label."""
-    with gzip.open(path, "rt") as fh:
-        raw = np.loadtxt(fh, delimiter=",", dtype=np.float32)
-    x = (raw[:, :64] / 16.0).reshape(-1, 1, 8, 8).astype(np.float32)
-    y = raw[:, 64].astype(np.int64)
-    order = np.random.default_rng(0).permutation(len(x))  # fixed split: same test set everywhere
-    test = order[: len(x) // 5]
-    train = order[len(x) // 5:]
-    return (x[train], y[train]), (x[test], y[test])
+from digits_data import load_digits  # the shared data + split (same folder)
 
 
 class DigitsCNN(nn.Module):

@@ -1,14 +1,22 @@
 """What the framework job tests share: reading a job back from MLflow and from Ray's state API,
 and the fault drill (kill a training worker mid-run, check it resumed and nothing repeats)."""
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from ray.util.state import list_actors
 
 import trainer
 from trainer.api import parse_progress
-from trainer.tracking.runs import metrics_frame
+from trainer.scheduling.fingerprint import fingerprint
+from trainer.tracking.runs import client, metrics_frame
+
+REPO = Path(__file__).resolve().parents[2]
+TRAINER = str(Path(sys.executable).parent / "trainer")
 
 
 def steps(job, key):
@@ -23,6 +31,33 @@ def train_workers(address, job):
     return [a for a in list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker")],
                                    detail=True, limit=1000, raise_on_missing_output=False)
             if a.job_id == ray_job_id]
+
+
+def submit_example_and_check_run(cluster, spec, framework: str, workers: int, epochs: int = 12):
+    """`trainer submit SPEC --wait` as a user runs it; then the run must hold what every job's run
+    holds: >= 0.95, params, job tags, every epoch exactly once, the dataset's digest, and the
+    workers on the cpu node (never the head). Returns (job, MLflow run) for framework checks."""
+    proc = subprocess.run([TRAINER, "submit", str(spec), "--wait", "--output", "json"], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)
+    assert summary["status"] == "SUCCEEDED"
+    assert summary["test_accuracy"] >= 0.95
+
+    job = trainer.Job.get(summary["job_id"], cluster.dashboard_url)
+    run = client(job.tracking_uri).get_run(job.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["epochs"] == str(epochs) and run.data.params["trainer.workers"] == str(workers)
+    assert run.data.tags["trainer.job_id"] == job.id and run.data.tags["trainer.framework"] == framework
+    for key in ("loss", "accuracy", "epoch"):
+        assert steps(job, key) == list(range(epochs)), key
+    (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
+    expected = fingerprint("package://sklearn.datasets/data/digits.csv.gz", REPO)
+    assert dataset.digest == expected.digest[:32]
+    ran = train_workers(cluster.dashboard_url, job)
+    cpu_node = next(n for n in trainer.cluster_status()["nodes"] if n["accelerator"] == "cpu")
+    assert len(ran) == workers and {w.node_id for w in ran} == {cpu_node["node_id"]}
+    return job, run
 
 
 def kill_a_worker_and_check_resume(cluster, spec, epochs: int, workers: int) -> None:

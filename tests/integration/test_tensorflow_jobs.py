@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import trainer
-from _jobs import kill_a_worker_and_check_resume, steps, train_workers
-from trainer.scheduling.fingerprint import fingerprint
+from _jobs import kill_a_worker_and_check_resume, submit_example_and_check_run
 from trainer.tracking.runs import client, tracking_uri
 
 pytestmark = [pytest.mark.integration, pytest.mark.tensorflow]
@@ -24,27 +22,7 @@ TRAINER = str(Path(sys.executable).parent / "trainer")
 def test_tensorflow_digits_end_to_end(cluster, tmp_path):
     """2 MultiWorkerMirroredStrategy workers reach >= 0.95; the run holds every epoch once, the
     params, the dataset and a Keras model that `trainer convert --from keras` turns into ONNX."""
-    proc = subprocess.run([TRAINER, "submit", str(EXAMPLE), "--wait", "--output", "json"], cwd=REPO,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads(proc.stdout)
-    assert summary["status"] == "SUCCEEDED"
-    assert summary["test_accuracy"] >= 0.95
-
-    job = trainer.Job.get(summary["job_id"], cluster.dashboard_url)
-    run = client(job.tracking_uri).get_run(job.run_id)
-    assert run.info.status == "FINISHED"
-    assert run.data.params["epochs"] == "12" and run.data.params["trainer.workers"] == "2"
-    assert run.data.tags["trainer.framework"] == "tensorflow"
-    for key in ("loss", "accuracy", "epoch"):
-        assert steps(job, key) == list(range(12)), key
-    (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
-    expected = fingerprint("package://sklearn.datasets/data/digits.csv.gz", REPO)
-    assert dataset.digest == expected.digest[:32]
-    # Both workers ran on the cpu node, in the tensorflow runtime's interpreter.
-    workers = train_workers(cluster.dashboard_url, job)
-    cpu_node = next(n for n in trainer.cluster_status()["nodes"] if n["accelerator"] == "cpu")
-    assert len(workers) == 2 and {w.node_id for w in workers} == {cpu_node["node_id"]}
+    job, run = submit_example_and_check_run(cluster, EXAMPLE, "tensorflow", workers=2)
     assert "Started training worker group of size 2" in job.logs()
 
     # The model: an MLflow tensorflow-flavor model with data/model.keras, plus calibration data.

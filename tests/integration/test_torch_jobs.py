@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 import trainer
-from _jobs import kill_a_worker_and_check_resume, steps, train_workers
-from trainer.scheduling.fingerprint import fingerprint
+from _jobs import kill_a_worker_and_check_resume, steps, submit_example_and_check_run, train_workers
 from trainer.tracking.runs import client
 
 pytestmark = pytest.mark.integration
@@ -21,25 +20,7 @@ TRAINER = str(Path(sys.executable).parent / "trainer")
 
 def test_digits_end_to_end(cluster):
     """The README's main command: 2 DDP workers, >= 0.95, everything recorded in MLflow."""
-    proc = subprocess.run([TRAINER, "submit", str(EXAMPLE), "--wait", "--output", "json"], cwd=REPO,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads(proc.stdout)
-    assert summary["status"] == "SUCCEEDED"
-    assert summary["test_accuracy"] >= 0.95
-
-    job = trainer.Job.get(summary["job_id"], cluster.dashboard_url)
-    run = client(job.tracking_uri).get_run(job.run_id)
-    assert run.info.status == "FINISHED"
-    assert run.data.params["epochs"] == "12" and run.data.params["trainer.workers"] == "2"
-    assert run.data.tags["trainer.job_id"] == job.id
-    # Per-epoch metrics for every epoch, exactly once.
-    for key in ("loss", "accuracy", "epoch"):
-        assert steps(job, key) == list(range(12)), key
-    # The dataset's content digest is the run's input.
-    (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
-    expected = fingerprint("package://sklearn.datasets/data/digits.csv.gz", REPO)
-    assert dataset.digest == expected.digest[:32]
+    job, run = submit_example_and_check_run(cluster, EXAMPLE, "torch", workers=2)
     # The final model is logged and loads; calibration samples are there for conversion.
     import mlflow.pytorch
     import torch
@@ -49,10 +30,6 @@ def test_digits_end_to_end(cluster):
     assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
     artifacts = {a.path for a in client(job.tracking_uri).list_artifacts(job.run_id, "calibration")}
     assert artifacts == {"calibration/inputs.npy", "calibration/labels.npy"}
-    # Both workers ran, on the cpu node (never on the head).
-    workers = train_workers(cluster.dashboard_url, job)
-    cpu_node = next(n for n in trainer.cluster_status()["nodes"] if n["accelerator"] == "cpu")
-    assert len(workers) == 2 and {w.node_id for w in workers} == {cpu_node["node_id"]}
     # The CLI's JSON views agree.
     listed = json.loads(subprocess.run([TRAINER, "list", "--output", "json"], capture_output=True, text=True,
                                        timeout=60, check=True).stdout)
