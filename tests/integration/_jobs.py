@@ -60,6 +60,23 @@ def submit_example_and_check_run(cluster, spec, framework: str, workers: int, ep
     return job, run
 
 
+def convert_and_check_parity(job, frontend: str, input_shape: list, tmp_path) -> None:
+    """The run's calibration samples are logged, and `trainer convert runs:/<id>/model --from
+    FRONTEND --to onnx` turns its model into ONNX with numerical parity (atol 1e-4, top-1 1.0)."""
+    artifacts = {a.path for a in client(job.tracking_uri).list_artifacts(job.run_id, "calibration")}
+    assert artifacts == {"calibration/inputs.npy", "calibration/labels.npy"}
+    conv = subprocess.run([TRAINER, "convert", f"runs:/{job.run_id}/model", "--from", frontend, "--to", "onnx",
+                           "--atol", "1e-4", "--out", str(tmp_path / "converted"), "--output", "json"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": job.tracking_uri})
+    assert conv.returncode == 0, conv.stderr[-2000:]
+    report = json.loads(conv.stdout)
+    (row,) = report["rows"]
+    assert report["status"] == "PASSED" and report["inputs"][0]["shape"] == input_shape
+    assert row["max_abs_diff"] <= 1e-4 and row["top1_agreement"] == 1.0
+    assert report["native_accuracy"] >= 0.9
+
+
 def kill_a_worker_and_check_resume(cluster, spec, epochs: int, workers: int) -> None:
     """SIGKILL one training worker once epoch 2 is in MLflow; the job must still succeed, from a
     new worker group that resumed from a checkpoint, with every epoch in MLflow exactly once."""

@@ -1,7 +1,5 @@
 """MXNet jobs (Gluon, one worker: the runner refuses more, see trainer/runners/mxnet.py) on a real
 multi-node local Ray cluster, in the mxnet runtime venv, recorded in a real MLflow store."""
-import json
-import os
 import subprocess
 import sys
 import time
@@ -9,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from _jobs import kill_a_worker_and_check_resume, submit_example_and_check_run
+from _jobs import convert_and_check_parity, kill_a_worker_and_check_resume, submit_example_and_check_run
 from trainer.tracking.runs import client
 
 pytestmark = [pytest.mark.integration, pytest.mark.mxnet]
@@ -30,19 +28,8 @@ def test_mxnet_digits_end_to_end(cluster, tmp_path):
     mlc = client(job.tracking_uri)
     assert {a.path for a in mlc.list_artifacts(job.run_id, "model")} == {
         "model/model-symbol.json", "model/model-0000.params"}
-    artifacts = {a.path for a in mlc.list_artifacts(job.run_id, "calibration")}
-    assert artifacts == {"calibration/inputs.npy", "calibration/labels.npy"}
     # ... which the mxnet converter frontend reads: numerical parity with ONNX Runtime.
-    conv = subprocess.run([TRAINER, "convert", f"runs:/{job.run_id}/model", "--from", "mxnet", "--to", "onnx",
-                           "--atol", "1e-4", "--out", str(tmp_path / "converted"), "--output", "json"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": job.tracking_uri})
-    assert conv.returncode == 0, conv.stderr[-2000:]
-    report = json.loads(conv.stdout)
-    (row,) = report["rows"]
-    assert report["status"] == "PASSED" and report["inputs"][0]["shape"] == [None, 1, 8, 8]
-    assert row["max_abs_diff"] <= 1e-4 and row["top1_agreement"] == 1.0
-    assert report["native_accuracy"] >= 0.9
+    convert_and_check_parity(job, "mxnet", [None, 1, 8, 8], tmp_path)
 
 
 def test_mxnet_multi_worker_is_refused_up_front():

@@ -1,7 +1,6 @@
 """TensorFlow jobs (Keras 3, MultiWorkerMirroredStrategy) on a real multi-node local Ray cluster,
 in the tensorflow runtime venv, recorded in a real MLflow store."""
 import json
-import os
 import subprocess
 import sys
 import time
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from _jobs import kill_a_worker_and_check_resume, submit_example_and_check_run
+from _jobs import convert_and_check_parity, kill_a_worker_and_check_resume, submit_example_and_check_run
 from trainer.tracking.runs import client, tracking_uri
 
 pytestmark = [pytest.mark.integration, pytest.mark.tensorflow]
@@ -32,24 +31,12 @@ def test_tensorflow_digits_end_to_end(cluster, tmp_path):
     mlc = client(job.tracking_uri)
     model_files = {a.path for a in mlc.list_artifacts(job.run_id, "model/data")}
     assert "model/data/model.keras" in model_files
-    artifacts = {a.path for a in mlc.list_artifacts(job.run_id, "calibration")}
-    assert artifacts == {"calibration/inputs.npy", "calibration/labels.npy"}
     # ... which the keras converter frontend reads: numerical parity with ONNX Runtime.
-    conv = subprocess.run([TRAINER, "convert", f"runs:/{job.run_id}/model", "--from", "keras", "--to", "onnx",
-                           "--atol", "1e-4", "--out", str(tmp_path / "converted"), "--output", "json"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": job.tracking_uri})
-    assert conv.returncode == 0, conv.stderr[-2000:]
-    report = json.loads(conv.stdout)
-    (row,) = report["rows"]
-    assert report["status"] == "PASSED" and report["inputs"][0]["shape"] == [None, 8, 8, 1]
-    assert row["max_abs_diff"] <= 1e-4 and row["top1_agreement"] == 1.0
-    assert report["native_accuracy"] >= 0.9
+    convert_and_check_parity(job, "keras", [None, 8, 8, 1], tmp_path)
 
 
 def test_tensorflow_killed_worker_resumes_from_last_checkpoint(cluster):
     kill_a_worker_and_check_resume(cluster, EXAMPLE, epochs=16, workers=2)
-
 
 
 def test_tensorflow_run_local_reexecutes_in_the_runtime(trainer_home):
