@@ -126,13 +126,13 @@ def _convert(model: str, source: str | None, targets: list[str], calib, edge: li
     notes: list[str] = []
 
     cal = _calibration(calib, run_id)
-    expected = frontend.input_shape(path) if hasattr(frontend, "input_shape") else None
+    expected = frontend.input_shape(path)
     if cal is not None:
         check_shape(cal.x, expected)
         cal_set, eval_set, how = split(cal)
         notes.append(how)
     else:
-        example = frontend.example_input(path) if hasattr(frontend, "example_input") else None
+        example = frontend.example_input(path)
         if example is None and expected and all(d is not None for d in expected[1:]):
             example = np.zeros((1, *expected[1:]), np.float32)
         if example is None:
@@ -143,12 +143,12 @@ def _convert(model: str, source: str | None, targets: list[str], calib, edge: li
         cal_set = eval_set = Calibration(x, None, "random")
         notes.append(f"no calibration data: parity judged on 64 N(0,1) random inputs of shape "
                      f"{fmt_shape(x.shape, batch=True)}")
-        if any(getattr(o, "precision", "fp32") == "int8" for o in target_objs.values()):
+        if any(o.precision == "int8" for o in target_objs.values()):
             raise UsageError("int8 targets need real calibration samples: pass --calib DATA (.npy/.npz)")
 
     export = frontend.export(path, work / "export", cal_set.x[:2])
     notes += [f"export: {n}" for n in export.notes]
-    native_run = frontend.runner(path) if hasattr(frontend, "runner") else None
+    native_run = frontend.runner(path)
     native_out = native_run(eval_set.x) if native_run else frontend.predict(path, eval_set.x)
     native_lat = latencies(native_run, eval_set.x)
     native_acc = _accuracy(native_out, eval_set.y)
@@ -156,10 +156,10 @@ def _convert(model: str, source: str | None, targets: list[str], calib, edge: li
     rows: list[Row] = []
     artifacts: dict[str, Path] = {}
     for name, target in target_objs.items():
-        precision = getattr(target, "precision", "fp32")
-        artifact = Path(target.build(export, staging / name, cal_set.x if cal is not None else None))
-        artifacts[name] = artifact
-        run = target.runner(artifact) if hasattr(target, "runner") else None
+        precision = target.precision
+        built = target.build(export, staging / name, cal_set.x if cal is not None else None)
+        artifact = artifacts[name] = Path(built.artifact)
+        run = target.runner(artifact)
         out = run(eval_set.x) if run else target.predict(artifact, eval_set.x)
         m = compare(name, precision, native_out, out, eval_set.y, tol)
         rows.append(Row(target=name, precision=precision, artifact=str(artifact.relative_to(staging)),
@@ -169,7 +169,7 @@ def _convert(model: str, source: str | None, targets: list[str], calib, edge: li
                         top1_agreement=m["top1_agreement"], accuracy=m["accuracy"],
                         accuracy_delta=m["accuracy_delta"], latency_ms=latencies(run, eval_set.x),
                         passed=m["passed"], criterion=m["criterion"],
-                        notes=list(getattr(target, "notes", []) or [])))
+                        notes=list(built.notes)))
     if edge:
         rows += _edge_rows(edge, artifacts, target_objs, export, eval_set, native_out, tol, staging)
 
@@ -197,7 +197,7 @@ def _edge_rows(cpus: list[str], artifacts: dict[str, Path], target_objs: dict, e
         outputs = run_bundle(bundle, x, cpu)
         wall = time.perf_counter() - t0
         for name, out in outputs.items():
-            precision = getattr(target_objs.get(name), "precision", "fp32")
+            precision = target_objs[name].precision
             m = compare(name, precision, native_out[:len(x)], out, y, tol)
             rows.append(Row(target=f"{name}@{cpu}", precision=precision,
                             artifact=str((Path(bundle) / models[name].name).relative_to(staging))

@@ -1,17 +1,22 @@
 """The two seams of conversion: a Frontend (native framework -> ONNX) and a Target
 (ONNX -> deployable artifact). Both are registered by name in `converters.registry`.
 
+A new frontend or target subclasses one of these and overrides what it can do; the optional
+hooks have working defaults here, so `converters.api` calls them directly (no probing).
 Frontends whose framework lives in another runtime (tensorflow, mxnet) do their work in that
-runtime's interpreter (`trainer.runtimes.python_for(name)`) as a subprocess, with files in
-between; the Protocol is the same either way.
+runtime's interpreter through `converters.workers`; the seam is the same either way.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, ClassVar, Literal
 
 import numpy as np
+
+Predict = Callable[[np.ndarray], np.ndarray]
+Precision = Literal["fp32", "int8"]
 
 
 @dataclass
@@ -33,22 +38,55 @@ class ExportResult:
     extras: dict[str, Path] = field(default_factory=dict)  # side products, e.g. {"mmdnn_ir": dir}
 
 
-class Frontend(Protocol):
-    name: str           # "torch", "keras", "mxnet", "caffe", "onnx"
-    runtime: str        # runtime whose interpreter runs it: "torch" (this one), "tensorflow", "mxnet"
+@dataclass
+class Built:
+    """What `Target.build` produced: the artifact and what it did to get there (fallbacks,
+    fixes, calibration) for the report. Returned, never kept on the (cached) target."""
 
+    artifact: Path
+    notes: list[str] = field(default_factory=list)
+
+
+class Frontend(ABC):
+    name: ClassVar[str]                 # "torch", "keras", "mxnet", "caffe", "onnx"
+    runtime: ClassVar[str] = "torch"    # runtime whose interpreter does the work
+
+    @abstractmethod
     def export(self, model: Path, out_dir: Path, sample: np.ndarray) -> ExportResult:
         """Write `out_dir/model.onnx` (dynamic batch) from the native model at `model`."""
 
+    @abstractmethod
     def predict(self, model: Path, inputs: np.ndarray) -> np.ndarray:
         """The native model's outputs on `inputs` (in the native layout): parity's reference."""
 
+    def runner(self, model: Path) -> Predict | None:
+        """Load once and return a fast in-process predict function, or None. Parity times
+        latency with it; without one latency is n/a (timing a subprocess measures its start)."""
+        return None
 
-class Target(Protocol):
-    name: str           # "onnx", "onnx-int8", "tflite", "pytorch"
+    def input_shape(self, model: Path) -> tuple[int | None, ...] | None:
+        """The shape the native model takes (None = unknown dim), to reject calibration data of
+        the wrong shape before any work; None when the model does not say."""
+        return None
 
-    def build(self, export: ExportResult, out_dir: Path, calib: np.ndarray | None) -> Path:
-        """Write the deployable artifact under `out_dir`; return its path."""
+    def example_input(self, model: Path) -> np.ndarray | None:
+        """A sample to export with when no calibration data is given (an MLflow input example)."""
+        return None
 
+
+class Target(ABC):
+    name: ClassVar[str]                 # "onnx", "onnx-int8", "tflite", "pytorch"
+    runtime: ClassVar[str] = "torch"
+    precision: ClassVar[Precision] = "fp32"   # fp32: judged by atol/rtol; int8: agreement + accuracy
+
+    @abstractmethod
+    def build(self, export: ExportResult, out_dir: Path, calib: np.ndarray | None) -> Built:
+        """Write the deployable artifact under `out_dir`."""
+
+    @abstractmethod
     def predict(self, artifact: Path, inputs: np.ndarray) -> np.ndarray:
         """Run the artifact on `inputs` (same layout the frontend's native model takes)."""
+
+    def runner(self, artifact: Path) -> Predict | None:
+        """A fast in-process predict function for latency, or None (see Frontend.runner)."""
+        return None

@@ -6,17 +6,8 @@ module is missing (or whose runtime is not installed) fails with a clear error w
 for, not before. The tables also carry what `trainer convert --list` and the README's conversion
 matrix show, so the matrix is generated without importing any framework.
 
-Optional hooks a frontend/target may implement besides the `converters.base` protocols:
-- `runner(path) -> Callable[[np.ndarray], np.ndarray]`: load once, return a fast in-process
-  predict function; parity times latency with it (without one, latency is reported as n/a,
-  since timing a subprocess would measure process start, not the model).
-- frontend `input_shape(model) -> tuple[int | None, ...] | None`: the shape the native model
-  takes (None = unknown dim), used to reject calibration data of the wrong shape up front.
-- frontend `example_input(model) -> np.ndarray | None`: a sample to export with when no
-  calibration data is given (e.g. an MLflow model's input example).
-- target `precision`: "fp32" (judged by atol/rtol) or "int8" (judged by top-1 agreement and
-  accuracy delta); default "fp32".
-- target `notes`: list of strings describing what the last `build` did (fallbacks, fixes).
+What a frontend or target is, with its optional hooks and their defaults, is declared in
+`converters.base` (Frontend, Target).
 """
 from __future__ import annotations
 
@@ -88,10 +79,6 @@ def _load(kind: str, table: dict[str, Entry], name: str) -> Any:
         raise ConversionError(f"{kind} {name!r} needs the Python package {err.name!r}, which is "
                               f"not installed here (pip install -e '.[convert]')") from err
     obj = getattr(module, attr, None)
-    if obj is None:  # tolerate a renamed class: find the object that declares this name
-        obj = next((v for v in vars(module).values()
-                    if isinstance(v, type) and getattr(v, "name", None) == name
-                    and hasattr(v, "export" if kind == "frontend" else "build")), None)
     if obj is None:
         raise ConversionError(f"{kind} {name!r}: {module_name} has no {attr}")
     instance = obj() if isinstance(obj, type) else obj

@@ -6,6 +6,9 @@ ONNX, ...) are translated into these at the boundary where they are caught.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 
 class TrainerError(Exception):
     """Base class. `exit_code` is what the CLI exits with."""
@@ -85,3 +88,39 @@ class UnsupportedOpsError(ConversionError):
         ops = sorted(set(ops))
         super().__init__(f"{frontend}: unsupported ops: {', '.join(ops)}", frontend=frontend, ops=ops)
         self.ops = ops
+
+
+# ---------------------------------------------------------------- the one translation seam
+
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """The first meaningful line of an exception's message, or its type name when it has none.
+
+    Foreign errors (Ray, MLflow, ONNX, a subprocess's stderr) often carry pages of text; a user
+    sees one line, and `TRAINER_DEBUG=1` shows the rest.
+    """
+    for line in str(err).strip().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("Traceback", "Stack trace")):
+            return line[:limit]
+    return type(err).__name__
+
+
+@contextmanager
+def translate(error: type[TrainerError], message: str, *, catch: tuple[type[BaseException], ...] = (Exception,),
+              with_type: bool = False, **fields) -> Iterator[None]:
+    """Turn foreign exceptions raised inside the block into `error(f"{message}: <first line>")`.
+
+        with translate(ClusterError, f"cannot reach the Ray cluster at {address}"):
+            client = JobSubmissionClient(address)
+
+    A TrainerError raised inside passes through unchanged (it already speaks to the user); so do
+    exceptions outside `catch` (KeyboardInterrupt, SystemExit). The foreign error stays reachable
+    as `__cause__` for `TRAINER_DEBUG=1`. `with_type` prefixes the foreign type name.
+    """
+    try:
+        yield
+    except TrainerError:
+        raise
+    except catch as e:
+        detail = f"{type(e).__name__}: {first_line(e)}" if with_type else first_line(e)
+        raise error(f"{message}: {detail}", **fields) from e

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.base import ExportResult
+from converters.base import ExportResult, Frontend
 from converters.frontends import mmdnn_ir
 from converters.frontends._mxnet_call import run_worker
 from trainer.errors import ConversionError
@@ -34,7 +34,7 @@ def resolve_caffe(model: Path) -> tuple[Path, Path]:
     return protos[0], weights[0]
 
 
-class CaffeFrontend:
+class CaffeFrontend(Frontend):
     name = "caffe"
     runtime = "mxnet"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.base import ExportResult, ModelInput
+from converters.base import ExportResult, ModelInput, Frontend
 from trainer.errors import ConversionError, UnsupportedOpsError, UsageError
 from trainer.home import repo_root
 
@@ -225,7 +225,7 @@ def layout_for(rank: int) -> str:
 
 # -- the frontend ---------------------------------------------------------------------------------
 
-class KerasFrontend:
+class KerasFrontend(Frontend):
     name = "keras"
     runtime = "tensorflow"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.base import ExportResult, ModelInput
+from converters.base import ExportResult, ModelInput, Frontend
 from converters.frontends._mxnet_call import run_worker
 from trainer.errors import ConversionError
 
@@ -46,7 +46,7 @@ def resolve_checkpoint(model: Path) -> tuple[Path, Path]:
     return symbol, params[-1]     # the newest epoch
 
 
-class MXNetFrontend:
+class MXNetFrontend(Frontend):
     name = "mxnet"
     runtime = "mxnet"
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.base import ExportResult
+from converters.base import ExportResult, Frontend
 from converters.frontends import mmdnn_ir
 from converters.frontends._mxnet_call import run_worker
 from converters.frontends.mxnet import FRONTEND as MX_FRONTEND
 from converters.frontends.mxnet import resolve_checkpoint
 
 
-class MXNetMMdnnFrontend:
+class MXNetMMdnnFrontend(Frontend):
     name = "mxnet-mmdnn"
     runtime = "mxnet"
 

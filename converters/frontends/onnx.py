@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from converters.base import ExportResult, ModelInput
+from converters.base import ExportResult, ModelInput, Frontend
 from converters.targets.onnx import check_onnx, ort_runner
 from trainer.errors import ConversionError
 
@@ -32,7 +32,7 @@ def _graph_input(path: Path):
     return inputs[0]
 
 
-class OnnxFrontend:
+class OnnxFrontend(Frontend):
     name = "onnx"
     runtime = "torch"
 

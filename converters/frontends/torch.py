@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from converters.base import ExportResult, ModelInput
+from converters.base import ExportResult, ModelInput, Frontend
 from converters.sources import fmt_shape
 from trainer.errors import ConversionError, UnsupportedOpsError
 
@@ -32,7 +32,7 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-class TorchFrontend:
+class TorchFrontend(Frontend):
     name = "torch"
     runtime = "torch"
 

@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from converters.base import ExportResult
+from converters.base import Built, ExportResult, Target
 from trainer.errors import ConversionError
 
 
@@ -52,20 +52,16 @@ def ort_runner(path: Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarra
     return run
 
 
-class OnnxTarget:
+class OnnxTarget(Target):
     name = "onnx"
     precision = "fp32"
 
-    def __init__(self):
-        self.notes: list[str] = []
-
-    def build(self, export: ExportResult, out_dir: Path, calib: np.ndarray | None) -> Path:
-        self.notes = []
+    def build(self, export: ExportResult, out_dir: Path, calib: np.ndarray | None) -> Built:
         out_dir.mkdir(parents=True, exist_ok=True)
         dst = out_dir / "model.onnx"
         shutil.copyfile(export.onnx_path, dst)
         check_onnx(dst)
-        return dst
+        return Built(dst)
 
     def predict(self, artifact: Path, inputs: np.ndarray) -> np.ndarray:
         return self.runner(artifact)(inputs)

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from converters.base import ExportResult
+from converters.base import Built, ExportResult, Target
 from converters.targets.onnx import check_onnx, ort_runner
 from trainer.errors import ConversionError, UsageError
 
@@ -31,19 +31,18 @@ class _Reader:
         return next(self._batches, None)
 
 
-class OnnxInt8Target:
+class OnnxInt8Target(Target):
     name = "onnx-int8"
     precision = "int8"
 
     def __init__(self, per_channel: bool = True):
         self.per_channel = per_channel
-        self.notes: list[str] = []
 
-    def build(self, export: ExportResult, out_dir: Path, calib: np.ndarray | None) -> Path:
+    def build(self, export: ExportResult, out_dir: Path, calib: np.ndarray | None) -> Built:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        self.notes = []
+        notes: list[str] = []
         if calib is None or len(calib) == 0:
             raise UsageError("onnx-int8 needs real calibration samples: pass --calib DATA "
                              "(.npy or .npz), or convert a run that logged calibration/inputs.npy")
@@ -56,7 +55,7 @@ class OnnxInt8Target:
                 quant_pre_process(str(export.onnx_path), str(pre), skip_symbolic_shape=False)
             except Exception as err:
                 # Symbolic shape inference gives up on some graphs; ORT's optimiser alone still helps.
-                self.notes.append(f"quant_pre_process with symbolic shapes failed ({_first_line(err)}); "
+                notes.append(f"quant_pre_process with symbolic shapes failed ({_first_line(err)}); "
                                   f"retried without")
                 quant_pre_process(str(export.onnx_path), str(pre), skip_symbolic_shape=True)
             try:
@@ -71,9 +70,9 @@ class OnnxInt8Target:
                 dst.unlink(missing_ok=True)
                 raise ConversionError(f"onnx-int8: static quantization failed: {_first_line(err)}") from err
         check_onnx(dst)
-        self.notes.append(f"static QDQ (uint8 activations, int8 {'per-channel' if self.per_channel else 'per-tensor'} "
+        notes.append(f"static QDQ (uint8 activations, int8 {'per-channel' if self.per_channel else 'per-tensor'} "
                           f"7-bit-range weights), MinMax-calibrated on {len(calib)} samples")
-        return dst
+        return Built(dst, notes)
 
     def predict(self, artifact: Path, inputs: np.ndarray) -> np.ndarray:
         return self.runner(artifact)(inputs)

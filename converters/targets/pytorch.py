@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from converters.base import ExportResult
+from converters.base import Built, ExportResult, Target
 from trainer.errors import ConversionError, UnsupportedOpsError
 
 # The hook for the MMdnn IR route ("module:function"); kept as a string so this module never
@@ -98,28 +98,25 @@ def _import_onnx2torch():
     return onnx2torch
 
 
-class PyTorchTarget:
+class PyTorchTarget(Target):
     name = "pytorch"
     precision = "fp32"
 
-    def __init__(self):
-        self.notes: list[str] = []
-
-    def build(self, export: ExportResult, out_dir: Path, calib: np.ndarray | None) -> Path:
-        self.notes = []
+    def build(self, export: ExportResult, out_dir: Path, calib: np.ndarray | None) -> Built:
         out_dir.mkdir(parents=True, exist_ok=True)
         if "mmdnn_ir" in export.extras:
             module_name, _, func = MMDNN_IR_TO_PYTORCH.partition(":")
             to_pytorch = getattr(importlib.import_module(module_name), func)
-            self.notes.append("MMdnn IR -> PyTorch code + weights")
-            return Path(to_pytorch(Path(export.extras["mmdnn_ir"]), out_dir))
+            return Built(Path(to_pytorch(Path(export.extras["mmdnn_ir"]), out_dir)),
+                         ["MMdnn IR -> PyTorch code + weights"])
         return self._from_onnx(export, out_dir, calib)
 
-    def _from_onnx(self, export: ExportResult, out_dir: Path, calib: np.ndarray | None) -> Path:
+    def _from_onnx(self, export: ExportResult, out_dir: Path, calib: np.ndarray | None) -> Built:
         import onnx
         import torch
 
         onnx2torch = _import_onnx2torch()
+        notes: list[str] = []
         proto = onnx.load(str(export.onnx_path))
         opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
         if opset is not None and opset > ONNX2TORCH_OPSET:
@@ -128,12 +125,12 @@ class PyTorchTarget:
 
             try:
                 proto = version_converter.convert_version(proto, ONNX2TORCH_OPSET)
-                self.notes.append(f"ONNX opset {opset} converted to {ONNX2TORCH_OPSET} for onnx2torch")
+                notes.append(f"ONNX opset {opset} converted to {ONNX2TORCH_OPSET} for onnx2torch")
             except Exception as err:
-                self.notes.append(f"opset {opset} -> {ONNX2TORCH_OPSET} conversion failed ({_first_line(err)})")
+                notes.append(f"opset {opset} -> {ONNX2TORCH_OPSET} conversion failed ({_first_line(err)})")
         dropped = _drop_reshape_allowzero(proto)
         if dropped:
-            self.notes.append(f"Reshape allowzero=1 dropped on {dropped} node(s) (onnx2torch lacks it; "
+            notes.append(f"Reshape allowzero=1 dropped on {dropped} node(s) (onnx2torch lacks it; "
                               f"it only differs for zero-sized dims)")
         missing = _unconvertible_ops(onnx2torch, proto)
         if missing:
@@ -149,13 +146,13 @@ class PyTorchTarget:
         try:
             with torch.inference_mode(), _no_warnings():
                 torch.jit.trace(module, example, check_trace=False).save(str(dst))
-            self.notes.append("onnx2torch, traced to TorchScript")
+            notes.append("onnx2torch, traced to TorchScript")
         except Exception as err:
-            self.notes.append(f"TorchScript trace failed ({_first_line(err)}); saved the pickled "
+            notes.append(f"TorchScript trace failed ({_first_line(err)}); saved the pickled "
                               f"onnx2torch module (needs onnx2torch to load)")
             dst = out_dir / "model.pth"
             torch.save(module, dst)
-        return dst
+        return Built(dst, notes)
 
     def predict(self, artifact: Path, inputs: np.ndarray) -> np.ndarray:
         return self.runner(artifact)(inputs)

@@ -15,33 +15,32 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.base import ExportResult
+from converters.base import Built, ExportResult, Target
 from converters.frontends.keras import TFWorker, WorkerFailed, tf_worker
 from trainer.errors import ConversionError, UnsupportedOpsError
 
 
-class TFLiteTarget:
+class TFLiteTarget(Target):
     """`tflite`: fp32. The registry instantiates it with no arguments."""
 
     name = "tflite"
+    runtime = "tensorflow"
     int8 = False
     precision = "fp32"          # judged by atol/rtol in the parity report
 
     def __init__(self, worker: TFWorker | None = None):
         self._worker = worker
-        self.notes: list[str] = []
 
     @property
     def worker(self) -> TFWorker:
         return self._worker or tf_worker()
 
-    def build(self, export: ExportResult, out_dir: Path, calib: np.ndarray | None) -> Path:
+    def build(self, export: ExportResult, out_dir: Path, calib: np.ndarray | None) -> Built:
         out_dir = Path(out_dir)
         out = out_dir / ("model_int8.tflite" if self.int8 else "model.tflite")
         source = export.extras.get("tf_source")
         if self.int8 and calib is None:
             raise ConversionError(f"{self.name}: int8 needs calibration samples; pass --calib DATA")
-        self.notes = []
         created = not out_dir.exists()
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -69,9 +68,9 @@ class TFLiteTarget:
         except BaseException:
             _rmdir_if_created(out_dir, created)
             raise
-        self.notes = [f"{info['via']}" + (f", int8 calibrated on {info['calib_samples']} samples, "
+        notes = [f"{info['via']}" + (f", int8 calibrated on {info['calib_samples']} samples, "
                                           f"float32 input/output" if self.int8 else "")]
-        return out
+        return Built(out, notes)
 
     def predict(self, artifact: Path, inputs: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(inputs, dtype=np.float32)

@@ -37,7 +37,7 @@ def cnn(models, digits, tmp_path_factory):
 
 def test_tflite_fp32_matches_keras(cnn, digits, tmp_path):
     export, native = cnn
-    artifact = TARGET.build(export, tmp_path / "t", calib=None)
+    artifact = TARGET.build(export, tmp_path / "t", calib=None).artifact
     assert artifact == tmp_path / "t" / "model.tflite" and artifact.stat().st_size > 0
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["model.tflite"]
 
@@ -50,8 +50,8 @@ def test_tflite_fp32_matches_keras(cnn, digits, tmp_path):
 
 def test_tflite_int8_agrees_on_held_out_digits(cnn, digits, tmp_path):
     export, native = cnn
-    fp32 = TARGET.build(export, tmp_path / "fp32", calib=None)
-    int8 = TARGET_INT8.build(export, tmp_path / "int8", calib=digits["x_train"])
+    fp32 = TARGET.build(export, tmp_path / "fp32", calib=None).artifact
+    int8 = TARGET_INT8.build(export, tmp_path / "int8", calib=digits["x_train"]).artifact
     assert int8.name == "model_int8.tflite"
     assert int8.stat().st_size <= 0.4 * fp32.stat().st_size
 
@@ -87,6 +87,6 @@ def test_tflite_from_onnx_only_source(cnn, digits, tmp_path):
         assert "onnx2tf" in str(err.value) and "Keras" in str(err.value) and "\n" not in str(err.value)
         assert not (tmp_path / "t").exists()
     else:
-        artifact = TARGET.build(onnx_only, tmp_path / "t", calib=None)
+        artifact = TARGET.build(onnx_only, tmp_path / "t", calib=None).artifact
         out = TARGET.predict(artifact, digits["x_test"])
         np.testing.assert_allclose(out, native, atol=1e-4, rtol=1e-4)
