@@ -24,8 +24,9 @@ import numpy as np
 from converters import registry
 from converters.parity import ConversionReport, Row, Tolerance, compare, latencies, write_report
 from converters.sources import (Calibration, check_shape, fmt_shape, frontend_for, load_calibration,
-                                resolve_model, run_calibration, split, tracking_uri)
-from trainer.errors import ConversionError, ParityError, TrainerError, UnknownNameError, UsageError
+                                resolve_model, run_calibration, split)
+from trainer.errors import ConversionError, ParityError, TrainerError, UnknownNameError, UsageError, first_line
+from trainer.home import resolve_tracking_uri, trainer_home
 
 EDGE_SAMPLES = 64          # emulated aarch64 is ~20-50x slower; a batch this size is plenty
 EDGE_FORMATS = (".onnx", ".tflite")
@@ -36,7 +37,8 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
             calib: str | Path | np.ndarray | Calibration | None = None, edge: Iterable[str] = (),
             atol: float = 1e-4, rtol: float = 1e-3, out_dir: str | Path | None = None,
             run_id: str | None = None, *, min_agreement: float = 0.98,
-            max_accuracy_drop: float = 0.01, log_to_mlflow: bool = True) -> ConversionReport:
+            max_accuracy_drop: float = 0.01, log_to_mlflow: bool = True,
+            tracking_uri: str | None = None) -> ConversionReport:
     """Convert `model` (a file/folder or `runs:/...` / `models:/name@alias`) from the `source`
     framework (None: from the MLflow model's flavor) into each of `targets`, judge parity on the
     calibration samples (held-out half), optionally bundle for and run on emulated ARM `edge`
@@ -51,6 +53,7 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
             raise UnknownNameError("target (--to)", t, list(registry.TARGETS))
     if source is not None:
         registry.check_names(source, targets)
+    tracking_uri = resolve_tracking_uri(tracking_uri)
     tol = Tolerance(atol=atol, rtol=rtol, min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop)
     out_dir = _out_dir(model, out_dir)
     _check_replaceable(out_dir)
@@ -59,7 +62,7 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     work = Path(tempfile.mkdtemp(prefix="trainer-convert-"))
     try:
-        report = _convert(str(model), source, targets, calib, edge, tol, staging, work, run_id, out_dir)
+        report = _convert(str(model), source, targets, calib, edge, tol, staging, work, run_id, out_dir, tracking_uri)
         write_report(report, staging)
         _publish(staging, out_dir, keep_all=report.passed)
     except BaseException as err:
@@ -69,11 +72,11 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
                 p.rmdir()
         if isinstance(err, TrainerError) or not isinstance(err, Exception):
             raise
-        raise ConversionError(f"conversion failed: {type(err).__name__}: {_first_line(err)}") from err
+        raise ConversionError(f"conversion failed: {type(err).__name__}: {first_line(err)}") from err
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if log_to_mlflow and report.run_id:
-        _log_to_run(report, out_dir)
+        _log_to_run(report, out_dir, tracking_uri)
     if not report.passed:
         failed = ", ".join(f"{r.target} ({r.criterion})" for r in report.failed_rows)
         err = ParityError(f"parity failed for {failed}; report: {out_dir / 'report.md'}", report=report)
@@ -86,25 +89,24 @@ def convert_run(run_id: str, targets: Sequence[str] | str, edge: Iterable[str] =
                 atol: float = 1e-4, rtol: float = 1e-3, *, source: str | None = None,
                 artifact_path: str = "model", out_dir: str | Path | None = None,
                 calib: str | Path | np.ndarray | Calibration | None = None,
-                min_agreement: float = 0.98, max_accuracy_drop: float = 0.01) -> ConversionReport:
+                min_agreement: float = 0.98, max_accuracy_drop: float = 0.01,
+                tracking_uri: str | None = None) -> ConversionReport:
     """Convert `runs:/<run_id>/<artifact_path>` with the run's logged calibration samples and
     log everything back into that run (what a job with a `convert:` section does after training).
     Output goes to `$TRAINER_HOME/conversions/<run_id>` unless `out_dir` is given."""
     if out_dir is None:
-        from trainer.home import trainer_home
-
         out_dir = trainer_home() / "conversions" / run_id
     return convert(f"runs:/{run_id}/{artifact_path}", source, targets, calib=calib, edge=edge,
                    atol=atol, rtol=rtol, out_dir=out_dir, run_id=run_id,
-                   min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop)
+                   min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop, tracking_uri=tracking_uri)
 
 
 # -- the steps -------------------------------------------------------------------------------
 
 def _convert(model: str, source: str | None, targets: list[str], calib, edge: list[str],
              tol: Tolerance, staging: Path, work: Path, run_id: str | None,
-             out_dir: Path) -> ConversionReport:
-    resolved = resolve_model(model, work / "download")
+             out_dir: Path, tracking_uri: str) -> ConversionReport:
+    resolved = resolve_model(model, work / "download", tracking_uri)
     source = source or frontend_for(resolved.path)
     if source is None:
         raise UsageError(f"--from is required for {model}: one of {', '.join(registry.FRONTENDS)}")
@@ -125,7 +127,7 @@ def _convert(model: str, source: str | None, targets: list[str], calib, edge: li
     path = resolved.path
     notes: list[str] = []
 
-    cal = _calibration(calib, run_id)
+    cal = _calibration(calib, run_id, tracking_uri)
     expected = frontend.input_shape(path)
     if cal is not None:
         check_shape(cal.x, expected)
@@ -212,7 +214,7 @@ def _edge_rows(cpus: list[str], artifacts: dict[str, Path], target_objs: dict, e
     return rows
 
 
-def _calibration(calib, run_id: str | None) -> Calibration | None:
+def _calibration(calib, run_id: str | None, tracking_uri: str) -> Calibration | None:
     if isinstance(calib, Calibration):
         return calib
     if isinstance(calib, np.ndarray):
@@ -220,7 +222,7 @@ def _calibration(calib, run_id: str | None) -> Calibration | None:
     if calib is not None:
         return load_calibration(Path(calib))
     if run_id:
-        return run_calibration(run_id)
+        return run_calibration(run_id, tracking_uri)
     return None
 
 
@@ -249,12 +251,12 @@ def _check_replaceable(out_dir: Path) -> None:
                          f"choose another --out or remove it")
 
 
-def _log_to_run(report: ConversionReport, out_dir: Path) -> None:
+def _log_to_run(report: ConversionReport, out_dir: Path, tracking_uri: str) -> None:
     from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri())
+    client = MlflowClient(tracking_uri)
     ts = int(time.time() * 1000)
     try:
         client.log_artifacts(report.run_id, str(out_dir), "conversion")
@@ -262,7 +264,7 @@ def _log_to_run(report: ConversionReport, out_dir: Path) -> None:
         client.log_batch(report.run_id, metrics=metrics)
     except MlflowException as err:
         raise ConversionError(f"converted, but logging to MLflow run {report.run_id} failed: "
-                              f"{_first_line(err)}; the output is in {out_dir}") from err
+                              f"{first_line(err)}; the output is in {out_dir}") from err
 
 
 def _out_dir(model: str | Path, out_dir: str | Path | None) -> Path:
@@ -293,8 +295,3 @@ def _accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
     from converters.parity import accuracy
 
     return accuracy(np.asarray(outputs), labels)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -8,7 +8,6 @@ and `runs:/<id>/model` is an MLflow model of the framework's flavor.
 """
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.errors import ConversionError, UsageError
+from trainer.errors import ConversionError, UsageError, first_line
 
 _FLAVOR_TO_FRONTEND = {"pytorch": "torch", "keras": "keras", "tensorflow": "keras", "onnx": "onnx"}
 
@@ -35,18 +34,11 @@ class Calibration:
     origin: str = ""
 
 
-def tracking_uri() -> str:
-    """MLflow's tracking URI: $MLFLOW_TRACKING_URI, else trainer's embedded SQLite store."""
-    from trainer.home import default_tracking_uri
-
-    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-
-
 def is_mlflow_uri(model: str) -> bool:
     return model.startswith(("runs:/", "models:/"))
 
 
-def resolve_model(model: str, download_dir: Path) -> ResolvedModel:
+def resolve_model(model: str, download_dir: Path, tracking_uri: str) -> ResolvedModel:
     """A local path as it is; an MLflow URI downloaded into `download_dir` with its source run."""
     if not is_mlflow_uri(model):
         path = Path(model).expanduser()
@@ -57,17 +49,17 @@ def resolve_model(model: str, download_dir: Path) -> ResolvedModel:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(tracking_uri())
-    run_id = source_run_id(model)
+    run_id = source_run_id(model, tracking_uri)
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(download_dir))
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(download_dir),
+                                                    tracking_uri=tracking_uri)
     except MlflowException as err:
-        raise UsageError(f"cannot download {model} from MLflow ({tracking_uri()}): "
-                         f"{_first_line(err)}") from err
+        raise UsageError(f"cannot download {model} from MLflow ({tracking_uri}): "
+                         f"{first_line(err)}") from err
     return ResolvedModel(Path(local), model, run_id)
 
 
-def source_run_id(model: str) -> str:
+def source_run_id(model: str, tracking_uri: str) -> str:
     """The run a `runs:/` or `models:/` URI's model was logged in."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -80,7 +72,7 @@ def source_run_id(model: str) -> str:
         raise UsageError(f"not a model URI: {model}; use runs:/<run id>/<path>, models:/<name>@<alias> "
                          f"or models:/<name>/<version>")
     name, alias, version = m.groups()
-    client = MlflowClient(tracking_uri())
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     try:
         if alias:
             mv = client.get_model_version_by_alias(name, alias)
@@ -89,7 +81,7 @@ def source_run_id(model: str) -> str:
         else:
             raise UsageError(f"{model}: stages are deprecated in MLflow 3; use models:/{name}@<alias>")
     except MlflowException as err:
-        raise UsageError(f"cannot resolve {model}: {_first_line(err)}") from err
+        raise UsageError(f"cannot resolve {model}: {first_line(err)}") from err
     return mv.run_id
 
 
@@ -123,20 +115,20 @@ def load_calibration(path: Path) -> Calibration:
                 y = _as_labels(z[ykey], len(x), path) if ykey else None
                 return Calibration(x, y, str(path))
     except (ValueError, OSError, EOFError) as err:
-        raise UsageError(f"cannot read calibration data {path.name}: {_first_line(err)}") from err
+        raise UsageError(f"cannot read calibration data {path.name}: {first_line(err)}") from err
     raise UsageError(f"calibration data must be .npy or .npz, got {path.name}")
 
 
-def run_calibration(run_id: str) -> Calibration | None:
+def run_calibration(run_id: str, tracking_uri: str) -> Calibration | None:
     """`calibration/inputs.npy` (+ `labels.npy`) logged in the run, or None if it has none."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri())
+    client = MlflowClient(tracking_uri)
     try:
         names = {Path(f.path).name for f in client.list_artifacts(run_id, "calibration")}
     except MlflowException as err:
-        raise UsageError(f"cannot list the artifacts of run {run_id}: {_first_line(err)}") from err
+        raise UsageError(f"cannot list the artifacts of run {run_id}: {first_line(err)}") from err
     if "inputs.npy" not in names:
         return None
     with tempfile.TemporaryDirectory() as tmp:
@@ -193,8 +185,3 @@ def _as_labels(y: np.ndarray, n: int, path: Path) -> np.ndarray:
         raise UsageError(f"{path.name}: labels must be integers of shape ({n},), got dtype {y.dtype} "
                          f"shape {tuple(y.shape)}")
     return y.astype(np.int64)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

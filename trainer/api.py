@@ -240,6 +240,7 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
     into the spec (`config={"lr": 0.1}`, `workers=4`). Nothing is submitted when a check fails.
     """
     from trainer.cluster.inventory import nodes
+    from trainer.runners.job import ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI
     from trainer.runtimes import python_for
     from trainer.scheduling.preflight import UPLOAD_EXCLUDES, check_placement, check_spec, check_tracking
     from trainer.scheduling.ray_jobs import RayJobs
@@ -256,8 +257,8 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
 
     job_id = _job_id(spec_obj.name)
     run_id = runs.start_run(spec_obj, job_id, uri, dashboard, checked.fingerprint)
-    env = {"TRAINER_SPEC": spec_obj.model_dump_json(), "TRAINER_RUN_ID": run_id, "TRAINER_JOB_ID": job_id,
-           "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
+    env = {ENV_SPEC: spec_obj.model_dump_json(), ENV_RUN_ID: run_id, ENV_JOB_ID: job_id,
+           ENV_TRACKING_URI: uri, "PYTHONUNBUFFERED": "1"}
     if local:
         from trainer.home import trainer_home
 

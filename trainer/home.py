@@ -21,6 +21,11 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{trainer_home() / 'mlflow.db'}"
 
 
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The MLflow store to use: `uri` when given, else $MLFLOW_TRACKING_URI, else the embedded one."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
 def default_artifact_root() -> str:
     return (trainer_home() / "mlartifacts").as_uri()
 

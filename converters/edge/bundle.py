@@ -12,7 +12,6 @@ nothing behind. `load_bundle` checks every checksum before anyone runs the model
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil

@@ -22,6 +22,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from trainer.errors import RuntimeNotInstalledError, TrainerError
 from trainer.home import runtimes_dir
@@ -101,25 +102,22 @@ def _is_root() -> bool:
 
 
 class _Steps:
-    """One line per finished step, a spinner while a step runs."""
+    """One line per finished step, through the caller's `echo` (the CLI prints them; a library
+    caller may pass nothing)."""
 
-    def __init__(self, quiet: bool):
-        from rich.console import Console
-
-        self.console = Console(stderr=True, quiet=quiet)
+    def __init__(self, echo: Callable[[str], None] | None):
+        self.echo = echo or (lambda _line: None)
         self.done: list[str] = []
 
     def run(self, title: str, fn, *args):
         t0 = time.perf_counter()
-        with self.console.status(title + " ..."):
-            result = fn(*args)
-        took = time.perf_counter() - t0
-        self.console.print(f"[green]✓[/green] {title} ({took:.1f} s)", soft_wrap=True)
+        result = fn(*args)
+        self.echo(f"{title} ({time.perf_counter() - t0:.1f} s)")
         self.done.append(title)
         return result
 
     def note(self, text: str):
-        self.console.print(text, soft_wrap=True)
+        self.echo(text)
         self.done.append(text)
 
 
@@ -209,14 +207,14 @@ def _smoke_test(root: Path, qemu: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def setup_edge(force: bool = False, tflite: bool = False, quiet: bool = False) -> Path:
+def setup_edge(force: bool = False, tflite: bool = False, echo: Callable[[str], None] | None = None) -> Path:
     """Build (or find) the cached arm64 root and return its path. Idempotent.
 
     `tflite=True` also installs the aarch64 `ai-edge-litert` wheel so bundles with `.tflite`
     models can run. Needs root only for what is missing on the host (qemu-user-static, dpkg's
     arm64 architecture); otherwise it says the exact command to run.
     """
-    steps = _Steps(quiet)
+    steps = _Steps(echo)
     root = edge_root()
     stamp = read_stamp(root)
     if stamp and not force and stamp.get("onnxruntime") == ONNXRUNTIME_VERSION \
@@ -268,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tflite", action="store_true", help="also install ai-edge-litert")
     args = parser.parse_args(argv)
     try:
-        print(setup_edge(force=args.force, tflite=args.tflite))
+        print(setup_edge(force=args.force, tflite=args.tflite, echo=lambda line: print(line, file=sys.stderr)))
     except TrainerError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

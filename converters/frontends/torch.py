@@ -21,15 +21,10 @@ import numpy as np
 
 from converters.base import ExportResult, ModelInput, Frontend
 from converters.sources import fmt_shape
-from trainer.errors import ConversionError, UnsupportedOpsError
+from trainer.errors import ConversionError, UnsupportedOpsError, first_line
 
 _LAYOUTS = {2: "NC", 3: "NTC", 4: "NCHW", 5: "NCDHW"}
 _LEGACY_OP = re.compile(r"Exporting the operator '([\w:.]+)'")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 class TorchFrontend(Frontend):
@@ -58,7 +53,7 @@ class TorchFrontend(Frontend):
             try:
                 loaded = mlflow.pytorch.load_model(str(model), map_location="cpu")
             except Exception as err:
-                raise ConversionError(f"torch: cannot load the MLflow model {model}: {_first_line(err)}") from err
+                raise ConversionError(f"torch: cannot load the MLflow model {model}: {first_line(err)}") from err
             try:
                 return loaded.eval()
             except Exception:  # pt2-format models load as exported modules, which have no eval mode
@@ -70,7 +65,7 @@ class TorchFrontend(Frontend):
                 return torch.export.load(str(model))
             except Exception as err:
                 raise ConversionError(f"torch: {model.name} is not a loadable ExportedProgram (.pt2): "
-                                      f"{_first_line(err)}") from err
+                                      f"{first_line(err)}") from err
         if not zipfile.is_zipfile(model):
             raise ConversionError(f"torch: {model.name} is not a TorchScript, torch.save'd or .pt2 "
                                   f"model (not a zip archive: truncated or corrupt?)")
@@ -80,12 +75,12 @@ class TorchFrontend(Frontend):
                 warnings.simplefilter("ignore")  # jit.load's deprecation notice
                 return torch.jit.load(str(model), map_location="cpu").eval()
         except Exception as err:
-            errors.append(_first_line(err))
+            errors.append(first_line(err))
         try:
             obj = torch.load(str(model), map_location="cpu", weights_only=False)
         except Exception as err:
             raise ConversionError(f"torch: cannot load {model.name} (truncated or corrupt?): "
-                                  f"{_first_line(err)}") from err
+                                  f"{first_line(err)}") from err
         if isinstance(obj, torch.nn.Module):
             return obj.eval()
         if isinstance(obj, dict):
@@ -156,7 +151,7 @@ class TorchFrontend(Frontend):
                                   optimize=True, **names)
             exporter = f"torch.onnx {torch.__version__} (dynamo)"
         except Exception as dynamo_err:
-            reason = _first_line(dynamo_err)
+            reason = first_line(dynamo_err)
             cause = dynamo_err.__cause__ or dynamo_err.__context__
             if cause is not None and "Exception summary" in str(dynamo_err):
                 summary = str(dynamo_err).split("## Exception summary", 1)[1].strip().splitlines()
@@ -175,7 +170,7 @@ class TorchFrontend(Frontend):
                 if ops:
                     raise UnsupportedOpsError("torch", ops) from ts_err
                 raise ConversionError(f"torch: export failed with both exporters: dynamo: {reason}; "
-                                      f"TorchScript: {_first_line(ts_err)}") from ts_err
+                                      f"TorchScript: {first_line(ts_err)}") from ts_err
         import onnx
 
         proto = onnx.load(str(dst))
@@ -215,7 +210,7 @@ class TorchFrontend(Frontend):
             takes = f" but its first layer takes {fmt_shape(takes, batch=True)}" if takes else ""
             raise ConversionError(f"torch: the model does not run on inputs of shape "
                                   f"{fmt_shape(tuple(x.shape), batch=True)}{takes}: "
-                                  f"{_first_line(err)}") from err
+                                  f"{first_line(err)}") from err
 
 
 def _first_output(out):

@@ -15,7 +15,7 @@ import numpy as np
 
 from converters.base import Built, ExportResult, Target
 from converters.targets.onnx import check_onnx, ort_runner
-from trainer.errors import ConversionError, UsageError
+from trainer.errors import ConversionError, UsageError, first_line
 
 MAX_CALIBRATION_SAMPLES = 512
 
@@ -55,7 +55,7 @@ class OnnxInt8Target(Target):
                 quant_pre_process(str(export.onnx_path), str(pre), skip_symbolic_shape=False)
             except Exception as err:
                 # Symbolic shape inference gives up on some graphs; ORT's optimiser alone still helps.
-                notes.append(f"quant_pre_process with symbolic shapes failed ({_first_line(err)}); "
+                notes.append(f"quant_pre_process with symbolic shapes failed ({first_line(err)}); "
                                   f"retried without")
                 quant_pre_process(str(export.onnx_path), str(pre), skip_symbolic_shape=True)
             try:
@@ -68,7 +68,7 @@ class OnnxInt8Target(Target):
                                 weight_type=QuantType.QInt8)
             except Exception as err:
                 dst.unlink(missing_ok=True)
-                raise ConversionError(f"onnx-int8: static quantization failed: {_first_line(err)}") from err
+                raise ConversionError(f"onnx-int8: static quantization failed: {first_line(err)}") from err
         check_onnx(dst)
         notes.append(f"static QDQ (uint8 activations, int8 {'per-channel' if self.per_channel else 'per-tensor'} "
                           f"7-bit-range weights), MinMax-calibrated on {len(calib)} samples")
@@ -81,6 +81,3 @@ class OnnxInt8Target(Target):
         return ort_runner(artifact)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from converters.base import Built, ExportResult, Target
-from trainer.errors import ConversionError, UnsupportedOpsError
+from trainer.errors import ConversionError, UnsupportedOpsError, first_line
 
 # The hook for the MMdnn IR route ("module:function"); kept as a string so this module never
 # imports the MXNet-side code unless a caffe/mxnet-mmdnn export asks for it.
@@ -127,7 +127,7 @@ class PyTorchTarget(Target):
                 proto = version_converter.convert_version(proto, ONNX2TORCH_OPSET)
                 notes.append(f"ONNX opset {opset} converted to {ONNX2TORCH_OPSET} for onnx2torch")
             except Exception as err:
-                notes.append(f"opset {opset} -> {ONNX2TORCH_OPSET} conversion failed ({_first_line(err)})")
+                notes.append(f"opset {opset} -> {ONNX2TORCH_OPSET} conversion failed ({first_line(err)})")
         dropped = _drop_reshape_allowzero(proto)
         if dropped:
             notes.append(f"Reshape allowzero=1 dropped on {dropped} node(s) (onnx2torch lacks it; "
@@ -138,7 +138,7 @@ class PyTorchTarget(Target):
         try:
             module = onnx2torch.convert(proto).eval()
         except Exception as err:
-            raise ConversionError(f"pytorch: onnx2torch cannot convert this model: {_first_line(err)}") from err
+            raise ConversionError(f"pytorch: onnx2torch cannot convert this model: {first_line(err)}") from err
         dst = out_dir / "model.pt"
         shape = [d if d is not None else 2 for d in export.inputs[0].shape]
         example = torch.from_numpy(np.ascontiguousarray(calib[:2], np.float32)) if calib is not None \
@@ -148,7 +148,7 @@ class PyTorchTarget(Target):
                 torch.jit.trace(module, example, check_trace=False).save(str(dst))
             notes.append("onnx2torch, traced to TorchScript")
         except Exception as err:
-            notes.append(f"TorchScript trace failed ({_first_line(err)}); saved the pickled "
+            notes.append(f"TorchScript trace failed ({first_line(err)}); saved the pickled "
                               f"onnx2torch module (needs onnx2torch to load)")
             dst = out_dir / "model.pth"
             torch.save(module, dst)
@@ -199,6 +199,3 @@ class _no_warnings:
         return self._cm.__exit__(*exc)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -12,7 +12,7 @@ from ray.util.state import list_actors
 
 import trainer
 from trainer.api import parse_progress
-from trainer.scheduling.fingerprint import fingerprint
+from trainer.data import fingerprint
 from trainer.tracking.runs import client, metrics_frame
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import pytest
 from trainer.cluster.inventory import Node
 from trainer.cluster.local import NodeSpec
 from trainer.errors import PreflightError, UsageError
-from trainer.scheduling.fingerprint import fingerprint
+from trainer.data import fingerprint
 from trainer.scheduling.preflight import MAX_UPLOAD_BYTES, check_placement, check_spec, upload_files
 from trainer.spec import load_spec
 from trainer.state import JobState

@@ -8,6 +8,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# The node label every scheduling decision keys on (Ray's, KubeRay's worker groups', ours).
+ACCELERATOR_LABEL = "ray.io/accelerator-type"
+
 # Ray's own accelerator names for the models it knows (ray.util.accelerators).
 _MODELS = ["GH200", "B200", "H200", "H100", "H20", "A100", "A10G", "A10", "L40S", "L4", "V100", "T4", "P100", "K80"]
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from trainer.errors import ClusterError
-
-ACCELERATOR_LABEL = "ray.io/accelerator-type"
+from trainer.cluster.gpus import ACCELERATOR_LABEL
+from trainer.errors import ClusterError, first_line
 
 
 @dataclass
@@ -42,7 +41,7 @@ def nodes(dashboard_url: str, free: bool = True) -> list[Node]:
         resp.raise_for_status()
         states = resp.json()["data"]["result"]["result"]
     except (requests.RequestException, ValueError, KeyError, TypeError) as e:
-        raise ClusterError(f"cannot read the node list from {dashboard_url}: {_short(e)}") from None
+        raise ClusterError(f"cannot read the node list from {dashboard_url}: {first_line(e)}") from None
     available = _available_resources(dashboard_url) if free else {}
     result = []
     for s in states:
@@ -71,7 +70,3 @@ def _available_resources(dashboard_url: str) -> dict[str, dict[str, float]]:
         return {}
     return {node_id: {k: float(total) - float(used) for k, (used, total) in res.items()}
             for node_id, res in usage.items()}
-
-
-def _short(e: Exception) -> str:
-    return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__

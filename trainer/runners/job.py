@@ -19,10 +19,11 @@ from trainer.errors import SpecError, TrainerError
 from trainer.runners.base import get_runner
 from trainer.spec import JobSpec
 
+# What `trainer.api.submit` hands the driver through the Ray job's environment.
 ENV_SPEC = "TRAINER_SPEC"
 ENV_RUN_ID = "TRAINER_RUN_ID"
 ENV_JOB_ID = "TRAINER_JOB_ID"
-ACCELERATOR_LABEL = "ray.io/accelerator-type"
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 
 
 def load_function(spec: JobSpec, workdir: Path):
@@ -46,7 +47,7 @@ def load_function(spec: JobSpec, workdir: Path):
 def _data_path(spec: JobSpec, workdir: Path) -> Path | None:
     if spec.data is None:
         return None
-    from trainer.scheduling.fingerprint import resolve_data_path
+    from trainer.data import resolve_data_path
 
     return resolve_data_path(spec.data.path, workdir)
 
@@ -74,6 +75,8 @@ def worker_loop(config: dict) -> None:
 def scaling_config(spec: JobSpec):
     from ray.train import ScalingConfig
 
+    from trainer.cluster.gpus import ACCELERATOR_LABEL
+
     res = spec.resources
     per_worker = {"CPU": res.cpus_per_worker}
     if res.gpus_per_worker:
@@ -97,13 +100,12 @@ def convert_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str 
         return
     from converters.api import convert_run
 
-    if tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     p = spec.convert.parity
     print(f"converting the trained model to {', '.join(spec.convert.targets)}", flush=True)
     report = convert_run(run_id, spec.convert.targets, source=get_runner(spec.framework).frontend,
                          edge=spec.convert.edge, atol=p.atol, rtol=p.rtol,
-                         min_agreement=p.min_agreement, max_accuracy_drop=p.max_accuracy_drop)
+                         min_agreement=p.min_agreement, max_accuracy_drop=p.max_accuracy_drop,
+                         tracking_uri=tracking_uri)
     print(report.to_markdown(), flush=True)
 
 
@@ -115,7 +117,7 @@ def main() -> int:
 
     spec = JobSpec.model_validate_json(os.environ[ENV_SPEC])
     run_id = os.environ.get(ENV_RUN_ID)
-    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    tracking_uri = os.environ.get(ENV_TRACKING_URI)
     job_id = os.environ.get(ENV_JOB_ID, spec.name)
     workdir = Path.cwd()
     runner = get_runner(spec.framework)

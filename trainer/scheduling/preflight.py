@@ -13,7 +13,7 @@ from pathlib import Path
 from trainer.cluster.inventory import ACCELERATOR_LABEL, Node
 from trainer.errors import PreflightError, SpecError
 from trainer.runners.base import get_runner
-from trainer.scheduling.fingerprint import Fingerprint, fingerprint
+from trainer.data import Fingerprint, fingerprint
 from trainer.spec import JobSpec
 
 # Ray refuses a working_dir over 100 MiB.

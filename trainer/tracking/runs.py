@@ -3,15 +3,14 @@ closed by the job's driver, repaired by the client when a job was cancelled or k
 from __future__ import annotations
 
 import json
-import os
 from typing import TYPE_CHECKING
 
-from trainer.home import default_artifact_root, default_tracking_uri, trainer_home
+from trainer.home import default_artifact_root, default_tracking_uri, resolve_tracking_uri, trainer_home
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from trainer.scheduling.fingerprint import Fingerprint
+    from trainer.data import Fingerprint
     from trainer.spec import JobSpec
 
 # Tags that link a run to its Ray job; `trainer list` and the API read them back.
@@ -25,9 +24,7 @@ MAX_PARAM_LEN = 6000
 
 
 def tracking_uri(spec: "JobSpec | None" = None) -> str:
-    if spec is not None and spec.tracking.uri:
-        return spec.tracking.uri
-    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    return resolve_tracking_uri(spec.tracking.uri if spec is not None else None)
 
 
 def is_embedded(uri: str) -> bool:

@@ -1,0 +1,128 @@
+"""The one output seam of every command: `--output table|json`, one printer, one error line.
+
+- `OutputOpt` is the `--output/-o` option every command takes; `Printer(output)` checks it.
+- `Printer.emit(data, render)`: with `json`, exactly one JSON document on stdout; with `table`,
+  `render(data)` draws it for a person (or a key/value table when no renderer is given).
+- `Printer.table(...)` draws a rich table that stays readable at any width and without a TTY:
+  when its longest words cannot fit side by side (80 columns in a CI log), the rows are printed
+  as `key: value` records instead, so no cell is ever cut to `onnx-i…`.
+- `fail(err)`: a TrainerError becomes one red `error: ...` line and the exit code of its class
+  (TRAINER_DEBUG=1 adds the traceback). `ErrorHandlingGroup` applies it to every command.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Iterable, Sequence
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
+
+from trainer.errors import TrainerError, UsageError
+
+OUTPUTS = ("table", "json")
+OutputOpt = typer.Option("table", "--output", "-o", help="table | json")
+
+
+def stdout() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+def stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def fail(e: TrainerError) -> None:
+    console = stderr()
+    if os.environ.get("TRAINER_DEBUG"):
+        console.print_exception()
+    # Text, not markup: a message quoting user input ("name: '[/]'") must print as it is.
+    console.print(Text.assemble(("error:", "bold red"), " ", str(e)), soft_wrap=True)
+    raise typer.Exit(e.exit_code)
+
+
+class ErrorHandlingGroup(TyperGroup):
+    """Every command's TrainerError (raised by the command, or by an option's check while
+    parsing) becomes `fail(err)`; Ctrl-C exits 130 with one word."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TrainerError as e:
+            fail(e)
+        except KeyboardInterrupt:
+            stderr().print("interrupted")
+            raise typer.Exit(130)
+
+
+class Printer:
+    def __init__(self, output: str):
+        if output not in OUTPUTS:
+            raise UsageError(f"--output must be table or json, got {output!r}")
+        self.json = output == "json"
+        self.out = stdout()
+
+    # -------------------------------------------------------------- results
+    def emit(self, data: Any, render: Callable[[Any], None] | None = None, *, title: str = "") -> None:
+        """The command's result: one JSON document, or drawn for a person."""
+        if self.json:
+            print(json.dumps(data, indent=2, default=str))
+        elif render is not None:
+            render(data)
+        elif isinstance(data, dict):
+            self.kv(title, data)
+        else:
+            self.line(str(data))
+
+    def line(self, text: str, style: str | None = None) -> None:
+        """A plain line for a person (never in json mode: a JSON document is the whole stdout)."""
+        if not self.json:
+            self.out.print(Text(text, style=style or ""), soft_wrap=True)
+
+    def kv(self, title: str, rows: dict) -> None:
+        self.table(["", ""], [[k, "" if v is None else v] for k, v in rows.items()], title=title, header=False)
+
+    def table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str = "",
+              header: bool = True) -> None:
+        rows = [["" if c is None else str(c) for c in row] for row in rows]
+        columns = list(columns)
+        width = self.out.width
+        if _min_width(columns if header else [], rows, len(columns)) > width:
+            self._records(columns, rows, title)
+            return
+        table = Table(title=title or None, title_justify="left", show_header=header)
+        for i, name in enumerate(columns):
+            table.add_column(name, overflow="fold", style="bold" if (not header and i == 0) else None)
+        for row in rows:
+            table.add_row(*(Text(c) for c in row))
+        self.out.print(table)
+
+    def _records(self, columns: list[str], rows: list[list[str]], title: str) -> None:
+        """The narrow form: one `key: value` block per row, nothing cut."""
+        if title:
+            self.out.print(Text(title, style="bold"))
+        key_width = max((len(c) for c in columns), default=0)
+        for n, row in enumerate(rows):
+            if n:
+                self.out.print("")
+            for name, cell in zip(columns, row):
+                self.out.print(Text(f"{name:<{key_width}}  {cell}" if name else cell), soft_wrap=True)
+
+    # -------------------------------------------------------------- chatter
+    def note(self, text: str) -> None:
+        """Progress and hints for a person, on stderr (stdout stays the result)."""
+        if not self.json:
+            stderr().print(Text(text, style="dim"), soft_wrap=True)
+
+
+def _min_width(header: list[str], rows: list[list[str]], ncols: int) -> int:
+    """Columns needed to show every cell with no word broken: each column as wide as its
+    longest word, plus rich's borders and padding (3 per column + 1)."""
+    longest = [0] * ncols
+    for row in ([header] if header else []) + rows:
+        for i, cell in enumerate(row[:ncols]):
+            longest[i] = max(longest[i], max((len(w) for w in str(cell).split()), default=0))
+    return sum(longest) + 3 * ncols + 1

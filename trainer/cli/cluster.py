@@ -1,0 +1,56 @@
+"""`trainer cluster up | down | status`: the embedded local Ray cluster."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from trainer import api
+from trainer.cli._output import OutputOpt, Printer
+from trainer.cli.jobs import AddressOpt
+from trainer.errors import ClusterError
+
+group = typer.Typer(no_args_is_help=True, help="The embedded local Ray cluster.")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(group, name="cluster")
+
+
+@group.command("up")
+def up(node: List[str] = typer.Option([], "--node", help="Worker node ACCEL:CPUS[:GPUS]; repeatable. "
+                                      "Default: one cpu node with all cores."),
+       output: str = OutputOpt):
+    """Start the local cluster: a CPU-only head plus labelled worker nodes."""
+    p = Printer(output)
+    state, started = api.cluster_up(node or None, progress=p.note)
+    nodes = [str(n) for n in state.node_specs]
+    p.emit({"started": started, "dashboard": state.dashboard_url, "nodes": nodes},
+           lambda _: p.line(f"{'started' if started else 'already running'}: dashboard {state.dashboard_url}, "
+                            f"nodes {', '.join(nodes)}"))
+
+
+@group.command("down")
+def down(output: str = OutputOpt):
+    """Stop the local cluster's processes (only those it started)."""
+    p = Printer(output)
+    stopped = api.cluster_down()
+    p.emit({"stopped_processes": stopped}, lambda _: p.line(f"stopped {stopped} process(es)"))
+
+
+@group.command("status")
+def status(address: Optional[str] = AddressOpt, output: str = OutputOpt):
+    """Nodes with their labels and total / free resources."""
+    p = Printer(output)
+    status = api.cluster_status(address)
+    if p.json:
+        return p.emit(status)
+    if not status["running"]:
+        raise ClusterError("no local cluster is running (start one: trainer cluster up)")
+
+    def free(f, t) -> str:
+        return f"{'?' if f is None else f'{f:g}'}/{t:g}"
+    p.table(["node", "role", "accelerator", "CPUs free/total", "GPUs free/total"],
+            [[n["node_id"][:12], "head" if n["is_head"] else "worker", n["accelerator"] or "-",
+              free(n["cpus_free"], n["cpus"]), free(n["gpus_free"], n["gpus"])] for n in status["nodes"]],
+            title=status["address"])

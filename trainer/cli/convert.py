@@ -1,0 +1,79 @@
+"""`trainer convert`: a thin command over `converters.api.convert`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from trainer.cli._output import OutputOpt, Printer
+from trainer.errors import ParityError, UsageError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("convert", help="Convert a model to ONNX / int8 / TFLite / PyTorch / edge bundles, "
+                                "with a parity report that gates it.")(convert)
+
+
+def convert(
+    model: Optional[str] = typer.Argument(None, help="Model file/folder, runs:/<run id>/model or "
+                                                     "models:/<name>@<alias>."),
+    source: Optional[str] = typer.Option(None, "--from", help="Source framework: torch, keras, mxnet, "
+                                         "mxnet-mmdnn, caffe, onnx (default: from the MLflow flavor)."),
+    to: str = typer.Option("onnx", "--to", help="Comma-separated targets: onnx, onnx-int8, tflite, pytorch."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help=".npy inputs or .npz (x/inputs, y/labels). "
+                                         "Default for runs: the run's calibration/ artifacts."),
+    edge: List[str] = typer.Option([], "--edge", help="Bundle for ARM and run it on this emulated "
+                                   "aarch64 CPU (e.g. cortex-a72); repeat or comma-separate."),
+    atol: float = typer.Option(1e-4, "--atol", help="fp32 targets: absolute tolerance."),
+    rtol: float = typer.Option(1e-3, "--rtol", help="fp32 targets: relative tolerance."),
+    min_agreement: float = typer.Option(0.98, "--min-agreement", help="int8 targets: min top-1 agreement."),
+    max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop",
+                                            help="int8 targets: max accuracy loss vs native."),
+    output: str = OutputOpt,
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default ./converted/<model>)."),
+    list_: bool = typer.Option(False, "--list", help="Print the conversion matrix and exit."),
+):
+    p = Printer(output)
+    if list_:
+        return _print_matrix(p)
+    if model is None:
+        raise UsageError("missing MODEL: give a model file/folder or an MLflow model URI (or --list)")
+    from converters.api import convert as convert_model
+
+    try:
+        report = convert_model(model, source, to, calib=calib, edge=edge, atol=atol, rtol=rtol, out_dir=out,
+                               min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop)
+    except ParityError as err:
+        if err.fields.get("report") is not None:
+            _print_report(p, err.fields["report"])
+        raise
+    _print_report(p, report)
+
+
+def _print_matrix(p: Printer) -> None:
+    from converters import registry
+
+    cols = ["from", "runtime", "via", *registry.TARGETS]
+    p.emit(registry.matrix(), lambda rows: p.table(
+        [c if c not in registry.TARGETS else f"--to {c}" for c in cols],
+        [[row[c] or "-" for c in cols] for row in rows], title="conversion matrix (--from x --to)"))
+
+
+def _print_report(p: Printer, report) -> None:
+    from converters.parity import fmt_delta, fmt_ms, fmt_num, fmt_size
+
+    if p.json:
+        print(report.to_json())
+        return
+    nat = report.native_latency_ms
+    p.table(["target", "size", "max abs diff", "max rel diff", "top-1 agreement", "accuracy delta",
+             "latency p50 b1 native -> converted", "b64", "result"],
+            [[r.target, fmt_size(r.size_bytes), f"{r.max_abs_diff:.3g}", f"{r.max_rel_diff:.3g}",
+              fmt_num(r.top1_agreement), fmt_delta(r.accuracy_delta),
+              f"{fmt_ms(nat.get('b1'))} -> {fmt_ms(r.latency_ms.get('b1'))}",
+              f"{fmt_ms(nat.get('b64'))} -> {fmt_ms(r.latency_ms.get('b64'))}",
+              "pass" if r.passed else "FAIL"] for r in report.rows],
+            title=f"parity: {Path(report.model).name} ({report.source}, {report.exporter}) "
+                  f"{'PASSED' if report.passed else 'FAILED'}")
+    p.line(f"output: {report.out_dir}" + (f"  (logged to run {report.run_id})" if report.run_id else ""))

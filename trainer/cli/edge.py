@@ -1,0 +1,81 @@
+"""`trainer edge setup | run | verify`: the emulated aarch64 root and edge bundles."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from trainer.cli._output import OutputOpt, Printer
+from trainer.errors import UsageError
+
+group = typer.Typer(help="Edge bundles for ARM: provision the emulated aarch64 root, run bundles on it.",
+                    no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(group, name="edge")
+
+
+@group.command("setup")
+def setup(force: bool = typer.Option(False, "--force", help="Rebuild the arm64 root even if it is there."),
+          tflite: bool = typer.Option(False, "--tflite", help="Also install ai-edge-litert (for .tflite models)."),
+          output: str = OutputOpt):
+    """Build and cache the arm64 python3.11 + numpy + onnxruntime root that `edge run` uses."""
+    from converters.edge.setup import setup_edge
+
+    p = Printer(output)
+    root = setup_edge(force=force, tflite=tflite, echo=p.note)
+    p.emit({"root": str(root)}, lambda _: p.line(str(root)))
+
+
+@group.command("run")
+def run(bundle: Path = typer.Argument(..., help="Bundle folder (has manifest.json and run.py)."),
+        inputs: Path = typer.Option(..., "--inputs", help=".npy file with the input batch."),
+        cpu: str = typer.Option("cortex-a72", "--cpu", help="Emulated CPU model, e.g. cortex-a72, cortex-a53, "
+                                "neoverse-n1."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Save <model>.npy outputs here."),
+        repeat: int = typer.Option(0, "--repeat", help="Also time this many batch-1 inferences per model."),
+        output: str = OutputOpt):
+    """Run BUNDLE's models on emulated aarch64 and print what each produced."""
+    import numpy as np
+
+    from converters.edge.qemu import check_cpu, run_bundle_detailed
+
+    p = Printer(output)
+    check_cpu(cpu)
+    try:
+        x = np.load(inputs, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--inputs {inputs}: cannot read it as .npy ({e})") from None
+    result = run_bundle_detailed(bundle, x, cpu, repeat=repeat)
+    models = {}
+    for name, y in result.outputs.items():
+        info = result.models[name]
+        models[name] = {"output_shape": list(y.shape), "top1_first10": y.argmax(axis=-1)[:10].tolist() if y.ndim >= 2 else [],
+                        "batch_s": info["batch_s"], "latency_ms_p50": info.get("latency_ms_p50")}
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            np.save(out / f"{name}.npy", y)
+    p.emit({"bundle": str(bundle), "cpu": cpu, "machine": result.machine, "versions": result.versions,
+            "wall_s": result.wall_s, "models": models},
+           lambda _: p.table(["model", "output shape", "top-1 of first 10", "batch s", "latency p50 ms"],
+                             [[name, str(tuple(m["output_shape"])), str(m["top1_first10"]), f"{m['batch_s']:.3f}",
+                               "-" if m["latency_ms_p50"] is None else f"{m['latency_ms_p50']:.2f}"]
+                              for name, m in models.items()],
+                             title=f"{bundle} on emulated {cpu} ({result.machine}, onnxruntime "
+                                   f"{result.versions.get('onnxruntime', '?')}, {result.wall_s:.1f} s)"))
+
+
+@group.command("verify")
+def verify(bundle: Path = typer.Argument(..., help="Bundle folder."), output: str = OutputOpt):
+    """Check every file of BUNDLE against its manifest checksums."""
+    from converters.edge.bundle import load_bundle
+
+    p = Printer(output)
+    b = load_bundle(bundle)
+    spec = b.inputs[0]
+    p.emit({"bundle": str(bundle), "ok": True, "files": len(b.files), "models": list(b.models),
+            "input": {"name": spec.name, "shape": list(spec.shape), "layout": spec.layout, "dtype": spec.dtype}},
+           lambda _: p.line(f"{bundle}: ok, {len(b.files)} files verified; models {', '.join(b.models)}; "
+                            f"input {spec.name} {list(spec.shape)} {spec.layout} {spec.dtype}"))
