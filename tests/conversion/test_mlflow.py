@@ -45,8 +45,11 @@ def test_convert_registered_model_logs_into_its_source_run(cli, tmp_path, logged
 
     from converters.sources import source_run_id
 
-    assert source_run_id("models:/digits@staging") == logged_run
-    assert source_run_id(f"runs:/{logged_run}/model") == logged_run
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    assert source_run_id("models:/digits@staging", uri) == logged_run
+    assert source_run_id(f"runs:/{logged_run}/model", uri) == logged_run
 
     # No --from (the flavor says torch) and no --calib (the run's calibration/ artifacts).
     result = cli("models:/digits@staging", "--to", "onnx,onnx-int8", "--out", tmp_path / "conv", "--output", "json")
