@@ -131,14 +131,13 @@ def _tensorflow_distribution() -> str:
 def _cpu_only_lock() -> bool:
     """Whether the tensorflow runtime's lock (what both its venv and its image install) pins the
     CPU-only TensorFlow build."""
-    from trainer.runtimes import lock_path
+    from trainer.runtimes import lock_path, parse_lock
 
     lock = lock_path("tensorflow")
     if not lock.is_file():
         return False
-    names = {line.split("==")[0].strip().lower().replace("_", "-")
-             for line in lock.read_text().splitlines() if "==" in line and not line.lstrip().startswith("#")}
-    return "tensorflow-cpu" in names and "tensorflow" not in names
+    pins = parse_lock(lock)
+    return "tensorflow-cpu" in pins and "tensorflow" not in pins
 
 
 class TensorflowRunner:
