@@ -10,6 +10,7 @@ import pytest
 
 from trainer import runtimes
 from trainer.home import repo_root
+from trainer.runtimes.lock import normalize
 
 RUNTIME_NAMES = sorted(runtimes.RUNTIMES)
 FRAMEWORK_PIN = {"torch": "torch", "tensorflow": "tensorflow-cpu", "mxnet": "mxnet"}
@@ -70,7 +71,7 @@ def test_dockerfile_follows_the_image_policy(name):
             labels.update({k: _expand(v, args) for k, v in _pairs(c.value).items()})
     for key in ("title", "description", "source", "version", "licenses", "base.name"):
         assert labels.get(f"org.opencontainers.image.{key}"), f"missing org.opencontainers.image.{key}"
-    pins = runtimes._parse_lock(runtimes.lock_path(name))
+    pins = runtimes.parse_lock(runtimes.lock_path(name))
     assert labels["io.trainer.ray.version"] == pins["ray"]
     assert labels["io.trainer.framework.version"] == f"{FRAMEWORK_PIN[name]}=={pins[FRAMEWORK_PIN[name]]}"
     assert labels["io.trainer.python.version"].startswith(runtimes.RUNTIMES[name].python + ".")
@@ -118,7 +119,7 @@ def test_locks_are_fully_pinned_and_use_the_projects_ray(name):
     ray_pin = next(d for d in project["project"]["dependencies"] if d.startswith("ray"))
     project_ray = ray_pin.split("==", 1)[1]
     lock = runtimes.lock_path(name)
-    pins = runtimes._parse_lock(lock)
+    pins = runtimes.parse_lock(lock)
     assert pins["ray"] == project_ray
     loose = [ln for ln in lock.read_text().splitlines()
              if ln.strip() and not ln.startswith("#") and "==" not in ln]
@@ -131,11 +132,11 @@ def test_locks_satisfy_the_core_dependencies(name):
     from packaging.requirements import Requirement
 
     project = tomllib.loads((repo_root() / "pyproject.toml").read_text())
-    pins = runtimes._parse_lock(runtimes.lock_path(name))
+    pins = runtimes.parse_lock(runtimes.lock_path(name))
     unmet = []
     for dep in project["project"]["dependencies"]:
         req = Requirement(dep)
-        have = pins.get(runtimes._norm(req.name))
+        have = pins.get(normalize(req.name))
         if have is None or not req.specifier.contains(have, prereleases=True):
             unmet.append(f"{dep} (lock has {have or 'nothing'})")
     assert not unmet, f"images/{name}/requirements.lock misses core deps: {unmet}"

@@ -10,12 +10,15 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from trainer import runtimes
 from trainer.errors import RuntimeNotInstalledError, UnknownNameError
 from trainer.home import repo_root
+from trainer.runtimes.lock import version_matches
+from trainer.runtimes.venvs import STAMP
 
 
 @pytest.fixture
@@ -43,7 +46,7 @@ def _fake_runtime(root, name, digest):
     venv = root / name
     (venv / "bin").mkdir(parents=True)
     os.symlink(sys.executable, venv / "bin" / "python")
-    (venv / runtimes.STAMP).write_text(json.dumps(
+    (venv / STAMP).write_text(json.dumps(
         {"name": name, "lock_sha256": digest, "python": "3.11.7", "versions": {"mxnet": "1.9.1"}, "freeze": []}))
     return venv
 
@@ -57,7 +60,7 @@ def test_installed_runtime_is_found_fast_and_listed(empty_runtimes):
     assert py == venv / "bin" / "python"
     assert runtimes.path("mxnet") == venv
     assert per_call < 0.01, f"python_for took {per_call * 1e3:.1f} ms per call"
-    row = next(r for r in runtimes.list() if r.name == "mxnet")
+    row = next(r for r in runtimes.list_runtimes() if r.name == "mxnet")
     assert row.installed and row.path == str(venv) and row.versions == {"mxnet": "1.9.1"}
     assert row.lock == "images/mxnet/requirements.lock"
 
@@ -73,7 +76,7 @@ def test_stale_runtime_asks_for_a_reinstall(empty_runtimes):
     with pytest.raises(RuntimeNotInstalledError) as err:
         runtimes.python_for("mxnet")
     assert "out of date" in str(err.value) and "run: trainer runtime install mxnet" in str(err.value)
-    row = next(r for r in runtimes.list() if r.name == "mxnet")
+    row = next(r for r in runtimes.list_runtimes() if r.name == "mxnet")
     assert not row.installed and "reinstall" in row.note
 
 
@@ -81,10 +84,10 @@ def test_lock_pins_parse_and_local_versions_match(tmp_path):
     lock = tmp_path / "requirements.lock"
     lock.write_text("# comment\n--extra-index-url x\nNumPy==1.23.5\nray[train]==2.60.0 ; python_version>='3'\n"
                     "torch==2.13.0\n")
-    assert runtimes._parse_lock(lock) == {"numpy": "1.23.5", "ray": "2.60.0", "torch": "2.13.0"}
-    assert runtimes._version_matches("2.13.0+cpu", "2.13.0")
-    assert not runtimes._version_matches("2.13.0", "2.13.0+cpu")
-    assert not runtimes._version_matches("1.24.0", "1.23.5")
+    assert runtimes.parse_lock(lock) == {"numpy": "1.23.5", "ray": "2.60.0", "torch": "2.13.0"}
+    assert version_matches("2.13.0+cpu", "2.13.0")
+    assert not version_matches("2.13.0", "2.13.0+cpu")
+    assert not version_matches("1.24.0", "1.23.5")
 
 
 def test_torch_runtime_is_this_venv_exactly_when_it_satisfies_the_lock(empty_runtimes):
@@ -95,7 +98,7 @@ def test_torch_runtime_is_this_venv_exactly_when_it_satisfies_the_lock(empty_run
         with pytest.raises(RuntimeNotInstalledError):
             runtimes.python_for("torch")
     else:
-        assert runtimes.python_for("torch") == runtimes.Path(sys.executable)
+        assert runtimes.python_for("torch") == Path(sys.executable)
         assert runtimes.install("torch").action == "project-venv"
 
 

@@ -47,7 +47,6 @@ The saved model is the MXNet native format the mxnet converter frontend reads: `
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -55,12 +54,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.context import Context
+from trainer.runners._checkpoint import read_state, to_numpy_tree, write_state
 
 MULTI_WORKER_REASON = (
     "multi-worker training is not supported: MXNet's dist_sync parameter server trains 2 workers "
     "here, but after a worker failure the restarted group's server aborts ('kvstore_dist_server.h:611: "
     "Check failed: init 1 first') and the job hangs instead of resuming; use workers: 1")
-CHECKPOINT_FILE = "state.pkl"
 MODEL_PREFIX = "model"
 PS_ROLES = ("scheduler", "server")
 _PS_PROGRAM = "import mxnet as mx; mx.kv.create('dist_sync')"   # blocks until the job's workers leave
@@ -138,12 +137,10 @@ class MXNetContext(Context):
             p.set_data(mx.nd.array(params[name], ctx=self.device))
 
     def _write_checkpoint(self, state: dict, folder: Path) -> None:
-        with open(folder / CHECKPOINT_FILE, "wb") as fh:
-            pickle.dump(_to_numpy_tree(state), fh, protocol=pickle.HIGHEST_PROTOCOL)
+        write_state(state, folder)
 
     def _read_checkpoint(self, folder: Path) -> dict:
-        with open(folder / CHECKPOINT_FILE, "rb") as fh:
-            return pickle.load(fh)
+        return read_state(folder)
 
     def _log_model(self, model, example_input) -> None:
         """`model/model-symbol.json` + `model/model-0000.params` (HybridBlock.export), the
@@ -157,23 +154,12 @@ class MXNetContext(Context):
 
         from trainer.tracking.runs import client
 
-        example = mx.nd.array(np.asarray(_to_numpy_tree(example_input), dtype="float32")[:8], ctx=self.device)
+        example = mx.nd.array(np.asarray(to_numpy_tree(example_input), dtype="float32")[:8], ctx=self.device)
         model.hybridize()
         model(example)      # the export needs a traced graph
         with tempfile.TemporaryDirectory() as tmp:
             model.export(str(Path(tmp) / MODEL_PREFIX), epoch=0)
             client(self._tracking_uri).log_artifacts(self.run_id, tmp, "model")
-
-
-def _to_numpy_tree(value):
-    """NDArrays -> numpy, recursively, so a checkpoint unpickles on any worker/device."""
-    if isinstance(value, dict):
-        return {k: _to_numpy_tree(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_numpy_tree(v) for v in value)
-    if hasattr(value, "asnumpy"):
-        return value.asnumpy()
-    return value
 
 
 # ---------------------------------------------------------------------------- the Ray backend

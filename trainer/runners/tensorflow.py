@@ -25,12 +25,10 @@ the saved model is an MLflow tensorflow-flavor model holding `data/model.keras`.
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 from trainer.context import Context
-
-CHECKPOINT_FILE = "state.pkl"
+from trainer.runners._checkpoint import read_state, write_state
 
 
 class TensorflowContext(Context):
@@ -86,12 +84,10 @@ class TensorflowContext(Context):
         return dataset.with_options(options)
 
     def _write_checkpoint(self, state: dict, folder: Path) -> None:
-        with open(folder / CHECKPOINT_FILE, "wb") as fh:
-            pickle.dump(_to_numpy_tree(state), fh, protocol=pickle.HIGHEST_PROTOCOL)
+        write_state(state, folder)
 
     def _read_checkpoint(self, folder: Path) -> dict:
-        with open(folder / CHECKPOINT_FILE, "rb") as fh:
-            return pickle.load(fh)
+        return read_state(folder)
 
     def _log_model(self, model, example_input) -> None:
         """An MLflow tensorflow-flavor model (`data/model.keras`, what the keras converter
@@ -132,29 +128,16 @@ def _tensorflow_distribution() -> str:
     return "tensorflow"
 
 
-def _to_numpy_tree(value):
-    """Tensors and variables -> numpy, recursively, so a checkpoint unpickles without TensorFlow
-    state (and without a strategy) on any worker."""
-    if isinstance(value, dict):
-        return {k: _to_numpy_tree(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_numpy_tree(v) for v in value)
-    if hasattr(value, "numpy") and callable(value.numpy):
-        return value.numpy()
-    return value
-
-
 def _cpu_only_lock() -> bool:
     """Whether the tensorflow runtime's lock (what both its venv and its image install) pins the
     CPU-only TensorFlow build."""
-    from trainer.runtimes import lock_path
+    from trainer.runtimes import lock_path, parse_lock
 
     lock = lock_path("tensorflow")
     if not lock.is_file():
         return False
-    names = {line.split("==")[0].strip().lower().replace("_", "-")
-             for line in lock.read_text().splitlines() if "==" in line and not line.lstrip().startswith("#")}
-    return "tensorflow-cpu" in names and "tensorflow" not in names
+    pins = parse_lock(lock)
+    return "tensorflow-cpu" in pins and "tensorflow" not in pins
 
 
 class TensorflowRunner:
