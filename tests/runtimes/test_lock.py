@@ -9,7 +9,7 @@ import pytest
 from trainer import runtimes
 from trainer.errors import RuntimeNotInstalledError
 from trainer.runners.tensorflow import _cpu_only_lock
-from trainer.runtimes.install import _drop_packages_not_in_lock, _Steps
+from trainer.runtimes.installer import _drop_packages_not_in_lock, _Steps
 from trainer.runtimes.lock import key_versions, normalize
 
 

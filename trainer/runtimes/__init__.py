@@ -19,7 +19,7 @@ The `torch` runtime is special: the project's own venv (`.venv`, set up from
 """
 from __future__ import annotations
 
-from trainer.runtimes.install import InstallReport, install
+from trainer.runtimes.installer import InstallReport, install
 from trainer.runtimes.lock import lock_digest, lock_path, parse_lock, unmet_pins
 from trainer.runtimes.table import RUNTIMES, RuntimeSpec
 from trainer.runtimes.venvs import RuntimeStatus, list_runtimes, path, python_for
