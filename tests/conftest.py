@@ -1,5 +1,9 @@
 """Every test session gets its own $TRAINER_HOME (cluster state, MLflow, checkpoints), while the
-big framework runtimes are shared through $TRAINER_RUNTIMES (built once by `.ci/run`)."""
+big framework runtimes are shared through $TRAINER_RUNTIMES (built once by `.ci/run`).
+
+Cost is a marker: a test that needs a framework runtime (`tensorflow`, `mxnet`: also marked
+`framework`), the emulated ARM root (`edge`) or takes minutes (`slow`) is `integration` too, so
+`pytest -m "not integration"` is the quick loop: no Ray cluster, no other runtime, no qemu."""
 import os
 import shutil
 import tempfile
@@ -17,6 +21,19 @@ def pytest_configure(config):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.pop("TRAINER_ADDRESS", None)
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
+
+IMPLIES_INTEGRATION = ("tensorflow", "mxnet", "edge", "slow")
+FRAMEWORKS = ("tensorflow", "mxnet")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        marks = {m.name for m in item.iter_markers()}
+        if marks & set(FRAMEWORKS):
+            item.add_marker(pytest.mark.framework)
+        if marks & set(IMPLIES_INTEGRATION) and "integration" not in marks:
+            item.add_marker(pytest.mark.integration)
 
 
 def pytest_unconfigure(config):
