@@ -12,7 +12,7 @@ import numpy as np
 
 from converters.base import ExportResult, ModelInput, Frontend
 from converters.targets.onnx import check_onnx, ort_runner
-from trainer.errors import ConversionError
+from trainer.errors import ConversionError, translate
 
 _LAYOUTS = {2: "NC", 3: "NTC", 4: "NCHW", 5: "NCDHW"}
 
@@ -20,11 +20,8 @@ _LAYOUTS = {2: "NC", 3: "NTC", 4: "NCHW", 5: "NCDHW"}
 def _graph_input(path: Path):
     import onnx
 
-    try:
+    with translate(ConversionError, f"onnx: cannot read {path.name} (truncated or corrupt?)"):
         proto = onnx.load(str(path), load_external_data=False)
-    except Exception as err:
-        raise ConversionError(f"onnx: cannot read {path.name} (truncated or corrupt?): "
-                              f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from err
     init = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in init]
     if len(inputs) != 1:

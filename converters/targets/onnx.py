@@ -8,18 +8,16 @@ from typing import Callable
 import numpy as np
 
 from converters.base import Built, ExportResult, Target
-from trainer.errors import ConversionError
+from trainer.errors import ConversionError, translate
 
 
 def check_onnx(path: Path) -> None:
     """`onnx.checker.check_model` with full checks; its failure becomes a one-line error."""
     import onnx
 
-    try:
+    # onnx raises ValidationError, DecodeError, InferenceError ...
+    with translate(ConversionError, f"{path.name} is not a valid ONNX model"):
         onnx.checker.check_model(str(path), full_check=True)
-    except Exception as err:  # onnx raises ValidationError, DecodeError, InferenceError ...
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConversionError(f"{path.name} is not a valid ONNX model: {first}") from err
 
 
 def ort_session(path: Path, threads: int = 0):
@@ -29,11 +27,8 @@ def ort_session(path: Path, threads: int = 0):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
-    try:
+    with translate(ConversionError, f"ONNX Runtime cannot load {path.name}"):
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConversionError(f"ONNX Runtime cannot load {path.name}: {first}") from err
 
 
 def ort_runner(path: Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:

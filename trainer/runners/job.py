@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 
 from trainer.context import LocalSession, RayTrainSession
-from trainer.errors import SpecError, TrainerError
+from trainer.errors import SpecError, TrainerError, first_line
 from trainer.runners.base import get_runner
 from trainer.spec import JobSpec
 
@@ -142,7 +142,7 @@ def main() -> int:
         return e.exit_code
     except Exception as e:
         traceback.print_exc()
-        print(f"error: training failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+        print(f"error: training failed: {type(e).__name__}" + (f": {first_line(e)}" if str(e).strip() else ""),
               file=sys.stderr, flush=True)
         return 1
     finally:
