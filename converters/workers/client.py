@@ -58,13 +58,16 @@ class WorkerClient:
 
     `python` overrides the runtime's interpreter (default `trainer.runtimes.python_for(runtime)`,
     checked on every call, so a removed or outdated runtime is reported and a reinstalled one is
-    picked up); `imports` adds command modules (`--import`).
+    picked up); `imports` adds command modules (`--import`); `log_dir` is where the worker's
+    stderr log goes (default: the system temp folder).
     """
 
-    def __init__(self, runtime: str, python: Path | None = None, imports: tuple[str, ...] = ()):
+    def __init__(self, runtime: str, python: Path | None = None, imports: tuple[str, ...] = (),
+                 log_dir: Path | None = None):
         self.runtime = runtime
         self._python = python
         self._imports = tuple(imports)
+        self._log_dir = log_dir
         self._proc: subprocess.Popen | None = None
         self._proc_python: Path | None = None
         self._log_path: Path | None = None
@@ -96,7 +99,8 @@ class WorkerClient:
 
     def _start(self, python: Path) -> None:
         self._drop_log()
-        log = tempfile.NamedTemporaryFile(prefix=f"trainer-{self.runtime}-worker-", suffix=".log", delete=False)
+        log = tempfile.NamedTemporaryFile(prefix=f"trainer-{self.runtime}-worker-", suffix=".log", delete=False,
+                                          dir=self._log_dir)
         self._log_path, self._keep_log = Path(log.name), False
         argv = [str(python), "-m", "converters.workers", self.runtime]
         for module in self._imports:

@@ -24,8 +24,8 @@ def _commands_importable(monkeypatch):
 
 
 @pytest.fixture
-def client():
-    c = WorkerClient("bare", python=Path(sys.executable), imports=("_worker_commands",))
+def client(tmp_path):
+    c = WorkerClient("bare", python=Path(sys.executable), imports=("_worker_commands",), log_dir=tmp_path)
     yield c
     c.close()
 
@@ -85,7 +85,6 @@ def test_timeout_kills_and_the_next_call_restarts(client):
     assert client.pid not in (None, first)
     client.close()
     assert log.exists(), "a log an error named is kept"
-    log.unlink()
 
 
 def test_timeout_from_the_environment(client, monkeypatch):
