@@ -7,14 +7,13 @@ numpy from the prototxt + caffemodel themselves, independently of MMdnn.
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from converters.base import ExportResult, Frontend
 from converters.frontends import mmdnn_ir
-from converters.frontends._mxnet_call import run_worker
+from converters.workers.client import worker
 from trainer.errors import ConversionError
 
 
@@ -42,16 +41,14 @@ class CaffeFrontend(Frontend):
         prototxt, caffemodel = resolve_caffe(model)
         out_dir = Path(out_dir)
         ir_dir = out_dir / "mmdnn_ir"
-        meta = run_worker("mmdnn-ir", self.name, src="caffe", prototxt=prototxt, caffemodel=caffemodel, ir=ir_dir)
+        meta = worker(self.runtime).call("mmdnn-ir", who=self.name, src="caffe", prototxt=prototxt,
+                                         caffemodel=caffemodel, ir=ir_dir)
         return mmdnn_ir.ir_to_onnx(ir_dir, out_dir, self.name, sample, meta["notes"])
 
     def predict(self, model: Path, inputs: np.ndarray) -> np.ndarray:
         prototxt, caffemodel = resolve_caffe(model)
-        with tempfile.TemporaryDirectory(prefix="trainer-caffe-") as tmp:
-            x, y = Path(tmp) / "x.npy", Path(tmp) / "y.npy"
-            np.save(x, np.ascontiguousarray(inputs, dtype=np.float32))
-            run_worker("caffe-predict", self.name, prototxt=prototxt, caffemodel=caffemodel, inputs=x, out=y)
-            return np.load(y)
+        return worker(self.runtime).predict("caffe-predict", np.asarray(inputs, dtype=np.float32), who=self.name,
+                                            prototxt=prototxt, caffemodel=caffemodel)
 
 
 FRONTEND = CaffeFrontend()

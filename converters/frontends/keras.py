@@ -4,155 +4,26 @@ keras/tensorflow-flavor model folder -> ONNX (dynamic batch, NHWC images), via t
 Keras 3 breaks `tf2onnx.convert.from_keras` on Sequential models (KeyError 'keras_tensor_N'),
 so the model is wrapped in a `tf.function` with a dynamic-batch input signature and converted
 with `tf2onnx.convert.from_function`. TensorFlow never enters this process: the work runs in
-the tensorflow runtime (`trainer runtime install tensorflow`) through `TFWorker`, one
-long-lived subprocess that answers many requests, since `import tensorflow` alone costs ~20 s.
+the tensorflow runtime (`trainer runtime install tensorflow`), in the long-lived worker of
+`converters.workers` (commands in `converters/workers/keras.py`), since `import tensorflow`
+alone costs ~20 s.
 """
 from __future__ import annotations
 
-import atexit
-import json
 import os
-import selectors
 import shutil
-import subprocess
 import tempfile
-import threading
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from converters.base import ExportResult, ModelInput, Frontend
-from trainer.errors import ConversionError, UnsupportedOpsError, UsageError
-from trainer.home import repo_root
+from converters.workers.client import WorkerClient, save_array, worker
+from trainer.errors import ConversionError, UsageError
 
-WORKER_MODULE = "converters.frontends._keras_worker"
-DEFAULT_TIMEOUT_S = float(os.environ.get("TRAINER_TF_WORKER_TIMEOUT", "900"))
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 LAYOUTS = {2: "NC", 3: "NTC", 4: "NHWC", 5: "NDHWC"}
-
-
-class WorkerFailed(ConversionError):
-    """The tensorflow worker answered a request with an error (one line; `ops` when known)."""
-
-    def __init__(self, message: str, ops: list[str] | None = None):
-        super().__init__(message, ops=sorted(set(ops or [])))
-        self.ops = sorted(set(ops or []))
-
-
-class TFWorker:
-    """One `python -m converters.frontends._keras_worker serve` in the tensorflow runtime.
-
-    Requests and answers are JSON lines; arrays travel as .npy files. The worker keeps the
-    last loaded model, so `export` then `predict` of the same model loads it once. Its stderr
-    (TensorFlow's chatter, tracebacks) goes to a log file that error messages point to. A dead
-    or hung worker is replaced on the next request.
-    """
-
-    def __init__(self, python: Path | None = None):
-        self._python = python
-        self._proc: subprocess.Popen | None = None
-        self._log_path: Path | None = None
-        self._lock = threading.Lock()
-        self._atexit = False
-
-    @property
-    def log_path(self) -> Path | None:
-        return self._log_path
-
-    def _start(self) -> None:
-        python = self._python
-        if python is None:
-            from trainer.runtimes import python_for
-            python = python_for("tensorflow")
-        log = tempfile.NamedTemporaryFile(prefix="trainer-tf-worker-", suffix=".log", delete=False)
-        self._log_path = Path(log.name)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root()),
-                                                                          os.environ.get("PYTHONPATH")])),
-               "PYTHONNOUSERSITE": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
-               "PYTHONUNBUFFERED": "1"}
-        self._proc = subprocess.Popen([str(python), "-m", WORKER_MODULE, "serve"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=log, env=env, text=True, bufsize=1,
-                                      cwd=str(repo_root()))
-        log.close()
-        if not self._atexit:
-            atexit.register(self.close)
-            self._atexit = True
-        self._read(timeout=120, what="start")
-
-    def _read(self, timeout: float, what: str) -> dict:
-        assert self._proc is not None and self._proc.stdout is not None
-        sel = selectors.DefaultSelector()
-        sel.register(self._proc.stdout, selectors.EVENT_READ)
-        try:
-            if not sel.select(timeout):
-                self._kill()
-                raise ConversionError(f"tensorflow worker: {what} took over {timeout:.0f} s and was stopped "
-                                      f"(set TRAINER_TF_WORKER_TIMEOUT to allow more; log: {self._log_path})")
-            line = self._proc.stdout.readline()
-        finally:
-            sel.close()
-        if not line:
-            code = self._proc.wait(timeout=10)
-            self._proc = None
-            raise ConversionError(f"tensorflow worker died (exit code {code}) during {what}: "
-                                  f"{self._last_log_line()} (log: {self._log_path})")
-        return json.loads(line)
-
-    def _last_log_line(self) -> str:
-        try:
-            lines = [ln.strip() for ln in self._log_path.read_text(errors="replace").splitlines() if ln.strip()]
-        except (OSError, AttributeError):
-            return "no log"
-        return lines[-1][:300] if lines else "no output"
-
-    def call(self, cmd: str, timeout: float = DEFAULT_TIMEOUT_S, **args) -> dict:
-        """Run one worker command; its answer's `result`, or WorkerFailed with its one line."""
-        args = {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()}
-        with self._lock:
-            if self._proc is None or self._proc.poll() is not None:
-                self._start()
-            assert self._proc is not None and self._proc.stdin is not None
-            try:
-                self._proc.stdin.write(json.dumps({"cmd": cmd, "args": args}) + "\n")
-                self._proc.stdin.flush()
-            except BrokenPipeError:
-                self._proc = None
-                raise ConversionError(f"tensorflow worker died before {cmd}: {self._last_log_line()} "
-                                      f"(log: {self._log_path})") from None
-            answer = self._read(timeout, cmd)
-        if not answer.get("ok"):
-            raise WorkerFailed(answer.get("error", f"{cmd} failed"), answer.get("ops"))
-        return answer["result"]
-
-    def _kill(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            self._proc = None
-
-    def close(self) -> None:
-        with self._lock:
-            if self._proc is not None and self._proc.poll() is None:
-                try:
-                    self._proc.stdin.close()
-                    self._proc.wait(timeout=10)
-                except (OSError, subprocess.TimeoutExpired):
-                    self._kill()
-            self._proc = None
-            if self._log_path is not None:      # kept only while a worker might still need reading
-                self._log_path.unlink(missing_ok=True)
-
-
-_WORKER: TFWorker | None = None
-
-
-def tf_worker() -> TFWorker:
-    """The process-wide tensorflow worker (started on first use, stopped at exit)."""
-    global _WORKER
-    if _WORKER is None:
-        _WORKER = TFWorker()
-    return _WORKER
 
 
 # -- resolving what the user pointed at ----------------------------------------------------------
@@ -229,12 +100,12 @@ class KerasFrontend(Frontend):
     name = "keras"
     runtime = "tensorflow"
 
-    def __init__(self, worker: TFWorker | None = None):
+    def __init__(self, worker: WorkerClient | None = None):
         self._worker = worker
 
     @property
-    def worker(self) -> TFWorker:
-        return self._worker or tf_worker()
+    def worker(self) -> WorkerClient:
+        return self._worker or worker(self.runtime)
 
     def export(self, model: Path, out_dir: Path, sample: np.ndarray) -> ExportResult:
         source = resolve_source(model)
@@ -244,16 +115,10 @@ class KerasFrontend(Frontend):
         out_dir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=".keras-export-", dir=out_dir))
         try:
-            np.save(work / "sample.npy", sample)
-            info = self.worker.call("keras-export", model=source, sample=work / "sample.npy",
-                                    out=work / "model.onnx")
+            info = self.worker.call("keras-export", who=self.name, model=source,
+                                    sample=save_array(work, "sample", sample), out=work / "model.onnx")
             target = out_dir / "model.onnx"
             os.replace(work / "model.onnx", target)
-        except WorkerFailed as exc:
-            _cleanup(work, out_dir if created else None)
-            if exc.ops:
-                raise UnsupportedOpsError(self.name, exc.ops) from None
-            raise ConversionError(f"keras: {exc.message}") from None
         except BaseException:
             _cleanup(work, out_dir if created else None)
             raise
@@ -272,15 +137,7 @@ class KerasFrontend(Frontend):
 
     def predict(self, model: Path, inputs: np.ndarray) -> np.ndarray:
         source = resolve_source(model)
-        inputs = _as_batch(inputs, "inputs")
-        with tempfile.TemporaryDirectory(prefix="keras-predict-") as tmp:
-            np.save(Path(tmp) / "x.npy", inputs)
-            try:
-                self.worker.call("keras-predict", model=source, inputs=Path(tmp) / "x.npy",
-                                 out=Path(tmp) / "y.npy")
-            except WorkerFailed as exc:
-                raise ConversionError(f"keras: {exc.message}") from None
-            return np.load(Path(tmp) / "y.npy")
+        return self.worker.predict("keras-predict", _as_batch(inputs, "inputs"), who=self.name, model=source)
 
 
 def _as_batch(x: np.ndarray, what: str) -> np.ndarray:
@@ -303,4 +160,4 @@ def _cleanup(work: Path, created_dir: Path | None) -> None:
 
 FRONTEND = KerasFrontend()
 
-__all__ = ["FRONTEND", "KerasFrontend", "TFWorker", "tf_worker", "resolve_source", "WorkerFailed"]
+__all__ = ["FRONTEND", "KerasFrontend", "resolve_source"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.base import ExportResult, ModelInput
-from converters.frontends._mxnet_call import run_worker
+from converters.workers.client import worker
 from trainer.errors import ConversionError
 
 MMDNN_VERSION = "0.3.1"
@@ -23,7 +23,7 @@ def ir_to_onnx(ir_dir: Path, out_dir: Path, frontend: str, sample: np.ndarray, n
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
-    meta = run_worker("ir-onnx", frontend, ir=ir_dir, out=onnx_path)
+    meta = worker("mxnet").call("ir-onnx", who=frontend, ir=ir_dir, out=onnx_path)
     return ExportResult(
         onnx_path=onnx_path,
         inputs=[ModelInput(meta["input"], (None, *sample.shape[1:]), _layout(sample.ndim))],
@@ -44,7 +44,7 @@ def to_pytorch(ir_dir: Path, out_dir: Path) -> Path:
     if not (ir_dir / "ir.pb").is_file():
         raise ConversionError(f"pytorch: {ir_dir} is not an MMdnn IR folder (no ir.pb); "
                               f"convert from caffe or mxnet-mmdnn to get one")
-    meta = run_worker("ir-pytorch", "pytorch", ir=ir_dir, out=out_dir)
+    meta = worker("mxnet").call("ir-pytorch", who="pytorch", ir=ir_dir, out=out_dir)
     return Path(meta["code"])
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.base import ExportResult, ModelInput, Frontend
-from converters.frontends._mxnet_call import run_worker
+from converters.workers.client import save_array, worker
 from trainer.errors import ConversionError
 
 
@@ -56,10 +56,9 @@ class MXNetFrontend(Frontend):
         out_dir.mkdir(parents=True, exist_ok=True)
         onnx_path = out_dir / "model.onnx"
         with tempfile.TemporaryDirectory(prefix="trainer-mxnet-") as tmp:
-            sample_path = Path(tmp) / "sample.npy"
-            np.save(sample_path, np.ascontiguousarray(sample[:1], dtype=np.float32))
-            meta = run_worker("mx-export", self.name, symbol=symbol, params=params, sample=sample_path,
-                              out=onnx_path)
+            sample_path = save_array(tmp, "sample", np.asarray(sample[:1], dtype=np.float32))
+            meta = worker(self.runtime).call("mx-export", who=self.name, symbol=symbol, params=params,
+                                             sample=sample_path, out=onnx_path)
         return ExportResult(
             onnx_path=onnx_path,
             inputs=[ModelInput(meta["input"], (None, *sample.shape[1:]), _layout(sample.ndim))],
@@ -69,11 +68,8 @@ class MXNetFrontend(Frontend):
 
     def predict(self, model: Path, inputs: np.ndarray) -> np.ndarray:
         symbol, params = resolve_checkpoint(model)
-        with tempfile.TemporaryDirectory(prefix="trainer-mxnet-") as tmp:
-            x, y = Path(tmp) / "x.npy", Path(tmp) / "y.npy"
-            np.save(x, np.ascontiguousarray(inputs, dtype=np.float32))
-            run_worker("mx-predict", self.name, symbol=symbol, params=params, inputs=x, out=y)
-            return np.load(y)
+        return worker(self.runtime).predict("mx-predict", np.asarray(inputs, dtype=np.float32), who=self.name,
+                                            symbol=symbol, params=params)
 
 
 def _layout(ndim: int) -> str:

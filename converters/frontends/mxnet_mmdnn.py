@@ -12,9 +12,9 @@ import numpy as np
 
 from converters.base import ExportResult, Frontend
 from converters.frontends import mmdnn_ir
-from converters.frontends._mxnet_call import run_worker
 from converters.frontends.mxnet import FRONTEND as MX_FRONTEND
 from converters.frontends.mxnet import resolve_checkpoint
+from converters.workers.client import save_array, worker
 
 
 class MXNetMMdnnFrontend(Frontend):
@@ -26,10 +26,9 @@ class MXNetMMdnnFrontend(Frontend):
         out_dir = Path(out_dir)
         ir_dir = out_dir / "mmdnn_ir"
         with tempfile.TemporaryDirectory(prefix="trainer-mmdnn-") as tmp:
-            sample_path = Path(tmp) / "sample.npy"
-            np.save(sample_path, np.ascontiguousarray(sample[:1], dtype=np.float32))
-            meta = run_worker("mmdnn-ir", self.name, src="mxnet", symbol=symbol, params=params,
-                              sample=sample_path, ir=ir_dir)
+            sample_path = save_array(tmp, "sample", np.asarray(sample[:1], dtype=np.float32))
+            meta = worker(self.runtime).call("mmdnn-ir", who=self.name, src="mxnet", symbol=symbol, params=params,
+                                             sample=sample_path, ir=ir_dir)
         return mmdnn_ir.ir_to_onnx(ir_dir, out_dir, self.name, sample, meta["notes"])
 
     def predict(self, model: Path, inputs: np.ndarray) -> np.ndarray:

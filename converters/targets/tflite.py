@@ -6,7 +6,8 @@ model in `ExportResult.extras["tf_source"]`): TFLiteConverter on the same dynami
 samples (representative dataset) with `TFLITE_BUILTINS_INT8` only. From any other (ONNX-only)
 source: onnx2tf, when it is installed in the tensorflow runtime, fp32 only, keeping the
 source's input layout (NCHW stays NCHW). Build and run (`ai_edge_litert` interpreter) both
-happen in the tensorflow runtime, through the keras frontend's long-lived worker.
+happen in the tensorflow runtime, in the long-lived worker of `converters.workers` (commands in
+`converters/workers/tflite.py`), the same process the keras frontend uses.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from converters.base import Built, ExportResult, Target
-from converters.frontends.keras import TFWorker, WorkerFailed, tf_worker
-from trainer.errors import ConversionError, UnsupportedOpsError
+from converters.workers.client import WorkerClient, save_array, worker
+from trainer.errors import ConversionError
 
 
 class TFLiteTarget(Target):
@@ -28,12 +29,12 @@ class TFLiteTarget(Target):
     int8 = False
     precision = "fp32"          # judged by atol/rtol in the parity report
 
-    def __init__(self, worker: TFWorker | None = None):
+    def __init__(self, worker: WorkerClient | None = None):
         self._worker = worker
 
     @property
-    def worker(self) -> TFWorker:
-        return self._worker or tf_worker()
+    def worker(self) -> WorkerClient:
+        return self._worker or worker(self.runtime)
 
     def build(self, export: ExportResult, out_dir: Path, calib: np.ndarray | None) -> Built:
         out_dir = Path(out_dir)
@@ -49,22 +50,15 @@ class TFLiteTarget(Target):
                 args: dict = {"out": tmp / out.name, "int8": self.int8}
                 if source is not None:
                     args["source"] = Path(source)
-                    np.save(tmp / "sample.npy", _sample(export, calib))
-                    args["sample"] = tmp / "sample.npy"
+                    args["sample"] = save_array(tmp, "sample", _sample(export, calib))
                     if calib is not None and self.int8:
-                        np.save(tmp / "calib.npy", np.ascontiguousarray(calib, dtype=np.float32))
-                        args["calib"] = tmp / "calib.npy"
+                        args["calib"] = save_array(tmp, "calib", np.asarray(calib, dtype=np.float32))
                 else:
                     args["onnx"] = export.onnx_path
                     if export.inputs:
                         args["input_name"] = export.inputs[0].name
-                info = self.worker.call("tflite-build", **args)
+                info = self.worker.call("tflite-build", who=self.name, **args)
                 (tmp / out.name).replace(out)
-        except WorkerFailed as exc:
-            _rmdir_if_created(out_dir, created)
-            if exc.ops:
-                raise UnsupportedOpsError(self.name, exc.ops) from None
-            raise ConversionError(f"{self.name}: {exc.message}") from None
         except BaseException:
             _rmdir_if_created(out_dir, created)
             raise
@@ -73,15 +67,8 @@ class TFLiteTarget(Target):
         return Built(out, notes)
 
     def predict(self, artifact: Path, inputs: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(inputs, dtype=np.float32)
-        with tempfile.TemporaryDirectory(prefix="tflite-predict-") as tmp:
-            np.save(Path(tmp) / "x.npy", x)
-            try:
-                self.worker.call("tflite-predict", artifact=Path(artifact), inputs=Path(tmp) / "x.npy",
-                                 out=Path(tmp) / "y.npy")
-            except WorkerFailed as exc:
-                raise ConversionError(f"{self.name}: {exc.message}") from None
-            return np.load(Path(tmp) / "y.npy")
+        return self.worker.predict("tflite-predict", np.asarray(inputs, dtype=np.float32), who=self.name,
+                                   artifact=Path(artifact))
 
 
 def _sample(export: ExportResult, calib: np.ndarray | None) -> np.ndarray:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from _keras_models import ensure_models
-from converters.frontends.keras import FRONTEND, tf_worker
+from converters.frontends.keras import FRONTEND
+from converters.workers.client import worker
 from converters.targets.tflite import TARGET, TARGET_INT8
 from trainer.errors import ConversionError
 
@@ -81,7 +82,7 @@ def test_tflite_from_onnx_only_source(cnn, digits, tmp_path):
     """No Keras model behind the export: onnx2tf when the runtime has it, else one clear error."""
     export, native = cnn
     onnx_only = dataclasses.replace(export, extras={})
-    if "onnx2tf" not in tf_worker().call("versions"):
+    if "onnx2tf" not in worker("tensorflow").call("versions"):
         with pytest.raises(ConversionError) as err:
             TARGET.build(onnx_only, tmp_path / "t", calib=None)
         assert "onnx2tf" in str(err.value) and "Keras" in str(err.value) and "\n" not in str(err.value)

@@ -1,4 +1,4 @@
-"""TFLite build and run, executed inside the tensorflow runtime by `converters.frontends._keras_worker`.
+"""TFLite build and run, inside the tensorflow runtime: `tflite-build` and `tflite-predict`.
 
 Build: a Keras model or SavedModel goes through `TFLiteConverter.from_concrete_functions` on the
 same dynamic-batch `tf.function` the ONNX export uses (fp32, or int8 with a representative
@@ -17,14 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.frontends._keras_worker import (
-    PREDICT_BATCH, WorkerError, _quiet_tensorflow, first_line, load_native, model_function,
-)
+from converters.workers.server import WorkerError, command, error_line, report_versions
+from converters.workers.tf_native import PREDICT_BATCH, load_native, model_function, quiet_tensorflow
+
+report_versions("ai-edge-litert", "onnx2tf")
 
 CALIB_MAX = 200          # representative samples fed to the int8 converter
 _NOT_BUILTIN = re.compile(r"'tf\.(\w+)' op is neither a custom op nor a flex op")
 
 
+@command("tflite-build")
 def cmd_tflite_build(out: str, source: str | None = None, onnx: str | None = None,
                      sample: str | None = None, int8: bool = False, calib: str | None = None,
                      input_name: str | None = None) -> dict:
@@ -36,7 +38,7 @@ def cmd_tflite_build(out: str, source: str | None = None, onnx: str | None = Non
 
 
 def _from_tf(source: Path, out: Path, sample: str | None, int8: bool, calib: str | None) -> dict:
-    tf = _quiet_tensorflow()
+    tf = quiet_tensorflow()
     native = load_native(str(source))
     if sample is None:
         raise WorkerError("tflite-build needs a sample input to fix the input shape")
@@ -68,7 +70,7 @@ def _from_tf(source: Path, out: Path, sample: str | None, int8: bool, calib: str
         ops = _NOT_BUILTIN.findall(str(exc))
         if ops:
             raise WorkerError("TFLiteConverter: ops without a TFLite builtin", ops=ops) from exc
-        raise WorkerError(f"TFLiteConverter failed: {first_line(exc)}") from exc
+        raise WorkerError(f"TFLiteConverter failed: {error_line(exc)}") from exc
     out.write_bytes(blob)
     return {"path": str(out), "bytes": len(blob), "int8": int8, "via": f"TFLiteConverter (tensorflow {tf.__version__})",
             "calib_samples": int(min(len(np.load(calib)), CALIB_MAX)) if int8 else 0}
@@ -93,7 +95,7 @@ def _from_onnx(onnx_path: Path, out: Path, int8: bool, input_name: str | None) -
         try:
             onnx2tf.convert(**kwargs)
         except BaseException as exc:  # onnx2tf calls sys.exit() on some failures
-            raise WorkerError(f"onnx2tf failed on {onnx_path.name}: {first_line(exc)}") from exc
+            raise WorkerError(f"onnx2tf failed on {onnx_path.name}: {error_line(exc)}") from exc
         found = sorted(work.glob("*_float32.tflite"))
         if not found:
             raise WorkerError(f"onnx2tf wrote no *_float32.tflite for {onnx_path.name}")
@@ -104,13 +106,14 @@ def _from_onnx(onnx_path: Path, out: Path, int8: bool, input_name: str | None) -
             "via": f"onnx2tf {getattr(onnx2tf, '__version__', '')}".strip()}
 
 
+@command("tflite-predict")
 def cmd_tflite_predict(artifact: str, inputs: str, out: str, threads: int | None = None) -> dict:
     from ai_edge_litert.interpreter import Interpreter
     x = np.load(inputs).astype(np.float32)
     try:
         it = Interpreter(model_path=artifact, num_threads=threads)
     except Exception as exc:
-        raise WorkerError(f"cannot load TFLite model {artifact}: {first_line(exc)}") from exc
+        raise WorkerError(f"cannot load TFLite model {artifact}: {error_line(exc)}") from exc
     inp = it.get_input_details()[0]
     outp = it.get_output_details()[0]
     sig = list(inp.get("shape_signature", inp["shape"]))
