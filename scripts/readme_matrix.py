@@ -1,5 +1,5 @@
 """Regenerate the conversion matrix in README.md from the converter registry:
-`.venv/bin/python scripts/readme_matrix.py` (tests/unit/test_readme.py fails when it is stale)."""
+`.venv/bin/python scripts/readme_matrix.py` (tests/docs/test_readme.py fails when it is stale)."""
 import re
 import sys
 from pathlib import Path

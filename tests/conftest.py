@@ -47,6 +47,17 @@ def trainer_home() -> Path:
     return Path(os.environ["TRAINER_HOME"])
 
 
+@pytest.fixture(scope="session")
+def cluster(trainer_home):
+    """A real local Ray cluster for the session: a CPU-only head plus nodes labelled cpu, A100 and
+    T4 (fake accelerator labels are how placement is exercised on one host)."""
+    import trainer
+
+    state, _ = trainer.cluster_up(["cpu:2", "A100:1", "T4:1"])
+    yield state
+    trainer.cluster_down()
+
+
 @pytest.fixture
 def isolated_home(tmp_path, monkeypatch) -> Path:
     """A fresh, empty $TRAINER_HOME for one test (to prove nothing was created in it)."""

@@ -1,4 +1,4 @@
-"""Commands for tests/conversion/test_worker_protocol.py: loaded into a real worker with
+"""Commands for tests/converters/test_worker_protocol.py: loaded into a real worker with
 `--import _worker_commands` (no framework needed)."""
 from __future__ import annotations
 

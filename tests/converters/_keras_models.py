@@ -1,6 +1,6 @@
 """Real Keras models for the keras-frontend and TFLite tests, built in the tensorflow runtime.
 
-    <tensorflow runtime python> tests/conversion/_keras_models.py OUT_DIR
+    <tensorflow runtime python> tests/converters/_keras_models.py OUT_DIR
 
 writes into OUT_DIR (one TensorFlow start for all of them):
   digits_cnn.keras        Sequential CNN trained 6 epochs on sklearn digits (8x8x1, NHWC)
