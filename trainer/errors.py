@@ -75,6 +75,12 @@ class ConversionError(TrainerError):
     exit_code = 7
 
 
+class TrackingError(TrainerError):
+    """The MLflow store cannot be read or written (unreachable server, bad URI, locked file)."""
+
+    exit_code = 9
+
+
 class ParityError(ConversionError):
     """A converted model does not give the same answers as the native one within tolerance."""
 

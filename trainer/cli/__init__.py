@@ -3,7 +3,7 @@ function, prints through `trainer.cli._output.Printer`.
 
 One module per command group; a new group is a module with `register(app)` added to GROUPS.
 User errors print one red line and exit with their class's code (2 bad spec/usage, 3 preflight,
-4 cluster, 5 job, 6 runtime missing, 7/8 conversion/parity); TRAINER_DEBUG=1 shows the traceback.
+4 cluster, 5 job, 6 runtime missing, 7/8 conversion/parity, 9 tracking); TRAINER_DEBUG=1 shows the traceback.
 """
 from __future__ import annotations
 

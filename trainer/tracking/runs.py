@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+from trainer.errors import TrackingError, translate
 from trainer.home import default_artifact_root, default_tracking_uri, resolve_tracking_uri, trainer_home
 
 if TYPE_CHECKING:
@@ -57,6 +58,11 @@ def experiment_id(mlc: "MlflowClient", name: str, uri: str) -> str:
 def start_run(spec: "JobSpec", job_id: str, uri: str, address: str,
               fingerprint: "Fingerprint | None") -> str:
     """Create the job's run with params, tags and its dataset; return the run id."""
+    with translate(TrackingError, f"cannot create the job's run in the MLflow store {uri}"):
+        return _start_run(spec, job_id, uri, address, fingerprint)
+
+
+def _start_run(spec: "JobSpec", job_id: str, uri: str, address: str, fingerprint: "Fingerprint | None") -> str:
     from mlflow.entities import Dataset, DatasetInput, InputTag, Param
 
     mlc = client(uri)
@@ -88,11 +94,13 @@ def start_run(spec: "JobSpec", job_id: str, uri: str, address: str,
 
 def finish_run(uri: str, run_id: str, status: str) -> None:
     """status: FINISHED | FAILED | KILLED."""
-    client(uri).set_terminated(run_id, status=status)
+    with translate(TrackingError, f"cannot close MLflow run {run_id} in {uri}"):
+        client(uri).set_terminated(run_id, status=status)
 
 
 def run_status(uri: str, run_id: str) -> str:
-    return client(uri).get_run(run_id).info.status
+    with translate(TrackingError, f"cannot read MLflow run {run_id} from {uri}"):
+        return client(uri).get_run(run_id).info.status
 
 
 def metrics_frame(uri: str, run_id: str):
@@ -101,8 +109,9 @@ def metrics_frame(uri: str, run_id: str):
 
     mlc = client(uri)
     rows = []
-    for key in mlc.get_run(run_id).data.metrics:
-        for m in mlc.get_metric_history(run_id, key):
-            rows.append({"key": m.key, "step": m.step, "value": m.value, "timestamp": m.timestamp})
+    with translate(TrackingError, f"cannot read the metrics of MLflow run {run_id} from {uri}"):
+        for key in mlc.get_run(run_id).data.metrics:
+            for m in mlc.get_metric_history(run_id, key):
+                rows.append({"key": m.key, "step": m.step, "value": m.value, "timestamp": m.timestamp})
     frame = pd.DataFrame(rows, columns=["key", "step", "value", "timestamp"])
     return frame.sort_values(["key", "step", "timestamp"]).reset_index(drop=True)
