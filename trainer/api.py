@@ -553,9 +553,10 @@ def node_labels() -> dict:
             "labels": {scheme: labels_for(found.gpus, scheme) for scheme in SCHEMES}}
 
 
-def cluster_join(address: str, *, cpus: int | None = None, object_store_mb: int | None = None) -> dict:
+def cluster_join(address: str, *, cpus: int | None = None, object_store_mb: int | None = None,
+                 node_ip: str | None = None) -> dict:
     """Start a Ray worker node on this host that joins the head at `address` (HOST:PORT), labelled
     `ray.io/accelerator-type` from its GPUs (no driver: `cpu`) with the GPU count set."""
     from trainer.cluster.local import join
 
-    return join(address, cpus=cpus, object_store_mb=object_store_mb)
+    return join(address, cpus=cpus, object_store_mb=object_store_mb, node_ip=node_ip)

@@ -60,11 +60,13 @@ def status(address: Optional[str] = AddressOpt, output: str = OutputOpt):
 def join(address: str = typer.Option(..., "--address", help="The head's GCS address HOST:PORT (e.g. head:6379)."),
          cpus: Optional[int] = typer.Option(None, "--cpus", help="CPUs to offer; default all cores."),
          object_store_mb: Optional[int] = typer.Option(None, "--object-store-mb", help="Object store size."),
+         node_ip: Optional[str] = typer.Option(None, "--node-ip", help="This host's address the head can reach "
+                                               "(a host with several networks)."),
          output: str = OutputOpt):
     """Start a Ray worker node here that joins an existing head, labelled by this host's GPUs
     (ray.io/accelerator-type, GPU count); with no NVIDIA driver the node joins as `cpu`."""
     p = Printer(output)
-    joined = api.cluster_join(address, cpus=cpus, object_store_mb=object_store_mb)
+    joined = api.cluster_join(address, cpus=cpus, object_store_mb=object_store_mb, node_ip=node_ip)
     if joined["no_gpu_reason"]:
         p.note(f"no GPUs: {joined['no_gpu_reason']}; joining as a cpu node")
     labels = ",".join(f"{k}={v}" for k, v in joined["labels"].items())

@@ -226,7 +226,7 @@ def ray_start(name: str, args: list[str], log_dir: Path, env: dict[str, str] | N
 
 
 def join_args(address: str, gpus: list, cpus: int, object_store_mb: int | None = None,
-              temp_dir: str | None = None) -> list[str]:
+              temp_dir: str | None = None, node_ip: str | None = None) -> list[str]:
     """`ray start` arguments for a worker node joining the head at `address` (HOST:PORT), labelled
     by its GPUs through the identity table (no GPUs: `cpu`), with the GPU count set."""
     from trainer.cluster.gpus import node_labels
@@ -243,11 +243,14 @@ def join_args(address: str, gpus: list, cpus: int, object_store_mb: int | None =
         args.append(f"--object-store-memory={object_store_mb * 1024 * 1024}")
     if temp_dir:
         args.append(f"--temp-dir={temp_dir}")
+    if node_ip:
+        args.append(f"--node-ip-address={node_ip}")
     return args
 
 
 def join(address: str, *, cpus: int | None = None, object_store_mb: int | None = None,
-         temp_dir: str | None = None, gpus: list | None = None, log_dir: Path | None = None) -> dict:
+         temp_dir: str | None = None, gpus: list | None = None, log_dir: Path | None = None,
+         node_ip: str | None = None, extra_args: tuple[str, ...] = ()) -> dict:
     """Start a Ray worker node on this host joining the head at `address`; returns what it was
     started with (labels, GPUs, and why there are none)."""
     from trainer.cluster.gpus import Probe, probe
@@ -256,7 +259,7 @@ def join(address: str, *, cpus: int | None = None, object_store_mb: int | None =
     cpus = cpus or os.cpu_count() or 1
     if ":" not in address or "://" in address:
         raise UsageError(f"--address {address!r}: expected the head's GCS address HOST:PORT (e.g. head:6379)")
-    args = join_args(address, found.gpus, cpus, object_store_mb, temp_dir)
+    args = join_args(address, found.gpus, cpus, object_store_mb, temp_dir, node_ip) + list(extra_args)
     log = ray_start("join", args, log_dir or trainer_home() / "cluster" / "logs")
     labels = next(a for a in args if a.startswith("--labels="))[len("--labels="):]
     return {"address": address, "cpus": cpus, "gpus": len(found.gpus),
