@@ -41,6 +41,9 @@ def submit(spec: str = typer.Argument(..., help="Job spec YAML."),
     create it as a KubeRay RayJob."""
     p = Printer(output)
     started = time.time()
+    if k8s and (address or cluster_spec):
+        raise UsageError("--k8s creates the job's own KubeRay cluster: drop --address/--cluster-spec "
+                         "(they target a running Ray cluster)")
     if k8s:
         return _submit_k8s(p, spec, set_, wait, overlay, namespace, code_uri, context, started)
     job = api.submit(spec, address=address, set=set_, progress=p.note, cluster_spec=cluster_spec)
