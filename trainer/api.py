@@ -516,11 +516,13 @@ def submit_k8s(spec: str | Path | dict | JobSpec, overlay: str | Path = "dev", *
     here_uri = os.environ.get("MLFLOW_TRACKING_URI") or pods_uri
     run_id = None
     try:
+        _check_reachable(here_uri)   # MLflow's own client retries an unreachable server for minutes
         run_id = runs.start_run(spec_obj, job_id, here_uri, f"k8s://{ns}/{job_id}", checked.fingerprint)
     except Exception as e:
         if progress:
             progress(f"MLflow at {here_uri} is not reachable from here ({type(e).__name__}); the job's driver "
-                     f"opens its run itself and a failure's logs are not copied to it")
+                     f"opens its run itself and a failure's logs are not copied to it (set "
+                     f"MLFLOW_TRACKING_URI to reach the same server from here, e.g. through a port-forward)")
     if run_id:
         body = render_rayjob(spec_obj, platform, job_id=job_id, code_uri=code_uri, namespace=namespace,
                              run_id=run_id)
@@ -532,6 +534,13 @@ def submit_k8s(spec: str | Path | dict | JobSpec, overlay: str | Path = "dev", *
         raise
     return K8sJob(name=job_id, namespace=ns, run_id=run_id, tracking_uri=here_uri if run_id else None,
                   context=context)
+
+
+def _check_reachable(uri: str) -> None:
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        requests.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
 
 
 # ---------------------------------------------------------------- this host's GPUs
