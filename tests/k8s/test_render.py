@@ -54,6 +54,7 @@ def test_every_example_renders_a_valid_rayjob_or_is_refused_with_the_reason(rend
         assert overlay != "prod" and "maxReplicas 0" in str(e), str(e)
         return
     assert crd_errors(body) == []
+    assert client_round_trip(body["metadata"], "V1ObjectMeta") == []
     for where, template in pod_templates(body):
         assert pod_template_errors(template) == [], where
         assert client_round_trip(template, "V1PodTemplateSpec") == [], where
