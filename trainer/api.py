@@ -233,11 +233,13 @@ def _deep_merge(base: dict, extra: dict) -> dict:
 
 def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: str | None = None,
            set: list[str] | None = None, progress: Callable[[str], None] | None = None,
-           **overrides) -> Job:
+           cluster_spec: str | Path | dict | None = None, **overrides) -> Job:
     """Validate, preflight and submit a job; returns the Job (finished if `wait`).
 
     `set` takes `dotted.key=value` strings (as `--set` on the CLI); keyword overrides are merged
     into the spec (`config={"lr": 0.1}`, `workers=4`). Nothing is submitted when a check fails.
+    `cluster_spec` is the target's KubeRay RayCluster (a YAML file, a dict, or `NAMESPACE/NAME` read
+    through the Kubernetes API): its worker groups that can still scale up count as capacity.
     """
     from trainer.cluster.inventory import nodes
     from trainer.runners.job import ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI
@@ -253,7 +255,12 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
     address_given = resolve_address(address)
     check_tracking(uri, local_cluster=address_given is None)
     dashboard, local = _cluster_address(address, progress)
-    check_placement(spec_obj, nodes(dashboard, free=False))
+    inventory = nodes(dashboard, free=False)
+    if cluster_spec is not None:
+        from trainer.cluster.kuberay import capacity_nodes
+
+        inventory = inventory + capacity_nodes(read_raycluster(cluster_spec), inventory)
+    check_placement(spec_obj, inventory)
 
     job_id = _job_id(spec_obj.name)
     run_id = runs.start_run(spec_obj, job_id, uri, dashboard, checked.fingerprint)
@@ -354,3 +361,211 @@ def _run_local_in(interpreter: Path, spec: JobSpec, workdir: Path) -> LocalRun:
             raise JobError(f"local run in the {spec.runtime_name} runtime ({interpreter}) failed with exit code "
                            f"{proc.returncode}; its output is above")
         return LocalRun(**json.loads(result.read_text()))
+
+
+# ---------------------------------------------------------------- Kubernetes (KubeRay)
+
+def read_raycluster(source: str | Path | dict, context: str | None = None) -> dict:
+    """A RayCluster: a dict as given, a YAML file, or `NAMESPACE/NAME` read through the API."""
+    from trainer.cluster.kuberay import load_raycluster
+
+    if isinstance(source, dict):
+        return source
+    text = str(source)
+    if not Path(text).exists() and text.count("/") == 1 and not text.endswith((".yaml", ".yml")):
+        from trainer.scheduling.kube import Kube
+
+        namespace, name = text.split("/")
+        return Kube(context).raycluster(namespace, name)
+    return load_raycluster(text)
+
+
+def _rayjob_name(name: str) -> str:
+    from trainer.scheduling.rayjob import rayjob_name
+
+    return rayjob_name(name, time.strftime("%Y%m%d-%H%M%S"), secrets.token_hex(2))
+
+
+def render_k8s(spec: str | Path | dict | JobSpec, overlay: str | Path = "dev", *, set: list[str] | None = None,
+               job_id: str | None = None, code_uri: str | None = None, namespace: str | None = None,
+               **overrides) -> dict:
+    """The KubeRay RayJob for a spec on an environment (`k8s/overlays/<overlay>` or a folder).
+    Pure apart from reading the overlay: nothing is created. Refuses what could never schedule."""
+    from trainer.scheduling.platform import load_platform
+    from trainer.scheduling.preflight import check_spec
+    from trainer.scheduling.rayjob import render_rayjob
+
+    spec_obj, workdir = _load(spec, set, overrides)
+    check_spec(spec_obj, workdir)
+    return render_rayjob(spec_obj, load_platform(overlay), job_id=job_id or _rayjob_name(spec_obj.name),
+                         code_uri=code_uri, namespace=namespace)
+
+
+@dataclass
+class K8sJob:
+    """A RayJob submitted by trainer, and the MLflow run that records it."""
+
+    name: str
+    namespace: str
+    run_id: str | None = None
+    tracking_uri: str | None = None        # as this machine reaches MLflow
+    context: str | None = None
+    last: Any = field(default=None, repr=False)
+
+    def _kube(self):
+        from trainer.scheduling.kube import Kube
+
+        return Kube(self.context)
+
+    def observe(self):
+        """The RayJob's status as an `Observed` (state, KubeRay's two statuses, reason, note)."""
+        from trainer.scheduling.rayjob import observe
+
+        self.last = observe(self._kube().rayjob(self.namespace, self.name))
+        return self.last
+
+    def status(self) -> JobState:
+        return self.observe().state
+
+    def follow(self, poll_s: float = 5.0, timeout: float | None = None) -> Iterator:
+        """Every change of the observed status, until the job ends (or `timeout` seconds pass)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        previous = None
+        while True:
+            current = self.observe()
+            if current != previous:
+                yield current
+                previous = current
+            if current.state.is_terminal:
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise JobError(f"RayJob {self.namespace}/{self.name} still {current.state.value} after {timeout:g}s")
+            time.sleep(poll_s)
+
+    def wait(self, timeout: float | None = None, poll_s: float = 5.0, on_change=None):
+        """Follow until the job ends; a failure's reason and pod logs go into its MLflow run
+        (while `ttlSecondsAfterFinished` still keeps the cluster). Returns the last `Observed`."""
+        for observed in self.follow(poll_s, timeout):
+            if on_change is not None:
+                on_change(observed)
+        if self.last.state is not JobState.SUCCEEDED:
+            self.record_failure(self.last)
+        elif self.run_id and self.tracking_uri:
+            self._close_run(JobState.SUCCEEDED)
+        return self.last
+
+    def logs(self) -> dict[str, str]:
+        """The submitter pod's log (it follows the Ray job's driver output) and the head's."""
+        kube = self._kube()
+        out = kube.pod_logs(self.namespace, f"job-name={self.name}")
+        cluster = self.last.cluster if self.last else ""
+        if cluster:
+            out.update(kube.pod_logs(self.namespace, f"ray.io/cluster={cluster},ray.io/node-type=head"))
+        return out
+
+    def record_failure(self, observed) -> None:
+        if not (self.run_id and self.tracking_uri):
+            return
+        from trainer.tracking.runs import record_failure
+
+        tags = {"trainer.k8s.state": observed.state.value, "trainer.k8s.deployment_status": observed.deployment,
+                "trainer.k8s.job_status": observed.job_status, "trainer.k8s.reason": observed.reason,
+                "trainer.k8s.message": observed.message, "trainer.k8s.note": observed.note}
+        try:
+            logs = self.logs()
+        except Exception as e:   # the failure is still recorded without the logs
+            logs = {"unavailable": f"pod logs could not be read: {e}"}
+        try:
+            record_failure(self.tracking_uri, self.run_id, {k: v for k, v in tags.items() if v}, logs)
+        except Exception:
+            pass  # MLflow unreachable: the job's state is still right
+
+    def _close_run(self, state: JobState) -> None:
+        from trainer.tracking.runs import finish_run, run_status
+
+        try:
+            if run_status(self.tracking_uri, self.run_id) == "RUNNING":
+                finish_run(self.tracking_uri, self.run_id, state.mlflow_status)
+        except Exception:
+            pass
+
+
+def submit_k8s(spec: str | Path | dict | JobSpec, overlay: str | Path = "dev", *, namespace: str | None = None,
+               code_uri: str | None = None, set: list[str] | None = None, context: str | None = None,
+               progress: Callable[[str], None] | None = None, **overrides) -> K8sJob:
+    """Render the job's RayJob (every refusal before anything exists), open its MLflow run, create it.
+
+    The pods use the overlay's (or the spec's) MLflow URI; this machine uses $MLFLOW_TRACKING_URI
+    when set (e.g. a port-forward to the same server), else the same URI. When MLflow cannot be
+    reached from here the job's driver opens its run itself, and failures are not copied to it.
+    """
+    from trainer.scheduling.kube import Kube
+    from trainer.scheduling.platform import load_platform
+    from trainer.scheduling.preflight import check_spec
+    from trainer.scheduling.rayjob import render_rayjob
+    from trainer.tracking import runs
+
+    spec_obj, workdir = _load(spec, set, overrides)
+    checked = check_spec(spec_obj, workdir)
+    platform = load_platform(overlay)
+    job_id = _rayjob_name(spec_obj.name)
+    body = render_rayjob(spec_obj, platform, job_id=job_id, code_uri=code_uri, namespace=namespace)
+    kube = Kube(context)
+    ns = body["metadata"]["namespace"]
+    pods_uri = body["metadata"]["annotations"]["trainer.io/tracking-uri"]
+    here_uri = os.environ.get("MLFLOW_TRACKING_URI") or pods_uri
+    run_id = None
+    try:
+        _check_reachable(here_uri)   # MLflow's own client retries an unreachable server for minutes
+        run_id = runs.start_run(spec_obj, job_id, here_uri, f"k8s://{ns}/{job_id}", checked.fingerprint)
+    except Exception as e:
+        if progress:
+            progress(f"MLflow at {here_uri} is not reachable from here ({type(e).__name__}); the job's driver "
+                     f"opens its run itself and a failure's logs are not copied to it (set "
+                     f"MLFLOW_TRACKING_URI to reach the same server from here, e.g. through a port-forward)")
+    if run_id:
+        body = render_rayjob(spec_obj, platform, job_id=job_id, code_uri=code_uri, namespace=namespace,
+                             run_id=run_id)
+    try:
+        kube.create_rayjob(body)
+    except BaseException:
+        if run_id:
+            runs.finish_run(here_uri, run_id, "FAILED")
+        raise
+    return K8sJob(name=job_id, namespace=ns, run_id=run_id, tracking_uri=here_uri if run_id else None,
+                  context=context)
+
+
+def _check_reachable(uri: str) -> None:
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        requests.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
+
+
+# ---------------------------------------------------------------- this host's GPUs
+
+def node_labels() -> dict:
+    """This host's GPUs (NVML) and the labels they give a node in each scheme."""
+    from trainer.cluster.accelerators import SCHEMES
+    from trainer.cluster.gpus import node_labels as labels_for, probe
+
+    found = probe()
+    gpus = []
+    for g in found.gpus:
+        ident = g.identity
+        gpus.append({"index": g.index, "name": g.name, "memory_gib": round(g.memory_gib, 1), "ray": ident.ray,
+                     "gfd": ident.gfd, "gke": ident.labels("gke").get("cloud.google.com/gke-accelerator"),
+                     "karpenter": ident.labels("karpenter").get("karpenter.k8s.aws/instance-gpu-name"),
+                     "mig_profile": ident.mig_profile, "known": ident.model is not None})
+    return {"gpus": gpus, "no_gpu_reason": found.reason,
+            "labels": {scheme: labels_for(found.gpus, scheme) for scheme in SCHEMES}}
+
+
+def cluster_join(address: str, *, cpus: int | None = None, object_store_mb: int | None = None,
+                 node_ip: str | None = None) -> dict:
+    """Start a Ray worker node on this host that joins the head at `address` (HOST:PORT), labelled
+    `ray.io/accelerator-type` from its GPUs (no driver: `cpu`) with the GPU count set."""
+    from trainer.cluster.local import join
+
+    return join(address, cpus=cpus, object_store_mb=object_store_mb, node_ip=node_ip)

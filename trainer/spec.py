@@ -86,6 +86,10 @@ class JobSpec(_Strict):
                                    "logged as MLflow params.")
     checkpoint: Checkpoint = Field(default_factory=Checkpoint)
     failure: Failure = Field(default_factory=Failure)
+    timeout_minutes: int | None = Field(None, ge=1, description="Wall-clock limit of the whole job, its "
+                                        "cluster's start included: the RayJob's activeDeadlineSeconds on "
+                                        "Kubernetes (trainer submit --k8s, trainer k8s render). Not enforced "
+                                        "on a Ray cluster a job is submitted to directly.")
     tracking: Tracking = Field(default_factory=Tracking)
     convert: Convert | None = None
 

@@ -91,17 +91,56 @@ def test_job_states_map_rays_and_mark_terminal():
     assert JobState.CANCELLED.mlflow_status == "KILLED"
 
 
-@pytest.mark.parametrize("name,label", [
-    ("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA A100-SXM4-40GB", "A100"), ("Tesla T4", "T4"),
-    ("NVIDIA A10G", "A10G"), ("NVIDIA L40S", "L40S"), ("NVIDIA H200", "H200"), ("NVIDIA RTX 6000 Ada Generation", "RTX"),
-])
-def test_gpu_names_map_to_accelerator_labels(name, label):
-    from trainer.cluster.gpus import accelerator_label
+# ---------------------------------------------------------------- a KubeRay target scaled to zero
 
-    assert accelerator_label(name) == label
+def _kuberay():
+    """The base RayCluster with 16 A100 pods allowed: groups cpu (max 4, 4 CPUs), t4 (max 4,
+    1 GPU), a100 (max 16, 1 GPU), h100 (max 2, 8 GPUs), all scaled to zero."""
+    import yaml
+
+    from trainer.home import repo_root
+
+    docs = yaml.safe_load_all((repo_root() / "k8s" / "base" / "raycluster.yaml").read_text())
+    (rc,) = [d for d in docs if d and d.get("kind") == "RayCluster"]
+    rc["spec"]["workerGroupSpecs"][2]["maxReplicas"] = 16
+    return rc
 
 
-def test_no_nvidia_driver_means_no_gpus():
-    from trainer.cluster.gpus import local_gpus
+HEAD_ONLY = [Node("h", True, "ALIVE", None, 0, 0)]
 
-    assert local_gpus() == []   # CI machines have no driver: an empty list, not an error
+
+def test_a_kuberay_cluster_scaled_to_zero_has_capacity_in_its_groups():
+    from trainer.cluster.kuberay import capacity_nodes
+
+    with pytest.raises(PreflightError, match="no node is labelled ray.io/accelerator-type=A100"):
+        check_placement(spec(workers=4, resources={"accelerator": "A100", "gpus_per_worker": 1}), HEAD_ONLY)
+    inventory = HEAD_ONLY + capacity_nodes(_kuberay(), HEAD_ONLY)
+    check_placement(spec(workers=16, resources={"accelerator": "A100", "gpus_per_worker": 1, "cpus_per_worker": 8}),
+                    inventory)
+    check_placement(spec(workers=16, resources={"accelerator": "H100", "gpus_per_worker": 1}), inventory)
+    with pytest.raises(PreflightError) as e:
+        check_placement(spec(workers=17, resources={"accelerator": "A100", "gpus_per_worker": 1}), inventory)
+    assert "fit only 16 worker(s)" in str(e.value) and "A100(cpus=8, gpus=1, can scale up) x16" in str(e.value)
+
+
+def test_alive_pods_of_a_group_are_not_counted_twice():
+    from trainer.cluster.kuberay import capacity_nodes
+
+    alive = HEAD_ONLY + [Node(f"a{i}", False, "ALIVE", "A100", 8, 1) for i in range(3)]
+    scalable = [n for n in capacity_nodes(_kuberay(), alive) if n.accelerator == "A100"]
+    assert len(scalable) == 13
+
+
+def test_cluster_spec_file_and_quantities(tmp_path):
+    import yaml
+
+    from trainer.cluster.kuberay import load_raycluster, quantity, worker_groups
+
+    path = tmp_path / "rc.yaml"
+    path.write_text(yaml.safe_dump_all([{"kind": "Service"}, _kuberay()]))
+    groups = {g.name: g for g in worker_groups(load_raycluster(path))}
+    assert (groups["h100"].cpus, groups["h100"].gpus, groups["h100"].accelerator) == (88, 8, "H100")
+    assert quantity("500m") == 0.5 and quantity("8Gi") == 8 * 2**30
+    with pytest.raises(UsageError, match="no RayCluster in it"):
+        (tmp_path / "svc.yaml").write_text("kind: Service\n")
+        load_raycluster(tmp_path / "svc.yaml")

@@ -10,7 +10,7 @@ from trainer.cli._output import OutputOpt, Printer
 from trainer.cli.jobs import AddressOpt
 from trainer.errors import ClusterError
 
-group = typer.Typer(no_args_is_help=True, help="The embedded local Ray cluster.")
+group = typer.Typer(no_args_is_help=True, help="The embedded local Ray cluster; join this host to a remote one.")
 
 
 def register(app: typer.Typer) -> None:
@@ -54,3 +54,21 @@ def status(address: Optional[str] = AddressOpt, output: str = OutputOpt):
             [[n["node_id"][:12], "head" if n["is_head"] else "worker", n["accelerator"] or "-",
               free(n["cpus_free"], n["cpus"]), free(n["gpus_free"], n["gpus"])] for n in status["nodes"]],
             title=status["address"])
+
+
+@group.command("join")
+def join(address: str = typer.Option(..., "--address", help="The head's GCS address HOST:PORT (e.g. head:6379)."),
+         cpus: Optional[int] = typer.Option(None, "--cpus", help="CPUs to offer; default all cores."),
+         object_store_mb: Optional[int] = typer.Option(None, "--object-store-mb", help="Object store size."),
+         node_ip: Optional[str] = typer.Option(None, "--node-ip", help="This host's address the head can reach "
+                                               "(a host with several networks)."),
+         output: str = OutputOpt):
+    """Start a Ray worker node here that joins an existing head, labelled by this host's GPUs
+    (ray.io/accelerator-type, GPU count); with no NVIDIA driver the node joins as `cpu`."""
+    p = Printer(output)
+    joined = api.cluster_join(address, cpus=cpus, object_store_mb=object_store_mb, node_ip=node_ip)
+    if joined["no_gpu_reason"]:
+        p.note(f"no GPUs: {joined['no_gpu_reason']}; joining as a cpu node")
+    labels = ",".join(f"{k}={v}" for k, v in joined["labels"].items())
+    p.emit(joined, lambda j: p.line(f"joined {j['address']}: {j['cpus']} CPUs, {j['gpus']} GPUs, labels {labels} "
+                                    f"(stop with: ray stop; log: {j['log']})"))

@@ -25,11 +25,28 @@ def register(app: typer.Typer) -> None:
 def submit(spec: str = typer.Argument(..., help="Job spec YAML."),
            set_: List[str] = SetOpt,
            wait: bool = typer.Option(False, "--wait", help="Follow progress until the job ends."),
-           address: Optional[str] = AddressOpt, output: str = OutputOpt):
-    """Validate, preflight and submit a job (starting the local cluster if needed)."""
+           address: Optional[str] = AddressOpt,
+           cluster_spec: Optional[str] = typer.Option(
+               None, "--cluster-spec", help="The target's KubeRay RayCluster (YAML file, or NAMESPACE/NAME read "
+               "through the Kubernetes API): groups that can scale up count as capacity in preflight."),
+           k8s: bool = typer.Option(False, "--k8s", help="Create a KubeRay RayJob (see trainer k8s render) "
+                                    "instead of submitting to a running Ray cluster."),
+           overlay: str = typer.Option("dev", "--overlay", help="--k8s: the environment, k8s/overlays/<name>."),
+           namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="--k8s: namespace; default the overlay's."),
+           code_uri: Optional[str] = typer.Option(None, "--code-uri", help="--k8s: the project as a .zip the "
+                                                  "cluster can fetch (s3://, gs://, https://)."),
+           context: Optional[str] = typer.Option(None, "--context", help="--k8s: kubeconfig context."),
+           output: str = OutputOpt):
+    """Validate, preflight and submit a job (starting the local cluster if needed), or with --k8s
+    create it as a KubeRay RayJob."""
     p = Printer(output)
     started = time.time()
-    job = api.submit(spec, address=address, set=set_, progress=p.note)
+    if k8s and (address or cluster_spec):
+        raise UsageError("--k8s creates the job's own KubeRay cluster: drop --address/--cluster-spec "
+                         "(they target a running Ray cluster)")
+    if k8s:
+        return _submit_k8s(p, spec, set_, wait, overlay, namespace, code_uri, context, started)
+    job = api.submit(spec, address=address, set=set_, progress=p.note, cluster_spec=cluster_spec)
     if not wait:
         p.emit({"job_id": job.id, "run_id": job.run_id, "address": job.address},
                lambda _: p.line(f"submitted {job.id} (MLflow run {job.run_id}); follow with: trainer logs {job.id} -f"))
@@ -43,6 +60,28 @@ def submit(spec: str = typer.Argument(..., help="Job spec YAML."),
     if not p.json and job.tracking_uri and job.tracking_uri.startswith("sqlite:///"):
         p.note(f"browse: mlflow ui --backend-store-uri {job.tracking_uri}")
     _raise_unless_succeeded(job, state)
+
+
+def _submit_k8s(p: Printer, spec, set_, wait, overlay, namespace, code_uri, context, started) -> None:
+    job = api.submit_k8s(spec, overlay, namespace=namespace, code_uri=code_uri, set=set_, context=context,
+                         progress=p.note)
+    where = f"{job.namespace}/{job.name}"
+    if not wait:
+        p.emit({"rayjob": job.name, "namespace": job.namespace, "run_id": job.run_id},
+               lambda _: p.line(f"created RayJob {where} (MLflow run {job.run_id or 'opened by the driver'}); "
+                                f"follow with: kubectl get rayjob -n {job.namespace} {job.name} -w"))
+        return
+    p.line(f"created RayJob {where} (MLflow run {job.run_id or 'opened by the driver'})")
+    last = job.wait(on_change=lambda o: p.note(o.describe()))
+    summary = {"rayjob": job.name, "namespace": job.namespace, "status": last.state.value,
+               "deployment_status": last.deployment, "ray_job_status": last.job_status,
+               "mlflow_run_id": job.run_id, "wall_time_s": round(time.time() - started, 1)}
+    if last.reason or last.message:
+        summary["reason"] = " ".join(x for x in (last.reason, last.message) if x)
+    p.emit(summary, title="job summary")
+    if last.state.value != "SUCCEEDED":
+        why = summary.get("reason") or last.note or "see the pod logs in its MLflow run"
+        raise JobError(f"RayJob {where} {last.state.value}: {why}")
 
 
 def _raise_unless_succeeded(job: api.Job, state) -> None:

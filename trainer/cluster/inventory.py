@@ -25,7 +25,8 @@ class Node:
 
     def describe(self) -> str:
         role = "head" if self.is_head else (self.accelerator or "unlabelled")
-        return f"{role}(cpus={self.cpus:g}, gpus={self.gpus:g})"
+        scalable = ", can scale up" if self.state == "SCALABLE" else ""
+        return f"{role}(cpus={self.cpus:g}, gpus={self.gpus:g}{scalable})"
 
 
 def nodes(dashboard_url: str, free: bool = True) -> list[Node]:

@@ -156,16 +156,7 @@ class LocalCluster:
         return short
 
     def _ray_start(self, name: str, args: list[str]) -> None:
-        ray_bin = Path(sys.executable).parent / "ray"
-        cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", *args]
-        log = self.log_dir / f"{name}.log"
-        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-        with log.open("w") as fh:
-            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=START_TIMEOUT_S)
-        if proc.returncode != 0:
-            tail = [l for l in log.read_text().splitlines() if l.strip()][-1:] or ["(no output)"]
-            raise ClusterError(f"`ray start` for {name} failed (exit {proc.returncode}): {tail[0][:300]} "
-                               f"(full log: {log})")
+        ray_start(name, args, self.log_dir, env={"RAY_AUTH_MODE": "disabled"})
 
     def _wait_for_nodes(self, state: ClusterState, count: int) -> None:
         from trainer.cluster.inventory import nodes
@@ -213,6 +204,67 @@ class LocalCluster:
                 pass
         psutil.wait_procs(alive, timeout=5)
         return len(victims)
+
+
+def ray_start(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Path:
+    """`ray start ARGS` (this interpreter's ray), its output in `log_dir/<name>.log`. Token auth
+    stays off unless RAY_AUTH_MODE says otherwise (workers joining by address cannot present
+    a token the head wrote elsewhere)."""
+    ray_bin = Path(sys.executable).parent / "ray"
+    cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", *args]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = log_dir / f"{name}.log"
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), "RAY_USAGE_STATS_ENABLED": "0",
+           **(env or {})}
+    with log.open("w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=START_TIMEOUT_S)
+    if proc.returncode != 0:
+        tail = [l for l in log.read_text().splitlines() if l.strip()][-1:] or ["(no output)"]
+        raise ClusterError(f"`ray start` for {name} failed (exit {proc.returncode}): {tail[0][:300]} "
+                           f"(full log: {log})")
+    return log
+
+
+def join_args(address: str, gpus: list, cpus: int, object_store_mb: int | None = None,
+              temp_dir: str | None = None, node_ip: str | None = None) -> list[str]:
+    """`ray start` arguments for a worker node joining the head at `address` (HOST:PORT), labelled
+    by its GPUs through the identity table (no GPUs: `cpu`), with the GPU count set."""
+    from trainer.cluster.gpus import node_labels
+
+    labels = node_labels(gpus, "ray")
+    accelerator = labels["ray.io/accelerator-type"]
+    if gpus:
+        labels.update(node_labels(gpus, "gfd"))
+        labels = {k: v for k, v in labels.items() if k in ("ray.io/accelerator-type", "nvidia.com/gpu.product")}
+    args = [f"--address={address}", f"--num-cpus={cpus}", f"--num-gpus={len(gpus)}",
+            "--labels=" + ",".join(f"{k}={v}" for k, v in labels.items()),
+            f"--resources={json.dumps({f'accelerator_type:{accelerator}': 1})}", "--disable-usage-stats"]
+    if object_store_mb:
+        args.append(f"--object-store-memory={object_store_mb * 1024 * 1024}")
+    if temp_dir:
+        args.append(f"--temp-dir={temp_dir}")
+    if node_ip:
+        args.append(f"--node-ip-address={node_ip}")
+    return args
+
+
+def join(address: str, *, cpus: int | None = None, object_store_mb: int | None = None,
+         temp_dir: str | None = None, gpus: list | None = None, log_dir: Path | None = None,
+         node_ip: str | None = None, extra_args: tuple[str, ...] = ()) -> dict:
+    """Start a Ray worker node on this host joining the head at `address`; returns what it was
+    started with (labels, GPUs, and why there are none)."""
+    from trainer.cluster.gpus import Probe, probe
+
+    found = Probe(list(gpus), "") if gpus is not None else probe()
+    cpus = cpus or os.cpu_count() or 1
+    if ":" not in address or "://" in address:
+        raise UsageError(f"--address {address!r}: expected the head's GCS address HOST:PORT (e.g. head:6379)")
+    args = join_args(address, found.gpus, cpus, object_store_mb, temp_dir, node_ip) + list(extra_args)
+    log = ray_start("join", args, log_dir or trainer_home() / "cluster" / "logs")
+    labels = next(a for a in args if a.startswith("--labels="))[len("--labels="):]
+    return {"address": address, "cpus": cpus, "gpus": len(found.gpus),
+            "gpu_names": [g.name for g in found.gpus], "labels": dict(kv.split("=", 1) for kv in labels.split(",")),
+            "no_gpu_reason": found.reason, "log": str(log)}
 
 
 def _dashboard_alive(url: str) -> bool:

@@ -129,6 +129,9 @@ def main() -> int:
                    "workdir": str(workdir)}
     status = "FAILED"
     try:
+        if run_id is None and tracking_uri:
+            run_id = _own_run(spec, job_id, tracking_uri, workdir)
+            loop_config["run_id"] = run_id
         print(f"job {job_id}: {spec.workers} {spec.framework} worker(s) on "
               f"{spec.resources.accelerator} nodes; MLflow run {run_id}", flush=True)
         trainer = runner.ray_trainer(worker_loop, loop_config, scaling_config(spec), run_config)
@@ -149,6 +152,22 @@ def main() -> int:
         _leave_vanished_cwd()
         if run_id:
             finish_run(tracking_uri, run_id, status)
+
+
+def _own_run(spec: JobSpec, job_id: str, tracking_uri: str, workdir: Path) -> str:
+    """A job submitted without a run (a RayJob applied with kubectl from `trainer k8s render`)
+    records itself: the run of its job id if a previous attempt made one, else a new run."""
+    from trainer.data import fingerprint
+    from trainer.tracking.runs import find_run, start_run
+
+    found = find_run(tracking_uri, spec.experiment, job_id)
+    if found:
+        return found
+    try:
+        fp = fingerprint(spec.data.path, workdir) if spec.data else None
+    except TrainerError:
+        fp = None
+    return start_run(spec, job_id, tracking_uri, os.environ.get("RAY_ADDRESS", "ray"), fp)
 
 
 def _leave_vanished_cwd() -> None:

@@ -115,9 +115,19 @@ def check_placement(spec: JobSpec, nodes: list[Node]) -> None:
         why = f"no node is labelled {ACCELERATOR_LABEL}={res.accelerator}"
     else:
         why = f"the {len(matching)} {res.accelerator} node(s) fit only {capacity} worker(s)"
-    inventory = ", ".join(n.describe() for n in nodes) or "no alive nodes"
+    inventory = _inventory(nodes)
     raise PreflightError(f"cannot place {want}: {why}; cluster inventory: {inventory}",
                          inventory=[n.to_dict() for n in nodes])
+
+
+def _inventory(nodes: list[Node]) -> str:
+    """Alive nodes one by one; the pods a KubeRay group can still add as one entry with a count."""
+    alive = [n.describe() for n in nodes if n.state != "SCALABLE"]
+    scalable: dict[str, int] = {}
+    for n in nodes:
+        if n.state == "SCALABLE":
+            scalable[n.describe()] = scalable.get(n.describe(), 0) + 1
+    return ", ".join(alive + [f"{d} x{count}" for d, count in scalable.items()]) or "no alive nodes"
 
 
 def check_tracking(tracking_uri: str, local_cluster: bool) -> None:

@@ -115,3 +115,25 @@ def metrics_frame(uri: str, run_id: str):
                 rows.append({"key": m.key, "step": m.step, "value": m.value, "timestamp": m.timestamp})
     frame = pd.DataFrame(rows, columns=["key", "step", "value", "timestamp"])
     return frame.sort_values(["key", "step", "timestamp"]).reset_index(drop=True)
+
+
+def find_run(uri: str, experiment: str, job_id: str) -> str | None:
+    """The run recorded for `job_id`, if any (a retried RayJob's driver finds its first run)."""
+    mlc = client(uri)
+    exp = mlc.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    found = mlc.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_JOB_ID}` = '{job_id}'", max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def record_failure(uri: str, run_id: str, tags: dict[str, str], logs: dict[str, str]) -> None:
+    """What Kubernetes said about a failed job, kept in its run: tags (reason, message, statuses)
+    and the pods' logs as artifacts under `kubernetes/`; the run ends FAILED if still open."""
+    mlc = client(uri)
+    for key, value in tags.items():
+        mlc.set_tag(run_id, key, str(value)[:MAX_PARAM_LEN])
+    for pod, text in logs.items():
+        mlc.log_text(run_id, text, f"kubernetes/{pod}.log")
+    if mlc.get_run(run_id).info.status == "RUNNING":
+        mlc.set_terminated(run_id, status="FAILED")

@@ -1,0 +1,72 @@
+"""`trainer cluster join`: a host joins an existing head as a worker node labelled by its GPUs
+through the identity table (no driver: `cpu`), with the GPU count set."""
+import json
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from trainer.cli import app
+from trainer.cluster.gpus import Gpu
+from trainer.cluster.local import join_args
+
+H100 = Gpu(0, "NVIDIA H100 80GB HBM3", 79.6, (9, 0))
+
+
+def _arg(args, name):
+    return next(a.split("=", 1)[1] for a in args if a.startswith(f"--{name}="))
+
+
+def test_a_gpu_host_joins_with_its_accelerator_label_and_gpu_count():
+    args = join_args("head:6379", [H100, Gpu(1, H100.name, 79.6, (9, 0))], 32, 4096)
+    assert _arg(args, "address") == "head:6379" and _arg(args, "num-cpus") == "32" and _arg(args, "num-gpus") == "2"
+    assert _arg(args, "labels") == "ray.io/accelerator-type=H100,nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3"
+    assert json.loads(_arg(args, "resources")) == {"accelerator_type:H100": 1}
+    assert _arg(args, "object-store-memory") == str(4096 * 2**20)
+
+
+def test_a_host_without_a_driver_joins_as_cpu():
+    args = join_args("head:6379", [], 8)
+    assert _arg(args, "labels") == "ray.io/accelerator-type=cpu" and _arg(args, "num-gpus") == "0"
+
+
+def test_join_refuses_a_dashboard_url():
+    result = CliRunner().invoke(app, ["cluster", "join", "--address", "http://head:8265"])
+    assert result.exit_code == 2 and "expected the head's GCS address HOST:PORT" in result.output
+
+
+def test_node_labels_command_without_a_driver():
+    result = CliRunner().invoke(app, ["node", "labels"])
+    assert result.exit_code == 0 and result.stdout.strip() == "ray.io/accelerator-type=cpu"
+    assert "no GPUs" in result.stderr
+    result = CliRunner().invoke(app, ["node", "labels", "--format", "json"])
+    info = json.loads(result.stdout)
+    assert info["gpus"] == [] and info["labels"]["ray"] == {"ray.io/accelerator-type": "cpu"}
+    result = CliRunner().invoke(app, ["node", "labels", "--format", "yaml"])
+    assert result.exit_code == 2 and "--format must be one of ray, k8s, gfd, json" in result.output
+
+
+@pytest.mark.integration
+def test_a_node_joins_a_running_head_labelled(tmp_path):
+    """A real head (a local cluster in its own home) and a node joining it by GCS address, given an
+    H100 as NVML would report it: the head's inventory shows the label and the GPU."""
+    from trainer.cluster.inventory import nodes
+    from trainer.cluster.local import LocalCluster, NodeSpec, _free_port, join
+
+    cluster = LocalCluster(home=tmp_path / "home")
+    state, _ = cluster.up([NodeSpec("cpu", 1)], object_store_mb=128)
+    try:
+        joined = join(state.gcs_address, cpus=1, object_store_mb=128, temp_dir=state.temp_dir, gpus=[H100],
+                      log_dir=tmp_path / "logs", node_ip="127.0.0.1",
+                      extra_args=(f"--dashboard-agent-listen-port={_free_port()}", "--include-log-monitor=false"))
+        assert joined["labels"]["ray.io/accelerator-type"] == "H100" and joined["gpus"] == 1
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            found = [n for n in nodes(state.dashboard_url, free=False) if n.accelerator == "H100"]
+            if found:
+                break
+            time.sleep(1)
+        (node,) = found
+        assert node.gpus == 1 and node.labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
+    finally:
+        cluster.down()
