@@ -130,7 +130,8 @@ def main() -> int:
         print(f"job {job_id}: {spec.workers} {spec.framework} worker(s) on "
               f"{spec.resources.accelerator} nodes; MLflow run {run_id}", flush=True)
         trainer = runner.ray_trainer(worker_loop, loop_config, scaling_config(spec), run_config)
-        trainer.fit()
+        result = trainer.fit()
+        _prune_checkpoints(result, spec.checkpoint.keep)
         _leave_vanished_cwd()
         convert_after_training(spec, run_id, tracking_uri)
         status = "FINISHED"
@@ -147,6 +148,21 @@ def main() -> int:
         _leave_vanished_cwd()
         if run_id:
             finish_run(tracking_uri, run_id, status)
+
+
+def _prune_checkpoints(result, keep: int) -> None:
+    """Storage holds at most `keep` checkpoints once the job is over (see trainer.checkpoints.prune)."""
+    try:
+        from trainer.checkpoints import prune
+
+        keep_names = {Path(c.path).name for c, _ in (result.best_checkpoints or [])}
+        deleted = prune(result.path, result.filesystem, keep_names, keep)
+        if deleted:
+            print(f"removed {len(deleted)} checkpoint(s) no restart registered: {', '.join(deleted)}", flush=True)
+    except Exception as e:  # noqa: BLE001 - a leftover folder must not fail a finished job
+        from trainer.errors import first_line
+
+        print(f"warning: could not prune checkpoints: {first_line(e)}", file=sys.stderr, flush=True)
 
 
 def _leave_vanished_cwd() -> None:
