@@ -126,10 +126,13 @@ def main() -> int:
     loop_config = {"spec": spec.model_dump_json(), "run_id": run_id, "tracking_uri": tracking_uri,
                    "workdir": str(workdir)}
     status = "FAILED"
+    cancelled: list = []
     try:
+        _record_cancel(cancelled)
         print(f"job {job_id}: {spec.workers} {spec.framework} worker(s) on "
               f"{spec.resources.accelerator} nodes; MLflow run {run_id}", flush=True)
         trainer = runner.ray_trainer(worker_loop, loop_config, scaling_config(spec), run_config)
+        _record_cancel(cancelled, connect=True)
         result = trainer.fit()
         _prune_checkpoints(result, spec.checkpoint.keep)
         _leave_vanished_cwd()
@@ -147,7 +150,29 @@ def main() -> int:
     finally:
         _leave_vanished_cwd()
         if run_id:
-            finish_run(tracking_uri, run_id, status)
+            finish_run(tracking_uri, run_id, "KILLED" if cancelled else status)
+
+
+def _record_cancel(cancelled: list, connect: bool = False) -> None:
+    """`trainer cancel` (Ray's stop_job) SIGTERMs this driver: exit the way Ray's own driver
+    handler does (SystemExit, so `finally` runs) but append to `cancelled`, so the run ends
+    KILLED, not FAILED. ray.init() replaces the handler, so with `connect` this connects first
+    (what fit() would do) and installs it again; that happens after the framework's trainer is
+    built: importing torch after Ray's libraries are loaded fails (oneMKL: "Cannot load
+    libtorch_cpu.so")."""
+    import signal
+
+    if connect:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init()
+
+    def on_sigterm(signum, frame):
+        cancelled.append(signum)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _prune_checkpoints(result, keep: int) -> None:
