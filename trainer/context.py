@@ -13,6 +13,11 @@ Call `ctx.report` on every rank, as often as you like (every step is fine): valu
 sent to MLflow (rank 0) by a background thread; Ray Train is only involved when a checkpoint is
 persisted. Pass `checkpoint=` at the same points on every rank; rank 0's dict is saved.
 
+After a worker failure Ray Train restarts the group; `ctx.restore()` then returns the dict of the
+newest *complete* checkpoint (trainer.checkpoints: an unreadable one is skipped, and the job log
+and the run's `trainer.restore_fallback` tag say so) and puts back the counters step numbering
+depends on, so values reported after the resume land on the steps they had the first time.
+
 Where the function runs is a `Session`: inside a Ray Train worker group, or in-process
 (`trainer run --local`, world size 1). The framework part (device, model wrapping, how a checkpoint
 dict is written) lives in `trainer.runners.<framework>`.
