@@ -80,12 +80,13 @@ class Drill:
                  f"failure.max_failures={len(self.plan) + 2}"],
             config={"epochs": self.epochs, "faults": self.plan, "fault_dir": str(fault_dir)})
 
-    def wait(self) -> str:
+    def wait(self, cluster=None) -> str:
         if self.state is None:
             self.state = self.job.wait(timeout=1200).value
             self.wall_s = round(time.monotonic() - self.started, 1)
+            groups = len(train_workers(self.job.address, self.job)) // 2
             print(f"\n{self.entrypoint} on {self.node}: {self.state} in {self.wall_s}s, "
-                  f"{len(self.fired())} kill(s), job {self.job.id}")
+                  f"{len(self.fired())} kill(s), {groups} worker group(s), job {self.job.id}")
         return self.state
 
     def fired(self) -> list[dict]:
