@@ -178,7 +178,9 @@ class Job:
         from trainer.tracking.runs import finish_run, run_status
 
         try:
-            if run_status(self.tracking_uri, self.run_id) == "RUNNING":
+            current = run_status(self.tracking_uri, self.run_id)
+            # A cancel is authoritative: the driver may have ended the run FAILED on its way out.
+            if current == "RUNNING" or (state is JobState.CANCELLED and current != "KILLED"):
                 finish_run(self.tracking_uri, self.run_id, state.mlflow_status)
         except Exception:
             pass  # tracking unreachable: the job's state is still right

@@ -13,6 +13,11 @@ Call `ctx.report` on every rank, as often as you like (every step is fine): valu
 sent to MLflow (rank 0) by a background thread; Ray Train is only involved when a checkpoint is
 persisted. Pass `checkpoint=` at the same points on every rank; rank 0's dict is saved.
 
+After a worker failure Ray Train restarts the group; `ctx.restore()` then returns the dict of the
+newest *complete* checkpoint (trainer.checkpoints: an unreadable one is skipped, and the job log
+and the run's `trainer.restore_fallback` tag say so) and puts back the counters step numbering
+depends on, so values reported after the resume land on the steps they had the first time.
+
 Where the function runs is a `Session`: inside a Ray Train worker group, or in-process
 (`trainer run --local`, world size 1). The framework part (device, model wrapping, how a checkpoint
 dict is written) lives in `trainer.runners.<framework>`.
@@ -40,7 +45,8 @@ class Session(Protocol):
     world_size: int
 
     def restore_dir(self) -> Path | None:
-        """Folder of the checkpoint to resume from, or None."""
+        """Folder of the checkpoint to resume from, or None. A collective the first time in a
+        Ray Train worker: every rank calls it (Context.__init__ does)."""
 
     def persist(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         """Make a checkpoint durable (a collective: every rank calls it; rank 0 passes the dir)."""
@@ -58,17 +64,24 @@ class Context:
         self._session = session
         self._tracking_uri = tracking_uri
         self._channel = None
-        if run_id and session.rank == 0:
-            from trainer.tracking.metrics import MetricsChannel
-
-            self._channel = MetricsChannel(tracking_uri, run_id)
-            if session.restore_dir() is not None:
-                self._channel.resume()
         # With no restarts possible nothing can be replayed, so every report is committed at once.
         self._commit_each_report = spec.failure.max_failures == 0
         self._checkpoints_seen = 0
         self._auto_step = 0
         self._last_progress = 0.0
+        # Every rank, before any user code: which checkpoint a restarted group resumes from is
+        # decided once (rank 0, broadcast), so all ranks agree even after a fallback.
+        session.restore_dir()
+        if session.rank == 0:
+            self._announce_restore()
+        if run_id and session.rank == 0:
+            from trainer.tracking.metrics import MetricsChannel
+
+            self._channel = MetricsChannel(tracking_uri, run_id)
+            if not self._commit_each_report:
+                # Any attempt may follow one whose values reached MLflow (flushed before a
+                # checkpoint that never got registered), with or without a checkpoint to resume.
+                self._channel.resume()
 
     # ------------------------------------------------------------------ identity
     @property
@@ -125,7 +138,7 @@ class Context:
             if self._checkpoints_seen % self.spec.checkpoint.every_epochs == 0:
                 if self._channel is not None:
                     self._channel.flush()  # in MLflow before the checkpoint exists (see metrics.py)
-                self._persist(values, checkpoint)
+                self._persist(values, checkpoint, step)
                 persisted = True
         if self._channel is not None and not persisted and self._commit_each_report:
             self._channel.commit()
@@ -133,9 +146,20 @@ class Context:
             self._print_progress(step, values, force=persisted or "epoch" in metrics)
 
     def restore(self) -> dict | None:
-        """The dict passed with the last persisted checkpoint (after a restart), or None."""
+        """The dict passed with the last persisted checkpoint (after a restart), or None.
+
+        Resuming also restores what step numbering depends on (the report counter behind the
+        default step, the checkpoint counter behind `every_epochs`), so a function that resumes
+        from this dict reports every later value on the step it had the first time.
+        """
         folder = self._session.restore_dir()
-        return None if folder is None else self._read_checkpoint(folder)
+        if folder is None:
+            return None
+        state = self._read_checkpoint(folder)
+        counters = _read_counters(folder)
+        self._auto_step = int(counters.get("auto_step", self._auto_step))
+        self._checkpoints_seen = int(counters.get("checkpoints_seen", self._checkpoints_seen))
+        return state
 
     def save_model(self, model, example_input, labels=None) -> None:
         """Log the trained model to the run (rank 0), in the native format the converters read.
@@ -159,14 +183,41 @@ class Context:
                 client(self._tracking_uri).log_artifacts(self.run_id, tmp, "calibration")
 
     # ------------------------------------------------------------------ internals
-    def _persist(self, values: dict[str, float], state: dict) -> None:
+    def _persist(self, values: dict[str, float], state: dict, step: int) -> None:
+        from trainer.checkpoints import write_manifest
+
         folder = Path(tempfile.mkdtemp(prefix="trainer-ckpt-"))
         try:
             if self.rank == 0:
                 self._write_checkpoint(state, folder)
+                # Last: the files' checksums (what makes the folder complete) and the counters
+                # that restore() puts back.
+                write_manifest(folder, {"auto_step": self._auto_step, "checkpoints_seen": self._checkpoints_seen,
+                                        "step": step})
             self._session.persist(values, folder if self.rank == 0 else None)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _announce_restore(self) -> None:
+        """Rank 0 of a restarted group: say in the job log which checkpoint it resumes from and,
+        after a fallback, which ones were passed over and why (also as a run tag)."""
+        point = getattr(self._session, "restore_point", None)
+        if point is None or point.latest is None:
+            return
+        if not point.fell_back:
+            print(f"trainer: resuming from checkpoint {point.name}", flush=True)
+            return
+        message = point.describe()
+        print(f"trainer: restore fallback: {message}", flush=True)
+        if self.run_id:
+            from trainer.tracking.runs import TAG_RESTORE_FALLBACK, client
+
+            try:
+                client(self._tracking_uri).set_tag(self.run_id, TAG_RESTORE_FALLBACK, message[:5000])
+            except Exception as e:  # noqa: BLE001 - the job log has it; tracking must not stop a resume
+                from trainer.errors import first_line
+
+                print(f"trainer: could not tag the MLflow run with the fallback: {first_line(e)}", flush=True)
 
     def _print_progress(self, step: int, values: dict[str, float], force: bool) -> None:
         """One machine-readable line the CLI turns into a live progress bar (rate-limited)."""
@@ -179,9 +230,21 @@ class Context:
 
     def close(self, success: bool = True) -> None:
         """Flush metrics (all pending ones on success) and stop the sender thread."""
+        discard = getattr(self._session, "discard_restore", None)
+        if discard is not None:
+            discard()
         if self._channel is not None:
             self._channel.close(commit=success)
             self._channel = None
+
+
+def _read_counters(folder: Path) -> dict:
+    from trainer.checkpoints import MANIFEST
+
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
@@ -243,13 +306,33 @@ class RayTrainSession:
         self.local_rank = ctx.get_local_rank()
         self.world_size = ctx.get_world_size()
 
-    def restore_dir(self) -> Path | None:
-        import ray.train
+    restore_point = None  # trainer.checkpoints.RestorePoint, once restore_dir() has run
 
-        if not hasattr(self, "_restore_dir"):
-            checkpoint = ray.train.get_checkpoint()
-            self._restore_dir = None if checkpoint is None else Path(checkpoint.to_directory())
-        return self._restore_dir
+    def restore_dir(self) -> Path | None:
+        """A private, verified copy of the checkpoint to resume from (see trainer.checkpoints).
+
+        The first call is a collective when Ray hands out a checkpoint: rank 0 picks the newest
+        complete one (falling back past unreadable ones), every rank fetches that one.
+        """
+        if self.restore_point is None:
+            import ray.train
+
+            from trainer import checkpoints
+
+            latest = ray.train.get_checkpoint()  # the same on every rank
+            if latest is None:
+                self.restore_point = checkpoints.RestorePoint()
+            else:
+                from ray.train.collective import broadcast_from_rank_zero
+
+                point = checkpoints.choose(latest) if self.rank == 0 else None
+                name = broadcast_from_rank_zero(point.name if point else None)
+                self.restore_point = point if point is not None else checkpoints.fetch(latest, name)
+        return self.restore_point.folder
+
+    def discard_restore(self) -> None:
+        if self.restore_point is not None:
+            self.restore_point.discard()
 
     def persist(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         import ray.train

@@ -51,6 +51,19 @@ def test_import_contracts_hold():
     assert "0 broken" in proc.stdout
 
 
+def test_every_part_of_trainer_has_a_layer():
+    """A new module or package of trainer must be placed in the layers contract, or the contract
+    silently says nothing about it."""
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (layers,) = [c["layers"] for c in config["contracts"] if c["type"] == "layers"]
+    placed = {name.strip() for layer in layers for name in layer.replace(":", "|").split("|")}
+    parts = {f"trainer.{p.stem if p.is_file() else p.name}" for p in (REPO / "trainer").iterdir()
+             if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()}
+    assert parts - placed == set()
+
+
 def test_no_import_cycles_anywhere():
     graph = grimp.build_graph("trainer", "converters", cache_dir=None)
     assert import_cycles(graph) == []

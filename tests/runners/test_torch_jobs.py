@@ -98,6 +98,25 @@ def test_cancel_stops_the_job_and_frees_the_cluster(cluster):
     assert status.stdout.strip() == "CANCELLED"
 
 
+def test_a_cancelled_driver_never_ends_its_run_failed(cluster):
+    """Ray's stop_job SIGTERMs the driver, whose `finally` closes the run: it must write KILLED
+    (RUNNING only if it was SIGKILLed first), and the client's repair ends it KILLED either way."""
+    from trainer.scheduling.ray_jobs import RayJobs
+    from trainer.tracking.runs import run_status
+
+    job = trainer.submit(EXAMPLE, set=["config.epochs=500", "convert=null"])
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not steps(job, "epoch"):
+        time.sleep(1)
+    jobs = RayJobs(cluster.dashboard_url)
+    jobs.stop(job.id)
+    while not jobs.state(job.id).is_terminal:  # Ray's state only: no client repair on this path
+        time.sleep(0.5)
+    assert run_status(job.tracking_uri, job.run_id) in ("KILLED", "RUNNING")
+    assert job.status().value == "CANCELLED"
+    assert run_status(job.tracking_uri, job.run_id) == "KILLED"
+
+
 def test_run_local_gives_the_same_accuracy_band_without_ray(trainer_home):
     result = trainer.run_local(EXAMPLE)
     assert result.metrics["test_accuracy"] >= 0.95

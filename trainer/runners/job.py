@@ -128,14 +128,18 @@ def main() -> int:
     loop_config = {"spec": spec.model_dump_json(), "run_id": run_id, "tracking_uri": tracking_uri,
                    "workdir": str(workdir)}
     status = "FAILED"
+    cancelled: list = []
     try:
+        _record_cancel(cancelled)
         if run_id is None and tracking_uri:
             run_id = _own_run(spec, job_id, tracking_uri, workdir)
             loop_config["run_id"] = run_id
         print(f"job {job_id}: {spec.workers} {spec.framework} worker(s) on "
               f"{spec.resources.accelerator} nodes; MLflow run {run_id}", flush=True)
         trainer = runner.ray_trainer(worker_loop, loop_config, scaling_config(spec), run_config)
-        trainer.fit()
+        _record_cancel(cancelled, connect=True)
+        result = trainer.fit()
+        _prune_checkpoints(result, spec.checkpoint.keep)
         _leave_vanished_cwd()
         convert_after_training(spec, run_id, tracking_uri)
         status = "FINISHED"
@@ -151,7 +155,44 @@ def main() -> int:
     finally:
         _leave_vanished_cwd()
         if run_id:
-            finish_run(tracking_uri, run_id, status)
+            finish_run(tracking_uri, run_id, "KILLED" if cancelled else status)
+
+
+def _record_cancel(cancelled: list, connect: bool = False) -> None:
+    """`trainer cancel` (Ray's stop_job) SIGTERMs this driver: exit the way Ray's own driver
+    handler does (SystemExit, so `finally` runs) but append to `cancelled`, so the run ends
+    KILLED, not FAILED. ray.init() replaces the handler, so with `connect` this connects first
+    (what fit() would do) and installs it again; that happens after the framework's trainer is
+    built: importing torch after Ray's libraries are loaded fails (oneMKL: "Cannot load
+    libtorch_cpu.so")."""
+    import signal
+
+    if connect:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init()
+
+    def on_sigterm(signum, frame):
+        cancelled.append(signum)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _prune_checkpoints(result, keep: int) -> None:
+    """Storage holds at most `keep` checkpoints once the job is over (see trainer.checkpoints.prune)."""
+    try:
+        from trainer.checkpoints import prune
+
+        keep_names = {Path(c.path).name for c, _ in (result.best_checkpoints or [])}
+        deleted = prune(result.path, result.filesystem, keep_names, keep)
+        if deleted:
+            print(f"removed {len(deleted)} checkpoint(s) no restart registered: {', '.join(deleted)}", flush=True)
+    except Exception as e:  # noqa: BLE001 - a leftover folder must not fail a finished job
+        from trainer.errors import first_line
+
+        print(f"warning: could not prune checkpoints: {first_line(e)}", file=sys.stderr, flush=True)
 
 
 def _own_run(spec: JobSpec, job_id: str, tracking_uri: str, workdir: Path) -> str:

@@ -6,7 +6,10 @@ checkpoints: a report between two checkpoints is held back until the next persis
 (or the end of training) commits it, and the commit reaches MLflow *before* the checkpoint is
 persisted. After a worker failure the group resumes from the last checkpoint and replays the steps
 after it; a restarted channel drops any (key, step) MLflow already has (a crash between the
-flush and the checkpoint), so every step lands exactly once.
+flush and the checkpoint, or a checkpoint uploaded but never registered by Ray, so the group
+resumes from an older one), so every step lands exactly once. That needs the replayed steps to be
+the steps they were the first time: the context restores the report counter behind the default
+step with the checkpoint (trainer.context, trainer.checkpoints).
 """
 from __future__ import annotations
 

@@ -20,6 +20,8 @@ TAG_JOB_NAME = "trainer.job_name"
 TAG_FRAMEWORK = "trainer.framework"
 TAG_ADDRESS = "trainer.ray_address"
 TAG_SPEC = "trainer.spec"
+# Set when a restarted job passed over an unreadable checkpoint: which, why, and where it resumed.
+TAG_RESTORE_FALLBACK = "trainer.restore_fallback"
 
 MAX_PARAM_LEN = 6000
 
