@@ -162,9 +162,10 @@ def _record_cancel(cancelled: list, connect: bool = False) -> None:
     """`trainer cancel` (Ray's stop_job) SIGTERMs this driver: exit the way Ray's own driver
     handler does (SystemExit, so `finally` runs) but append to `cancelled`, so the run ends
     KILLED, not FAILED. ray.init() replaces the handler, so with `connect` this connects first
-    (what fit() would do) and installs it again; that happens after the framework's trainer is
-    built: importing torch after Ray's libraries are loaded fails (oneMKL: "Cannot load
-    libtorch_cpu.so")."""
+    (what fit() would do) and installs it again. Called right before fit(), after the framework's
+    trainer is built, which keeps the order of imports and connection fit() had (the one try that
+    connected before building it had its driver die importing torch: oneMKL "Cannot load
+    libtorch_cpu.so"; not reproduced outside a job)."""
     import signal
 
     if connect:
