@@ -83,7 +83,7 @@ def test_cancel_stops_the_job_and_frees_the_cluster(cluster):
     proc = subprocess.run([TRAINER, "cancel", job.id, "--output", "json"], capture_output=True, text=True,
                           timeout=180)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["status"] == "CANCELLED"
+    assert json.loads(proc.stdout)["status"] == "CANCELLED", job.logs()[-3000:]
     assert job.status().value == "CANCELLED"
     assert client(job.tracking_uri).get_run(job.run_id).info.status == "KILLED"
     # The workers' CPUs come back: the cluster stays usable.
