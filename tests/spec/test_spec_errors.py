@@ -61,7 +61,7 @@ CASES = [
     (BASE + "workers: [\n", [], "not valid YAML (line"),
     ("- name: digits\n", [], "a job spec is a mapping"),
     (BASE, ["--set", "workers=0"], "workers: must be >= 1, got 0"),
-    (BASE, ["--set", "noequals"], "--set: --set 'noequals': expected dotted.key=value"),
+    (BASE, ["--set", "noequals"], "--set: 'noequals': expected dotted.key=value"),
     (BASE + "config: {lr: 0.1}\n", ["--set", "config.lr.x=1"], "config.lr: is float, not a mapping; cannot set 'config.lr.x'"),
     (BASE, ["--set", "resources.gpus_per_wroker=1"], "did you mean 'gpus_per_worker'?"),
     (BASE, ["--output", "yaml"], "--output must be table or json"),
