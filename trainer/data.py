@@ -88,9 +88,10 @@ def fingerprint(path: str, workdir: Path) -> Fingerprint:
         digest.update(rel.encode() + b"\0")
         # Non-blocking open + fstat: a file swapped for a FIFO since it was listed cannot hang this.
         fd = os.open(f, os.O_RDONLY | os.O_NONBLOCK)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise SpecError(f"{f} is no longer a regular file", path="data.path")
         with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise SpecError(f"{f} is no longer a regular file", path="data.path")
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
                 total += len(block)

@@ -216,16 +216,23 @@ def _read_text(path: Path) -> str:
     except FileNotFoundError:
         raise SpecError(f"spec file not found: {path}") from None
     except OSError as e:
+        try:        # a socket cannot even be opened: say what it is
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        if not stat.S_ISREG(mode):
+            raise SpecError(f"{path}: is {file_kind(mode)}, not a regular file") from None
         raise SpecError(f"{path}: cannot open the spec file: {e.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SPEC_BYTES:
+        os.close(fd)
         if stat.S_ISDIR(st.st_mode):
             raise SpecError(f"{path}: is a folder, not a spec file")
         if not stat.S_ISREG(st.st_mode):
             raise SpecError(f"{path}: is {file_kind(st.st_mode)}, not a regular file")
-        if st.st_size > MAX_SPEC_BYTES:
-            raise SpecError(f"{path}: is {st.st_size:,} bytes; a job spec is at most {MAX_SPEC_BYTES:,} "
-                            f"(is this the spec?)")
+        raise SpecError(f"{path}: is {st.st_size:,} bytes; a job spec is at most {MAX_SPEC_BYTES:,} "
+                        f"(is this the spec?)")
+    with os.fdopen(fd, "rb") as fh:
         data = fh.read(MAX_SPEC_BYTES + 1)
     if len(data) > MAX_SPEC_BYTES:
         raise SpecError(f"{path}: is over {MAX_SPEC_BYTES:,} bytes; a job spec is at most that")

@@ -71,8 +71,10 @@ def _check_entrypoint(spec: JobSpec, workdir: Path) -> None:
     try:
         tree = ast.parse(source, filename=str(path))
     except SyntaxError as e:
+        if e.lineno is None:    # not Python at all (NUL bytes, an undecodable file)
+            raise SpecError(f"{rel}: cannot be parsed as Python: {e.msg}", path="entrypoint") from None
         raise SpecError(f"{rel} line {e.lineno}: syntax error: {e.msg}", path="entrypoint") from None
-    except (ValueError, RecursionError, MemoryError) as e:   # NUL bytes; absurd nesting
+    except (ValueError, RecursionError, MemoryError) as e:   # NUL bytes (older Pythons); absurd nesting
         raise SpecError(f"{rel}: cannot be parsed as Python: {type(e).__name__}: {first_line(e)}",
                         path="entrypoint") from None
     defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
@@ -95,11 +97,15 @@ def _read_source(path: Path, rel: str) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
+        kind = file_kind(path.stat().st_mode) if path.exists() else ""
+        if kind and kind != "a regular file":     # a socket cannot even be opened
+            raise SpecError(f"{rel} is not a regular file ({kind})", path="entrypoint") from None
         raise SpecError(f"{rel}: cannot open it: {e.strerror}", path="entrypoint") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise SpecError(f"{rel} is not a regular file ({file_kind(mode)})", path="entrypoint")
     with os.fdopen(fd, "rb") as fh:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise SpecError(f"{rel} is not a regular file ({file_kind(mode)})", path="entrypoint")
         data = fh.read(MAX_ENTRYPOINT_BYTES + 1)
     if len(data) > MAX_ENTRYPOINT_BYTES:
         raise SpecError(f"{rel} is over {MAX_ENTRYPOINT_BYTES // 2**20} MiB: not a training script",
