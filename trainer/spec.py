@@ -355,7 +355,13 @@ def validate(raw: dict) -> JobSpec:
         return JobSpec.model_validate(raw)
     except ValidationError as e:
         errors = e.errors(include_url=False)
-        text = "; ".join(_describe(err) for err in errors[:MAX_ERRORS])
+        hinted: set[tuple] = set()      # list a mapping's valid keys once, not per unknown key
+        parts = []
+        for err in errors[:MAX_ERRORS]:
+            parts.append(_describe(err, hint=err["loc"][:-1] not in hinted))
+            if err["type"] == "extra_forbidden":
+                hinted.add(err["loc"][:-1])
+        text = "; ".join(parts)
         if len(errors) > MAX_ERRORS:
             text += f"; and {len(errors) - MAX_ERRORS} more"
         # Each description already starts with its field: `path` is carried, not printed again.
@@ -422,7 +428,7 @@ def _check_json(value: Any, where: str, depth: int = 0) -> None:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise ValueError(f"{where}: keys must be strings, got {shown(k)}")
-            _check_json(v, f"{where}.{k}", depth + 1)
+            _check_json(v, f"{where}.{cut(k, 40)}", depth + 1)
     elif isinstance(value, list):
         for i, v in enumerate(value):
             _check_json(v, f"{where}[{i}]", depth + 1)
@@ -472,15 +478,15 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def _describe(err: dict) -> str:
+def _describe(err: dict, hint: bool = True) -> str:
     loc, kind, ctx, value = err["loc"], err["type"], err.get("ctx") or {}, err.get("input")
     where = _loc(loc)
     if kind == "extra_forbidden":
         parent = _model_at(loc[:-1]) or JobSpec
         valid = list(parent.model_fields)
         near = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
-        hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(valid)}"
-        return f"{where}: unknown key{hint}"
+        more = f"; did you mean {near[0]!r}?" if near else (f"; valid keys: {', '.join(valid)}" if hint else "")
+        return f"{cut(where)}: unknown key{more}"
     if kind == "missing":
         return f"{where}: required field is missing"
     value_shown = shown(value)
