@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
-from trainer.errors import SpecError
+from trainer.errors import SpecError, first_line
 
 FRAMEWORKS = ("torch", "tensorflow", "mxnet")
 PACKAGE_SCHEME = "package://"
@@ -327,18 +327,14 @@ def _parse(text: str, where: str) -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(e, "problem", None) or first_line_of(e)
+        problem = getattr(e, "problem", None) or first_line(e)
         raise SpecError(f"{where}: not valid YAML{at}: {problem}") from None
     except (ValueError, OverflowError, RecursionError) as e:
         # int() of a 5,000-digit number, a date like 2024-13-45, ...
-        why = first_line_of(e)
+        why = first_line(e)
         if "integer string conversion" in why:
             why = "a number has more than 4,300 digits"
         raise SpecError(f"{where}: a value cannot be read: {cut(why)}") from None
-
-
-def first_line_of(err: BaseException) -> str:
-    return next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
 
 
 def _yaml_kind(value: Any) -> str:
