@@ -244,11 +244,41 @@ def _publish(staging: Path, out_dir: Path, keep_all: bool) -> None:
 
 
 def _check_replaceable(out_dir: Path) -> None:
-    """An earlier conversion's output (or an empty folder) may be replaced; nothing else."""
-    if out_dir.exists() and not (out_dir.is_dir() and (not any(out_dir.iterdir())
-                                                      or (out_dir / "report.json").exists())):
-        raise UsageError(f"{out_dir} exists and is not the output of an earlier conversion; "
-                         f"choose another --out or remove it")
+    """Only a folder this command wrote (or an empty one) may be replaced: publishing renames the
+    old folder away and deletes it, so a project folder that merely holds some report.json (say
+    `--out .`) must never qualify.
+
+    What this command wrote is recognised by its report.json, which records the folder it was
+    written into (`out_dir`, the resolved path): a report.json of anything else, or a folder
+    moved here from elsewhere, does not match. No marker file is added to the output (its
+    contents are logged to MLflow and listed by users as they are)."""
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if out_dir.is_dir() and not out_dir.is_symlink() and (not any(out_dir.iterdir()) or _written_here(out_dir)):
+        return
+    what = "a file" if out_dir.is_file() else "a folder trainer convert did not write"
+    raise UsageError(f"--out {out_dir}: exists and is {what}; it would be replaced, so only an empty "
+                     f"folder or an earlier conversion's output is; choose another --out or remove it")
+
+
+REPORT_MAX_BYTES = 64 * 1024 * 1024
+
+
+def _written_here(out_dir: Path) -> bool:
+    """Whether out_dir/report.json is a conversion report written into this very folder."""
+    import json
+    import stat
+
+    report = out_dir / "report.json"
+    try:
+        st = report.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > REPORT_MAX_BYTES:
+            return False
+        data = json.loads(report.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return (isinstance(data, dict) and data.get("out_dir") == str(out_dir)
+            and isinstance(data.get("rows"), list) and data.get("status") in ("PASSED", "FAILED"))
 
 
 def _log_to_run(report: ConversionReport, out_dir: Path, tracking_uri: str) -> None:

@@ -6,6 +6,7 @@ ONNX, ...) are translated into these at the boundary where they are caught.
 """
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -27,7 +28,10 @@ class SpecError(TrainerError):
     exit_code = 2
 
     def __init__(self, message: str, path: str = "", **fields):
-        super().__init__(f"{path}: {message}" if path else message, path=path, **fields)
+        # The message names the field once: a message that already starts with it (the spec's
+        # own descriptions do) is not prefixed again (no `name: name: ...`).
+        named = not path or re.match(re.escape(path) + r"[:.\[]", message) is not None
+        super().__init__(message if named else f"{path}: {message}", path=path, **fields)
         self.path = path
 
 

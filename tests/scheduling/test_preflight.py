@@ -144,3 +144,99 @@ def test_cluster_spec_file_and_quantities(tmp_path):
     with pytest.raises(UsageError, match="no RayCluster in it"):
         (tmp_path / "svc.yaml").write_text("kind: Service\n")
         load_raycluster(tmp_path / "svc.yaml")
+
+
+# ---------------------------------------------------------------- the entrypoint and the data, before anything starts
+
+GOOD_SIGNATURES = """\
+import functools
+
+def plain(ctx):
+    pass
+
+def with_defaults(ctx, lr=0.1, *, seed=0):
+    pass
+
+def all_defaults(ctx=None):
+    pass
+
+def star(*args, **kwargs):
+    pass
+
+def positional_only(ctx, /):
+    pass
+
+def wrap(fn):
+    @functools.wraps(fn)
+    def inner(*a):
+        return fn()
+    return inner
+
+@wrap
+def decorated():
+    pass
+"""
+
+
+@pytest.mark.parametrize("function", ["plain", "with_defaults", "all_defaults", "star", "positional_only",
+                                      "decorated"])
+def test_functions_the_driver_can_call_with_ctx_pass(tmp_path, function):
+    (tmp_path / "train.py").write_text(GOOD_SIGNATURES)
+    check_spec(spec(entrypoint=f"train.py:{function}"), tmp_path)
+
+
+def test_the_last_definition_of_a_function_is_the_one_checked(tmp_path):
+    from trainer.errors import SpecError
+
+    (tmp_path / "train.py").write_text("def train(ctx):\n    pass\n\ndef train():\n    pass\n")
+    with pytest.raises(SpecError, match=r"train.py:train \(line 4\) takes no argument"):
+        check_spec(spec(), tmp_path)
+
+
+def test_an_entrypoint_symlink_inside_the_project_is_fine(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "real.py").write_text("def train(ctx):\n    pass\n")
+    (tmp_path / "train.py").symlink_to("src/real.py")
+    check_spec(spec(), tmp_path)
+
+
+def test_data_may_live_outside_the_project_and_hold_symlinks_to_files(tmp_path):
+    project, data = tmp_path / "p", tmp_path / "data"
+    project.mkdir()
+    data.mkdir()
+    (project / "train.py").write_text("def train(ctx):\n    pass\n")
+    (data / "a.csv").write_text("1\n")
+    (data / "b.csv").symlink_to("a.csv")
+    checked = check_spec(spec(data={"path": str(data)}), project)
+    assert checked.fingerprint.files == 2
+
+
+def test_a_fifo_in_the_data_folder_is_refused_by_name(tmp_path):
+    from trainer.errors import SpecError
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.csv").write_text("1\n")
+    os.mkfifo(tmp_path / "d" / "pipe")
+    with pytest.raises(SpecError, match=r"data.path: .*d/pipe is a FIFO, in the data folder"):
+        fingerprint("d", tmp_path)
+
+
+def test_convert_names_are_checked_without_importing_a_framework(tmp_path):
+    """Preflight reads the converters' name tables only: no numpy, onnx or torch on that path
+    when no edge CPU is named (a fresh interpreter proves it)."""
+    import subprocess
+    import sys
+
+    from trainer.home import repo_root
+
+    (tmp_path / "train.py").write_text("def train(ctx):\n    pass\n")
+    code = ("import sys; from trainer.spec import load_spec; from trainer.scheduling.preflight import check_spec\n"
+            "from trainer.errors import SpecError\n"
+            "s, _ = load_spec({'name': 'j', 'framework': 'torch', 'entrypoint': 'train.py:train',"
+            " 'convert': {'targets': ['onnx', 'bogus']}})\n"
+            "try:\n    check_spec(s, __import__('pathlib').Path(sys.argv[1]))\nexcept SpecError as e:\n    print(e)\n"
+            "print(sorted(m for m in ('numpy', 'onnx', 'onnxruntime', 'torch') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                         cwd=repo_root(), check=True).stdout.splitlines()
+    assert out[0].startswith("convert.targets: unknown target 'bogus'; valid: onnx, onnx-int8")
+    assert out[1] == "[]"

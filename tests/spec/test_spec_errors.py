@@ -61,7 +61,7 @@ CASES = [
     (BASE + "workers: [\n", [], "not valid YAML (line"),
     ("- name: digits\n", [], "a job spec is a mapping"),
     (BASE, ["--set", "workers=0"], "workers: must be >= 1, got 0"),
-    (BASE, ["--set", "noequals"], "--set: --set 'noequals': expected dotted.key=value"),
+    (BASE, ["--set", "noequals"], "--set: 'noequals': expected dotted.key=value"),
     (BASE + "config: {lr: 0.1}\n", ["--set", "config.lr.x=1"], "config.lr: is float, not a mapping; cannot set 'config.lr.x'"),
     (BASE, ["--set", "resources.gpus_per_wroker=1"], "did you mean 'gpus_per_worker'?"),
     (BASE, ["--output", "yaml"], "--output must be table or json"),
@@ -112,3 +112,70 @@ def test_schema_lists_every_top_level_field():
                                          "config", "checkpoint", "failure", "tracking", "convert"}
     assert schema["additionalProperties"] is False
     assert schema["properties"]["workers"]["minimum"] == 1
+
+
+# ---------------------------------------------------------------- what the stricter rules still accept
+
+def test_valid_specs_still_load(tmp_path):
+    """The rules refuse what is wrong, not what is merely unusual."""
+    from trainer.spec import load_spec
+
+    (tmp_path / "pyproject.toml").write_text("")
+    body = ("\ufeff# a comment\nname: digits\nframework: torch\nentrypoint: src/train.py:train\n"
+            "workers: 2\nresources: {cpus_per_worker: 2, gpus_per_worker: 0.5}\n"   # ints for floats
+            "config: {lr: 1.0e-3, tag: 'é', nested: {a: [1, 2, {b: null}]}, flag: true}\n"
+            "tracking: {experiment: My_Exp-1.2}\n"
+            "convert: {targets: [onnx], parity: {atol: 1, rtol: 0.5}}\n")
+    (tmp_path / "job.yaml").write_text(body, encoding="utf-8")
+    spec, workdir = load_spec(tmp_path / "job.yaml", ["config.lr=0.1", "workers=4"])
+    assert spec.workers == 4 and spec.resources.cpus_per_worker == 2.0 and spec.config["lr"] == 0.1
+    assert spec.config["tag"] == "é" and spec.convert.parity.atol == 1 and workdir == tmp_path
+
+
+def test_set_text_that_is_not_yaml_is_a_string():
+    from trainer.spec import load_spec
+
+    raw = {"name": "d", "framework": "torch", "entrypoint": "t.py:train"}
+    spec, _ = load_spec(raw, ["config.note=a: b: c", "config.empty="])
+    assert spec.config == {"note": "a: b: c", "empty": ""}
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"resources": {"gpus_per_worker": 0.00001}}, "must be 0 or >= 0.0001"),
+    ({"tracking": {"experiment": "x" * 129}}, "tracking.experiment: must be 1-128"),
+    ({"entrypoint": "a\\..\\b.py:train"}, "entrypoint: must be a file inside the project"),
+    ({"config": {"x": {1, 2}}}, "config.x: must be a string, number"),
+    ({"config": {"when": __import__("datetime").date(2024, 1, 1)}}, "config.when: must be a string"),
+])
+def test_python_dicts_follow_the_same_rules(fields, message):
+    from trainer.errors import SpecError
+    from trainer.spec import load_spec
+
+    raw = {"name": "d", "framework": "torch", "entrypoint": "t.py:train", **fields}
+    with pytest.raises(SpecError) as e:
+        load_spec(raw)
+    assert message in str(e.value)
+    assert str(e.value).count(str(e.value).split(":")[0] + ":") == 1      # the field is named once
+
+
+def test_a_deep_python_config_is_refused_not_a_recursion_error():
+    from trainer.errors import SpecError
+    from trainer.spec import load_spec
+
+    deep: dict = {}
+    node = deep
+    for _ in range(100):
+        node["a"] = {}
+        node = node["a"]
+    with pytest.raises(SpecError, match="nested more than 32 levels"):
+        load_spec({"name": "d", "framework": "torch", "entrypoint": "t.py:train", "config": deep})
+
+
+def test_many_errors_are_counted_not_listed():
+    from trainer.errors import SpecError
+    from trainer.spec import validate
+
+    with pytest.raises(SpecError) as e:
+        validate({"name": "d", "framework": "torch", "entrypoint": "t.py:train",
+                  **{f"k{i}": i for i in range(1000)}})
+    assert str(e.value).endswith("; and 997 more") and len(str(e.value)) < 400

@@ -23,6 +23,11 @@ from typer.core import TyperGroup
 
 from trainer.errors import TrainerError, UsageError
 
+try:  # typer vendors its own click (typer._click) since 0.2x; older ones use click itself
+    from typer._click.exceptions import UsageError as ClickUsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import UsageError as ClickUsageError
+
 OUTPUTS = ("table", "json")
 OutputOpt = typer.Option("table", "--output", "-o", help="table | json")
 
@@ -35,27 +40,55 @@ def stderr() -> Console:
     return Console(stderr=True, highlight=False)
 
 
+# An error line longer than this is cut (a message may quote user input: never a 1 MB line).
+MAX_ERROR_CHARS = 1000
+
+
+def error_line(e: BaseException) -> str:
+    """The text after `error: `: one line (line breaks of any kind become spaces), at most
+    MAX_ERROR_CHARS characters."""
+    text = " ".join(part.strip() for part in str(e).splitlines() if part.strip()) or type(e).__name__
+    if len(text) > MAX_ERROR_CHARS:
+        text = f"{text[:MAX_ERROR_CHARS]}…({len(text):,} chars; TRAINER_DEBUG=1 shows all)"
+    return text
+
+
 def fail(e: TrainerError) -> None:
     console = stderr()
     if os.environ.get("TRAINER_DEBUG"):
         console.print_exception()
     # Text, not markup: a message quoting user input ("name: '[/]'") must print as it is.
-    console.print(Text.assemble(("error:", "bold red"), " ", str(e)), soft_wrap=True)
+    console.print(Text.assemble(("error:", "bold red"), " ", error_line(e)), soft_wrap=True)
     raise typer.Exit(e.exit_code)
 
 
 class ErrorHandlingGroup(TyperGroup):
     """Every command's TrainerError (raised by the command, or by an option's check while
-    parsing) becomes `fail(err)`; Ctrl-C exits 130 with one word."""
+    parsing) becomes `fail(err)`; so does click's own usage error (a missing argument, `--atol abc`,
+    an unknown option or command): one line, exit 2, with where to find the usage. Ctrl-C exits
+    130 with one word."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except ClickUsageError as e:
+            fail(_usage_error(e))
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except TrainerError as e:
             fail(e)
+        except ClickUsageError as e:
+            fail(_usage_error(e))
         except KeyboardInterrupt:
             stderr().print("interrupted")
             raise typer.Exit(130)
+
+
+def _usage_error(e: ClickUsageError) -> UsageError:
+    where = e.ctx.command_path if e.ctx is not None else ""
+    return UsageError(e.format_message().rstrip() + (f" (see: {where} --help)" if where else ""))
 
 
 class Printer:

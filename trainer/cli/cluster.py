@@ -6,6 +6,7 @@ from typing import List, Optional
 import typer
 
 from trainer import api
+from trainer.cli._args import number
 from trainer.cli._output import OutputOpt, Printer
 from trainer.cli.jobs import AddressOpt
 from trainer.errors import ClusterError
@@ -58,8 +59,10 @@ def status(address: Optional[str] = AddressOpt, output: str = OutputOpt):
 
 @group.command("join")
 def join(address: str = typer.Option(..., "--address", help="The head's GCS address HOST:PORT (e.g. head:6379)."),
-         cpus: Optional[int] = typer.Option(None, "--cpus", help="CPUs to offer; default all cores."),
-         object_store_mb: Optional[int] = typer.Option(None, "--object-store-mb", help="Object store size."),
+         cpus: Optional[int] = typer.Option(None, "--cpus", help="CPUs to offer; default all cores.",
+                                            callback=number("--cpus", 1)),
+         object_store_mb: Optional[int] = typer.Option(None, "--object-store-mb", help="Object store size.",
+                                                       callback=number("--object-store-mb", 1)),
          node_ip: Optional[str] = typer.Option(None, "--node-ip", help="This host's address the head can reach "
                                                "(a host with several networks)."),
          output: str = OutputOpt):

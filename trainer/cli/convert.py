@@ -6,8 +6,12 @@ from typing import List, Optional
 
 import typer
 
+from trainer.cli._args import file_or_folder, number, regular_file
 from trainer.cli._output import OutputOpt, Printer
 from trainer.errors import ParityError, UsageError
+
+
+TOLERANCE_WHY = "a tolerance above 1 passes models that give other answers"
 
 
 def register(app: typer.Typer) -> None:
@@ -25,11 +29,15 @@ def convert(
                                          "Default for runs: the run's calibration/ artifacts."),
     edge: List[str] = typer.Option([], "--edge", help="Bundle for ARM and run it on this emulated "
                                    "aarch64 CPU (e.g. cortex-a72); repeat or comma-separate."),
-    atol: float = typer.Option(1e-4, "--atol", help="fp32 targets: absolute tolerance."),
-    rtol: float = typer.Option(1e-3, "--rtol", help="fp32 targets: relative tolerance."),
-    min_agreement: float = typer.Option(0.98, "--min-agreement", help="int8 targets: min top-1 agreement."),
+    atol: float = typer.Option(1e-4, "--atol", help="fp32 targets: absolute tolerance (0 < atol <= 1).",
+                               callback=number("--atol", 0, 1, low_open=True, why=TOLERANCE_WHY)),
+    rtol: float = typer.Option(1e-3, "--rtol", help="fp32 targets: relative tolerance (0 < rtol <= 1).",
+                               callback=number("--rtol", 0, 1, low_open=True, why=TOLERANCE_WHY)),
+    min_agreement: float = typer.Option(0.98, "--min-agreement", help="int8 targets: min top-1 agreement (0-1).",
+                                        callback=number("--min-agreement", 0, 1, why="a fraction of samples")),
     max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop",
-                                            help="int8 targets: max accuracy loss vs native."),
+                                            help="int8 targets: max accuracy loss vs native (0-1).",
+                                            callback=number("--max-accuracy-drop", 0, 1, why="a fraction")),
     output: str = OutputOpt,
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default ./converted/<model>)."),
     list_: bool = typer.Option(False, "--list", help="Print the conversion matrix and exit."),
@@ -39,6 +47,7 @@ def convert(
         return _print_matrix(p)
     if model is None:
         raise UsageError("missing MODEL: give a model file/folder or an MLflow model URI (or --list)")
+    _check_inputs(model, calib, edge)
     from converters.api import convert as convert_model
 
     try:
@@ -49,6 +58,20 @@ def convert(
             _print_report(p, err.fields["report"])
         raise
     _print_report(p, report)
+
+
+def _check_inputs(model: str, calib: Optional[Path], edge: List[str]) -> None:
+    """What can be checked before a model is loaded: the model is a file or a folder (never a FIFO
+    or a device, which a loader would read forever), --calib a .npy/.npz file, --edge real CPUs."""
+    if not model.startswith(("runs:/", "models:/")):
+        file_or_folder("model", Path(model).expanduser())
+    regular_file("--calib", calib, (".npy", ".npz"))
+    cpus = [c.strip() for item in edge for c in item.split(",") if c.strip()]
+    if cpus:
+        from converters.edge.qemu import check_cpu
+
+        for cpu in cpus:
+            check_cpu(cpu)
 
 
 def _print_matrix(p: Printer) -> None:

@@ -6,8 +6,9 @@ from typing import Optional
 
 import typer
 
+from trainer.cli._args import number, regular_file
 from trainer.cli._output import OutputOpt, Printer
-from trainer.errors import UsageError
+from trainer.errors import UsageError, first_line
 
 group = typer.Typer(help="Edge bundles for ARM: provision the emulated aarch64 root, run bundles on it.",
                     no_args_is_help=True)
@@ -35,7 +36,8 @@ def run(bundle: Path = typer.Argument(..., help="Bundle folder (has manifest.jso
         cpu: str = typer.Option("cortex-a72", "--cpu", help="Emulated CPU model, e.g. cortex-a72, cortex-a53, "
                                 "neoverse-n1."),
         out: Optional[Path] = typer.Option(None, "--out", help="Save <model>.npy outputs here."),
-        repeat: int = typer.Option(0, "--repeat", help="Also time this many batch-1 inferences per model."),
+        repeat: int = typer.Option(0, "--repeat", help="Also time this many batch-1 inferences per model.",
+                                   callback=number("--repeat", 0, 100_000)),
         output: str = OutputOpt):
     """Run BUNDLE's models on emulated aarch64 and print what each produced."""
     import numpy as np
@@ -44,10 +46,14 @@ def run(bundle: Path = typer.Argument(..., help="Bundle folder (has manifest.jso
 
     p = Printer(output)
     check_cpu(cpu)
+    regular_file("--inputs", inputs)
+    with open(inputs, "rb") as fh:
+        if fh.read(6) != b"\x93NUMPY":
+            raise UsageError(f"--inputs {inputs}: is not an .npy file (no NUMPY header)")
     try:
         x = np.load(inputs, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"--inputs {inputs}: cannot read it as .npy ({e})") from None
+    except (OSError, ValueError, EOFError, MemoryError) as e:
+        raise UsageError(f"--inputs {inputs}: cannot read it as .npy ({first_line(e)})") from None
     result = run_bundle_detailed(bundle, x, cpu, repeat=repeat)
     models = {}
     for name, y in result.outputs.items():

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from trainer import api
+from trainer.cli._args import number
 from trainer.cli._output import OutputOpt, Printer
 from trainer.errors import JobError, UsageError
 
@@ -176,7 +177,8 @@ def cancel(job_id: str, address: Optional[str] = AddressOpt, output: str = Outpu
     p.emit({"job_id": job_id, "status": state.value}, lambda d: p.line(d["status"]))
 
 
-def wait(job_id: str, timeout: Optional[float] = typer.Option(None, help="Seconds."),
+def wait(job_id: str, timeout: Optional[float] = typer.Option(None, help="Seconds.",
+                                                               callback=number("--timeout", 0)),
          address: Optional[str] = AddressOpt, output: str = OutputOpt):
     """Block until the job ends; exit 0 only if it SUCCEEDED."""
     p = Printer(output)

@@ -7,14 +7,15 @@ import difflib
 import fnmatch
 import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.cluster.inventory import ACCELERATOR_LABEL, Node
-from trainer.errors import PreflightError, SpecError
+from trainer.errors import PreflightError, SpecError, UsageError, first_line
 from trainer.runners.base import get_runner
 from trainer.data import Fingerprint, fingerprint
-from trainer.spec import JobSpec
+from trainer.spec import JobSpec, file_kind
 
 # Ray refuses a working_dir over 100 MiB.
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
@@ -35,7 +36,8 @@ class Checked:
 
 
 def check_spec(spec: JobSpec, workdir: Path) -> Checked:
-    """Everything that does not need the cluster: runner capabilities, runtime, code, data."""
+    """Everything that does not need the cluster: runner capabilities, runtime, code, conversion
+    names, data."""
     runner = get_runner(spec.framework)
     if spec.runtime and spec.runtime != runner.runtime:
         raise SpecError(f"runtime {spec.runtime!r} cannot run {spec.framework} jobs; use runtime: "
@@ -44,25 +46,125 @@ def check_spec(spec: JobSpec, workdir: Path) -> Checked:
     if reasons:
         raise PreflightError(f"{spec.framework} runner: " + "; ".join(reasons))
     _check_entrypoint(spec, workdir)
+    _check_convert(spec, runner.frontend)
     fp = fingerprint(spec.data.path, workdir) if spec.data else None
     return Checked(spec, workdir, fp, _check_upload(workdir))
 
 
+# An entrypoint file is code a person wrote; this is far above any.
+MAX_ENTRYPOINT_BYTES = 10 * 1024 * 1024
+
+
 def _check_entrypoint(spec: JobSpec, workdir: Path) -> None:
-    path = workdir / spec.entrypoint_file
-    if not path.is_file():
-        raise SpecError(f"file not found: {spec.entrypoint_file} (relative to {workdir})", path="entrypoint")
+    """The file is inside the project (what is uploaded), parses, and defines the function with
+    a signature the job driver can call: `fn(ctx)`."""
+    rel = spec.entrypoint_file
+    root = workdir.resolve()
+    path = workdir / rel
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        raise SpecError(f"{rel} resolves to {resolved}, outside the project folder {root} whose files are "
+                        f"uploaded as the job's code; move the file into it", path="entrypoint")
+    if not resolved.exists():
+        raise SpecError(f"file not found: {rel} (relative to {workdir})", path="entrypoint")
+    source = _read_source(resolved, rel)
     try:
-        tree = ast.parse(path.read_text(), filename=str(path))
+        tree = ast.parse(source, filename=str(path))
     except SyntaxError as e:
-        raise SpecError(f"{spec.entrypoint_file} line {e.lineno}: syntax error: {e.msg}", path="entrypoint") from None
-    functions = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        if e.lineno is None:    # not Python at all (NUL bytes, an undecodable file)
+            raise SpecError(f"{rel}: cannot be parsed as Python: {e.msg}", path="entrypoint") from None
+        raise SpecError(f"{rel} line {e.lineno}: syntax error: {e.msg}", path="entrypoint") from None
+    except (ValueError, RecursionError, MemoryError) as e:   # NUL bytes (older Pythons); absurd nesting
+        raise SpecError(f"{rel}: cannot be parsed as Python: {type(e).__name__}: {first_line(e)}",
+                        path="entrypoint") from None
+    defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    functions = list(dict.fromkeys(n.name for n in defs))
     if spec.entrypoint_function not in functions:
         near = difflib.get_close_matches(spec.entrypoint_function, functions, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else (
             f"; functions there: {', '.join(functions)}" if functions else "")
-        raise SpecError(f"no function {spec.entrypoint_function!r} in {spec.entrypoint_file}{hint}",
+        raise SpecError(f"no function {spec.entrypoint_function!r} in {rel}{hint}", path="entrypoint")
+    fn = [n for n in defs if n.name == spec.entrypoint_function][-1]   # the last definition wins
+    problem = _signature_problem(fn)
+    if problem:
+        raise SpecError(f"{rel}:{fn.name} (line {fn.lineno}) {problem}; the job calls it in every worker "
+                        f"as {fn.name}(ctx)", path="entrypoint")
+
+
+def _read_source(path: Path, rel: str) -> bytes:
+    """The entrypoint's bytes: a regular file (never a FIFO or a device: opened non-blocking and
+    checked with fstat) of sane size. ast.parse reads the bytes' own encoding declaration."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        kind = file_kind(path.stat().st_mode) if path.exists() else ""
+        if kind and kind != "a regular file":     # a socket cannot even be opened
+            raise SpecError(f"{rel} is not a regular file ({kind})", path="entrypoint") from None
+        raise SpecError(f"{rel}: cannot open it: {e.strerror}", path="entrypoint") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise SpecError(f"{rel} is not a regular file ({file_kind(mode)})", path="entrypoint")
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(MAX_ENTRYPOINT_BYTES + 1)
+    if len(data) > MAX_ENTRYPOINT_BYTES:
+        raise SpecError(f"{rel} is over {MAX_ENTRYPOINT_BYTES // 2**20} MiB: not a training script",
                         path="entrypoint")
+    return data
+
+
+def _signature_problem(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
+    """Why `fn(ctx)` would fail, or None. A decorated function is taken on trust (a decorator may
+    change the signature)."""
+    if isinstance(fn, ast.AsyncFunctionDef):
+        return "is `async def`: calling it would only create a coroutine"
+    if fn.decorator_list:
+        return None
+    a = fn.args
+    positional = [p.arg for p in a.posonlyargs + a.args]
+    required = positional[:len(positional) - len(a.defaults)]
+    kw_required = [k.arg for k, d in zip(a.kwonlyargs, a.kw_defaults) if d is None]
+    if kw_required:
+        return f"has required keyword-only parameter(s) {', '.join(kw_required)}"
+    if not positional and a.vararg is None:
+        return "takes no argument"
+    if len(required) > 1:
+        return f"takes {len(required)} required arguments ({', '.join(required)})"
+    return None
+
+
+# Targets whose artifact an edge bundle can hold (converters.api: EDGE_FORMATS .onnx / .tflite).
+EDGE_TARGETS = ("onnx", "onnx-int8", "tflite", "tflite-int8")
+
+
+def _check_convert(spec: JobSpec, frontend: str) -> None:
+    """The `convert:` step runs after training: a name it would refuse is refused now.
+
+    Only the name tables are imported (converters.registry: no framework, no numpy); the edge
+    CPU list comes from converters.edge.qemu (numpy), imported only when CPUs are named."""
+    if spec.convert is None:
+        return
+    from converters import registry
+
+    for t in spec.convert.targets:
+        if t not in registry.TARGETS:
+            raise SpecError(f"unknown target {t!r}; valid: {', '.join(sorted(registry.TARGETS))}",
+                            path="convert.targets")
+        if registry.route(frontend, t) is None:
+            raise SpecError(f"{spec.framework} models ({frontend} frontend) cannot be converted to {t} "
+                            f"(see trainer convert --list)", path="convert.targets")
+    if not spec.convert.edge:
+        return
+    if not set(spec.convert.targets) & set(EDGE_TARGETS):
+        raise SpecError(f"an edge bundle needs at least one of the {', '.join(EDGE_TARGETS)} targets",
+                        path="convert.edge")
+    from converters.edge.qemu import check_cpu
+
+    for cpu in spec.convert.edge:
+        try:
+            check_cpu(cpu)
+        except UsageError as e:
+            raise SpecError(e.message, path="convert.edge") from None
 
 
 def _excluded(name: str) -> bool:
