@@ -30,6 +30,8 @@ def convert(
     min_agreement: float = typer.Option(0.98, "--min-agreement", help="int8 targets: min top-1 agreement."),
     max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop",
                                             help="int8 targets: max accuracy loss vs native."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Load a pickled or TorchScript torch model "
+                                      "(it runs code from the file); only for models from a source you trust."),
     output: str = OutputOpt,
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default ./converted/<model>)."),
     list_: bool = typer.Option(False, "--list", help="Print the conversion matrix and exit."),
@@ -43,7 +45,8 @@ def convert(
 
     try:
         report = convert_model(model, source, to, calib=calib, edge=edge, atol=atol, rtol=rtol, out_dir=out,
-                               min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop)
+                               min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop,
+                               trust_pickle=trust_pickle)
     except ParityError as err:
         if err.fields.get("report") is not None:
             _print_report(p, err.fields["report"])
