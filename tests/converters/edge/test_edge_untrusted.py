@@ -94,10 +94,18 @@ def runner_kind(bundle: Path, outside: Path):
 
 
 def external_data(bundle: Path, outside: Path):
-    from conftest import make_tiny_onnx
+    """The model's weights are read from a file outside the bundle (any path the runtime can open)."""
+    import onnx
 
-    make_tiny_onnx(outside / "ext.onnx", external_data=True)
-    shutil.copyfile(outside / "ext.onnx", bundle / "fp32.onnx")   # its data file lies outside
+    model = onnx.load(str(bundle / "fp32.onnx"))
+    onnx.save_model(model, str(outside / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="ext.onnx.data", size_threshold=0)
+    model = onnx.load(str(outside / "ext.onnx"), load_external_data=False)
+    for tensor in model.graph.initializer:     # onnx's writer refuses '..'; a hand-made file need not
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../outside/ext.onnx.data"
+    (bundle / "fp32.onnx").write_bytes(model.SerializeToString())
     return None
 
 
@@ -110,7 +118,7 @@ ATTACKS = {
     "symlink": (symlinked_model, "fp32.onnx is a symlink, not a regular file"),
     "unknown-kind": (unknown_kind, "'libevil.so' is not a kind of file a bundle holds"),
     "runner-kind": (runner_kind, "has kind 'python'"),
-    "external-data": (external_data, "reads tensor 'W' from an external file"),
+    "external-data": (external_data, "reads tensor 'W' from an external file ('../outside/ext.onnx.data')"),
 }
 
 
