@@ -30,6 +30,7 @@ from trainer.home import resolve_tracking_uri, trainer_home
 
 EDGE_SAMPLES = 64          # emulated aarch64 is ~20-50x slower; a batch this size is plenty
 EDGE_FORMATS = (".onnx", ".tflite")
+TAG_TRUST_PICKLE = "trainer.convert.trust_pickle"   # set on the source run when --trust-pickle was given
 __all__ = ["convert", "convert_run", "ConversionReport", "Tolerance"]
 
 
@@ -38,12 +39,17 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
             atol: float = 1e-4, rtol: float = 1e-3, out_dir: str | Path | None = None,
             run_id: str | None = None, *, min_agreement: float = 0.98,
             max_accuracy_drop: float = 0.01, log_to_mlflow: bool = True,
-            tracking_uri: str | None = None) -> ConversionReport:
+            tracking_uri: str | None = None, trust_pickle: bool = False) -> ConversionReport:
     """Convert `model` (a file/folder or `runs:/...` / `models:/name@alias`) from the `source`
     framework (None: from the MLflow model's flavor) into each of `targets`, judge parity on the
     calibration samples (held-out half), optionally bundle for and run on emulated ARM `edge`
     CPUs. Returns the report; raises ParityError (with `.report`) when a target misses its
-    tolerance, UsageError / ConversionError / UnsupportedOpsError on bad inputs."""
+    tolerance, UsageError / ConversionError / UnsupportedOpsError on bad inputs.
+
+    A model whose format runs code when it loads (a pickled or TorchScript torch model) is
+    refused unless `trust_pickle` (`--trust-pickle`); the opt-in is recorded in the report
+    (`trust_pickle`, a note) and, for a model from a run, as the run's `trainer.convert.trust_pickle`
+    tag."""
     targets = _names(targets)
     edge = _names(edge)
     if not targets:
@@ -62,7 +68,8 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     work = Path(tempfile.mkdtemp(prefix="trainer-convert-"))
     try:
-        report = _convert(str(model), source, targets, calib, edge, tol, staging, work, run_id, out_dir, tracking_uri)
+        report = _convert(str(model), source, targets, calib, edge, tol, staging, work, run_id, out_dir, tracking_uri,
+                          trust_pickle)
         write_report(report, staging)
         _publish(staging, out_dir, keep_all=report.passed)
     except BaseException as err:
@@ -90,7 +97,7 @@ def convert_run(run_id: str, targets: Sequence[str] | str, edge: Iterable[str] =
                 artifact_path: str = "model", out_dir: str | Path | None = None,
                 calib: str | Path | np.ndarray | Calibration | None = None,
                 min_agreement: float = 0.98, max_accuracy_drop: float = 0.01,
-                tracking_uri: str | None = None) -> ConversionReport:
+                tracking_uri: str | None = None, trust_pickle: bool = False) -> ConversionReport:
     """Convert `runs:/<run_id>/<artifact_path>` with the run's logged calibration samples and
     log everything back into that run (what a job with a `convert:` section does after training).
     Output goes to `$TRAINER_HOME/conversions/<run_id>` unless `out_dir` is given."""
@@ -98,14 +105,15 @@ def convert_run(run_id: str, targets: Sequence[str] | str, edge: Iterable[str] =
         out_dir = trainer_home() / "conversions" / run_id
     return convert(f"runs:/{run_id}/{artifact_path}", source, targets, calib=calib, edge=edge,
                    atol=atol, rtol=rtol, out_dir=out_dir, run_id=run_id,
-                   min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop, tracking_uri=tracking_uri)
+                   min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop, tracking_uri=tracking_uri,
+                   trust_pickle=trust_pickle)
 
 
 # -- the steps -------------------------------------------------------------------------------
 
 def _convert(model: str, source: str | None, targets: list[str], calib, edge: list[str],
              tol: Tolerance, staging: Path, work: Path, run_id: str | None,
-             out_dir: Path, tracking_uri: str) -> ConversionReport:
+             out_dir: Path, tracking_uri: str, trust_pickle: bool = False) -> ConversionReport:
     resolved = resolve_model(model, work / "download", tracking_uri)
     source = source or frontend_for(resolved.path)
     if source is None:
@@ -125,7 +133,9 @@ def _convert(model: str, source: str | None, targets: list[str], calib, edge: li
         require_qemu(), require_root()  # fail before the (slow) export, with the setup command
     run_id = run_id or resolved.run_id
     path = resolved.path
-    notes: list[str] = []
+    notes: list[str] = frontend.admit(path, trust_pickle)   # before anything else loads the model
+    if trust_pickle and not notes:
+        notes.append(f"--trust-pickle given; {source} models load without unpickling, so nothing relied on it")
 
     cal = _calibration(calib, run_id, tracking_uri)
     expected = frontend.input_shape(path)
@@ -179,7 +189,8 @@ def _convert(model: str, source: str | None, targets: list[str], calib, edge: li
         model=model, source=source, exporter=export.exporter,
         inputs=[dict(name=i.name, shape=list(i.shape), layout=i.layout, dtype=i.dtype) for i in export.inputs],
         tolerance=tol, native_latency_ms=native_lat, native_accuracy=native_acc,
-        native_size_bytes=_size(path), rows=rows, notes=notes, out_dir=str(out_dir), run_id=run_id)
+        native_size_bytes=_size(path), rows=rows, notes=notes, out_dir=str(out_dir), run_id=run_id,
+        trust_pickle=trust_pickle)
 
 
 def _edge_rows(cpus: list[str], artifacts: dict[str, Path], target_objs: dict, export, eval_set: Calibration,
@@ -292,6 +303,8 @@ def _log_to_run(report: ConversionReport, out_dir: Path, tracking_uri: str) -> N
         client.log_artifacts(report.run_id, str(out_dir), "conversion")
         metrics = [Metric(k, v, ts, 0) for k, v in report.metrics().items() if np.isfinite(v)]
         client.log_batch(report.run_id, metrics=metrics)
+        if report.trust_pickle:
+            client.set_tag(report.run_id, TAG_TRUST_PICKLE, "true")
     except MlflowException as err:
         raise ConversionError(f"converted, but logging to MLflow run {report.run_id} failed: "
                               f"{first_line(err)}; the output is in {out_dir}") from err

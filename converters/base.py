@@ -73,6 +73,13 @@ class Frontend(ABC):
         """A sample to export with when no calibration data is given (an MLflow input example)."""
         return None
 
+    def admit(self, model: Path, trust_pickle: bool = False) -> list[str]:
+        """Called first: refuse a model whose format runs code from the file when it loads (a
+        pickle), unless `trust_pickle`; returns notes for the report (what the trust was used
+        for). Formats that are data only (ONNX, MXNet symbol + params, Keras in safe mode) need
+        nothing here."""
+        return []
+
 
 class Target(ABC):
     name: ClassVar[str]                 # "onnx", "onnx-int8", "tflite", "pytorch"

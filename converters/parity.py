@@ -69,6 +69,7 @@ class ConversionReport:
     out_dir: str = ""
     run_id: str | None = None
     files: dict[str, str] = field(default_factory=dict)   # kind -> path (report.json, ...)
+    trust_pickle: bool = False   # --trust-pickle was given: the model's format may have run code
 
     @property
     def passed(self) -> bool:

@@ -11,7 +11,9 @@
 
 Call `ctx.report` on every rank, as often as you like (every step is fine): values are buffered and
 sent to MLflow (rank 0) by a background thread; Ray Train is only involved when a checkpoint is
-persisted. Pass `checkpoint=` at the same points on every rank; rank 0's dict is saved.
+persisted. Pass `checkpoint=` at the same points on every rank; rank 0's dict is saved. With
+`failure.max_failures > 0` values are committed with checkpoints, and also after at most 10,000
+values or 30 s without one (trainer.tracking.metrics says what that means for exactly-once).
 
 After a worker failure Ray Train restarts the group; `ctx.restore()` then returns the dict of the
 newest *complete* checkpoint (trainer.checkpoints: an unreadable one is skipped, and the job log
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -270,16 +273,22 @@ def _to_numpy(x):
 
 class LocalSession:
     """In-process, world size 1: `trainer run --local` and GPU benchmarks. Checkpoints go to a
-    folder (keep-N), so the same function's checkpoint code runs too."""
+    folder (keep-N), so the same function's checkpoint code runs too. Each one is copied into a
+    hidden folder beside its final place and renamed into it, so a crash mid-copy never leaves a
+    `checkpoint_*` folder with half its files (the hidden leftover is removed by the next run)."""
+
+    PARTIAL = ".partial-"
 
     rank = 0
     local_rank = 0
     world_size = 1
 
     def __init__(self, checkpoint_root: Path, keep: int):
-        self.root = checkpoint_root
+        self.root = Path(checkpoint_root)
         self.keep = keep
         self._count = 0
+        for stale in self.root.glob(f"{self.PARTIAL}checkpoint_*"):   # a crashed run's half copy
+            shutil.rmtree(stale, ignore_errors=True)
 
     def restore_dir(self) -> Path | None:
         return None
@@ -287,10 +296,18 @@ class LocalSession:
     def persist(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         if checkpoint_dir is None:
             return
-        target = self.root / f"checkpoint_{self._count:06d}"
+        name = f"checkpoint_{self._count:06d}"
         self._count += 1
-        shutil.copytree(checkpoint_dir, target)
-        (target / "metrics.json").write_text(json.dumps(metrics))
+        self.root.mkdir(parents=True, exist_ok=True)
+        partial = self.root / f"{self.PARTIAL}{name}"
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            shutil.copytree(checkpoint_dir, partial)
+            (partial / "metrics.json").write_text(json.dumps(metrics))
+            os.rename(partial, self.root / name)   # atomic: the folder appears whole or not at all
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         for old in sorted(self.root.glob("checkpoint_*"))[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
 

@@ -5,10 +5,14 @@
                       every model (name -> file, kind); sha256 + size of every file; the
                       aarch64 runtime (python/numpy/onnxruntime) the runner is checked with
       <name>.onnx     one file per model (`fp32.onnx`, `int8.onnx`, ...; `.tflite` also works)
-      run.py          a copy of converters/edge/runner.py: numpy + onnxruntime only
+      run.py          a copy of converters/edge/runner.py: numpy + onnxruntime only, for boards
 
 The folder is written next to its final place and renamed into it, so a failed write leaves
-nothing behind. `load_bundle` checks every checksum before anyone runs the models.
+nothing behind. `load_bundle` treats a bundle as untrusted input: every name and path in the
+manifest is checked (plain file names of known kinds, regular files, no symlinks, no `..`), every
+checksum, and ONNX models may not point at external data files. The manifest's checksums are
+written by whoever wrote the bundle, so they prove integrity, not intent: `trainer edge run`
+never executes the bundle's `run.py`, it runs this project's own runner on the bundle's models.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ FORMAT_VERSION = 1
 MODEL_KINDS = {".onnx": "onnx", ".tflite": "tflite"}
 RUNNER_NAME = "run.py"
 MANIFEST_NAME = "manifest.json"
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_MODEL_NAME = runner.MODEL_NAME
 
 
 @dataclass
@@ -46,8 +50,15 @@ class Bundle:
     files: dict[str, dict] = field(default_factory=dict)
 
     @property
-    def runner(self) -> Path:
+    def shipped_runner(self) -> Path:
+        """The bundle's own run.py: for people who deploy the bundle; trainer never runs it."""
         return self.path / RUNNER_NAME
+
+    @property
+    def runner_is_ours(self) -> bool:
+        """Whether the shipped run.py is byte-for-byte this project's runner."""
+        entry = self.files.get(RUNNER_NAME)
+        return entry is not None and entry["sha256"] == _sha256(Path(runner.__file__))
 
 
 def _sha256(path: Path) -> str:
@@ -79,6 +90,25 @@ def _copy_onnx(src: Path, dst: Path, names: list[str]):
         shutil.copyfile(src, dst)
 
 
+def _check_no_external_data(path: Path, bundle_dir: Path) -> None:
+    """A bundle's ONNX model is one self-contained file: an external-data reference (a path the
+    runtime would read, possibly outside the bundle) is refused."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError, OSError, ValueError... for bad files
+        raise ConversionError(f"{bundle_dir}: {path.name} is not a readable ONNX model ({type(e).__name__})") from None
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        tensors += [a.t for a in node.attribute if a.HasField("t")]
+    for t in tensors:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            where = next((e.value for e in t.external_data if e.key == "location"), "?")
+            raise ConversionError(f"unsafe bundle {bundle_dir}: {path.name} reads tensor {t.name!r} from an "
+                                  f"external file ({where!r}); bundle models must be self-contained")
+
+
 def _input_entry(i: ModelInput) -> dict:
     return {"name": i.name, "shape": [None if d is None else int(d) for d in i.shape],
             "layout": i.layout, "dtype": i.dtype}
@@ -99,7 +129,7 @@ def write_bundle(out_dir: Path, models: dict[str, Path], inputs: list[ModelInput
         raise ConversionError(f"edge bundles take models with exactly one input, got {len(inputs)}: "
                               f"{[i.name for i in inputs]}")
     for name, path in models.items():
-        if not _MODEL_NAME.match(name) or name in ("run", "manifest"):
+        if not _MODEL_NAME.match(name) or ".." in name or name in ("run", "manifest"):
             raise UsageError(f"bundle model name {name!r} must be a plain file name "
                              "(letters, digits, _ . -), not 'run' or 'manifest'")
         if Path(path).suffix not in MODEL_KINDS:
@@ -188,6 +218,8 @@ def load_bundle(bundle_dir: Path) -> Bundle:
     for name, path in models.items():
         if path.name not in manifest["files"]:
             raise ConversionError(f"{bundle_dir}/manifest.json: model {name!r} file {path.name} has no checksum")
+        if path.suffix == ".onnx":
+            _check_no_external_data(path, bundle_dir)
     return Bundle(path=bundle_dir, manifest=manifest, models=models, inputs=inputs,
                   labels=manifest.get("labels"), preprocessing=manifest.get("preprocessing"),
                   files=manifest["files"])

@@ -1,7 +1,10 @@
 """Run an edge bundle on an emulated aarch64 CPU: qemu-user + Debian's arm64 python3.11.
 
-The bundle's own `run.py` runs (the same script a board would run), under
-`qemu-aarch64-static -cpu <model> -L <arm64 root>`, with inputs and outputs as .npy files.
+This project's runner (`converters/edge/runner.py`, the script bundles ship as `run.py`) runs on
+the bundle's models, under `qemu-aarch64-static -cpu <model> -L <arm64 root>`, with inputs and
+outputs as .npy files in a private temporary folder. The bundle's own `run.py` is never executed:
+qemu-user is not a sandbox (the emulated process has the user's files and network), so only the
+models - data, checked by `load_bundle` - come from the bundle.
 Name a real CPU model: under qemu 7.2, `-cpu max` gave wrong ConvInteger (dynamic int8)
 results where cortex-a72 / cortex-a53 / neoverse-n1 were right, so `max` is refused.
 """
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.edge import runner
 from converters.edge.bundle import load_bundle
 from converters.edge.setup import find_qemu, python_command, read_stamp, require_qemu, require_root
 from trainer.errors import ConversionError, RuntimeNotInstalledError, UnknownNameError, UsageError
@@ -89,7 +93,7 @@ def run_bundle_detailed(bundle_dir: Path, inputs: np.ndarray, cpu: str = DEFAULT
     with tempfile.TemporaryDirectory(prefix="trainer-edge-") as tmp:
         tmp = Path(tmp)
         np.save(tmp / "inputs.npy", np.ascontiguousarray(x))
-        cmd = [*argv, str(bundle.runner.resolve()), "--bundle", str(bundle.path.resolve()),
+        cmd = [*argv, str(Path(runner.__file__).resolve()), "--bundle", str(bundle.path.resolve()),
                "--input", str(tmp / "inputs.npy"), "--out", str(tmp / "out"),
                "--threads", str(threads), "--repeat", str(repeat)]
         for name in models or []:
@@ -108,8 +112,8 @@ def run_bundle_detailed(bundle_dir: Path, inputs: np.ndarray, cpu: str = DEFAULT
                 last = f"crashed with signal {abs(proc.returncode) % 128} ({last})"
             raise ConversionError(f"edge run of {bundle.path} under qemu -cpu {cpu} failed: {last}")
         result = json.loads((tmp / "out" / "result.json").read_text())
-        all_outputs = {name: [np.load(tmp / "out" / f) for f in info["files"]]
-                       for name, info in result["models"].items()}
+        all_outputs = {name: [np.load(tmp / "out" / Path(f).name, allow_pickle=False) for f in info["files"]]
+                       for name, info in result["models"].items() if name in bundle.models}
     return EdgeRun(cpu=cpu, outputs={n: o[0] for n, o in all_outputs.items()},
                    all_outputs=all_outputs, models=result["models"], versions=result["versions"],
                    machine=result["machine"], wall_s=wall)

@@ -1,10 +1,15 @@
 """Run an edge bundle: the script that ships inside every bundle as `run.py`.
 
 It must run on the board itself, so it needs only Python 3.9+, numpy and onnxruntime
-(`ai_edge_litert` too, for `.tflite` models) - never `trainer`. It checks every file against the
-manifest's sha256 before loading anything, checks the input against the manifest, runs each
-model and writes `<out>/<model>.npy` (first output; more outputs as `<model>.<i>.npy`) plus
-`<out>/result.json` (timings, versions, machine).
+(`ai_edge_litert` too, for `.tflite` models) - never `trainer`. It checks the manifest's shape
+(every file name plain - no path, no `..`, a known kind - every file a regular file, not a link,
+in the bundle folder), every file against its sha256 before loading anything, the input against
+the manifest, runs each model and writes `<out>/<model>.npy` (first output; more outputs as
+`<model>.<i>.npy`) plus `<out>/result.json` (timings, versions, machine) - nothing outside `<out>`.
+
+`trainer edge run` runs this file from the installed project with `--bundle`, never a bundle's
+own copy: the copy is for people who deploy the bundle, and its checksum, written by whoever
+wrote the bundle, proves nothing about what it does.
 
     python3 run.py --input x.npy --out results/            # all models in the bundle
     python3 run.py --input x.npy --model int8 --repeat 50  # + batch-1 latency p50 over 50 runs
@@ -17,13 +22,21 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import platform
+import re
+import stat
 import sys
 import time
 from pathlib import Path
 
 FORMAT = "trainer-edge-bundle"
 FORMAT_VERSIONS = (1,)
+RUNNER_FILE = "run.py"
+MODEL_EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite"}
+DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64")
+# Model names become output file names (<name>.npy): letters, digits, _ . - only, no "..".
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class BundleError(Exception):
@@ -57,17 +70,68 @@ def load_manifest(bundle: Path, verify: bool = True) -> dict:
     if not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("models"), dict) \
             or not manifest.get("inputs"):
         raise BundleError("corrupt bundle: manifest.json lacks its files/models/inputs tables", 3)
+    check_manifest(bundle, manifest)
     if verify:
         for name, entry in sorted(manifest["files"].items()):
             file = bundle / name
-            if not file.is_file():
-                raise BundleError(f"corrupt bundle: {name} is missing", 3)
             if file.stat().st_size != entry["size"]:
                 raise BundleError(f"corrupt bundle: {name} is {file.stat().st_size} bytes, "
                                   f"manifest says {entry['size']}", 3)
             if sha256_of(file) != entry["sha256"]:
                 raise BundleError(f"corrupt bundle: {name} sha256 does not match the manifest", 3)
     return manifest
+
+
+def check_manifest(bundle: Path, manifest: dict) -> None:
+    """Every name and path the manifest gives, before any file is opened: file names plain (no
+    folder, no `..`, no absolute path) and of a known kind (`run.py`, `<model>.onnx`,
+    `<model>.tflite`), each a regular file directly in the bundle (not a symlink); model names
+    safe as output file names; the input spec well-formed."""
+    files = manifest["files"]
+    for name, entry in files.items():
+        if not _plain_file_name(name):
+            raise BundleError(f"unsafe bundle: file name {name!r} is not a plain file name (letters, digits, "
+                              f"_ . -; no folders, no '..')", 3)
+        if name != RUNNER_FILE and not name.endswith(tuple(MODEL_EXTENSIONS.values())):
+            raise BundleError(f"unsafe bundle: {name!r} is not a kind of file a bundle holds "
+                              f"({RUNNER_FILE}, {', '.join('*' + e for e in MODEL_EXTENSIONS.values())})", 3)
+        if not isinstance(entry, dict) or not isinstance(entry.get("size"), int) or \
+                not re.fullmatch(r"[0-9a-f]{64}", str(entry.get("sha256", ""))):
+            raise BundleError(f"corrupt bundle: manifest entry of {name} lacks its size or sha256", 3)
+        try:
+            mode = os.lstat(bundle / name).st_mode
+        except FileNotFoundError:
+            raise BundleError(f"corrupt bundle: {name} is missing", 3) from None
+        if not stat.S_ISREG(mode):
+            raise BundleError(f"unsafe bundle: {name} is a {'symlink' if stat.S_ISLNK(mode) else 'special file'}, "
+                              f"not a regular file", 3)
+    for name, entry in manifest["models"].items():
+        if not isinstance(name, str) or not MODEL_NAME.match(name) or ".." in name:
+            raise BundleError(f"unsafe bundle: model name {name!r} is not a plain name (letters, digits, _ . -)", 3)
+        kind = entry.get("kind") if isinstance(entry, dict) else None
+        if kind not in MODEL_EXTENSIONS:
+            raise BundleError(f"unsafe bundle: model {name!r} has kind {kind!r}; this runner runs "
+                              f"{', '.join(MODEL_EXTENSIONS)}", 3)
+        if entry.get("file") != name + MODEL_EXTENSIONS[kind] or entry["file"] not in files:
+            raise BundleError(f"unsafe bundle: model {name!r} must be the file {name + MODEL_EXTENSIONS[kind]}, "
+                              f"listed with its checksum", 3)
+    inputs = manifest["inputs"]
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise BundleError("corrupt bundle: manifest.json must describe exactly one input", 3)
+    spec = inputs[0]
+    shape = spec.get("shape")
+    if not isinstance(spec.get("name"), str) or spec.get("dtype") not in DTYPES or not isinstance(shape, list) \
+            or not all(d is None or (isinstance(d, int) and not isinstance(d, bool) and d > 0) for d in shape):
+        raise BundleError(f"corrupt bundle: the input spec must have a name, a dtype of {', '.join(DTYPES)} "
+                          f"and a shape of positive ints or nulls", 3)
+    labels = manifest.get("labels")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(v, str) for v in labels)):
+        raise BundleError("corrupt bundle: labels must be a list of strings", 3)
+
+
+def _plain_file_name(name) -> bool:
+    return isinstance(name, str) and bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", name)) \
+        and ".." not in name
 
 
 def check_input(x, spec: dict):

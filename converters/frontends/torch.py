@@ -1,7 +1,12 @@
 """`--from torch`: PyTorch model -> ONNX with the official exporter.
 
-Accepts a TorchScript archive, a pickled full module (`torch.save(model)`), an ExportedProgram
-(`.pt2`, `torch.export.save`) or an MLflow pytorch-flavor model folder (has `MLmodel`).
+Loads, by default, only formats that carry no code (see converters.frontends.torch_formats): an
+ExportedProgram (`.pt2`, `torch.export.save`, checked before torch opens it) or an MLflow
+pytorch-flavor folder in the `pt2` serialization format. A pickled module (`torch.save(model)`,
+MLflow `serialization_format="pickle"`) and a TorchScript archive run code from the file when
+they load, so they are refused with one line naming `--trust-pickle`; with it they load as
+before and the report records the opt-in. A state dict alone is refused (no architecture).
+
 Exports with the dynamo exporter (`torch.onnx.export(..., dynamo=True)`, one file, dynamic
 batch); when that fails, the TorchScript exporter (`dynamo=False`, `dynamic_axes`), with the
 reason recorded in `ExportResult.notes`. When both fail on operators without an ONNX
@@ -20,11 +25,14 @@ from typing import Callable
 import numpy as np
 
 from converters.base import ExportResult, ModelInput, Frontend
+from converters.frontends import torch_formats as formats
 from converters.sources import fmt_shape
 from trainer.errors import ConversionError, UnsupportedOpsError, first_line
 
 _LAYOUTS = {2: "NC", 3: "NTC", 4: "NCHW", 5: "NCDHW"}
 _LEGACY_OP = re.compile(r"Exporting the operator '([\w:.]+)'")
+TRUST_FLAG = "--trust-pickle"
+_RESAVE = "save it with torch.export.save (.pt2)"
 
 
 class TorchFrontend(Frontend):
@@ -32,61 +40,154 @@ class TorchFrontend(Frontend):
     runtime = "torch"
 
     def __init__(self):
-        self._models: dict[Path, object] = {}
+        # (path, size, mtime, trusted) -> (model, notes): a file replaced in place is loaded again,
+        # and a model loaded under --trust-pickle is never handed to an untrusted call.
+        self._models: dict[tuple, tuple[object, list[str]]] = {}
+        self._trusted: dict[Path, bool] = {}
+        self._modules: dict[int, tuple] = {}
 
     # -- loading -------------------------------------------------------------------------
+    def admit(self, model: Path, trust_pickle: bool = False) -> list[str]:
+        """Load the model under `trust_pickle` now (refusing formats that carry code unless it is
+        set); what the report should say about it."""
+        model = Path(model).resolve()
+        self._trusted[model] = bool(trust_pickle)
+        return list(self._entry(model)[1])
+
     def load(self, model: Path):
         """The model as an eval-mode `nn.Module` (ExportedPrograms are kept as such)."""
-        model = Path(model).resolve()
-        if model not in self._models:
-            self._models[model] = self._load(model)
-        return self._models[model]
+        return self._entry(Path(model).resolve())[0]
 
-    def _load(self, model: Path):
-        import torch
+    def _entry(self, model: Path):
+        trusted = self._trusted.get(model, False)
+        try:
+            st = model.stat()
+            key = (model, st.st_size, st.st_mtime_ns, trusted)
+        except OSError:
+            key = (model, None, None, trusted)
+        if key not in self._models:
+            self._models[key] = self._load(model, trusted)
+        return self._models[key]
 
+    def _load(self, model: Path, trusted: bool) -> tuple[object, list[str]]:
         if model.is_dir():
             if not (model / "MLmodel").is_file():
                 raise ConversionError(f"torch: {model} is a folder but not an MLflow model (no MLmodel file)")
-            import mlflow.pytorch
-
-            try:
-                loaded = mlflow.pytorch.load_model(str(model), map_location="cpu")
-            except Exception as err:
-                raise ConversionError(f"torch: cannot load the MLflow model {model}: {first_line(err)}") from err
-            try:
-                return loaded.eval()
-            except Exception:  # pt2-format models load as exported modules, which have no eval mode
-                return loaded
+            return self._load_mlflow(model, trusted)
         if not model.is_file():
             raise ConversionError(f"torch: model file not found: {model}")
-        if model.suffix == ".pt2":
-            try:
-                return torch.export.load(str(model))
-            except Exception as err:
-                raise ConversionError(f"torch: {model.name} is not a loadable ExportedProgram (.pt2): "
-                                      f"{first_line(err)}") from err
         if not zipfile.is_zipfile(model):
             raise ConversionError(f"torch: {model.name} is not a TorchScript, torch.save'd or .pt2 "
                                   f"model (not a zip archive: truncated or corrupt?)")
-        errors = []
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # jit.load's deprecation notice
-                return torch.jit.load(str(model), map_location="cpu").eval()
-        except Exception as err:
-            errors.append(first_line(err))
-        try:
-            obj = torch.load(str(model), map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise ConversionError(f"torch: cannot load {model.name} (truncated or corrupt?): "
+            kind = formats.classify(model)
+        except (zipfile.BadZipFile, OSError) as err:
+            raise ConversionError(f"torch: cannot read {model.name} (truncated or corrupt?): "
                                   f"{first_line(err)}") from err
-        if isinstance(obj, torch.nn.Module):
-            return obj.eval()
-        if isinstance(obj, dict):
-            raise ConversionError(f"torch: {model.name} holds a state_dict, not a model; save the "
-                                  f"module itself (torch.save(model), TorchScript or torch.export)")
-        raise ConversionError(f"torch: {model.name} holds a {type(obj).__name__}, not an nn.Module")
+        return self._load_file(model, kind, model.name, trusted)
+
+    def _load_file(self, path: Path, kind: str, shown: str, trusted: bool) -> tuple[object, list[str]]:
+        import torch
+
+        if kind == formats.PT2:
+            return self._load_pt2(path, shown, trusted)
+        if kind == formats.TORCHSCRIPT:
+            if not trusted:
+                raise ConversionError(f"torch: {shown} is a TorchScript archive: its code runs when it loads "
+                                      f"and can read and write files; {_RESAVE}, or pass {TRUST_FLAG} if you "
+                                      f"trust its source")
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # jit.load's deprecation notice
+                    loaded = torch.jit.load(str(path), map_location="cpu").eval()
+            except Exception as err:
+                raise ConversionError(f"torch: cannot load {shown} (truncated or corrupt?): "
+                                      f"{first_line(err)}") from err
+            return loaded, [f"{TRUST_FLAG}: loaded a TorchScript archive (its code ran in this process)"]
+        if kind != formats.TORCH_SAVE:
+            raise ConversionError(f"torch: {shown} is a zip archive but not a TorchScript, torch.save'd or "
+                                  f".pt2 model")
+        try:
+            plain = formats.weights_only(path)
+        except Exception as err:
+            raise ConversionError(f"torch: cannot load {shown} (truncated or corrupt?): "
+                                  f"{first_line(err)}") from err
+        if plain:
+            raise ConversionError(f"torch: {shown} holds only weights (a state_dict or tensors) and the "
+                                  f"architecture is not known here; {_RESAVE}")
+        if not trusted:
+            raise ConversionError(f"torch: {shown} is a pickled torch model (torch.save(model)): loading it "
+                                  f"runs code from the file; {_RESAVE}, or pass {TRUST_FLAG} if you trust "
+                                  f"its source")
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as err:
+            raise ConversionError(f"torch: cannot load {shown} (truncated or corrupt?): "
+                                  f"{first_line(err)}") from err
+        if not isinstance(obj, torch.nn.Module):
+            raise ConversionError(f"torch: {shown} holds a {type(obj).__name__}, not an nn.Module")
+        return obj.eval(), [f"{TRUST_FLAG}: unpickled a torch.save'd model (its code ran in this process)"]
+
+    def _load_pt2(self, path: Path, shown: str, trusted: bool) -> tuple[object, list[str]]:
+        import torch
+
+        try:
+            formats.check_pt2(path)
+            refusal = None
+        except formats.CodeInModel as err:
+            refusal = str(err)
+        except Exception as err:  # zip CRC / zlib / OS errors of a damaged archive
+            raise ConversionError(f"torch: cannot read {shown} (truncated or corrupt?): "
+                                  f"{first_line(err)}") from err
+        if refusal and not trusted:
+            raise ConversionError(f"torch: {shown} is not a code-free ExportedProgram: {refusal}; pass "
+                                  f"{TRUST_FLAG} if you trust its source")
+        try:
+            with _quiet():
+                program = torch.export.load(str(path))
+        except Exception as err:
+            raise ConversionError(f"torch: {shown} is not a loadable ExportedProgram (.pt2): "
+                                  f"{first_line(err)}") from err
+        if not trusted:
+            try:
+                formats.check_graph(program)
+            except formats.CodeInModel as err:
+                raise ConversionError(f"torch: {shown} is not a code-free ExportedProgram: {err}; pass "
+                                      f"{TRUST_FLAG} if you trust its source") from None
+            return program, []
+        if refusal:
+            return program, [f"{TRUST_FLAG}: loaded an ExportedProgram that is not code-free ({refusal})"]
+        return program, [f"{TRUST_FLAG} given; the model is a code-free ExportedProgram and did not need it"]
+
+    def _load_mlflow(self, folder: Path, trusted: bool) -> tuple[object, list[str]]:
+        """An MLflow pytorch-flavor folder: `data/model.pt2` (pt2 format) through the same checks
+        as a .pt2 file; `data/model.pth` (pickle format: a pickled module or TorchScript) only
+        with --trust-pickle, through MLflow's loader (its code paths, its pickle module)."""
+        data = _mlflow_model_data(folder)
+        shown = f"MLflow model {folder.name}"
+        if (data / "model.pt2").is_file():
+            return self._load_pt2(data / "model.pt2", f"{shown} (pt2 format)", trusted)
+        pth = data / "model.pth"
+        if not pth.is_file():
+            raise ConversionError(f"torch: {shown} has neither data/model.pt2 nor data/model.pth")
+        what = "TorchScript" if zipfile.is_zipfile(pth) and formats.classify(pth) == formats.TORCHSCRIPT \
+            else "pickled"
+        if not trusted:
+            raise ConversionError(f"torch: {shown} is in the pickle serialization format ({what}): loading it "
+                                  f"runs code from the model; log it with serialization_format='pt2', or "
+                                  f"pass {TRUST_FLAG} if you trust its source")
+        import mlflow.pytorch
+
+        try:
+            loaded = mlflow.pytorch.load_model(str(folder), map_location="cpu")
+        except Exception as err:
+            raise ConversionError(f"torch: cannot load the MLflow model {folder}: {first_line(err)}") from err
+        try:
+            loaded = loaded.eval()
+        except Exception:  # pragma: no cover - modules always have eval
+            pass
+        return loaded, [f"{TRUST_FLAG}: loaded an MLflow model in the pickle format ({what}; its code ran "
+                        f"in this process)"]
 
     def module(self, model: Path):
         """A callable nn.Module (an ExportedProgram's `.module()`)."""
@@ -94,7 +195,10 @@ class TorchFrontend(Frontend):
 
         m = self.load(model)
         if isinstance(m, torch.export.ExportedProgram):
-            m = m.module()
+            key = id(m)
+            if key not in self._modules:
+                self._modules = {key: (m, m.module())}   # the program stays alive with its module
+            m = self._modules[key][1]
         return m
 
     # -- optional hooks (see converters.registry) --------------------------------------
@@ -303,3 +407,18 @@ def _mlflow_input_shape(model_dir: Path) -> tuple[int | None, ...] | None:
         return tuple(None if d == -1 else int(d) for d in specs[0].shape)
     except Exception:
         return None
+
+
+def _mlflow_model_data(folder: Path) -> Path:
+    """The pytorch flavor's data folder named in MLmodel, which must lie inside the model."""
+    import yaml
+
+    try:
+        meta = yaml.safe_load((folder / "MLmodel").read_text()) or {}
+        conf = (meta.get("flavors") or {}).get("pytorch") or {}
+    except (yaml.YAMLError, AttributeError, OSError) as err:
+        raise ConversionError(f"torch: {folder / 'MLmodel'} is not a readable MLmodel: {first_line(err)}") from None
+    data = (folder / str(conf.get("model_data", "data"))).resolve()
+    if not data.is_relative_to(folder.resolve()):
+        raise ConversionError(f"torch: {folder / 'MLmodel'} points its model data outside the model folder")
+    return data

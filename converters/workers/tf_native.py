@@ -38,8 +38,14 @@ class NativeModel:
         if self.kind == "keras":
             import keras
             try:
-                self.model = keras.saving.load_model(str(path), compile=False)
+                # safe_mode: a Lambda layer's marshalled Python bytecode is refused, not loaded
+                # (Keras 3 applies it to .keras and .h5 alike); said explicitly, not left to a default.
+                self.model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
             except Exception as exc:  # zip/h5/json errors of a corrupt or foreign file
+                if "safe_mode" in str(exc):
+                    raise WorkerError(f"refused to load Keras model {path}: it holds Python code (a Lambda "
+                                      f"layer), which conversion never loads (Keras safe_mode); use built-in "
+                                      f"or registered layers instead") from exc
                 raise WorkerError(f"cannot load Keras model {path} (corrupt, truncated or not a "
                                   f".keras/.h5 file): {error_line(exc)}") from exc
             shape = _keras_input_shape(self.model)

@@ -120,3 +120,11 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
     return model.eval()
+
+
+def save_exported(model: nn.Module, path, example: torch.Tensor):
+    """`model` as a torch.export ExportedProgram (.pt2) with a dynamic batch: the code-free format
+    `trainer convert` loads without --trust-pickle."""
+    program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(path))
+    return path

@@ -11,19 +11,28 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="session")
-def digits_cnn(tmp_path_factory):
-    """(model path, calibration .npz with held-out digits + labels, native test accuracy)."""
-    import torch
-    from _torch_models import digits, train_digits_cnn
+def digits_trained():
+    """(the trained DigitsCNN module, its test accuracy): the native reference of the tests."""
+    from _torch_models import train_digits_cnn
 
-    model, acc = train_digits_cnn()
+    return train_digits_cnn()
+
+
+@pytest.fixture(scope="session")
+def digits_cnn(tmp_path_factory, digits_trained):
+    """(model path: the trained CNN as a torch.export .pt2, calibration .npz with held-out digits +
+    labels, native test accuracy)."""
+    import torch
+    from _torch_models import digits, save_exported
+
+    model, acc = digits_trained
     d = tmp_path_factory.mktemp("digits")
-    torch.save(model, d / "digits_cnn.pt")
+    save_exported(model, d / "digits_cnn.pt2", torch.zeros(4, 1, 8, 8))
     (xtr, ytr), (xte, yte) = digits()
     # First half calibrates (training images), second half is held out: see sources.split.
     n = len(xte)
     np.savez(d / "calib.npz", x=np.concatenate([xtr[:n], xte]), y=np.concatenate([ytr[:n], yte]))
-    return d / "digits_cnn.pt", d / "calib.npz", acc
+    return d / "digits_cnn.pt2", d / "calib.npz", acc
 
 
 @pytest.fixture()

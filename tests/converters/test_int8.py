@@ -10,7 +10,7 @@ import torch
 from converters.api import convert
 
 
-def test_int8_is_small_and_agrees_on_held_out_digits(tmp_path, digits_cnn):
+def test_int8_is_small_and_agrees_on_held_out_digits(tmp_path, digits_cnn, digits_trained):
     model_path, calib, native_acc = digits_cnn
     assert native_acc > 0.9  # the test means nothing on an untrained model
 
@@ -25,7 +25,7 @@ def test_int8_is_small_and_agrees_on_held_out_digits(tmp_path, digits_cnn):
     sess = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
     q = sess.run(None, {sess.get_inputs()[0].name: held_x})[0]
     with torch.no_grad():
-        ref = torch.load(model_path, weights_only=False)(torch.from_numpy(held_x)).numpy()
+        ref = digits_trained[0](torch.from_numpy(held_x)).numpy()
     agreement = float(np.mean(q.argmax(1) == ref.argmax(1)))
     assert agreement >= 0.98
     assert float(np.mean(q.argmax(1) == held_y)) - float(np.mean(ref.argmax(1) == held_y)) >= -0.01

@@ -120,3 +120,35 @@ def test_sample_of_the_wrong_shape_is_refused(models, tmp_path):
     with pytest.raises(ConversionError, match=r"does not fit the model input \(N, 8, 8, 1\)"):
         FRONTEND.export(models / "digits_cnn.keras", tmp_path / "out", np.zeros((2, 8, 8, 3), np.float32))
     assert not (tmp_path / "out").exists()
+
+
+LAMBDA_MODEL = '''
+import sys, keras
+inputs = keras.Input((4,))
+# A Python lambda is saved as marshalled bytecode; loading it without safe mode and calling the
+# model writes the marker (checked here once: the file really carries code).
+touch = eval("lambda x: (open(%r, 'w'), x)[1]" % sys.argv[2])
+model = keras.Model(inputs, keras.layers.Lambda(touch, output_shape=(2,))(keras.layers.Dense(2)(inputs)))
+model.save(sys.argv[1])
+import os, numpy
+os.path.exists(sys.argv[2]) and os.unlink(sys.argv[2])
+keras.saving.load_model(sys.argv[1], safe_mode=False)(numpy.zeros((1, 4), "float32"))
+assert os.path.exists(sys.argv[2]), "the lambda did not run when loaded unsafely"
+'''
+
+
+def test_a_keras_lambda_layer_is_refused_not_run(tmp_path):
+    """A Lambda layer is marshalled Python bytecode: conversion loads Keras files in safe mode."""
+    import subprocess
+
+    from trainer.runtimes import python_for
+
+    marker = tmp_path / "marker"
+    (tmp_path / "make.py").write_text(LAMBDA_MODEL)
+    subprocess.run([str(python_for("tensorflow")), str(tmp_path / "make.py"), str(tmp_path / "lambda.keras"),
+                    str(marker)], check=True, capture_output=True, timeout=300)
+    marker.unlink()                  # the unsafe load in the maker script wrote it
+    with pytest.raises(ConversionError) as err:
+        FRONTEND.export(tmp_path / "lambda.keras", tmp_path / "out", np.zeros((2, 4), np.float32))
+    assert "lambda.keras" in str(err.value) and "safe_mode" in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists() and not (tmp_path / "out").exists()

@@ -11,17 +11,18 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture()
-def logged_run(tmp_path, monkeypatch, digits_cnn):
-    """A run in a SQLite MLflow holding a pytorch-flavor model and calibration/ artifacts, the
-    model registered as `digits` with alias `staging` - what a training job leaves behind."""
+def logged_run(tmp_path, monkeypatch, digits_cnn, digits_trained):
+    """A run in a SQLite MLflow holding a pytorch-flavor model (pt2 format, what the torch runner
+    logs) and calibration/ artifacts, the model registered as `digits` with alias `staging` - what
+    a training job leaves behind."""
     import mlflow
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    model_path, calib, _ = digits_cnn
-    model = torch.load(model_path, weights_only=False)
+    _, calib, _ = digits_cnn
+    model = digits_trained[0]
     z = np.load(calib)
     (tmp_path / "cal").mkdir()
     np.save(tmp_path / "cal" / "inputs.npy", z["x"])
@@ -31,8 +32,8 @@ def logged_run(tmp_path, monkeypatch, digits_cnn):
     with mlflow.start_run() as run:
         with torch.no_grad():
             sig = infer_signature(z["x"][:4], model(torch.from_numpy(z["x"][:4])).numpy())
-        mlflow.pytorch.log_model(model, name="model", signature=sig, serialization_format="pickle",
-                                 pip_requirements=["torch"])
+        mlflow.pytorch.log_model(model, name="model", signature=sig, input_example=z["x"][:8],
+                                 serialization_format="pt2", pip_requirements=["torch"])
         mlflow.log_artifacts(str(tmp_path / "cal"), "calibration")
     client = MlflowClient()
     mv = mlflow.register_model(f"runs:/{run.info.run_id}/model", "digits")
@@ -80,8 +81,8 @@ def test_runs_uri_without_calibration_artifacts_needs_calib(cli, tmp_path, monke
     mlflow.set_experiment(experiment_id=mlflow.create_experiment(
         "conversion-test-no-calib", artifact_location=(tmp_path / "artifacts").as_uri()))
     with mlflow.start_run() as run:
-        mlflow.pytorch.log_model(DigitsCNN().eval(), name="model", serialization_format="pickle",
-                                 pip_requirements=["torch"])
+        mlflow.pytorch.log_model(DigitsCNN().eval(), name="model", input_example=np.zeros((4, 1, 8, 8), np.float32),
+                                 serialization_format="pt2", pip_requirements=["torch"])
     result = cli(f"runs:/{run.info.run_id}/model", "--to", "onnx-int8", "--out", tmp_path / "conv")
     assert result.exit_code == 2, result.output
     assert "--calib" in result.stderr and not (tmp_path / "conv").exists()
@@ -94,3 +95,38 @@ def test_runs_uri_without_calibration_artifacts_needs_calib(cli, tmp_path, monke
     with pytest.raises(UsageError, match="--calib"):
         convert_run(run.info.run_id, ["onnx-int8"])
     assert not (tmp_path / "home" / "conversions").exists()
+
+
+def test_a_pickle_format_model_in_mlflow_needs_trust_pickle(cli, tmp_path, monkeypatch, digits_trained):
+    """`models:/x@prod` is as untrusted as a file: a pickle-format MLflow model is refused, and
+    converted with --trust-pickle, which the report and the source run's tag record."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from converters.api import TAG_TRUST_PICKLE
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment(
+        "conversion-test-pickle", artifact_location=(tmp_path / "artifacts").as_uri()))
+    x = np.random.default_rng(0).random((32, 1, 8, 8), dtype=np.float32)
+    with mlflow.start_run() as run:
+        mlflow.pytorch.log_model(digits_trained[0], name="model", serialization_format="pickle",
+                                 pip_requirements=["torch"])
+    np.save(tmp_path / "x.npy", x)
+    args = (f"runs:/{run.info.run_id}/model", "--to", "onnx", "--calib", tmp_path / "x.npy",
+            "--out", tmp_path / "conv")
+
+    refused = cli(*args)
+    assert refused.exit_code == 7, refused.output
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pickle serialization format" in lines[0] and "--trust-pickle" in lines[0]
+    assert not (tmp_path / "conv").exists()
+    assert TAG_TRUST_PICKLE not in MlflowClient().get_run(run.info.run_id).data.tags
+
+    trusted = cli(*args, "--trust-pickle", "--output", "json")
+    assert trusted.exit_code == 0, (trusted.output, trusted.exception)
+    report = json.loads(trusted.stdout)
+    assert report["trust_pickle"] is True and report["status"] == "PASSED"
+    assert any("MLflow model in the pickle format" in n for n in report["notes"])
+    assert MlflowClient().get_run(run.info.run_id).data.tags[TAG_TRUST_PICKLE] == "true"

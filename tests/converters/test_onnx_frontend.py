@@ -8,9 +8,9 @@ import torch
 from converters.api import convert
 
 
-def test_onnx_source_to_int8_and_pytorch(tmp_path, digits_cnn):
-    model_path, calib, _ = digits_cnn
-    model = torch.load(model_path, weights_only=False)
+def test_onnx_source_to_int8_and_pytorch(tmp_path, digits_cnn, digits_trained):
+    _, calib, _ = digits_cnn
+    model = digits_trained[0]
     torch.onnx.export(model, (torch.zeros(2, 1, 8, 8),), str(tmp_path / "digits.onnx"), dynamo=False,
                       input_names=["image"], output_names=["logits"],
                       dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}})

@@ -1,4 +1,7 @@
-"""torch frontend: real architectures exported with torch.onnx, checked against ONNX Runtime."""
+"""torch frontend: real architectures exported with torch.onnx, checked against ONNX Runtime.
+
+The models come in as torch.export .pt2 files (the code-free format loaded by default); the
+TorchScript case needs --trust-pickle (a TorchScript archive runs code when it loads)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +9,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from _torch_models import GRUClassifier, LSTMClassifier, ResidualCNN, randomize_bn
+from _torch_models import GRUClassifier, LSTMClassifier, ResidualCNN, randomize_bn, save_exported
 
 from converters.api import convert
+from trainer.errors import ConversionError
 
 ATOL, RTOL = 1e-4, 1e-3
 
@@ -26,11 +30,11 @@ def _native(model, x):
 def test_residual_cnn_dynamo_export_matches_onnxruntime(tmp_path):
     torch.manual_seed(0)
     model = randomize_bn(ResidualCNN(in_ch=3))
-    torch.save(model, tmp_path / "resnet.pt")
     x = np.random.default_rng(0).standard_normal((48, 3, 16, 16)).astype(np.float32)
+    save_exported(model, tmp_path / "resnet.pt2", torch.from_numpy(x[:4]))
     np.save(tmp_path / "calib.npy", x)
 
-    report = convert(tmp_path / "resnet.pt", "torch", ["onnx", "pytorch"], calib=tmp_path / "calib.npy",
+    report = convert(tmp_path / "resnet.pt2", "torch", ["onnx", "pytorch"], calib=tmp_path / "calib.npy",
                      out_dir=tmp_path / "out", atol=ATOL, rtol=RTOL)
 
     assert report.passed and "dynamo" in report.exporter
@@ -55,10 +59,10 @@ def test_residual_cnn_dynamo_export_matches_onnxruntime(tmp_path):
 def test_recurrent_nets_export_matches_onnxruntime(tmp_path, arch):
     torch.manual_seed(1)
     model = arch().eval()
-    torch.save(model, tmp_path / "rnn.pt")
     x = np.random.default_rng(1).standard_normal((40, 8, 8)).astype(np.float32)  # (N, T, C)
+    save_exported(model, tmp_path / "rnn.pt2", torch.from_numpy(x[:4]))
 
-    report = convert(tmp_path / "rnn.pt", "torch", "onnx", calib=x, out_dir=tmp_path / "out")
+    report = convert(tmp_path / "rnn.pt2", "torch", "onnx", calib=x, out_dir=tmp_path / "out")
 
     assert report.passed, report.to_markdown()
     assert report.inputs[0]["layout"] == "NTC"
@@ -73,8 +77,12 @@ def test_torchscript_input_falls_back_to_the_torchscript_exporter_with_reason(tm
     torch.jit.script(model).save(str(tmp_path / "scripted.pt"))
     x = np.random.default_rng(2).standard_normal((24, 1, 8, 8)).astype(np.float32)
 
-    report = convert(tmp_path / "scripted.pt", "torch", "onnx", calib=x, out_dir=tmp_path / "out")
+    with pytest.raises(ConversionError, match=r"scripted.pt is a TorchScript archive: .* --trust-pickle"):
+        convert(tmp_path / "scripted.pt", "torch", "onnx", calib=x, out_dir=tmp_path / "out")
+    report = convert(tmp_path / "scripted.pt", "torch", "onnx", calib=x, out_dir=tmp_path / "out",
+                     trust_pickle=True)
 
+    assert report.trust_pickle and any("--trust-pickle: loaded a TorchScript archive" in n for n in report.notes)
     assert report.exporter.endswith("(TorchScript)")
     assert any("dynamo exporter failed" in n and "TorchScript exporter" in n for n in report.notes)
     np.testing.assert_allclose(_ort(tmp_path / "out" / "onnx" / "model.onnx", x), _native(model, x),

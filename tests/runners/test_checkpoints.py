@@ -152,3 +152,47 @@ def test_a_resumed_context_continues_the_report_counter(tmp_path, capsys, monkey
     # ... and checkpoints are still persisted on the same reports as without the restart.
     persisted = [json.loads((p / "state.json").read_text())["epoch"] for p in (tmp_path / "again").iterdir()]
     assert all((epoch + 1) % every == 0 for epoch in persisted) and persisted
+
+
+def test_local_checkpoints_appear_whole_or_not_at_all(tmp_path, monkeypatch):
+    """`trainer run --local`: a checkpoint is copied beside its place and renamed into it; while
+    the copy runs (and after a crash in it) no `checkpoint_*` folder with part of the files exists."""
+    from trainer.context import LocalSession
+
+    root = tmp_path / "local"
+    spec = JobSpec(name="t", framework="torch", entrypoint="t.py:train", checkpoint={"keep": 2})
+    ctx = JsonContext(spec, LocalSession(root, keep=2))
+    seen_while_copying = []
+    copy, copytree = shutil.copy2, shutil.copytree
+
+    def copying_with(copy_function):
+        return lambda src, dst, **kwargs: copytree(src, dst, copy_function=copy_function)
+
+    def watching_copy(src, dst, **kwargs):
+        seen_while_copying.append(sorted(p.name for p in root.glob("checkpoint_*")))
+        return copy(src, dst, **kwargs)
+
+    monkeypatch.setattr(shutil, "copytree", copying_with(watching_copy))
+    ctx.report({"loss": 1.0}, checkpoint={"epoch": 0})
+    assert seen_while_copying and all(names == [] for names in seen_while_copying)
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint_000000"]
+    assert {p.name for p in (root / "checkpoint_000000").iterdir()} == {"state.json", MANIFEST, "metrics.json"}
+
+    def dying_copy(src, dst, **kwargs):
+        if Path(src).name == MANIFEST:
+            raise KeyboardInterrupt  # the process is stopped halfway through the copy
+        return copy(src, dst, **kwargs)
+
+    monkeypatch.setattr(shutil, "copytree", copying_with(dying_copy))
+    with pytest.raises(KeyboardInterrupt):
+        ctx.report({"loss": 0.5}, checkpoint={"epoch": 1})
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint_000000"]
+
+    # A SIGKILL runs no cleanup: the hidden half copy stays, is never a checkpoint_* folder, and
+    # the next local session removes it.
+    monkeypatch.setattr(shutil, "copytree", copytree)
+    (root / ".partial-checkpoint_000001").mkdir()
+    (root / ".partial-checkpoint_000001" / "state.json").write_text("{")
+    assert [p.name for p in root.glob("checkpoint_*")] == ["checkpoint_000000"]
+    JsonContext(spec, LocalSession(root, keep=2))
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint_000000"]

@@ -62,3 +62,51 @@ def test_many_values_are_sent_in_batches(run):
     ch.close()
     assert steps(uri, run_id, "a") == list(range(1500))
     assert len(steps(uri, run_id, "b")) == 1500
+
+
+def test_held_back_values_are_bounded_by_count(run):
+    """No checkpoint ever comes: after `max_pending_values` values they are committed anyway."""
+    uri, run_id = run
+    ch = MetricsChannel(uri, run_id, max_pending_values=6, max_pending_s=None)
+    for step in range(5):
+        ch.add({"loss": 1.0, "acc": 0.5}, step)      # 2 values a report: the 3rd report reaches 6
+    ch._queue.join()
+    assert steps(uri, run_id, "loss") == [0, 1, 2]    # committed by the bound, steps 3-4 still held
+    assert len(ch._pending) == 4
+    ch.close(commit=False)                            # a crash loses at most the bound
+    assert steps(uri, run_id, "loss") == [0, 1, 2]
+
+
+def test_held_back_values_are_bounded_by_age(run):
+    """The sender thread commits values that waited `max_pending_s`, even with no further report."""
+    import time
+
+    uri, run_id = run
+    ch = MetricsChannel(uri, run_id, max_pending_values=None, max_pending_s=0.5)
+    ch.add({"loss": 1.0}, 0)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not steps(uri, run_id, "loss"):
+        time.sleep(0.2)
+    assert steps(uri, run_id, "loss") == [0]
+    ch.close(commit=False)
+
+
+def test_values_committed_by_the_bound_are_not_logged_twice_after_a_restart(run):
+    """The exactly-once trade-off: steps committed without a checkpoint are replayed by the
+    restarted group (from its last checkpoint, here epoch 1) and dropped, so each step is in
+    MLflow once - with the first attempt's value."""
+    uri, run_id = run
+    first = MetricsChannel(uri, run_id, max_pending_values=2, max_pending_s=None)
+    for epoch in range(4):
+        first.add({"loss": 1.0, "epoch": epoch}, epoch)
+    first._queue.join()
+    first.close(commit=False)                         # crash: nothing after epoch 3 was reported
+    second = MetricsChannel(uri, run_id, max_pending_values=2, max_pending_s=None)
+    second.resume()
+    for epoch in range(2, 6):                         # the replay from the checkpoint of epoch 1
+        second.add({"loss": 0.25, "epoch": epoch}, epoch)
+    second.close()
+    assert steps(uri, run_id, "loss") == [0, 1, 2, 3, 4, 5]
+    frame = metrics_frame(uri, run_id)
+    losses = frame[frame.key == "loss"].sort_values("step").value.tolist()
+    assert losses == [1.0, 1.0, 1.0, 1.0, 0.25, 0.25]

@@ -38,6 +38,8 @@ def convert(
     max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop",
                                             help="int8 targets: max accuracy loss vs native (0-1).",
                                             callback=number("--max-accuracy-drop", 0, 1, why="a fraction")),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Load a pickled or TorchScript torch model "
+                                      "(it runs code from the file); only for models from a source you trust."),
     output: str = OutputOpt,
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default ./converted/<model>)."),
     list_: bool = typer.Option(False, "--list", help="Print the conversion matrix and exit."),
@@ -52,7 +54,8 @@ def convert(
 
     try:
         report = convert_model(model, source, to, calib=calib, edge=edge, atol=atol, rtol=rtol, out_dir=out,
-                               min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop)
+                               min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop,
+                               trust_pickle=trust_pickle)
     except ParityError as err:
         if err.fields.get("report") is not None:
             _print_report(p, err.fields["report"])

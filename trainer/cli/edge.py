@@ -1,4 +1,8 @@
-"""`trainer edge setup | run | verify`: the emulated aarch64 root and edge bundles."""
+"""`trainer edge setup | run | verify`: the emulated aarch64 root and edge bundles.
+
+A bundle is untrusted input: `run` and `verify` check its manifest's names and paths and its
+checksums, and `run` executes this trainer's own runner on the bundle's models, never the
+bundle's `run.py`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,7 +43,8 @@ def run(bundle: Path = typer.Argument(..., help="Bundle folder (has manifest.jso
         repeat: int = typer.Option(0, "--repeat", help="Also time this many batch-1 inferences per model.",
                                    callback=number("--repeat", 0, 100_000)),
         output: str = OutputOpt):
-    """Run BUNDLE's models on emulated aarch64 and print what each produced."""
+    """Run BUNDLE's models on emulated aarch64 with this trainer's runner (never the bundle's
+    run.py) and print what each produced."""
     import numpy as np
 
     from converters.edge.qemu import check_cpu, run_bundle_detailed
@@ -75,13 +80,18 @@ def run(bundle: Path = typer.Argument(..., help="Bundle folder (has manifest.jso
 
 @group.command("verify")
 def verify(bundle: Path = typer.Argument(..., help="Bundle folder."), output: str = OutputOpt):
-    """Check every file of BUNDLE against its manifest checksums."""
-    from converters.edge.bundle import load_bundle
+    """Check BUNDLE's manifest (names, paths, kinds) and every file against its checksum."""
+    from converters.edge.bundle import RUNNER_NAME, load_bundle
 
     p = Printer(output)
     b = load_bundle(bundle)
     spec = b.inputs[0]
+    shipped = RUNNER_NAME in b.files
+    runner = ("this trainer's runner" if b.runner_is_ours else "differs from this trainer's runner") \
+        if shipped else "none shipped"
     p.emit({"bundle": str(bundle), "ok": True, "files": len(b.files), "models": list(b.models),
-            "input": {"name": spec.name, "shape": list(spec.shape), "layout": spec.layout, "dtype": spec.dtype}},
+            "input": {"name": spec.name, "shape": list(spec.shape), "layout": spec.layout, "dtype": spec.dtype},
+            "runner_is_ours": b.runner_is_ours if shipped else None},
            lambda _: p.line(f"{bundle}: ok, {len(b.files)} files verified; models {', '.join(b.models)}; "
-                            f"input {spec.name} {list(spec.shape)} {spec.layout} {spec.dtype}"))
+                            f"input {spec.name} {list(spec.shape)} {spec.layout} {spec.dtype}; "
+                            f"{RUNNER_NAME}: {runner} (trainer never runs it)"))

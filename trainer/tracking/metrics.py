@@ -10,6 +10,16 @@ flush and the checkpoint, or a checkpoint uploaded but never registered by Ray, 
 resumes from an older one), so every step lands exactly once. That needs the replayed steps to be
 the steps they were the first time: the context restores the report counter behind the default
 step with the checkpoint (trainer.context, trainer.checkpoints).
+
+Holding values back is also bounded: when `max_pending_values` values are waiting, or the oldest
+has waited `max_pending_s` seconds, they are committed without a checkpoint (the sender thread
+checks the age, so a long silent stretch of training commits too). A job that never passes
+`checkpoint=` would otherwise keep every value in memory until the end and lose them all in a
+crash. The trade-off: a value committed this way may belong to a step that a restarted group
+replays (it resumes from an older checkpoint, or from scratch). Exactly-once still holds - the
+restarted channel's `resume()` drops every (key, step) MLflow already has - as long as a replay
+reports the same steps; what the run then shows for those steps is the value of the attempt that
+first reached them, not the replay's (the same when training is deterministic, not otherwise).
 """
 from __future__ import annotations
 
@@ -19,10 +29,15 @@ import time
 
 FLUSH_INTERVAL_S = 1.0
 MAX_BATCH = 1000  # MLflow's log_batch limit for metrics
+MAX_PENDING_VALUES = 10_000   # held back at most this many values ...
+MAX_PENDING_S = 30.0          # ... or this long, whichever comes first (see the module docstring)
 
 
 class MetricsChannel:
-    def __init__(self, tracking_uri: str, run_id: str):
+    def __init__(self, tracking_uri: str, run_id: str, *, max_pending_values: int | None = MAX_PENDING_VALUES,
+                 max_pending_s: float | None = MAX_PENDING_S):
+        """`max_pending_values` / `max_pending_s`: commit on their own when this many values wait
+        or the oldest has waited this long (None: only `commit`/`flush`/`close` commit)."""
         from mlflow.entities import Metric
 
         from trainer.tracking.runs import client
@@ -30,7 +45,11 @@ class MetricsChannel:
         self._metric = Metric
         self._client = client(tracking_uri)
         self._run_id = run_id
+        self._max_values = max_pending_values
+        self._max_s = max_pending_s
+        self._lock = threading.Lock()     # `_pending` is taken by the training thread and the sender
         self._pending: list = []
+        self._pending_since = 0.0         # monotonic time of the oldest pending value
         self._logged_up_to: dict[str, int] = {}
         self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
@@ -45,8 +64,17 @@ class MetricsChannel:
 
     def add(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        self._pending.extend(self._metric(k, float(v), now, step) for k, v in metrics.items()
-                             if step > self._logged_up_to.get(k, -1))
+        values = [self._metric(k, float(v), now, step) for k, v in metrics.items()
+                  if step > self._logged_up_to.get(k, -1)]
+        if not values:
+            return
+        with self._lock:
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending.extend(values)
+            full = self._max_values is not None and len(self._pending) >= self._max_values
+        if full:
+            self.commit()
 
     def flush(self) -> None:
         """Commit and wait until MLflow has everything (used right before a checkpoint)."""
@@ -59,9 +87,25 @@ class MetricsChannel:
         """Hand everything reported so far to the sender thread."""
         if self._error is not None:
             raise RuntimeError(f"MLflow metric logging failed: {self._error}") from self._error
-        if self._pending:
-            self._queue.put(self._pending)
-            self._pending = []
+        pending = self._take_pending()
+        if pending:
+            self._queue.put(pending)
+
+    def _take_pending(self) -> list:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        return pending
+
+    def _overdue(self) -> list:
+        """The sender thread's half of the time bound: the pending values, when the oldest has
+        waited `max_pending_s`."""
+        if self._max_s is None:
+            return []
+        with self._lock:
+            if not self._pending or time.monotonic() - self._pending_since < self._max_s:
+                return []
+            pending, self._pending = self._pending, []
+        return pending
 
     def close(self, commit: bool = True) -> None:
         """Send what is committed (and, by default, what is pending) and stop the thread."""
@@ -88,6 +132,8 @@ class MetricsChannel:
                     taken += 1
             except queue.Empty:
                 pass
+            if not done:
+                batch.extend(self._overdue())
             try:
                 for i in range(0, len(batch), MAX_BATCH):
                     self._client.log_batch(self._run_id, metrics=batch[i:i + MAX_BATCH], synchronous=True)

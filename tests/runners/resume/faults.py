@@ -10,8 +10,8 @@ its epoch (and batch). Phases:
 
 - step:   between two optimizer steps of an epoch (at batch `batch`)
 - save:   rank 0, while the checkpoint dict is being serialised to the local folder (a payload
-          object in the dict kills the process from its __reduce__, halfway through torch.save /
-          pickle.dump)
+          object in the dict kills the process from its __reduce__, halfway through torch.save, or
+          from its numpy(), while the tensorflow/mxnet writer converts the dict to numpy)
 - upload: rank 0, while Ray copies the checkpoint folder to storage: half of the state file is
           written, then the process dies (what a worker dying mid-copy to shared storage leaves)
 - report: inside ray.train.report, after the ranks agreed on the checkpoint's folder name, while
@@ -117,10 +117,24 @@ class Faults:
 
 
 class _KillWhileSaving:
+    """Fires the 'save' fault while the checkpoint dict is serialised: torch.save pickles it
+    (`__reduce__`), the tensorflow/mxnet writer converts it to numpy (`numpy`). What it leaves
+    behind when no fault is due loads without unpickling code (an empty OrderedDict for
+    torch.load(weights_only=True), a 0-d array for the npz format)."""
+
     def __reduce__(self):
         if _active is not None:
             _active.point("save")
-        return (int, (0,))
+        import collections
+
+        return (collections.OrderedDict, ())
+
+    def numpy(self):
+        if _active is not None:
+            _active.point("save")
+        import numpy as np
+
+        return np.zeros(())
 
 
 _hooked = False
