@@ -25,9 +25,11 @@ def up(node: List[str] = typer.Option([], "--node", help="Worker node ACCEL:CPUS
     p = Printer(output)
     state, started = api.cluster_up(node or None, progress=p.note)
     nodes = [str(n) for n in state.node_specs]
-    p.emit({"started": started, "dashboard": state.dashboard_url, "nodes": nodes},
+    p.emit({"started": started, "dashboard": state.dashboard_url, "nodes": nodes, "token_file": state.token_file},
            lambda _: p.line(f"{'started' if started else 'already running'}: dashboard {state.dashboard_url}, "
                             f"nodes {', '.join(nodes)}"))
+    p.note(f"token auth on; Ray's own tools (ray job, ray.util.state, the dashboard in a browser) take its token: "
+           f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={state.token_file}")
 
 
 @group.command("down")
