@@ -65,15 +65,6 @@ def cluster_status(address: str | None = None) -> dict:
     return {"running": True, "address": redact(address), "nodes": [n.to_dict() for n in nodes(address)]}
 
 
-def cluster_token_file() -> str | None:
-    """The local cluster's token file (for Ray's own tools: RAY_AUTH_MODE=token
-    RAY_AUTH_TOKEN_PATH=<it>), or None when no local cluster is running."""
-    from trainer.cluster.local import LocalCluster
-
-    state = LocalCluster().state()
-    return state.token_file if state is not None and state.token_file else None
-
-
 def _cluster_address(address: str | None, progress=None) -> tuple[str, bool]:
     """(dashboard address, is_local). Starts the local cluster when no address is given."""
     address = resolve_address(address)

@@ -66,7 +66,8 @@ def join(address: str = typer.Option(..., "--address", help="The head's GCS addr
                                                "(a host with several networks)."),
          output: str = OutputOpt):
     """Start a Ray worker node here that joins an existing head, labelled by this host's GPUs
-    (ray.io/accelerator-type, GPU count); with no NVIDIA driver the node joins as `cpu`."""
+    (ray.io/accelerator-type, GPU count); with no NVIDIA driver the node joins as `cpu`. A head
+    with token auth takes the token from RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH."""
     p = Printer(output)
     joined = api.cluster_join(address, cpus=cpus, object_store_mb=object_store_mb, node_ip=node_ip)
     if joined["no_gpu_reason"]:

@@ -76,7 +76,8 @@ def read_own_token(path: Path) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as e:
-        raise ClusterError(f"cannot read the cluster's token {path}: {first_line(e)}") from None
+        raise ClusterError(f"cannot read the cluster's token {path}: {first_line(e)}; restart the cluster "
+                           f"(trainer cluster down && trainer cluster up)") from None
     with os.fdopen(fd) as fh:
         st = os.fstat(fh.fileno())
         if st.st_uid != os.getuid() or st.st_mode & 0o077:

@@ -122,21 +122,31 @@ class LocalCluster:
         # A new token at every start: one sent to a dead cluster's port is worth nothing.
         auth.create_token(self.token_file)
         store = str((object_store_mb or _default_object_store_mb(len(nodes) + 1)) * 1024 * 1024)
-        gcs_port, dash_port, client_port = _free_port(), _dashboard_port(), _free_port()
-        state = ClusterState(gcs_address=f"127.0.0.1:{gcs_port}",
-                             dashboard_url=f"http://127.0.0.1:{dash_port}", temp_dir=str(temp_dir),
-                             nodes=[asdict(n) for n in nodes], started_at=time.time(),
-                             token_file=str(self.token_file))
         # Every node's dashboard agent gets its own free HTTP port: Ray's default (52365) is one
         # per host, so a second cluster (or node) on this host would have no agent to take jobs.
         common = ["--node-ip-address=127.0.0.1", f"--object-store-memory={store}", "--disable-usage-stats"]
+        gcs_port = None
         try:
             _say(progress, "starting the head (CPU-only: schedules, runs no training)")
-            self._ray_start("head", [
-                "--head", f"--port={gcs_port}", "--num-cpus=0", "--num-gpus=0",
-                "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
-                f"--ray-client-server-port={client_port}", f"--temp-dir={temp_dir}",
-                f"--dashboard-agent-listen-port={_free_port()}", *common])
+            for attempt in range(3):
+                gcs_port, dash_port, client_port = _free_port(), _dashboard_port() if not attempt else _free_port(), \
+                    _free_port()
+                try:
+                    self._ray_start("head", [
+                        "--head", f"--port={gcs_port}", "--num-cpus=0", "--num-gpus=0",
+                        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+                        f"--ray-client-server-port={client_port}", f"--temp-dir={temp_dir}",
+                        f"--dashboard-agent-listen-port={_free_port()}", *common])
+                    break
+                except ClusterError as e:
+                    # Another Ray on this host took a port between choosing it and binding it.
+                    if attempt == 2 or "already occupied" not in str(e):
+                        raise
+                    self._stop_processes(temp_dir, gcs_port)
+            state = ClusterState(gcs_address=f"127.0.0.1:{gcs_port}",
+                                 dashboard_url=f"http://127.0.0.1:{dash_port}", temp_dir=str(temp_dir),
+                                 nodes=[asdict(n) for n in nodes], started_at=time.time(),
+                                 token_file=str(self.token_file))
             # Nodes join one after another: two started at the same instant race for ports.
             for i, node in enumerate(nodes):
                 _say(progress, f"starting worker node {i + 1}/{len(nodes)}: {node}")

@@ -70,13 +70,6 @@ def _check_entrypoint(spec: JobSpec, workdir: Path) -> None:
                         path="entrypoint")
 
 
-def _excluded(rel_path: str) -> bool:
-    """True when UPLOAD_EXCLUDES keep `rel_path` (relative to the project) out of the upload."""
-    from trainer.scheduling.upload import ray_pathspec
-
-    return ray_pathspec().PathSpec.from_lines("gitwildmatch", UPLOAD_EXCLUDES).match_file(rel_path)
-
-
 def upload_files(workdir: Path):
     """(relative path, size) of every file Ray would upload as the job's code: UPLOAD_EXCLUDES,
     `.gitignore` and `.rayignore` applied the way Ray applies them (trainer.scheduling.upload)."""
