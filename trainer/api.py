@@ -519,7 +519,7 @@ def _run_local_in(interpreter: Path, spec: JobSpec, workdir: Path) -> LocalRun:
             "from trainer.api import run_local\n"
             "from trainer.errors import TrainerError\n"
             "try:\n"
-            "    result = run_local(json.loads(sys.argv[1]))\n"
+            "    result = run_local(json.loads(open(sys.argv[1]).read()))\n"
             "except TrainerError as e:\n"
             "    print(f'error: {e}', file=sys.stderr)\n"
             "    sys.exit(e.exit_code)\n"
@@ -528,8 +528,12 @@ def _run_local_in(interpreter: Path, spec: JobSpec, workdir: Path) -> LocalRun:
     env = {**os.environ, "PYTHONPATH": path}
     with tempfile.TemporaryDirectory(prefix="trainer-local-") as tmp:
         result = Path(tmp) / "result.json"
+        # The spec goes through a file in the private (0700) temp folder, not argv: any local user
+        # can read a process's arguments, and a tracking URI may carry credentials.
+        spec_file = Path(tmp) / "spec.json"
+        spec_file.write_text(spec.model_dump_json(exclude_none=True))
         # cwd = the workdir: a spec given as a dict is resolved against the cwd.
-        proc = subprocess.run([str(interpreter), "-c", code, spec.model_dump_json(exclude_none=True), str(result)],
+        proc = subprocess.run([str(interpreter), "-c", code, str(spec_file), str(result)],
                               cwd=workdir, env=env)
         if proc.returncode != 0 or not result.is_file():
             raise JobError(f"local run in the {spec.runtime_name} runtime ({interpreter}) failed with exit code "
