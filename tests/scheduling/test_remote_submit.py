@@ -46,3 +46,14 @@ def test_a_database_uri_with_credentials_is_refused_for_a_remote_cluster(spec):
     assert result.exit_code == 3
     assert result.stderr.startswith("error: the tracking URI postgresql://***@db.invalid/mlflow carries credentials")
     assert SECRET not in result.stderr
+
+
+def test_a_rayjob_never_carries_inline_credentials(spec):
+    result = CliRunner().invoke(app, ["k8s", "render", spec, "--code-uri", "s3://code/p.zip", "--set",
+                                      f"tracking.uri=http://alice:{SECRET}@mlflow.ml.svc:5000"])
+    assert result.exit_code == 3, result.output
+    assert result.stderr.startswith("error: the tracking URI http://***@mlflow.ml.svc:5000 carries credentials")
+    assert SECRET not in result.output + result.stderr
+    ok = CliRunner().invoke(app, ["k8s", "render", spec, "--code-uri", "s3://code/p.zip", "--set",
+                                  "tracking.uri=http://mlflow.ml.svc:5000"])
+    assert ok.exit_code == 0 and "kind: RayJob" in ok.stdout
