@@ -189,6 +189,8 @@ class Job:
         from trainer.tracking.runs import close_run, run_status
 
         uri = self._store()
+        if not _store_reachable(uri):    # MLflow would retry an unanswering server for minutes
+            return
         try:
             current = run_status(uri, self.run_id)
             # A cancel is authoritative: the driver may have ended the run FAILED on its way out.
