@@ -21,6 +21,11 @@ def pytest_configure(config):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     os.environ.pop("TRAINER_ADDRESS", None)
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    # The local cluster runs with token auth on: Ray's own clients in tests (ray.util.state) take
+    # its token the way users give it to them. Set before anything initialises Ray's config.
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = os.path.join(os.environ["TRAINER_HOME"], "cluster", "auth_token")
+    os.environ.pop("RAY_AUTH_TOKEN", None)
 
 
 IMPLIES_INTEGRATION = ("tensorflow", "mxnet", "edge", "slow")

@@ -16,11 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from trainer.errors import JobError
+from trainer.credentials import redact
+from trainer.errors import JobError, PreflightError, TrainerError, first_line
 from trainer.spec import JobSpec, load_spec
 from trainer.state import JobState
 
 ENV_ADDRESS = "TRAINER_ADDRESS"
+# A RUNNING run with no Ray job is closed by `reconcile_runs` only once it is this old: younger,
+# its submission may still be uploading the code.
+RECONCILE_GRACE_S = 600.0
 
 
 # ---------------------------------------------------------------- clusters
@@ -58,7 +62,7 @@ def cluster_status(address: str | None = None) -> dict:
         if state is None:
             return {"running": False, "address": None, "nodes": []}
         address = state.dashboard_url
-    return {"running": True, "address": address, "nodes": [n.to_dict() for n in nodes(address)]}
+    return {"running": True, "address": redact(address), "nodes": [n.to_dict() for n in nodes(address)]}
 
 
 def _cluster_address(address: str | None, progress=None) -> tuple[str, bool]:
@@ -79,7 +83,7 @@ class Job:
     id: str
     address: str
     run_id: str | None = None
-    tracking_uri: str | None = None
+    tracking_uri: str | None = None        # without credentials (as recorded): see _client_uri
     name: str | None = None
     spec: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -108,8 +112,10 @@ class Job:
     def info(self) -> dict:
         info = self._jobs().info(self.id)
         state = JobState.from_ray(info.status)
-        out = {"job_id": self.id, "status": state.value, "name": self.name, "address": self.address,
-               "run_id": self.run_id, "tracking_uri": self.tracking_uri, "message": info.message,
+        if state.is_terminal:
+            self._close_run(state)
+        out = {"job_id": self.id, "status": state.value, "name": self.name, "address": redact(self.address),
+               "run_id": self.run_id, "tracking_uri": redact(self.tracking_uri), "message": info.message,
                "start_time": _seconds(info.start_time), "end_time": _seconds(info.end_time)}
         if out["start_time"]:
             out["wall_time_s"] = round((out["end_time"] or time.time()) - out["start_time"], 1)
@@ -162,26 +168,35 @@ class Job:
 
         if not self.run_id:
             raise JobError(f"job {self.id} has no MLflow run")
-        return metrics_frame(self.tracking_uri, self.run_id)
+        return metrics_frame(self._store(), self.run_id)
 
     def final_metrics(self) -> dict[str, float]:
         from trainer.tracking.runs import client
 
         if not self.run_id:
             return {}
-        return dict(client(self.tracking_uri).get_run(self.run_id).data.metrics)
+        return dict(client(self._store()).get_run(self.run_id).data.metrics)
+
+    def _store(self) -> str | None:
+        """The URI this client reads the run with: the one it was submitted with (credentials
+        and all, kept out of the dataclass's fields), else see `_client_uri`."""
+        return getattr(self, "_submitted_uri", None) or _client_uri(self.tracking_uri)
 
     def _close_run(self, state: JobState) -> None:
         """A cancelled or killed driver cannot close its run: do it from here."""
         if not self.run_id:
             return
-        from trainer.tracking.runs import finish_run, run_status
+        from trainer.tracking.runs import close_run, run_status
 
+        uri = self._store()
+        if not _store_reachable(uri):    # MLflow would retry an unanswering server for minutes
+            return
         try:
-            current = run_status(self.tracking_uri, self.run_id)
+            current = run_status(uri, self.run_id)
             # A cancel is authoritative: the driver may have ended the run FAILED on its way out.
             if current == "RUNNING" or (state is JobState.CANCELLED and current != "KILLED"):
-                finish_run(self.tracking_uri, self.run_id, state.mlflow_status)
+                close_run(uri, self.run_id, state.mlflow_status,
+                          f"Ray job {self.id} ended {state.value}; its driver did not close the run as that")
         except Exception:
             pass  # tracking unreachable: the job's state is still right
 
@@ -201,6 +216,21 @@ def parse_progress(line: str) -> dict | None:
 
 def _seconds(ms: int | None) -> float | None:
     return ms / 1000 if ms else None
+
+
+def _client_uri(recorded: str | None) -> str | None:
+    """The tracking URI this client uses for a job's recorded one (recorded without credentials):
+    this machine's own URI ($MLFLOW_TRACKING_URI) when it names the same store with credentials
+    in it, else the recorded one (MLflow then takes credentials from MLFLOW_TRACKING_* variables)."""
+    from trainer.credentials import split_credentials
+    from trainer.home import resolve_tracking_uri
+
+    if not recorded:
+        return recorded
+    here = resolve_tracking_uri()
+    if here != recorded and recorded in (split_credentials(here)[0], redact(here)):
+        return here
+    return recorded
 
 
 def _local_address() -> str:
@@ -244,6 +274,7 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
     through the Kubernetes API): its worker groups that can still scale up count as capacity.
     """
     from trainer.cluster.inventory import nodes
+    from trainer.credentials import forwarded_env, redact_text, split_credentials
     from trainer.runners.job import ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI
     from trainer.runtimes import python_for
     from trainer.scheduling.preflight import UPLOAD_EXCLUDES, check_placement, check_spec, check_tracking
@@ -253,9 +284,12 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
     spec_obj, workdir = _load(spec, set, overrides)
     checked = check_spec(spec_obj, workdir)
     interpreter = python_for(spec_obj.runtime_name)
-    uri = runs.tracking_uri(spec_obj)
+    uri = runs.tracking_uri(spec_obj)            # as given: this client may use credentials in it
     address_given = resolve_address(address)
     check_tracking(uri, local_cluster=address_given is None)
+    job_uri, uri_credentials = split_credentials(uri)   # the job gets the URI without them
+    if address_given is not None:
+        _check_remote_secrets(address_given, job_uri, uri_credentials, progress)
     dashboard, local = _cluster_address(address, progress)
     inventory = nodes(dashboard, free=False)
     if cluster_spec is not None:
@@ -266,38 +300,178 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
 
     job_id = _job_id(spec_obj.name)
     run_id = runs.start_run(spec_obj, job_id, uri, dashboard, checked.fingerprint)
-    env = {ENV_SPEC: spec_obj.model_dump_json(), ENV_RUN_ID: run_id, ENV_JOB_ID: job_id,
-           ENV_TRACKING_URI: uri, "PYTHONUNBUFFERED": "1"}
-    if local:
-        from trainer.home import trainer_home
-
-        env["TRAINER_HOME"] = str(trainer_home())
-    # Locally the job runs under the runtime's venv; on a cluster, the runtime's image has `python`.
-    python = str(interpreter) if local else "python"
-    runtime_env = {"working_dir": str(workdir), "excludes": UPLOAD_EXCLUDES, "env_vars": env}
-    if local:
-        runtime_env["py_executable"] = python
+    jobs = None
+    # From here on the run exists: whatever stops the submission (Ray refusing it, Ctrl-C, a bad
+    # value) ends the run FAILED, with why, instead of leaving it RUNNING forever.
     try:
-        RayJobs(dashboard).submit(
+        job_spec = spec_obj
+        if spec_obj.tracking.uri:
+            job_spec = spec_obj.model_copy(update={"tracking": spec_obj.tracking.model_copy(update={"uri": job_uri})})
+        env = {ENV_SPEC: job_spec.model_dump_json(), ENV_RUN_ID: run_id, ENV_JOB_ID: job_id,
+               ENV_TRACKING_URI: job_uri, "PYTHONUNBUFFERED": "1"}
+        if local:
+            from trainer.home import trainer_home
+
+            env["TRAINER_HOME"] = str(trainer_home())
+            # Credentials travel by the allow-list's names, to the local cluster only: its job API
+            # (which shows a job's runtime env) takes the cluster's token, and its files are private.
+            env.update(forwarded_env())
+            env.update(uri_credentials)
+        # Locally the job runs under the runtime's venv; on a cluster, the runtime's image has `python`.
+        python = str(interpreter) if local else "python"
+        runtime_env = {"working_dir": str(workdir), "excludes": UPLOAD_EXCLUDES, "env_vars": env}
+        if local:
+            runtime_env["py_executable"] = python
+        size = checked.upload_bytes
+        _say(progress, f"submitting {job_id} (MLflow run {run_id}; code "
+                       f"{f'{size / 2**20:.1f} MiB' if size >= 2**20 else f'{-(-size // 1024)} KiB'})")
+        jobs = RayJobs(dashboard)
+        jobs.submit(
             job_id=job_id, entrypoint=f"{python} -m trainer.runners.job", runtime_env=runtime_env,
-            metadata={"run_id": run_id, "tracking_uri": uri, "name": spec_obj.name,
-                      "spec": spec_obj.model_dump_json(exclude_none=True)})
-    except Exception:
-        runs.finish_run(uri, run_id, "FAILED")
+            metadata={"run_id": run_id, "tracking_uri": redact(job_uri), "name": spec_obj.name,
+                      "spec": redact_text(job_spec.model_dump_json(exclude_none=True))})
+    except BaseException as e:
+        _abandon_run(uri, run_id, job_id, jobs, e)
         raise
-    job = Job(id=job_id, address=dashboard, run_id=run_id, tracking_uri=uri, name=spec_obj.name,
-              spec=spec_obj.model_dump(exclude_none=True))
+    job = Job(id=job_id, address=dashboard, run_id=run_id, tracking_uri=redact(job_uri), name=spec_obj.name,
+              spec=job_spec.model_dump(exclude_none=True))
+    job._submitted_uri = uri
     if wait:
         job.wait()
     return job
 
 
-def list_jobs(address: str | None = None) -> list[dict]:
+def _say(progress: Callable[[str], None] | None, text: str) -> None:
+    if progress is not None:
+        progress(text)
+
+
+def _check_remote_secrets(address: str, job_uri: str, uri_credentials: dict, progress) -> None:
+    """What a remote cluster gets: no credential values. Its workers take them from their own
+    environment (KubeRay: the Secret named in the overlay). Warns when the address is plain http
+    to another host (the token and the code would cross the network in the clear); refuses a
+    tracking URI whose credentials cannot be taken out of it (a database URI)."""
+    from urllib.parse import urlsplit
+
+    from trainer.credentials import forwarded_env, has_credentials
+
+    if has_credentials(job_uri):
+        raise PreflightError(f"the tracking URI {redact(job_uri)} carries credentials, which are not sent to a "
+                             f"remote cluster: give its workers the URI in their own environment "
+                             f"(MLFLOW_TRACKING_URI), or use an MLflow server with MLFLOW_TRACKING_USERNAME/PASSWORD")
+    parts = urlsplit(address)
+    if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+        _say(progress, f"warning: {redact(address)} is plain http to another host: the cluster's token and the "
+                       f"job's code travel unencrypted (use https, or a tunnel)")
+    withheld = sorted(set(forwarded_env()) | set(uri_credentials))
+    if withheld:
+        _say(progress, f"not sent to the remote cluster: {', '.join(withheld)}; its workers take credentials from "
+                       f"their own environment")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _abandon_run(uri: str, run_id: str, job_id: str, jobs, err: BaseException) -> None:
+    """The submission did not complete: end its run FAILED, saying why. If Ray holds the job
+    after all (Ctrl-C after Ray accepted it), its driver owns the run: leave it open."""
+    from trainer.tracking import runs
+
+    try:
+        if not isinstance(err, TrainerError) and jobs is not None and jobs.find(job_id) is not None:
+            return
+        why = first_line(err) if str(err).strip() else "interrupted"
+        runs.close_run(uri, run_id, "FAILED", f"the submission of {job_id} did not complete: "
+                                              f"{type(err).__name__}: {why}")
+    except BaseException:   # noqa: BLE001 - the error that stopped the submission is the one to show
+        pass
+
+
+def reconcile_runs(address: str | None = None, tracking_uri: str | None = None, *,
+                   grace_s: float = RECONCILE_GRACE_S) -> list[dict]:
+    """Close the MLflow runs left RUNNING for jobs of the cluster at `address` (default
+    $TRAINER_ADDRESS, else the local cluster): FAILED when Ray has no such job (its submission
+    never completed; only runs older than `grace_s`, younger ones may still be uploading), as the
+    job ended when it is terminal (its driver died before closing the run). Each closed run is
+    tagged `trainer.closed_by_client` with the reason. Returns [{"run_id", "job_id", "status", "reason"}].
+    `tracking_uri`: the store to look in (default this machine's), besides the stores the cluster's
+    jobs were recorded in."""
     from trainer.scheduling.ray_jobs import RayJobs
 
     address = resolve_address(address) or _local_address()
+    return _reconcile(address, RayJobs(address).list(), tracking_uri, grace_s)
+
+
+def _reconcile(address: str, listed: list, tracking_uri: str | None, grace_s: float) -> list[dict]:
+    from trainer.home import resolve_tracking_uri
+    from trainer.tracking import runs
+
+    states = {j.submission_id: JobState.from_ray(j.status) for j in listed}
+    stores = [tracking_uri or resolve_tracking_uri()]
+    for j in listed:
+        recorded = _client_uri((j.metadata or {}).get("tracking_uri"))
+        if recorded and recorded not in stores:
+            stores.append(recorded)
+    closed = []
+    for uri in stores:
+        if not _store_reachable(uri):
+            continue
+        for run in runs.open_runs(uri, address):
+            state = states.get(run["job_id"])
+            if state is None:
+                if time.time() - run["start_time"] < grace_s:
+                    continue
+                status = "FAILED"
+                reason = (f"no Ray job {run['job_id']} on {redact(address)}: its submission never completed "
+                          f"(or the cluster that ran it was stopped)")
+            elif state.is_terminal:
+                status, reason = state.mlflow_status, f"Ray job {run['job_id']} ended {state.value} with its run open"
+            else:
+                continue
+            runs.close_run(uri, run["run_id"], status, reason)
+            closed.append({"run_id": run["run_id"], "job_id": run["job_id"], "status": status, "reason": reason})
+    return closed
+
+
+def _store_reachable(uri: str) -> bool:
+    """Whether the store is there to be read, checked without creating it (an embedded SQLite
+    file) or waiting on MLflow's minutes of retries (a server that does not answer)."""
+    from urllib.parse import urlsplit
+
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).is_file()
+    if uri.startswith("file:") or "://" not in uri:
+        return Path(urlsplit(uri).path if uri.startswith("file:") else uri).exists()
+    if uri.startswith(("http://", "https://")):
+        try:
+            _check_reachable(uri)
+            return True
+        except Exception:
+            return False
+    return True
+
+
+def list_jobs(address: str | None = None) -> list[dict]:
+    """Jobs trainer submitted to the cluster; runs they left RUNNING are reconciled on the way
+    (best effort: `reconcile_runs`)."""
+    from trainer.scheduling.ray_jobs import RayJobs
+
+    address = resolve_address(address) or _local_address()
+    listed = RayJobs(address).list()
+    try:
+        _reconcile(address, listed, None, RECONCILE_GRACE_S)
+    except TrainerError:
+        pass    # the store is unreachable: the list is still right
     out = []
-    for info in RayJobs(address).list():
+    for info in listed:
         meta = info.metadata or {}
         out.append({"job_id": info.submission_id, "name": meta.get("name"),
                     "status": JobState.from_ray(info.status).value, "run_id": meta.get("run_id"),
@@ -347,7 +521,7 @@ def _run_local_in(interpreter: Path, spec: JobSpec, workdir: Path) -> LocalRun:
             "from trainer.api import run_local\n"
             "from trainer.errors import TrainerError\n"
             "try:\n"
-            "    result = run_local(json.loads(sys.argv[1]))\n"
+            "    result = run_local(json.loads(open(sys.argv[1]).read()))\n"
             "except TrainerError as e:\n"
             "    print(f'error: {e}', file=sys.stderr)\n"
             "    sys.exit(e.exit_code)\n"
@@ -356,8 +530,12 @@ def _run_local_in(interpreter: Path, spec: JobSpec, workdir: Path) -> LocalRun:
     env = {**os.environ, "PYTHONPATH": path}
     with tempfile.TemporaryDirectory(prefix="trainer-local-") as tmp:
         result = Path(tmp) / "result.json"
+        # The spec goes through a file in the private (0700) temp folder, not argv: any local user
+        # can read a process's arguments, and a tracking URI may carry credentials.
+        spec_file = Path(tmp) / "spec.json"
+        spec_file.write_text(spec.model_dump_json(exclude_none=True))
         # cwd = the workdir: a spec given as a dict is resolved against the cwd.
-        proc = subprocess.run([str(interpreter), "-c", code, spec.model_dump_json(exclude_none=True), str(result)],
+        proc = subprocess.run([str(interpreter), "-c", code, str(spec_file), str(result)],
                               cwd=workdir, env=env)
         if proc.returncode != 0 or not result.is_file():
             raise JobError(f"local run in the {spec.runtime_name} runtime ({interpreter}) failed with exit code "
@@ -399,8 +577,22 @@ def render_k8s(spec: str | Path | dict | JobSpec, overlay: str | Path = "dev", *
 
     spec_obj, workdir = _load(spec, set, overrides)
     check_spec(spec_obj, workdir)
-    return render_rayjob(spec_obj, load_platform(overlay), job_id=job_id or _rayjob_name(spec_obj.name),
+    body = render_rayjob(spec_obj, load_platform(overlay), job_id=job_id or _rayjob_name(spec_obj.name),
                          code_uri=code_uri, namespace=namespace)
+    _refuse_inline_credentials(body)
+    return body
+
+
+def _refuse_inline_credentials(body: dict) -> None:
+    """A RayJob carries its tracking URI in plain sight (metadata, annotations, env): one with
+    credentials in it is refused; they belong in the overlay's MLflow Secret."""
+    from trainer.credentials import has_credentials
+
+    uri = body["metadata"]["annotations"].get("trainer.io/tracking-uri")
+    if has_credentials(uri):
+        raise PreflightError(f"the tracking URI {redact(uri)} carries credentials, which a RayJob would show to "
+                             f"anyone who can read it: give the URI without them and put MLFLOW_TRACKING_USERNAME/"
+                             f"PASSWORD in the overlay's MLflow Secret (trackingSecret in platform.yaml)")
 
 
 @dataclass
@@ -512,6 +704,7 @@ def submit_k8s(spec: str | Path | dict | JobSpec, overlay: str | Path = "dev", *
     platform = load_platform(overlay)
     job_id = _rayjob_name(spec_obj.name)
     body = render_rayjob(spec_obj, platform, job_id=job_id, code_uri=code_uri, namespace=namespace)
+    _refuse_inline_credentials(body)
     kube = Kube(context)
     ns = body["metadata"]["namespace"]
     pods_uri = body["metadata"]["annotations"]["trainer.io/tracking-uri"]
@@ -522,7 +715,7 @@ def submit_k8s(spec: str | Path | dict | JobSpec, overlay: str | Path = "dev", *
         run_id = runs.start_run(spec_obj, job_id, here_uri, f"k8s://{ns}/{job_id}", checked.fingerprint)
     except Exception as e:
         if progress:
-            progress(f"MLflow at {here_uri} is not reachable from here ({type(e).__name__}); the job's driver "
+            progress(f"MLflow at {redact(here_uri)} is not reachable from here ({type(e).__name__}); the job's driver "
                      f"opens its run itself and a failure's logs are not copied to it (set "
                      f"MLFLOW_TRACKING_URI to reach the same server from here, e.g. through a port-forward)")
     if run_id:

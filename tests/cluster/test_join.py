@@ -47,14 +47,17 @@ def test_node_labels_command_without_a_driver():
 
 
 @pytest.mark.integration
-def test_a_node_joins_a_running_head_labelled(tmp_path):
-    """A real head (a local cluster in its own home) and a node joining it by GCS address, given an
-    H100 as NVML would report it: the head's inventory shows the label and the GPU."""
+def test_a_node_joins_a_running_head_labelled(tmp_path, monkeypatch):
+    """A real head (a local cluster in its own home, token auth on) and a node joining it by GCS
+    address with the head's token (RAY_AUTH_TOKEN_PATH, as a user gives it), given an H100 as NVML
+    would report it: the head's inventory shows the label and the GPU."""
     from trainer.cluster.inventory import nodes
     from trainer.cluster.local import LocalCluster, NodeSpec, _free_port, join
 
     cluster = LocalCluster(home=tmp_path / "home")
     state, _ = cluster.up([NodeSpec("cpu", 1)], object_store_mb=128)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", state.token_file)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)     # set by the token variable alone
     try:
         joined = join(state.gcs_address, cpus=1, object_store_mb=128, temp_dir=state.temp_dir, gpus=[H100],
                       log_dir=tmp_path / "logs", node_ip="127.0.0.1",

@@ -26,9 +26,11 @@ def up(node: List[str] = typer.Option([], "--node", help="Worker node ACCEL:CPUS
     p = Printer(output)
     state, started = api.cluster_up(node or None, progress=p.note)
     nodes = [str(n) for n in state.node_specs]
-    p.emit({"started": started, "dashboard": state.dashboard_url, "nodes": nodes},
+    p.emit({"started": started, "dashboard": state.dashboard_url, "nodes": nodes, "token_file": state.token_file},
            lambda _: p.line(f"{'started' if started else 'already running'}: dashboard {state.dashboard_url}, "
                             f"nodes {', '.join(nodes)}"))
+    p.note(f"token auth on; Ray's own tools (ray job, ray.util.state, the dashboard in a browser) take its token: "
+           f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={state.token_file}")
 
 
 @group.command("down")
@@ -67,7 +69,8 @@ def join(address: str = typer.Option(..., "--address", help="The head's GCS addr
                                                "(a host with several networks)."),
          output: str = OutputOpt):
     """Start a Ray worker node here that joins an existing head, labelled by this host's GPUs
-    (ray.io/accelerator-type, GPU count); with no NVIDIA driver the node joins as `cpu`."""
+    (ray.io/accelerator-type, GPU count); with no NVIDIA driver the node joins as `cpu`. A head
+    with token auth takes the token from RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH."""
     p = Printer(output)
     joined = api.cluster_join(address, cpus=cpus, object_store_mb=object_store_mb, node_ip=node_ip)
     if joined["no_gpu_reason"]:

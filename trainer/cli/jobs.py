@@ -10,10 +10,12 @@ import typer
 from trainer import api
 from trainer.cli._args import number
 from trainer.cli._output import OutputOpt, Printer
+from trainer.credentials import redact
 from trainer.errors import JobError, UsageError
 
 AddressOpt = typer.Option(None, "--address", help="Ray dashboard address (http://HOST:8265); "
-                          "default $TRAINER_ADDRESS, else the local cluster.")
+                          "default $TRAINER_ADDRESS, else the local cluster. A cluster with token auth takes "
+                          "its token from RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH.")
 SetOpt = typer.Option([], "--set", help="Override a spec value: config.lr=0.1")
 
 
@@ -49,13 +51,13 @@ def submit(spec: str = typer.Argument(..., help="Job spec YAML."),
         return _submit_k8s(p, spec, set_, wait, overlay, namespace, code_uri, context, started)
     job = api.submit(spec, address=address, set=set_, progress=p.note, cluster_spec=cluster_spec)
     if not wait:
-        p.emit({"job_id": job.id, "run_id": job.run_id, "address": job.address},
+        p.emit({"job_id": job.id, "run_id": job.run_id, "address": redact(job.address)},
                lambda _: p.line(f"submitted {job.id} (MLflow run {job.run_id}); follow with: trainer logs {job.id} -f"))
         return
     if p.json:
         state = job.wait()
     else:
-        p.line(f"submitted {job.id} (MLflow run {job.run_id}) to {job.address}")
+        p.line(f"submitted {job.id} (MLflow run {job.run_id}) to {redact(job.address)}")
         state = _follow_progress(job, p)
     p.emit(_summary(job, state, started), title="job summary")
     if not p.json and job.tracking_uri and job.tracking_uri.startswith("sqlite:///"):

@@ -2,23 +2,27 @@
 worker nodes labelled `ray.io/accelerator-type=<ACCEL>` (fake accelerator labels are how tests
 exercise placement on one host).
 
-Everything lives under `$TRAINER_HOME/cluster` (state.json, logs) and one Ray temp dir, so
-`down` can find and stop exactly the processes this cluster started, never another Ray on the host.
+Everything lives under `$TRAINER_HOME/cluster` (state.json, logs, the auth token) and one Ray temp
+dir, so `down` can find and stop exactly the processes this cluster started, never another Ray on
+the host. That folder is private (0700) and Ray's token auth is on (`trainer.cluster.auth`): no
+other local user or process can submit a job, read its logs or join a node.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from trainer.cluster import auth
 from trainer.errors import ClusterError, UsageError
 from trainer.home import trainer_home
 
@@ -61,6 +65,12 @@ class ClusterState:
     temp_dir: str
     nodes: list[dict] = field(default_factory=list)
     started_at: float = 0.0
+    token_file: str = ""    # empty: started by an older trainer, with token auth off
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a client sends to this cluster's dashboard (its token)."""
+        return auth.headers(auth.read_own_token(Path(self.token_file))) if self.token_file else {}
 
     @property
     def node_specs(self) -> list[NodeSpec]:
@@ -70,8 +80,9 @@ class ClusterState:
 class LocalCluster:
     def __init__(self, home: Path | None = None):
         self.home = home or trainer_home()
-        self.dir = self.home / "cluster"
-        self.state_file = self.dir / "state.json"
+        self.dir = auth.cluster_dir(self.home)
+        self.state_file = self.dir / auth.STATE_FILE
+        self.token_file = auth.token_path(self.home)
         self.log_dir = self.dir / "logs"
 
     # ------------------------------------------------------------------ queries
@@ -83,7 +94,7 @@ class LocalCluster:
             state = ClusterState(**json.loads(self.state_file.read_text()))
         except (ValueError, TypeError):
             return None
-        return state if _dashboard_alive(state.dashboard_url) else None
+        return state if _dashboard_alive(state.dashboard_url, state.headers) else None
 
     # ------------------------------------------------------------------ lifecycle
     def up(self, nodes: list[NodeSpec] | None = None, object_store_mb: int | None = None,
@@ -95,27 +106,47 @@ class LocalCluster:
                 raise ClusterError(
                     f"a local cluster is already running with nodes {', '.join(map(str, running.node_specs))}; "
                     f"run `trainer cluster down` first to start one with {', '.join(map(str, nodes))}")
+            if not running.token_file:
+                raise ClusterError("the local cluster running now was started with token auth off (by an older "
+                                   "trainer): any local process can submit jobs to it; restart it with "
+                                   "`trainer cluster down` then `trainer cluster up`")
             return running, False
         nodes = nodes or default_nodes()
-        self._stop_processes(self._temp_dir(), None)  # leftovers of a crashed cluster
+        leftover = self._temp_dir()
+        if leftover is not None:
+            self._stop_processes(leftover, None)  # leftovers of a crashed cluster
+        auth.private_dir(self.dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        temp_dir = self._temp_dir()
-        temp_dir.mkdir(parents=True, exist_ok=True)
+        temp_dir = self._temp_dir(create=True)
+        temp_dir.mkdir(exist_ok=True)
+        # A new token at every start: one sent to a dead cluster's port is worth nothing.
+        auth.create_token(self.token_file)
         store = str((object_store_mb or _default_object_store_mb(len(nodes) + 1)) * 1024 * 1024)
-        gcs_port, dash_port, client_port = _free_port(), _dashboard_port(), _free_port()
-        state = ClusterState(gcs_address=f"127.0.0.1:{gcs_port}",
-                             dashboard_url=f"http://127.0.0.1:{dash_port}", temp_dir=str(temp_dir),
-                             nodes=[asdict(n) for n in nodes], started_at=time.time())
         # Every node's dashboard agent gets its own free HTTP port: Ray's default (52365) is one
         # per host, so a second cluster (or node) on this host would have no agent to take jobs.
         common = ["--node-ip-address=127.0.0.1", f"--object-store-memory={store}", "--disable-usage-stats"]
+        gcs_port = None
         try:
             _say(progress, "starting the head (CPU-only: schedules, runs no training)")
-            self._ray_start("head", [
-                "--head", f"--port={gcs_port}", "--num-cpus=0", "--num-gpus=0",
-                "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
-                f"--ray-client-server-port={client_port}", f"--temp-dir={temp_dir}",
-                f"--dashboard-agent-listen-port={_free_port()}", *common])
+            for attempt in range(3):
+                gcs_port, dash_port, client_port = _free_port(), _dashboard_port() if not attempt else _free_port(), \
+                    _free_port()
+                try:
+                    self._ray_start("head", [
+                        "--head", f"--port={gcs_port}", "--num-cpus=0", "--num-gpus=0",
+                        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+                        f"--ray-client-server-port={client_port}", f"--temp-dir={temp_dir}",
+                        f"--dashboard-agent-listen-port={_free_port()}", *common])
+                    break
+                except ClusterError as e:
+                    # Another Ray on this host took a port between choosing it and binding it.
+                    if attempt == 2 or "already occupied" not in str(e):
+                        raise
+                    self._stop_processes(temp_dir, gcs_port)
+            state = ClusterState(gcs_address=f"127.0.0.1:{gcs_port}",
+                                 dashboard_url=f"http://127.0.0.1:{dash_port}", temp_dir=str(temp_dir),
+                                 nodes=[asdict(n) for n in nodes], started_at=time.time(),
+                                 token_file=str(self.token_file))
             # Nodes join one after another: two started at the same instant race for ports.
             for i, node in enumerate(nodes):
                 _say(progress, f"starting worker node {i + 1}/{len(nodes)}: {node}")
@@ -140,32 +171,27 @@ class LocalCluster:
             except (ValueError, TypeError):
                 pass
         gcs_port = int(state.gcs_address.rsplit(":", 1)[1]) if state else None
-        stopped = self._stop_processes(Path(state.temp_dir) if state else self._temp_dir(), gcs_port)
+        temp_dir = Path(state.temp_dir) if state else self._temp_dir()
+        stopped = self._stop_processes(temp_dir, gcs_port) if temp_dir is not None else 0
         self.state_file.unlink(missing_ok=True)
+        self.token_file.unlink(missing_ok=True)
         return stopped
 
     # ------------------------------------------------------------------ internals
-    def _temp_dir(self) -> Path:
-        preferred = self.home / "ray"
-        if len(str(preferred)) <= MAX_TEMP_DIR_LEN:
-            return preferred
-        short = Path("/tmp") / f"trainer-ray-{hashlib.sha1(str(self.home).encode()).hexdigest()[:10]}"
-        self.home.mkdir(parents=True, exist_ok=True)
-        if not preferred.exists() and not preferred.is_symlink():
-            preferred.symlink_to(short, target_is_directory=True)  # logs still found under $TRAINER_HOME
-        return short
+    def _temp_dir(self, create: bool = False) -> Path | None:
+        return private_temp_dir(self.dir, create)
 
     def _ray_start(self, name: str, args: list[str]) -> None:
-        ray_start(name, args, self.log_dir, env={"RAY_AUTH_MODE": "disabled"})
+        ray_start(name, args, self.log_dir, env=auth.node_env(self.token_file))
 
     def _wait_for_nodes(self, state: ClusterState, count: int) -> None:
         from trainer.cluster.inventory import nodes
 
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if _dashboard_alive(state.dashboard_url):
+            if _dashboard_alive(state.dashboard_url, state.headers):
                 try:
-                    if len(nodes(state.dashboard_url)) >= count:
+                    if len(nodes(state.dashboard_url, headers=state.headers)) >= count:
                         return
                 except ClusterError:
                     pass
@@ -206,16 +232,52 @@ class LocalCluster:
         return len(victims)
 
 
+def private_temp_dir(folder: Path, create: bool = False) -> Path | None:
+    """Ray's temp dir for the nodes trainer starts from `folder` (a private, 0700 folder under
+    $TRAINER_HOME): `folder/ray`. Ray makes its temp dir itself world-writable (0777), so the
+    privacy is its parent's: nobody else can enter it. When that path is too long for Ray's unix
+    sockets, a fresh random 0700 folder in /tmp holds it instead (never a predictable name),
+    recorded by the link `folder/ray` (so logs are still found there). Returns None when nothing
+    is recorded yet and `create` is false, or when the recorded folder is not private and ours."""
+    preferred = folder / "ray"
+    if len(str(preferred)) <= MAX_TEMP_DIR_LEN:
+        if create:
+            auth.private_dir(folder)
+        return preferred
+    if preferred.is_symlink():
+        target = Path(os.readlink(preferred))
+        if _private_and_ours(target.parent):
+            return target
+    if not create:
+        return None
+    auth.private_dir(folder)
+    target = Path(tempfile.mkdtemp(prefix="trainer-", dir="/tmp")) / "ray"   # mkdtemp: 0700, ours
+    if preferred.is_symlink() or preferred.exists():
+        preferred.unlink()
+    preferred.symlink_to(target, target_is_directory=True)
+    return target
+
+
+def _private_and_ours(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
 def ray_start(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Path:
-    """`ray start ARGS` (this interpreter's ray), its output in `log_dir/<name>.log`. Token auth
-    stays off unless RAY_AUTH_MODE says otherwise (workers joining by address cannot present
-    a token the head wrote elsewhere)."""
+    """`ray start ARGS` (this interpreter's ray), its output in `log_dir/<name>.log`, with `env`
+    over this process's environment. Token auth: `env` says (`auth.node_env`), else Ray's own
+    variables (RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH turn it on), else off."""
     ray_bin = Path(sys.executable).parent / "ray"
     cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", *args]
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
-    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), "RAY_USAGE_STATS_ENABLED": "0",
-           **(env or {})}
+    given = env or {}
+    env = {**os.environ, auth.ENV_MODE: _auth_mode(), "RAY_USAGE_STATS_ENABLED": "0", **given}
+    if auth.ENV_TOKEN_PATH in given and auth.ENV_TOKEN not in given:
+        env.pop(auth.ENV_TOKEN, None)   # Ray prefers RAY_AUTH_TOKEN to the file it is given
     with log.open("w") as fh:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=START_TIMEOUT_S)
     if proc.returncode != 0:
@@ -223,6 +285,15 @@ def ray_start(name: str, args: list[str], log_dir: Path, env: dict[str, str] | N
         raise ClusterError(f"`ray start` for {name} failed (exit {proc.returncode}): {tail[0][:300]} "
                            f"(full log: {log})")
     return log
+
+
+def _auth_mode() -> str:
+    """RAY_AUTH_MODE for a `ray start`: as set, else `token` when Ray's token variables are set,
+    else `disabled` (explicit: with the mode unset Ray turns auth on by itself whenever a stray
+    ~/.ray/auth_token exists, and the node then fails to join an open head)."""
+    if os.environ.get(auth.ENV_MODE):
+        return os.environ[auth.ENV_MODE]
+    return "token" if os.environ.get(auth.ENV_TOKEN) or os.environ.get(auth.ENV_TOKEN_PATH) else "disabled"
 
 
 def join_args(address: str, gpus: list, cpus: int, object_store_mb: int | None = None,
@@ -252,13 +323,17 @@ def join(address: str, *, cpus: int | None = None, object_store_mb: int | None =
          temp_dir: str | None = None, gpus: list | None = None, log_dir: Path | None = None,
          node_ip: str | None = None, extra_args: tuple[str, ...] = ()) -> dict:
     """Start a Ray worker node on this host joining the head at `address`; returns what it was
-    started with (labels, GPUs, and why there are none)."""
+    started with (labels, GPUs, and why there are none). A head with token auth on is joined with
+    the token Ray's variables give (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH); Ray's temp dir is a
+    private one under $TRAINER_HOME/node unless `temp_dir` says otherwise."""
     from trainer.cluster.gpus import Probe, probe
 
     found = Probe(list(gpus), "") if gpus is not None else probe()
     cpus = cpus or os.cpu_count() or 1
     if ":" not in address or "://" in address:
         raise UsageError(f"--address {address!r}: expected the head's GCS address HOST:PORT (e.g. head:6379)")
+    if temp_dir is None:
+        temp_dir = str(private_temp_dir(trainer_home() / "node", create=True))
     args = join_args(address, found.gpus, cpus, object_store_mb, temp_dir, node_ip) + list(extra_args)
     log = ray_start("join", args, log_dir or trainer_home() / "cluster" / "logs")
     labels = next(a for a in args if a.startswith("--labels="))[len("--labels="):]
@@ -267,11 +342,11 @@ def join(address: str, *, cpus: int | None = None, object_store_mb: int | None =
             "no_gpu_reason": found.reason, "log": str(log)}
 
 
-def _dashboard_alive(url: str) -> bool:
+def _dashboard_alive(url: str, headers: dict[str, str]) -> bool:
     import requests
 
     try:
-        return requests.get(f"{url}/api/version", timeout=2).status_code == 200
+        return requests.get(f"{url}/api/version", headers=headers, timeout=2).status_code == 200
     except requests.RequestException:
         return False
 

@@ -19,10 +19,15 @@ from trainer.spec import JobSpec, file_kind
 
 # Ray refuses a working_dir over 100 MiB.
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
-# Never uploaded with the job's code (gitwildmatch patterns, given to Ray as `excludes` too).
+# Never uploaded with the job's code (gitwildmatch patterns relative to the project, given to Ray as
+# `excludes` too): tool caches, and files that hold secrets (keys, tokens, cloud credentials).
+# SSH keys by their names (id_rsa...), not `id_*`, which would drop an `id_map.py` without a word.
 UPLOAD_EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache",
                    ".mypy_cache", "mlruns", "mlartifacts", "mlflow.db", ".trainer", "*.egg-info",
-                   "node_modules", ".ipynb_checkpoints", ".device", ".whl", ".gl"]
+                   "node_modules", ".ipynb_checkpoints", ".device", ".whl", ".gl",
+                   ".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", ".netrc", ".pypirc", ".git-credentials",
+                   "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".ssh/", ".aws/", ".kube/", ".gnupg/",
+                   "**/.docker/config.json"]
 
 
 @dataclass
@@ -167,26 +172,22 @@ def _check_convert(spec: JobSpec, frontend: str) -> None:
             raise SpecError(e.message, path="convert.edge") from None
 
 
-def _excluded(name: str) -> bool:
-    return any(fnmatch.fnmatch(name, pattern) for pattern in UPLOAD_EXCLUDES)
-
-
 def upload_files(workdir: Path):
-    """(relative path, size) of every file that would be uploaded as the job's code."""
-    for root, dirs, files in os.walk(workdir):
-        dirs[:] = [d for d in dirs if not _excluded(d)]
-        for name in files:
-            if _excluded(name):
-                continue
-            path = Path(root) / name
-            try:
-                yield path.relative_to(workdir).as_posix(), path.stat().st_size
-            except OSError:
-                continue
+    """(relative path, size) of every file Ray would upload as the job's code: UPLOAD_EXCLUDES,
+    `.gitignore` and `.rayignore` applied the way Ray applies them (trainer.scheduling.upload)."""
+    from trainer.scheduling.upload import walk
+
+    yield from walk(workdir, UPLOAD_EXCLUDES).files
 
 
 def _check_upload(workdir: Path) -> int:
-    files = list(upload_files(workdir))
+    from trainer.scheduling.upload import walk
+
+    upload = walk(workdir, UPLOAD_EXCLUDES)
+    if upload.refused:
+        more = f" (and {len(upload.refused) - 1} more)" if len(upload.refused) > 1 else ""
+        raise PreflightError(f"cannot upload the code in {workdir}: {upload.refused[0]}{more}")
+    files = upload.files
     total = sum(size for _, size in files)
     if total > MAX_UPLOAD_BYTES:
         biggest = sorted(files, key=lambda f: -f[1])[:5]
@@ -194,7 +195,7 @@ def _check_upload(workdir: Path) -> int:
         raise PreflightError(
             f"the code to upload from {workdir} is {total / 2**20:.0f} MiB, over Ray's 100 MiB limit; "
             f"biggest files: {listing}. Move data out of the code folder (data.path can point anywhere "
-            f"the workers can read) or add it to .gitignore")
+            f"the workers can read) or add it to .gitignore (or .rayignore)")
     return total
 
 

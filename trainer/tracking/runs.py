@@ -1,11 +1,17 @@
 """The MLflow run of a job: created at submit time (so it exists even if the job dies early),
-closed by the job's driver, repaired by the client when a job was cancelled or killed."""
+closed by the job's driver, repaired by the client when a job was cancelled or killed, or when
+its submission never completed (`open_runs` + `close_run`, driven by `trainer.api.reconcile_runs`).
+
+Credentials never reach the store: the URIs recorded in tags (the cluster's address, the spec)
+and every error message here go through `trainer.credentials.redact`."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
 
-from trainer.errors import TrackingError, translate
+from trainer.credentials import redact, redact_text
+from trainer.errors import TrackingError, TrainerError, first_line
 from trainer.home import default_artifact_root, default_tracking_uri, resolve_tracking_uri, trainer_home
 
 if TYPE_CHECKING:
@@ -22,8 +28,24 @@ TAG_ADDRESS = "trainer.ray_address"
 TAG_SPEC = "trainer.spec"
 # Set when a restarted job passed over an unreadable checkpoint: which, why, and where it resumed.
 TAG_RESTORE_FALLBACK = "trainer.restore_fallback"
+# Set when the client (not the job's driver) ended the run: why.
+TAG_CLOSED_BY_CLIENT = "trainer.closed_by_client"
 
 MAX_PARAM_LEN = 6000
+
+
+@contextmanager
+def _mlflow_errors(message: str) -> Iterator[None]:
+    """MLflow's errors as one-line TrackingErrors with credentials masked: MLflow's own messages
+    quote the request URL, `user:password@` included."""
+    try:
+        yield
+    except TrainerError:
+        raise
+    except Exception as e:
+        text = f"{message}: {first_line(e)}"
+        shown = redact_text(text)
+        raise TrackingError(shown) from (e if shown == text else None)   # the cause would show the secret
 
 
 def tracking_uri(spec: "JobSpec | None" = None) -> str:
@@ -60,7 +82,7 @@ def experiment_id(mlc: "MlflowClient", name: str, uri: str) -> str:
 def start_run(spec: "JobSpec", job_id: str, uri: str, address: str,
               fingerprint: "Fingerprint | None") -> str:
     """Create the job's run with params, tags and its dataset; return the run id."""
-    with translate(TrackingError, f"cannot create the job's run in the MLflow store {uri}"):
+    with _mlflow_errors(f"cannot create the job's run in the MLflow store {redact(uri)}"):
         return _start_run(spec, job_id, uri, address, fingerprint)
 
 
@@ -72,7 +94,8 @@ def _start_run(spec: "JobSpec", job_id: str, uri: str, address: str, fingerprint
         experiment_id(mlc, spec.experiment, uri),
         run_name=job_id,
         tags={TAG_JOB_ID: job_id, TAG_JOB_NAME: spec.name, TAG_FRAMEWORK: spec.framework,
-              TAG_ADDRESS: address, TAG_SPEC: spec.model_dump_json(exclude_none=True)[:MAX_PARAM_LEN],
+              TAG_ADDRESS: redact(address),
+              TAG_SPEC: redact_text(spec.model_dump_json(exclude_none=True))[:MAX_PARAM_LEN],
               "mlflow.source.name": spec.entrypoint},
     )
     params = {**{k: v for k, v in spec.config.items()},
@@ -82,7 +105,7 @@ def _start_run(spec: "JobSpec", job_id: str, uri: str, address: str, fingerprint
               "trainer.gpus_per_worker": spec.resources.gpus_per_worker,
               "trainer.max_failures": spec.failure.max_failures}
     mlc.log_batch(run.info.run_id, params=[
-        Param(k, (v if isinstance(v, str) else json.dumps(v))[:MAX_PARAM_LEN]) for k, v in params.items()])
+        Param(k, redact_text(v if isinstance(v, str) else json.dumps(v))[:MAX_PARAM_LEN]) for k, v in params.items()])
     if fingerprint is not None:
         # MLflow caps a dataset digest at 36 characters; the full sha256 goes in the profile.
         dataset = Dataset(name=fingerprint.name, digest=fingerprint.digest[:32], source_type="local",
@@ -96,13 +119,46 @@ def _start_run(spec: "JobSpec", job_id: str, uri: str, address: str, fingerprint
 
 def finish_run(uri: str, run_id: str, status: str) -> None:
     """status: FINISHED | FAILED | KILLED."""
-    with translate(TrackingError, f"cannot close MLflow run {run_id} in {uri}"):
+    with _mlflow_errors(f"cannot close MLflow run {run_id} in {redact(uri)}"):
         client(uri).set_terminated(run_id, status=status)
 
 
+def close_run(uri: str, run_id: str, status: str, reason: str) -> None:
+    """End a run from the client (its driver never will), saying why in TAG_CLOSED_BY_CLIENT."""
+    with _mlflow_errors(f"cannot close MLflow run {run_id} in {redact(uri)}"):
+        mlc = client(uri)
+        mlc.set_tag(run_id, TAG_CLOSED_BY_CLIENT, redact_text(reason)[:MAX_PARAM_LEN])
+        mlc.set_terminated(run_id, status=status)
+
+
 def run_status(uri: str, run_id: str) -> str:
-    with translate(TrackingError, f"cannot read MLflow run {run_id} from {uri}"):
+    with _mlflow_errors(f"cannot read MLflow run {run_id} from {redact(uri)}"):
         return client(uri).get_run(run_id).info.status
+
+
+def open_runs(uri: str, address: str) -> list[dict]:
+    """Runs still RUNNING in the store that were submitted to the cluster at `address`:
+    [{"run_id", "job_id", "start_time" (s)}], across every experiment."""
+    with _mlflow_errors(f"cannot search the MLflow store {redact(uri)}"):
+        mlc = client(uri)
+        experiments = [e.experiment_id for e in mlc.search_experiments()]
+        where = (f"attributes.status = 'RUNNING' and tags.`{TAG_ADDRESS}` = '{_quoted(redact(address))}'")
+        found = []
+        for start in range(0, len(experiments), 100):   # MLflow takes up to 100 experiments per search
+            token = None
+            while True:
+                page = mlc.search_runs(experiments[start:start + 100], filter_string=where, max_results=1000,
+                                       page_token=token)
+                found.extend(page)
+                token = page.token
+                if not token:
+                    break
+    return [{"run_id": r.info.run_id, "job_id": r.data.tags.get(TAG_JOB_ID),
+             "start_time": (r.info.start_time or 0) / 1000} for r in found if r.data.tags.get(TAG_JOB_ID)]
+
+
+def _quoted(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def metrics_frame(uri: str, run_id: str):
@@ -111,7 +167,7 @@ def metrics_frame(uri: str, run_id: str):
 
     mlc = client(uri)
     rows = []
-    with translate(TrackingError, f"cannot read the metrics of MLflow run {run_id} from {uri}"):
+    with _mlflow_errors(f"cannot read the metrics of MLflow run {run_id} from {redact(uri)}"):
         for key in mlc.get_run(run_id).data.metrics:
             for m in mlc.get_metric_history(run_id, key):
                 rows.append({"key": m.key, "step": m.step, "value": m.value, "timestamp": m.timestamp})
