@@ -17,7 +17,6 @@ never executes the bundle's `run.py`, it runs this project's own runner on the b
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field

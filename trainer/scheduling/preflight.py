@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import difflib
-import fnmatch
 import math
 import os
 import stat
