@@ -101,18 +101,15 @@ class TensorflowContext(Context):
         import tensorflow as tf
         from mlflow.models import infer_signature
 
-        from trainer.tracking.runs import client
+        from trainer.tracking.runs import logging_into
 
         example = np.asarray(example_input, dtype="float32")[:8]
         output = np.asarray(model(example, training=False))
         signature = infer_signature(example, output)
-        mlflow.set_tracking_uri(self._tracking_uri)
-        with mlflow.start_run(run_id=self.run_id):
+        with logging_into(self._tracking_uri, self.run_id):
             mlflow.tensorflow.log_model(
                 model, name="model", signature=signature,
                 pip_requirements=[f"{_tensorflow_distribution()}=={tf.__version__}", f"keras=={keras.__version__}"])
-        # start_run's exit marked the run FINISHED; the job's driver owns the final status.
-        client(self._tracking_uri).update_run(self.run_id, status="RUNNING")
 
 
 def _tensorflow_distribution() -> str:

@@ -75,7 +75,7 @@ class TorchContext(Context):
         from mlflow.models import infer_signature
 
         from trainer.errors import first_line
-        from trainer.tracking.runs import client
+        from trainer.tracking.runs import client, logging_into
 
         module = getattr(model, "module", model)  # unwrap DDP
         module = module.to("cpu").eval()
@@ -85,9 +85,8 @@ class TorchContext(Context):
             output = module(example)
         signature = infer_signature(example.numpy(), output.numpy())
         requirements = [f"torch=={torch.__version__.split('+')[0]}"]
-        mlflow.set_tracking_uri(self._tracking_uri)
         tracking = client(self._tracking_uri)
-        with mlflow.start_run(run_id=self.run_id):
+        with logging_into(self._tracking_uri, self.run_id):
             try:
                 # A batch of 8 (> 1) so the batch dimension is exported dynamic (Dim.AUTO).
                 mlflow.pytorch.log_model(module, name="model", signature=signature, input_example=example.numpy(),
@@ -101,8 +100,6 @@ class TorchContext(Context):
                 mlflow.pytorch.log_model(module, name="model", signature=signature, serialization_format="pickle",
                                          pip_requirements=requirements)
                 tracking.set_tag(self.run_id, TAG_MODEL_FORMAT, f"pickle (torch.export failed: {reason})"[:5000])
-        # start_run's exit marked the run FINISHED; the job's driver owns the final status.
-        tracking.update_run(self.run_id, status="RUNNING")
 
 
 CHECKPOINT_FILE = "state.pt"

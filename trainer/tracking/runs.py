@@ -117,6 +117,27 @@ def _start_run(spec: "JobSpec", job_id: str, uri: str, address: str, fingerprint
     return run.info.run_id
 
 
+@contextmanager
+def logging_into(uri: str, run_id: str) -> Iterator[None]:
+    """Make `run_id` MLflow's active run for the block (its `log_model` works only through the
+    fluent API), whatever experiment a notebook (or an earlier test) made active in this process:
+    start_run refuses a run of another experiment, so the run's own is active inside the block and
+    the caller's is put back after. The run stays RUNNING afterwards: the job's driver owns its
+    final status."""
+    import mlflow
+    from mlflow.tracking import fluent
+
+    saved_experiment = fluent._active_experiment_id
+    mlflow.set_tracking_uri(uri)
+    fluent._active_experiment_id = client(uri).get_run(run_id).info.experiment_id
+    try:
+        with mlflow.start_run(run_id=run_id):
+            yield
+        client(uri).update_run(run_id, status="RUNNING")
+    finally:
+        fluent._active_experiment_id = saved_experiment
+
+
 def finish_run(uri: str, run_id: str, status: str) -> None:
     """status: FINISHED | FAILED | KILLED."""
     with _mlflow_errors(f"cannot close MLflow run {run_id} in {redact(uri)}"):
