@@ -88,7 +88,8 @@ def promote(model: str, to: str, version: str | None = None, *, approve: bool = 
 
     record = {"model": model, "version": version, "from": source_env, "to": to, "by": promoter(),
               "at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9 // 10**6:03d}Z",
-              "approved": approve, "gates": [r.to_dict() for r in results], "model_id": mv.model_id,
+              "approved": approve, "gates": [r.to_dict() for r in results],
+              "model_id": mv.model_id or (mv.source or "").removeprefix("models:/"),
               "run_id": mv.run_id, "data_sha256": mv.tags.get(TAG_DATA), "parity": mv.tags.get(TAG_PARITY),
               "digest": None, "source": None, "target": None, "registry": None}
     if os.environ.get("BUILD_URL"):

@@ -156,6 +156,8 @@ def _wait_ready(address: str, proc: subprocess.Popen) -> bool:
 
 def _free(port: int) -> bool:
     with socket.socket() as s:
+        # As Go's listener does: a port whose old connections linger in TIME_WAIT is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
