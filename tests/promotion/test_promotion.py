@@ -131,3 +131,22 @@ def test_history_lists_every_promotion_in_order(trained, oci_registry):
     table = subprocess.run([TRAINER, "promote", "history", MODEL], capture_output=True, text=True,
                            env={**__import__("os").environ, "COLUMNS": "80"})
     assert table.returncode == 0 and "production" in table.stdout
+
+
+def test_the_registry_password_is_nowhere_in_mlflow_or_output(trained, oci_registry, trainer_home):
+    import base64
+
+    from trainer.tracking.runs import client
+
+    auth = json.loads((trainer_home / "registry" / "config.json").read_text())["auths"][oci_registry["address"]]["auth"]
+    password = base64.b64decode(auth).decode().split(":", 1)[1]
+    mlc = client(trained.tracking_uri)
+    stored = json.dumps([dict(mv.tags) for mv in mlc.search_model_versions(f"name = '{MODEL}'")])
+    run = mlc.get_run(trained.run_id)
+    stored += json.dumps(run.data.tags) + json.dumps(run.data.params)
+    shown = subprocess.run([TRAINER, "promote", "history", MODEL, "-o", "json"], capture_output=True, text=True)
+    listed = subprocess.run([TRAINER, "registry", "ls", f"dev/{MODEL}", "--registry", oci_registry["address"]],
+                            capture_output=True, text=True, env={**__import__("os").environ, "TRAINER_DEBUG": "1"})
+    assert listed.returncode == 0, listed.stderr
+    for text in (stored, shown.stdout + shown.stderr, listed.stdout + listed.stderr):
+        assert password not in text and auth not in text
