@@ -69,8 +69,10 @@ def ls(repo: Optional[str] = typer.Argument(None, help="A repository (project/na
 
     def render(r):
         if "repositories" in r:
-            return p.table(["repository"], [[x] for x in r["repositories"]], title=r["registry"])
-        p.table(["tag", "digest"], [[t["tag"], t["digest"]] for t in r["tags"]], title=f"{r['registry']}/{r['repository']}")
+            p.line(f"registry {r['registry']}")
+            return p.table(["repository"], [[x] for x in r["repositories"]])
+        p.line(f"{r['registry']}/{r['repository']}")
+        p.table(["tag", "digest"], [[t["tag"], t["digest"]] for t in r["tags"]])
     p.emit(result, render)
 
 

@@ -217,8 +217,11 @@ class Registry:
 
     # -------------------------------------------------------------- manifests
     def get_manifest(self, repo: str, ref: str) -> Manifest:
-        r = self._send("GET", f"/v2/{repo}/manifests/{ref}", [_scope(repo, "pull")], ok=(200,),
+        r = self._send("GET", f"/v2/{repo}/manifests/{ref}", [_scope(repo, "pull")], ok=(200, 404),
                        headers={"Accept": ", ".join(MANIFEST_TYPES)})
+        if r.status_code == 404:
+            sep = "@" if ref.startswith("sha256:") else ":"
+            raise RegistryError(f"{self.host}/{repo}{sep}{ref}: no such artifact in the registry")
         if len(r.content) > MAX_MANIFEST_BYTES:
             raise RegistryError(f"{repo}:{ref}: the manifest is over {MAX_MANIFEST_BYTES} bytes")
         digest = sha256_digest(r.content)
