@@ -12,6 +12,7 @@ import math
 import os
 import re
 import stat
+import warnings
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -116,6 +117,74 @@ class Convert(_Strict):
                             "bundle on under emulation (cortex-a72, cortex-a53, neoverse-n1).")
 
 
+# ---------------------------------------------------------------- register: (promotion)
+
+ENVIRONMENTS = ("dev", "staging", "production")
+GATED_ENVIRONMENTS = ("staging", "production")
+GATE_OPERATORS = (">=", "<=", "==", "!=", ">", "<")
+_GATE_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,199}")
+_GATE_NUMBER = re.compile(r"\s*(>=|<=|==|!=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*")
+GATE_RULE = "'passed', 'failed', or a comparison with a number such as '>=0.95'"
+
+
+def parse_gate(condition: str) -> tuple[str, float | None]:
+    """A gate's condition: ("passed"|"failed", None) or (operator, number); ValueError otherwise."""
+    text = condition.strip() if isinstance(condition, str) else condition
+    if text in ("passed", "failed"):
+        return text, None
+    m = _GATE_NUMBER.fullmatch(text) if isinstance(text, str) else None
+    if m is None or not math.isfinite(float(m.group(2))):
+        raise ValueError(f"must be {GATE_RULE}, got {shown(condition)}")
+    return m.group(1), float(m.group(2))
+
+
+class Register(_Strict):
+    """After training (and conversion): register the model in MLflow and push it to the
+    registry's dev/ project; `trainer promote` moves it on through gates."""
+
+    model: str = Field(..., pattern=r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$", max_length=128,
+                       description="Registered model name in MLflow and repository name in the registry "
+                       "(lower-case letters, digits, '.', '_', '-').")
+    registry: str | None = Field(None, description="OCI registry host[:port] or http(s)://host[:port] "
+                                 "(no credentials: they come from docker login / TRAINER_REGISTRY_USERNAME+"
+                                 "PASSWORD / a credential helper); default $TRAINER_REGISTRY, else a running "
+                                 "`trainer registry serve`, else MLflow only.")
+    gates: dict[Literal["staging", "production"], dict[str, str]] = Field(
+        default_factory=dict, description="Per environment, metric -> condition checked before promotion: "
+        "accuracy: '>=0.95', parity: passed, parity.onnx-int8.top1_agreement: '>=0.99'. A metric is the "
+        "run's latest value; parity is the conversion report's verdict.")
+
+    @field_validator("registry")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if "@" in v:
+            raise ValueError("must not carry credentials (they come from docker login, "
+                             "TRAINER_REGISTRY_USERNAME/PASSWORD or a credential helper)")
+        if not re.fullmatch(r"(https?://)?[A-Za-z0-9.-]+(:\d{1,5})?/?", v):
+            raise ValueError(f"must be host[:port] or http(s)://host[:port], got {shown(v)}")
+        return v
+
+    @field_validator("gates")
+    @classmethod
+    def _gates(cls, v: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for env, gates in v.items():
+            for key, condition in gates.items():
+                if not _GATE_KEY.fullmatch(key):
+                    raise ValueError(f"{env}: {shown(key)} is not a metric name")
+                try:
+                    parse_gate(condition)
+                except ValueError as e:
+                    raise ValueError(f"{env}.{key}: {e}") from None
+        return v
+
+
+# `register` is the spec's key, and also ABCMeta.register of pydantic's metaclass: pydantic warns
+# that the field shadows it. Instances read the field (spec.register); nothing calls the method.
+warnings.filterwarnings("ignore", message='Field name "register" in "JobSpec" shadows', category=UserWarning)
+
+
 class JobSpec(_Strict):
     """A training job: what to run, where, and where its results go."""
 
@@ -139,6 +208,7 @@ class JobSpec(_Strict):
                                         "on a Ray cluster a job is submitted to directly.")
     tracking: Tracking = Field(default_factory=Tracking)
     convert: Convert | None = None
+    register: Register | None = None
 
     @field_validator("entrypoint")
     @classmethod

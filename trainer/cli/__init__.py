@@ -3,16 +3,17 @@ function, prints through `trainer.cli._output.Printer`.
 
 One module per command group; a new group is a module with `register(app)` added to GROUPS.
 User errors print one red line and exit with their class's code (2 bad spec/usage, 3 preflight,
-4 cluster, 5 job, 6 runtime missing, 7/8 conversion/parity, 9 tracking); TRAINER_DEBUG=1 shows the traceback.
+4 cluster, 5 job, 6 runtime missing, 7/8 conversion/parity, 9 tracking, 10 promotion
+check failed / retrain found the data unchanged, 11 registry); TRAINER_DEBUG=1 shows the traceback.
 """
 from __future__ import annotations
 
 import typer
 
-from trainer.cli import cluster, convert, edge, jobs, k8s, node, runtime, spec
+from trainer.cli import cluster, convert, edge, jobs, k8s, node, promote, registry, runtime, spec
 from trainer.cli._output import ErrorHandlingGroup
 
-GROUPS = (jobs, cluster, node, k8s, spec, runtime, convert, edge)
+GROUPS = (jobs, cluster, node, k8s, spec, runtime, convert, edge, promote, registry)
 
 app = typer.Typer(cls=ErrorHandlingGroup, no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False,

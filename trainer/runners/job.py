@@ -109,6 +109,13 @@ def convert_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str 
     print(report.to_markdown(), flush=True)
 
 
+def register_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str | None) -> None:
+    """The spec's `register:` step (MLflow version + the registry's dev/ project): trainer.promotion."""
+    from trainer.promotion.registration import after_training
+
+    after_training(spec, run_id, tracking_uri)
+
+
 def main() -> int:
     """The Ray job entrypoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
@@ -142,6 +149,7 @@ def main() -> int:
         _prune_checkpoints(result, spec.checkpoint.keep)
         _leave_vanished_cwd()
         convert_after_training(spec, run_id, tracking_uri)
+        register_after_training(spec, run_id, tracking_uri)
         status = "FINISHED"
         return 0
     except TrainerError as e:
@@ -231,6 +239,7 @@ def run_in_process(spec: JobSpec, workdir: Path, run_id: str | None, tracking_ur
     try:
         _train(spec, LocalSession(checkpoint_root, spec.checkpoint.keep), workdir, run_id, tracking_uri)
         convert_after_training(spec, run_id, tracking_uri)
+        register_after_training(spec, run_id, tracking_uri)
         status = "FINISHED"
     finally:
         if run_id:

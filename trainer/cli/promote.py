@@ -1,0 +1,92 @@
+"""`trainer promote | promote history | retrain`: gated promotion and retraining on data change.
+
+Exit codes: promote 0 promoted, 10 a check failed (gate, order, approval; nothing changed), 11
+a registry error; retrain 0 retrained, 10 unchanged (nothing submitted), other non-zero failed.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from trainer import api
+from trainer.cli._output import OutputOpt, Printer
+from trainer.cli.jobs import AddressOpt, SetOpt, _raise_unless_succeeded
+
+TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow store; default $MLFLOW_TRACKING_URI, else the embedded one.")
+RegistryOpt = typer.Option(None, "--registry", help="OCI registry host[:port]; default the one the version was pushed to.")
+
+
+
+def register(app: typer.Typer) -> None:
+    app.command("promote", no_args_is_help=True)(promote)
+    app.command("retrain")(retrain)
+
+
+def promote(model: str = typer.Argument(..., help="Registered model name (or `history MODEL`)."),
+            history_of: Optional[str] = typer.Argument(None, metavar="[MODEL]", help="With `history`: the model."),
+            to: Optional[str] = typer.Option(None, "--to", help="staging | production"),
+            version: Optional[str] = typer.Option(None, "--version", help="Model version; default the one in "
+                                                  "the previous environment (dev for staging, staging for production)."),
+            approve: bool = typer.Option(False, "--approve", help="The explicit approval production needs."),
+            registry: Optional[str] = RegistryOpt, tracking_uri: Optional[str] = TrackingOpt,
+            output: str = OutputOpt):
+    """Promote MODEL --to staging|production: check the gates, then copy the artifact (same
+    digest) and move the MLflow alias, as one transaction (on any failure nothing is left
+    changed). `trainer promote history MODEL` lists every promotion of MODEL, oldest first."""
+    from trainer.errors import UsageError
+
+    if model == "history" and to is None:
+        if history_of is None:
+            raise UsageError("usage: trainer promote history MODEL")
+        return history(history_of, tracking_uri, output)
+    if history_of is not None:
+        raise UsageError(f"unexpected argument {history_of!r} (usage: trainer promote MODEL --to ENV)")
+    p = Printer(output)
+    if to is None:
+        raise UsageError("usage: trainer promote MODEL --to staging|production [--version N] [--approve]")
+    if version is not None and not version.isdigit():
+        raise UsageError(f"--version must be a version number, got {version!r}")
+    record = api.promote(model, to, version, approve=approve, tracking_uri=tracking_uri, registry=registry,
+                         progress=p.note)
+    p.emit(record, lambda r: p.line(f"promoted {r['model']} version {r['version']} to {r['to']}"
+                                    + (f": {r['target']} {r['digest']}" if r["digest"] else " (MLflow only)")))
+
+
+def history(model: str, tracking_uri: Optional[str], output: str) -> None:
+    """Every promotion of MODEL, oldest first: who, when, from/to, digest, gates."""
+    p = Printer(output)
+    records = api.promotion_history(model, tracking_uri)
+
+    def render(rows):
+        if not rows:
+            return p.line(f"{model}: no promotions yet")
+        p.table(["when (UTC)", "version", "from -> to", "by", "digest", "gates", "registry"],
+                [[r["at"][:19].replace("T", " "), r["version"], f"{r['from']} -> {r['to']}", r["by"],
+                  (r["digest"] or "-")[:19], ", ".join(f"{g['gate']}={g['value']:.4g}" if g["value"] is not None
+                                                      else f"{g['gate']}=?" for g in r["gates"]) or "-",
+                  {True: "attached", False: "MISSING", None: "-"}.get(r["in_registry"], str(r["in_registry"]))]
+                 for r in rows], title=f"promotions of {model}")
+    p.emit(records, render)
+
+
+def retrain(spec: str = typer.Argument(..., help="Job spec YAML."),
+            if_data_changed: bool = typer.Option(False, "--if-data-changed", help="Submit only when the data's "
+                                                 "content digest differs from production's (exit 10 otherwise)."),
+            set_: List[str] = SetOpt, address: Optional[str] = AddressOpt, output: str = OutputOpt):
+    """For CI: retrain when the data changed. Exit 0 retrained, 10 unchanged, other codes failed."""
+    from trainer.promotion.retrain import EXIT_UNCHANGED
+
+    p = Printer(output)
+    result = api.retrain(spec, if_data_changed=if_data_changed, address=address, set=set_, progress=p.note)
+    d = result.decision
+    data = {"decision": "retrained" if result.job else "unchanged", "data_sha256": d.current,
+            "recorded_sha256": d.recorded, "compared_with": d.against,
+            "job_id": result.job.id if result.job else None, "run_id": result.job.run_id if result.job else None,
+            "status": result.job.status().value if result.job else None}
+    p.emit(data, lambda x: p.line(f"{x['decision']}: {d.describe()}" + (f"; job {x['job_id']} {x['status']}"
+                                                                         if x["job_id"] else "")))
+    if result.job is not None:
+        _raise_unless_succeeded(result.job, result.job.status())
+    else:
+        raise typer.Exit(EXIT_UNCHANGED)

@@ -1,0 +1,196 @@
+"""Registering a job's model: an MLflow model version (MLflow 3: the run's logged model,
+`models:/<model_id>`) tagged with the data digest, the conversion verdict, the gates and the
+registry digests, aliased `dev`; and the same version as one ModelPack artifact in the registry's
+`dev/` project (`dev/<model>:v<version>`).
+
+Order: the MLflow version first (it gives the version number), then the push; a push that fails
+deletes the new version again, so a job never leaves a version that says it is in dev/ while the
+registry has nothing. With no registry configured the version lives in MLflow only, and the job
+log says so.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from trainer.credentials import redact
+from trainer.errors import TrackingError, TrainerError, first_line
+from trainer.spec import JobSpec
+
+# Model version tags (what promotion and retraining read back).
+TAG_DATA = "trainer.data.sha256"
+TAG_RUN = "trainer.run_id"
+TAG_GATES = "trainer.gates"
+TAG_PARITY = "trainer.parity"
+TAG_REGISTRY = "trainer.registry"
+TAG_RECORD_PREFIX = "trainer.promotion."
+# Registry projects of the environments (Harbor projects dev/, staging/, prod/).
+PROJECTS = {"dev": "dev", "staging": "staging", "production": "prod"}
+
+
+def tag_digest(env: str) -> str:
+    return f"trainer.registry.{env}.digest"
+
+
+def tag_ref(env: str) -> str:
+    return f"trainer.registry.{env}.ref"
+
+
+def repository(env: str, model: str) -> str:
+    return f"{PROJECTS[env]}/{model}"
+
+
+def version_tag(version: str | int) -> str:
+    return f"v{version}"
+
+
+def client(uri: str):
+    import logging
+
+    from trainer.tracking.runs import client as tracking_client
+
+    # MLflow announces creating/upgrading its tables at INFO: our lines, not theirs.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+    return tracking_client(uri)
+
+
+def run_data_digest(mlc, run) -> str | None:
+    """The full sha256 of the run's training data (recorded at submit time as its dataset)."""
+    for dataset_input in (run.inputs.dataset_inputs if run.inputs else []) or []:
+        try:
+            profile = json.loads(dataset_input.dataset.profile or "{}")
+        except ValueError:
+            continue
+        if isinstance(profile, dict) and profile.get("sha256"):
+            return str(profile["sha256"])
+    return None
+
+
+def logged_model_id(mlc, run) -> str:
+    found = mlc.search_logged_models([run.info.experiment_id],
+                                     filter_string=f"source_run_id = '{run.info.run_id}'", max_results=50)
+    models = [m for m in found if m.name == "model"] or list(found)
+    if not models:
+        raise TrainerError(f"register: run {run.info.run_id} logged no model (the training function calls "
+                           f"ctx.save_model(model, example_input))")
+    return max(models, key=lambda m: m.creation_timestamp or 0).model_id
+
+
+def register_run(spec: JobSpec, run_id: str, tracking_uri: str, echo: Callable[[str], None] = print) -> dict:
+    """Register the run's model per `spec.register`; returns {model, version, model_id, registry, digest}."""
+    from trainer.registry.serve import configured_address
+
+    reg_spec = spec.register
+    assert reg_spec is not None
+    mlc = client(tracking_uri)
+    with _mlflow(f"cannot register the model of run {run_id} in {redact(tracking_uri)}"):
+        run = mlc.get_run(run_id)
+        model_id = logged_model_id(mlc, run)
+        parity = run.data.metrics.get("parity.passed")
+        tags = {TAG_RUN: run_id, TAG_GATES: json.dumps(reg_spec.gates, sort_keys=True),
+                TAG_PARITY: "none" if parity is None else ("passed" if parity == 1.0 else "failed")}
+        data = run_data_digest(mlc, run)
+        if data:
+            tags[TAG_DATA] = data
+        _ensure_registered_model(mlc, reg_spec.model)
+        version = mlc.create_model_version(reg_spec.model, source=f"models:/{model_id}", run_id=run_id,
+                                           tags=tags, model_id=model_id).version
+    address, why = configured_address(reg_spec.registry)
+    result = {"model": reg_spec.model, "version": str(version), "model_id": model_id, "registry": None,
+              "digest": None}
+    if address is None:
+        echo(f"registered {reg_spec.model} version {version} in MLflow only: {why}")
+    else:
+        try:
+            manifest, ref = _push(address, reg_spec.model, str(version), model_id, run_id, data, tracking_uri)
+        except BaseException as e:
+            _forget(mlc, reg_spec.model, str(version))
+            if isinstance(e, TrainerError):
+                raise TrainerError(f"register: {e}; MLflow version {version} was removed again") from e
+            raise
+        with _mlflow(f"pushed {ref}, but cannot tag MLflow version {version}"):
+            mlc.set_model_version_tag(reg_spec.model, str(version), TAG_REGISTRY, address)
+            mlc.set_model_version_tag(reg_spec.model, str(version), tag_digest("dev"), manifest.digest)
+            mlc.set_model_version_tag(reg_spec.model, str(version), tag_ref("dev"), ref)
+        result.update(registry=address, digest=manifest.digest)
+        echo(f"registered {reg_spec.model} version {version} and pushed {ref} ({manifest.digest[:19]})")
+    with _mlflow(f"cannot set the dev alias of {reg_spec.model}"):
+        mlc.set_registered_model_alias(reg_spec.model, "dev", str(version))
+    return result
+
+
+def _push(address: str, model: str, version: str, model_id: str, run_id: str, data: str | None,
+          tracking_uri: str):
+    from trainer.registry.artifacts import ANN_DATA, ANN_MODEL_ID, ANN_RUN_ID, ANN_VERSION, push_model
+    from trainer.registry.client import Registry
+
+    reg = Registry(address)
+    repo = repository("dev", model)
+    with tempfile.TemporaryDirectory(prefix="trainer-register-") as tmp:
+        root = Path(tmp) / "artifact"
+        _download(tracking_uri, model_id, run_id, root)
+        annotations = {ANN_MODEL_ID: model_id, ANN_VERSION: version, ANN_RUN_ID: run_id}
+        if data:
+            annotations[ANN_DATA] = data
+        manifest = push_model(reg, repo, version_tag(version), root, name=model, version=version,
+                              annotations=annotations)
+    return manifest, f"{reg.host}/{repo}:{version_tag(version)}"
+
+
+def _download(tracking_uri: str, model_id: str, run_id: str, root: Path) -> None:
+    """The native model (MLflow's model folder) under model/, the conversion output (ONNX, int8,
+    TFLite, edge bundle, parity report) under conversion/ when the run has it."""
+    import mlflow.artifacts
+
+    mlc = client(tracking_uri)
+    with _mlflow(f"cannot download model {model_id} from {redact(tracking_uri)}"):
+        (root / "model").mkdir(parents=True)
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_id}", dst_path=str(root / "model"),
+                                            tracking_uri=tracking_uri)
+        if any(a.path == "conversion" for a in mlc.list_artifacts(run_id)):
+            mlc.download_artifacts(run_id, "conversion", str(root))
+
+
+def _ensure_registered_model(mlc, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlc.create_registered_model(name)
+    except MlflowException as e:
+        if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+
+
+def _forget(mlc, name: str, version: str) -> None:
+    try:
+        mlc.delete_model_version(name, version)
+    except Exception:  # noqa: BLE001 - the error being raised matters more
+        pass
+
+
+class _mlflow:
+    """MLflow's errors as one TrackingError line (credentials masked by the tracking layer's URIs)."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if err is None or isinstance(err, TrainerError) or not isinstance(err, Exception):
+            return False
+        raise TrackingError(f"{self.message}: {first_line(err)}") from err
+
+
+def after_training(spec: JobSpec, run_id: str | None, tracking_uri: str | None) -> None:
+    """The job driver's step after conversion: register when the spec has `register:`."""
+    if spec.register is None or run_id is None:
+        return
+    from trainer.home import resolve_tracking_uri
+
+    register_run(spec, run_id, resolve_tracking_uri(tracking_uri), echo=lambda line: print(line, flush=True))

@@ -1,0 +1,225 @@
+"""One promotion: dev -> staging -> production, as a transaction over MLflow and the registry.
+
+1. Checks, changing nothing: the environment order (production only from the version in
+   staging, and only with `approve`), the version's gates for the target against its run's
+   metrics. A failed check raises GateError; nothing was touched.
+2. Staging, invisible to users: the artifact's blobs mounted into the target project, its
+   manifest PUT by digest (untagged, the same bytes, so the same digest), the promotion record
+   pushed as a referrer of it (untagged).
+3. Commit: the registry's referrers index tag (tag-schema fallback) and the version tag
+   `v<N>` in the target project, then MLflow: the record as a version tag, the target digest,
+   and the alias last.
+4. A failure in 3 undoes what 3 did (tags put back to their previous digests or removed, the
+   alias put back) and raises; what 2 left is untagged and invisible, and a retry reuses it.
+
+Records are append-only: a new `trainer.promotion.<NNNN>` version tag per promotion (a key is
+never rewritten) and a new referrer per promotion in the registry (an index only gains entries).
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import time
+from typing import Callable
+
+from trainer.errors import TrainerError, UsageError
+from trainer.promotion.gates import evaluate
+from trainer.promotion.registration import (PROJECTS, TAG_DATA, TAG_GATES, TAG_PARITY, TAG_RECORD_PREFIX, TAG_REGISTRY,
+                                            _mlflow, client, repository, tag_digest, tag_ref, version_tag)
+
+# Where each environment is promoted from.
+SOURCE = {"staging": "dev", "production": "staging"}
+MAX_TAG_VALUE = 5000      # MLflow's limit on a model version tag's value
+
+
+class GateError(TrainerError):
+    """A promotion's checks failed (a gate, the environment order, a missing approval); nothing changed."""
+
+    exit_code = 10
+
+
+def promoter() -> str:
+    """Who promotes: $TRAINER_PROMOTED_BY, else Jenkins' BUILD_USER_ID / BUILD_TAG, else user@host."""
+    for name in ("TRAINER_PROMOTED_BY", "BUILD_USER_ID", "BUILD_TAG"):
+        if os.environ.get(name):
+            return os.environ[name][:200]
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in a container
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def promote(model: str, to: str, version: str | None = None, *, approve: bool = False,
+            tracking_uri: str | None = None, registry: str | None = None,
+            progress: Callable[[str], None] | None = None, _fail_after: str | None = None) -> dict:
+    """Promote `model` (version, default the one in the source environment) to `to`; returns the record."""
+    from trainer.home import resolve_tracking_uri
+
+    say = progress or (lambda _: None)
+    if to not in SOURCE:
+        raise UsageError(f"--to must be staging or production, got {to!r}")
+    uri = resolve_tracking_uri(tracking_uri)
+    mlc = client(uri)
+    source_env = SOURCE[to]
+    with _mlflow(f"cannot read model {model!r} from the MLflow registry"):
+        mv = _version(mlc, model, version, source_env)
+        version = str(mv.version)
+        run = mlc.get_run(mv.run_id) if mv.run_id else None
+        current = _alias_version(mlc, model, to)
+    if to == "production":
+        in_staging = _alias_version(mlc, model, "staging")
+        if in_staging != version:
+            raise GateError(f"{model} version {version} is not in staging (staging holds "
+                            f"{'version ' + in_staging if in_staging else 'nothing'}): promote it to staging first")
+        if not approve:
+            raise GateError(f"promoting {model} version {version} to production needs an explicit approval: --approve")
+    if current == version:
+        raise GateError(f"{model} version {version} is already in {to}")
+    gates = json.loads(mv.tags.get(TAG_GATES) or "{}").get(to, {})
+    results = evaluate(gates, dict(run.data.metrics) if run else {})
+    failed = [r for r in results if not r.passed]
+    if failed:
+        raise GateError(f"{model} version {version} fails its {to} gates: "
+                        + "; ".join(r.describe() for r in failed) + "; nothing was changed")
+    say(f"gates for {to}: " + ("; ".join(r.describe() for r in results) if results else "none set"))
+
+    record = {"model": model, "version": version, "from": source_env, "to": to, "by": promoter(),
+              "at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9 // 10**6:03d}Z",
+              "approved": approve, "gates": [r.to_dict() for r in results],
+              "model_id": mv.model_id or (mv.source or "").removeprefix("models:/"),
+              "run_id": mv.run_id, "data_sha256": mv.tags.get(TAG_DATA), "parity": mv.tags.get(TAG_PARITY),
+              "digest": None, "source": None, "target": None, "registry": None}
+    if os.environ.get("BUILD_URL"):
+        record["build"] = os.environ["BUILD_URL"][:300]
+    seq = 1 + sum(1 for k in mv.tags if k.startswith(TAG_RECORD_PREFIX))
+    record["seq"] = seq
+
+    undo: list[Callable[[], None]] = []
+    src_digest = mv.tags.get(tag_digest(source_env))
+    address = registry or mv.tags.get(TAG_REGISTRY)
+    try:
+        if src_digest and address:
+            _registry_part(address, model, version, source_env, to, src_digest, record, undo, say, _fail_after)
+        elif src_digest:
+            raise UsageError(f"{model} version {version} is in a registry, but none is known: pass --registry")
+        else:
+            record["registry"] = "none (registered in MLflow only)"
+            say(f"{model} version {version} has no registry artifact: promoting in MLflow only")
+        _mlflow_part(mlc, model, version, to, current, record, seq, undo, _fail_after)
+    except BaseException as e:
+        errors = _undo(undo)
+        if errors:
+            raise TrainerError(f"promotion failed ({e}) and could not be fully undone: {'; '.join(errors)}; "
+                               f"run the same promotion again to finish it") from e
+        raise
+    say(f"{model} version {version} is in {to}" + (f": {record['target']} ({record['digest'][:19]})"
+                                                     if record["digest"] else " (MLflow alias)"))
+    return record
+
+
+def _version(mlc, model: str, version: str | None, source_env: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if version is not None:
+            return mlc.get_model_version(model, str(version))
+        return mlc.get_model_version_by_alias(model, source_env)
+    except MlflowException as e:
+        if "RESOURCE_DOES_NOT_EXIST" in str(e.error_code) or "not found" in str(e).lower():
+            which = f"no version {version}" if version else f"nothing in {source_env} (alias @{source_env})"
+            raise UsageError(f"model {model!r} has {which} in the MLflow registry") from None
+        raise
+
+
+def _alias_version(mlc, model: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(mlc.get_model_version_by_alias(model, alias).version)
+    except MlflowException:
+        return None
+
+
+def _registry_part(address, model, version, source_env, to, src_digest, record, undo, say, fail_after) -> None:
+    from trainer.registry.artifacts import copy, fallback_index_with, push_record, put_fallback_index
+    from trainer.registry.client import Registry, fallback_tag
+
+    reg = Registry(address)
+    src_repo, dst_repo, tag = repository(source_env, model), repository(to, model), version_tag(version)
+    now = reg.manifest_digest(src_repo, tag)
+    if now != src_digest:
+        raise GateError(f"{reg.host}/{src_repo}:{tag} is {now or 'missing'}, but MLflow recorded {src_digest} "
+                        f"for version {version}: the artifact changed since; nothing was changed")
+    record.update(digest=src_digest, source=f"{reg.host}/{src_repo}:{tag}", target=f"{reg.host}/{dst_repo}:{tag}")
+    had_tag = reg.manifest_digest(dst_repo, tag)
+    had_manifest = reg.manifest_digest(dst_repo, src_digest) is not None
+    # 2. staged, untagged
+    manifest, how = copy(reg, src_repo, src_digest, dst_repo, None)
+    say(f"copied {len(how)} blob(s) to {dst_repo} ({', '.join(sorted(set(how.values())))}), manifest {src_digest[:19]}")
+    if fail_after == "copy":
+        raise TrainerError("injected failure after the copy")
+    _, method = reg.referrers(dst_repo, src_digest)
+    record["registry"] = "referrers API" if method == "api" else "referrers tag schema (sha256-<hex> index)"
+    descriptor = push_record(reg, dst_repo, manifest, record)
+    # 3. commit: the index (fallback registries), then the version tag
+    if method == "tag":
+        body, old = fallback_index_with(reg, dst_repo, src_digest, descriptor)
+        new_index = put_fallback_index(reg, dst_repo, src_digest, body)
+        undo.append(lambda: _restore_tag(reg, dst_repo, fallback_tag(src_digest), old, new_index))
+    digest = reg.put_manifest(dst_repo, tag, manifest.body, manifest.media_type)
+    if digest != src_digest:
+        raise TrainerError(f"{dst_repo}:{tag}: the registry stored digest {digest}, not {src_digest}")
+    old_tag = reg.get_manifest(dst_repo, had_tag) if had_tag and had_tag != src_digest else None
+    undo.append(lambda: _restore_version_tag(reg, dst_repo, tag, old_tag, src_digest, had_manifest))
+    if fail_after == "registry":
+        raise TrainerError("injected failure after the registry commit")
+
+
+def _mlflow_part(mlc, model, version, to, current, record, seq, undo, fail_after) -> None:
+    key = f"{TAG_RECORD_PREFIX}{seq:04d}"
+    value = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    if len(value) > MAX_TAG_VALUE:     # gates of a huge spec: keep the verdicts, drop the detail
+        slim = {**record, "gates": [{k: g[k] for k in ("gate", "value", "passed")} for g in record["gates"]]}
+        value = json.dumps(slim, sort_keys=True, separators=(",", ":"))[:MAX_TAG_VALUE]
+    with _mlflow(f"cannot record the promotion of {model} version {version} in MLflow"):
+        undo.append(lambda: mlc.delete_model_version_tag(model, version, key))
+        mlc.set_model_version_tag(model, version, key, value)
+        if record["digest"]:
+            for tkey, tval in ((tag_digest(to), record["digest"]), (tag_ref(to), record["target"])):
+                undo.append(lambda k=tkey: mlc.delete_model_version_tag(model, version, k))
+                mlc.set_model_version_tag(model, version, tkey, tval)
+        if fail_after == "mlflow":
+            raise TrainerError("injected failure before the alias moved")
+        mlc.set_registered_model_alias(model, to, version)
+
+
+def _restore_tag(reg, repo, tag, old, new_digest) -> None:
+    if old is not None:
+        reg.put_manifest(repo, tag, old.body, old.media_type)
+    else:
+        reg.delete_manifest(repo, new_digest)
+
+
+def _restore_version_tag(reg, repo, tag, old_manifest, digest, had_manifest) -> None:
+    if old_manifest is not None:
+        reg.put_manifest(repo, tag, old_manifest.body, old_manifest.media_type)
+    elif not had_manifest:
+        reg.delete_manifest(repo, digest)     # the tag with it: nothing of this promotion stays tagged
+
+
+def _undo(steps: list[Callable[[], None]]) -> list[str]:
+    from trainer.errors import first_line
+
+    errors = []
+    for step in reversed(steps):
+        try:
+            step()
+        except Exception as e:  # noqa: BLE001 - undo the rest, report all
+            errors.append(first_line(e))
+    return errors
+
+
+__all__ = ["GateError", "promote", "PROJECTS"]
