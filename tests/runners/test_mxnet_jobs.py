@@ -46,8 +46,8 @@ def test_mxnet_workers_killed_mid_step_and_mid_checkpoint_resume_every_epoch_onc
     new group with a fresh exchange actor (no hang, no 'init first'), and the job must succeed
     with every epoch in MLflow exactly once, on its true step, and at most `keep` checkpoints."""
     plan = [{"epoch": epoch, "rank": rank, "phase": phase, **({"batch": 2} if phase == "step" else {})}
-            for epoch, (rank, phase) in zip((1, 2, 4, 5, 7), MUST)]
-    drill = Drill("mxnet.yaml", "train_mlp_mxnet.py:train_no_step", "cpu", plan, epochs=10)
+            for epoch, (rank, phase) in zip((1, 2, 3, 4, 6), MUST)]
+    drill = Drill("mxnet.yaml", "train_mlp_mxnet.py:train_no_step", "cpu", plan, epochs=8)
     drill.submit(tmp_path / "faults")
     assert drill.wait() == "SUCCEEDED", drill.why()
     assert [(r["rank"], r["phase"]) for r in drill.fired()] == [(f["rank"], f["phase"]) for f in plan], drill.why()
