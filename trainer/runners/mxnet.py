@@ -46,6 +46,7 @@ The saved model is the MXNet native format the mxnet converter frontend reads: `
 """
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,18 +160,15 @@ class GradientExchange:
     workers sent their array; each gets the sum ("sum") or rank 0's array ("broadcast")."""
 
     def __init__(self, world_size: int):
-        import asyncio
-
         self._n = world_size
-        self._rounds: dict = {}
-        self._asyncio = asyncio
+        self._rounds: dict = {}     # (key, seq) -> the round's parts, result and readers left
 
     async def reduce(self, key, seq: int, rank: int, array, op: str):
         import numpy as np
 
         r = self._rounds.get((key, seq))
         if r is None:
-            r = self._rounds[(key, seq)] = {"parts": {}, "done": self._asyncio.Event(), "out": None, "left": self._n}
+            r = self._rounds[(key, seq)] = {"parts": {}, "done": asyncio.Event(), "out": None, "left": self._n}
         r["parts"][rank] = array
         if len(r["parts"]) == self._n:
             if op == "broadcast":
