@@ -2,8 +2,8 @@
 runtime (mxnet 1.9.1, numpy 1.23).
 
 The same function runs on Ray workers (`trainer submit mxnet.yaml`: with `workers: 2` the gradients
-are summed by MXNet's `dist_sync` parameter server, see trainer/runners/mxnet.py) and in-process
-(`trainer run mxnet.yaml --local`).
+are summed over the workers by `ctx.kvstore`, a Gluon KVStore backed by a Ray actor, see
+trainer/runners/mxnet.py) and in-process (`trainer run mxnet.yaml --local`: one worker, no kvstore).
 """
 import os
 import tempfile

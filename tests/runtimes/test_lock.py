@@ -1,15 +1,18 @@
-"""trainer.runtimes.lock: the one lock-file parser, and the readers that rely on it
-(the installer's sync step, the tensorflow runner's CPU-only check)."""
+"""trainer.runtimes.lock: the one lock-file parser (trainer/runtimes/lockfile.py), its build
+variants, and the readers that rely on it (the installer's sync step, preflight's GPU check)."""
 from __future__ import annotations
 
+import hashlib
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from trainer import runtimes
 from trainer.errors import RuntimeNotInstalledError
-from trainer.runners.tensorflow import _cpu_only_lock
 from trainer.runtimes.installer import _drop_packages_not_in_lock, _Steps
+from trainer.runtimes import lockfile
 from trainer.runtimes.lock import key_versions, normalize
 
 
@@ -53,22 +56,52 @@ def test_key_versions_pick_the_runtime_key_packages():
         "tensorflow-cpu": "2.21.0", "keras": "3.1"}
 
 
-@pytest.mark.parametrize("text, cpu_only", [
-    ("tensorflow_cpu==2.21.0\nray==2.60.0\n", True),
-    ("# tensorflow==2.21.0 was the GPU build\ntensorflow-cpu==2.21.0\n", True),
-    ("tensorflow[and-cuda]==2.21.0\n", False),
-    ("tensorflow-cpu==2.21.0\ntensorflow[and-cuda]==2.21.0\n", False),
-    ("ray==2.60.0\n", False),
+VARIANT_LOCK = ("# header\ntensorflow_cpu==2.21.0\nray[train]==2.60.0\n"
+                "#@ ---- variant gpu ----\n"
+                "#@gpu -tensorflow-cpu==2.21.0\n#@gpu +tensorflow[and-cuda]==2.21.0\n"
+                "#@gpu +nvidia-cudnn-cu12==9.28.0.42\n")
+
+
+def test_a_variant_swaps_the_build_and_keeps_every_other_pin(tmp_path):
+    lock = _lock(tmp_path, VARIANT_LOCK)
+    assert runtimes.parse_lock(lock) == {"tensorflow-cpu": "2.21.0", "ray": "2.60.0"}
+    assert runtimes.parse_lock(lock, "gpu") == {"ray": "2.60.0", "tensorflow": "2.21.0",
+                                                "nvidia-cudnn-cu12": "9.28.0.42"}
+    assert lockfile.requirements(VARIANT_LOCK, "gpu") == [
+        "ray[train]==2.60.0", "tensorflow[and-cuda]==2.21.0", "nvidia-cudnn-cu12==9.28.0.42"]
+    assert lockfile.variants(VARIANT_LOCK) == {"cpu", "gpu"}
+
+
+def test_variant_lines_leave_the_digest_of_the_base_alone(tmp_path):
+    """An installed venv stays up to date when a variant is declared or changed."""
+    base = "# header\ntensorflow_cpu==2.21.0\nray[train]==2.60.0\n"
+    assert lockfile.digest(VARIANT_LOCK) == lockfile.digest(base) == hashlib.sha256(base.encode()).hexdigest()
+    assert lockfile.digest(base.replace("2.60.0", "2.61.0")) != lockfile.digest(base)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("numpy==1.0\n#@gpu -torch==2.13.0\n", "removes 'torch==2.13.0', which the lock does not pin"),
+    ("numpy==1.0\n#@gpu +torch>=2\n", "malformed variant line"),
+    ("numpy==1.0\n#@gpu torch==2\n", "malformed variant line"),
 ])
-def test_tensorflow_runner_reads_the_cpu_only_pin_through_parse_lock(tmp_path, monkeypatch, text, cpu_only):
-    lock = _lock(tmp_path, text)
-    monkeypatch.setattr(runtimes, "lock_path", lambda name: lock)
-    assert _cpu_only_lock() is cpu_only
+def test_a_bad_variant_line_is_one_clear_error(text, message):
+    with pytest.raises(lockfile.LockFormatError, match=message):
+        lockfile.requirements(text, "gpu")
+    with pytest.raises(lockfile.LockFormatError, match="no 'tpu' variant"):
+        lockfile.requirements("numpy==1.0\n", "tpu")
 
 
-def test_tensorflow_runner_without_a_lock_is_not_cpu_only(tmp_path, monkeypatch):
-    monkeypatch.setattr(runtimes, "lock_path", lambda name: tmp_path / "missing.lock")
-    assert _cpu_only_lock() is False
+def test_the_script_the_dockerfiles_run_renders_the_variant_with_the_stdlib_only(tmp_path):
+    """`python -I lockfile.py LOCK --variant gpu`: no trainer package, no site-packages."""
+    lock = _lock(tmp_path, VARIANT_LOCK)
+    script = Path(lockfile.__file__)
+    out = subprocess.run([sys.executable, "-I", "-S", str(script), str(lock), "--variant", "gpu"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == lockfile.requirements(VARIANT_LOCK, "gpu")
+    bad = subprocess.run([sys.executable, "-I", "-S", str(script), str(lock), "--variant", "tpu"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.startswith("lockfile: ") and not bad.stdout
 
 
 def test_sync_uninstalls_only_what_the_lock_no_longer_pins():

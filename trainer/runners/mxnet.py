@@ -1,35 +1,35 @@
 """MXNet (1.9, Gluon) in the mxnet runtime: Ray Train V2's generic DataParallelTrainer plus a
-parameter-server backend.
+backend that all-reduces Gluon's gradients through a Ray actor.
 
-**Capability: one worker.** `unsupported(spec)` refuses `workers > 1` before submission (exit 3,
-MULTI_WORKER_REASON). The parameter-server mode below is implemented and trains 2 workers to the
-same accuracy as one (measured: 0.994 on digits, both ranks' evaluations identical every epoch),
-but it does not survive a worker failure: Ray Train restarts the group with a fresh scheduler and
-server, and that server aborts with `kvstore_dist_server.h:611: Check failed: !stored.is_none():
-init 1 first` while the workers block in the kvstore forever - a hang, not a resume. Until that is
-solved, multi-worker MXNet is refused rather than offered without fault tolerance.
+Ray Train has no MXNet trainer, so the job uses `DataParallelTrainer` with `MXNetConfig`. With
+`workers: N > 1` its backend, before the training function runs, starts one *gradient exchange*
+actor for this worker group (async, 0 CPU, owned by Ray Train's controller) and hands its handle
+to every worker. `ctx.kvstore` is then a Gluon KVStore (`RayAllreduceKVStore`, a
+`mx.kvstore.KVStoreBase`): a Gluon Trainer made with `kvstore=ctx.kvstore, update_on_kvstore=False`
 
-Ray Train has no MXNet trainer, so the job uses `DataParallelTrainer` with `MXNetConfig`, whose
-backend does what Kubeflow's MXJob did for MXNet's distributed mode (kvstore `dist_sync`):
+- broadcasts rank 0's initial parameters to every worker (`broadcast`, once per parameter), and
+- sums each step's gradients over all workers (`pushpull`, once per parameter per step: every
+  worker sends its gradient, the actor adds the N of them and returns the sum to all);
 
-- with `workers: N > 1`, before the training function runs, the backend starts one *scheduler*
-  and one *server* process (`DMLC_ROLE=scheduler|server`, each blocking in
-  `mx.kv.create("dist_sync")`) on rank 0's node, children of the rank-0 worker that die with it
-  (PR_SET_PDEATHSIG), and sets `DMLC_ROLE=worker`, `DMLC_PS_ROOT_URI/PORT` (rank 0's address, a
-  free port), `DMLC_NUM_SERVER=1`, `DMLC_NUM_WORKER=N` in every Ray Train worker;
-- `ctx.kvstore` then creates the `dist_sync` KVStore (once per worker): a Gluon Trainer made with
-  `kvstore=ctx.kvstore, update_on_kvstore=False` pushes each step's gradients to the server, which
-  sums them over all workers, and pulls the sum back; each worker applies the optimizer itself
-  (so its state is local and checkpointable) - synchronous data parallelism, like DDP. Pass the
-  *global* batch size to `trainer.step(len(xb) * ctx.world_size)` so the summed gradient is a mean.
-  The initial parameters come from the kvstore's rank 0 (all workers pull them at the first step);
-- on shutdown (end of training, or a worker failure: Ray Train V2 then restarts the whole group
-  from the last checkpoint, FailureConfig as for torch) the scheduler and server are stopped; a
-  restarted group gets fresh ones on a new port.
+each worker applies the optimizer itself (its state is local and checkpointable) - synchronous
+data parallelism, like DDP. Pass the *global* batch size to `trainer.step(len(xb) *
+ctx.world_size)` so the summed gradient is a mean.
 
-Ranks, `ray.train.report` checkpoints, FailureConfig and label-selector placement are Ray Train's,
-exactly as for the torch runner. With one worker (and in `trainer run --local`) no kvstore
-processes exist and `ctx.kvstore` is "device" (Gluon then updates in place).
+Why not MXNet's own `dist_sync` parameter server (scheduler + server processes, what Kubeflow's
+MXJob ran): it trains 2 workers to the same accuracy here, but after a worker failure the
+restarted group's fresh server aborted with `kvstore_dist_server.h:611: Check failed:
+!stored.is_none(): init 1 first` while the workers blocked in ps-lite forever, even with a new
+scheduler, server and port per attempt (reproduced on this runner; see benchmarks/README.md,
+"MXNet multi-worker"). The exchange actor has no native state a restart could corrupt: a
+restarted group gets a new actor, a dead peer makes Ray Train stop the group (the survivors
+die with it, the actor with its owner), and a wait that outlives `ALLREDUCE_TIMEOUT_S` raises
+in the worker instead of blocking - no hang on any path. Cancel stops the controller, which
+takes its workers and the actor with it. The price is one actor round trip per parameter per
+step, measured in benchmarks/README.md.
+
+Ranks, `ray.train.report` checkpoints, FailureConfig and label-selector placement are Ray
+Train's, exactly as for the torch runner. With one worker (and in `trainer run --local`) there
+is no actor and `ctx.kvstore` is "device": Gluon then updates in place (the fast path).
 
     def train(ctx):
         net = ctx.prepare_model(build_net())            # initialized on ctx.device, hybridized
@@ -46,24 +46,15 @@ The saved model is the MXNet native format the mxnet converter frontend reads: `
 """
 from __future__ import annotations
 
+import asyncio
 import os
-import signal
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.context import Context
 from trainer.runners._checkpoint import read_state, to_numpy_tree, write_state
 
-MULTI_WORKER_REASON = (
-    "multi-worker training is not supported: MXNet's dist_sync parameter server trains 2 workers "
-    "here, but after a worker failure the restarted group's server aborts ('kvstore_dist_server.h:611: "
-    "Check failed: init 1 first') and the job hangs instead of resuming; use workers: 1")
 MODEL_PREFIX = "model"
-PS_ROLES = ("scheduler", "server")
-_PS_PROGRAM = "import mxnet as mx; mx.kv.create('dist_sync')"   # blocks until the job's workers leave
-_ps_processes: list[subprocess.Popen] = []                      # in the rank-0 worker process
 
 
 class MXNetContext(Context):
@@ -83,20 +74,16 @@ class MXNetContext(Context):
 
     @property
     def kvstore(self):
-        """What to pass as a Gluon Trainer's `kvstore=`: the `dist_sync` KVStore across the job's
-        workers (started by the backend), or "device" with one worker."""
+        """What to pass as a Gluon Trainer's `kvstore=`: the `RayAllreduceKVStore` across the
+        job's workers (its exchange started by the backend), or "device" with one worker."""
         if not self.in_ray_train or self.world_size == 1:
             return "device"
         if self._kvstore is None:
-            if os.environ.get("DMLC_ROLE") != "worker":
-                raise RuntimeError("the MXNet parameter-server environment is not set (DMLC_ROLE); "
-                                   "was the job started by trainer's MXNet runner?")
-            import mxnet as mx
-
-            self._kvstore = mx.kv.create("dist_sync")
-            print(f"mxnet kvstore {self._kvstore.type}: worker {self._kvstore.rank} of "
-                  f"{self._kvstore.num_workers} (ray rank {self.rank}), scheduler "
-                  f"{os.environ['DMLC_PS_ROOT_URI']}:{os.environ['DMLC_PS_ROOT_PORT']}", flush=True)
+            if _exchange is None:
+                raise RuntimeError("the MXNet gradient exchange is not set up; was the job started by "
+                                   "trainer's MXNet runner?")
+            self._kvstore = _kvstore_cls()(_exchange, self.rank, self.world_size)
+            print(f"mxnet kvstore {self._kvstore.type}: worker {self.rank} of {self.world_size}", flush=True)
         return self._kvstore
 
     def prepare_model(self, model):
@@ -164,40 +151,125 @@ class MXNetContext(Context):
 
 # ---------------------------------------------------------------------------- the Ray backend
 
-def _rank0_address() -> tuple[str, int]:
-    from ray.train._internal.utils import get_address_and_port
-
-    return get_address_and_port()
+ALLREDUCE_TIMEOUT_S = float(os.environ.get("TRAINER_MXNET_ALLREDUCE_TIMEOUT_S", "600"))
+_exchange = None        # in each worker process: this worker group's exchange actor
 
 
-def _pdeathsig() -> None:
-    """In the child: die with the worker that started it (a SIGKILLed worker leaves no orphans)."""
-    import ctypes
+class GradientExchange:
+    """The Ray actor (async) of one worker group: round `(key, seq)` completes when all N
+    workers sent their array; each gets the sum ("sum") or rank 0's array ("broadcast")."""
 
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    def __init__(self, world_size: int):
+        self._n = world_size
+        self._rounds: dict = {}     # (key, seq) -> the round's parts, result and readers left
+
+    async def reduce(self, key, seq: int, rank: int, array, op: str):
+        import numpy as np
+
+        r = self._rounds.get((key, seq))
+        if r is None:
+            r = self._rounds[(key, seq)] = {"parts": {}, "done": asyncio.Event(), "out": None, "left": self._n}
+        r["parts"][rank] = array
+        if len(r["parts"]) == self._n:
+            if op == "broadcast":
+                r["out"] = r["parts"][0]
+            else:
+                parts = [r["parts"][i] for i in range(self._n)]   # a fixed order: same sum everywhere
+                out = np.array(parts[0], copy=True)
+                for p in parts[1:]:
+                    out += p
+                r["out"] = out
+            r["parts"] = None
+            r["done"].set()
+        else:
+            await r["done"].wait()
+        out = r["out"]
+        r["left"] -= 1
+        if r["left"] == 0:
+            del self._rounds[(key, seq)]
+        return out
 
 
-def _start_ps(uri: str, port: int, num_workers: int) -> None:
-    """Runs in the rank-0 worker: start the scheduler and the server."""
-    _stop_ps()
-    env = {**os.environ, "DMLC_PS_ROOT_URI": uri, "DMLC_PS_ROOT_PORT": str(port),
-           "DMLC_NUM_SERVER": "1", "DMLC_NUM_WORKER": str(num_workers)}
-    for role in PS_ROLES:
-        _ps_processes.append(subprocess.Popen([sys.executable, "-c", _PS_PROGRAM],
-                                              env={**env, "DMLC_ROLE": role}, preexec_fn=_pdeathsig))
+def _kvstore_cls():
+    """`RayAllreduceKVStore`, built lazily (importing this module never imports mxnet)."""
+    import mxnet as mx
+    import numpy as np
+
+    class RayAllreduceKVStore(mx.kvstore.KVStoreBase):
+        """A Gluon KVStore whose broadcast and pushpull go through the group's exchange actor."""
+
+        def __init__(self, exchange, rank: int, num_workers: int):
+            self._exchange = exchange
+            self._rank = rank
+            self._num_workers = num_workers
+            self._seq: dict = {}
+
+        def _round(self, key, array, op: str):
+            import ray
+
+            seq = self._seq.get(key, 0)
+            self._seq[key] = seq + 1
+            ref = self._exchange.reduce.remote(key, seq, self._rank, array, op)
+            try:
+                return ray.get(ref, timeout=ALLREDUCE_TIMEOUT_S)
+            except ray.exceptions.GetTimeoutError:
+                raise RuntimeError(f"mxnet allreduce of key {key} (round {seq}) waited {ALLREDUCE_TIMEOUT_S:g}s "
+                                   f"for the other workers; giving up so Ray Train can restart the group") from None
+
+        @staticmethod
+        def _outs(value, out):
+            if out is None:
+                out = value
+            return out if isinstance(out, (list, tuple)) else [out]
+
+        def broadcast(self, key, value, out, priority=0):
+            src = value[0] if isinstance(value, (list, tuple)) else value
+            result = self._round(key, src.asnumpy(), "broadcast")
+            for o in self._outs(value, out):
+                o[:] = mx.nd.array(result, ctx=o.context, dtype=o.dtype)
+
+        def pushpull(self, key, value, out=None, priority=0):
+            values = value if isinstance(value, (list, tuple)) else [value]
+            local = values[0].asnumpy()
+            for v in values[1:]:    # several devices in this worker: their sum first
+                local = local + v.asnumpy()
+            result = self._round(key, np.ascontiguousarray(local), "sum")
+            for o in self._outs(value, out):
+                o[:] = mx.nd.array(result, ctx=o.context, dtype=o.dtype)
+
+        @staticmethod
+        def is_capable(capability):
+            if capability.lower() == mx.kvstore.KVStoreBase.OPTIMIZER:
+                return False    # the optimizer runs in each worker (update_on_kvstore=False)
+            raise ValueError(f"Unknown capability: {capability}")
+
+        @property
+        def type(self):
+            return "dist_sync_ray_allreduce"   # 'dist' in it: Gluon treats it as distributed
+
+        @property
+        def rank(self):
+            return self._rank
+
+        @property
+        def num_workers(self):
+            return self._num_workers
+
+        def set_optimizer(self, optimizer):
+            raise NotImplementedError("the optimizer runs in the workers: use update_on_kvstore=False")
+
+        def save_optimizer_states(self, fname, dump_optimizer=False):
+            raise NotImplementedError("use trainer.save_states (update_on_kvstore=False)")
+
+        def load_optimizer_states(self, fname):
+            raise NotImplementedError("use trainer.load_states (update_on_kvstore=False)")
+
+    return RayAllreduceKVStore
 
 
-def _stop_ps() -> None:
-    while _ps_processes:
-        proc = _ps_processes.pop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def _set_worker_env(uri: str, port: int, num_workers: int) -> None:
-    os.environ.update({"DMLC_ROLE": "worker", "DMLC_PS_ROOT_URI": uri, "DMLC_PS_ROOT_PORT": str(port),
-                       "DMLC_NUM_SERVER": "1", "DMLC_NUM_WORKER": str(num_workers)})
+def _set_exchange(exchange) -> None:
+    global _exchange
+    _exchange = exchange
 
 
 def _backend_cls():
@@ -208,16 +280,19 @@ def _backend_cls():
             n = len(worker_group)
             if n == 1:
                 return
-            uri, port = worker_group.execute_single(0, _rank0_address)
-            worker_group.execute_single(0, _start_ps, uri, port, n)
-            worker_group.execute(_set_worker_env, uri, port, n)
+            import ray
+
+            # A fresh actor per worker group: a restarted group never sees an earlier round.
+            self._exchange = ray.remote(num_cpus=0)(GradientExchange).remote(n)
+            worker_group.execute(_set_exchange, self._exchange)
 
         def on_shutdown(self, worker_group, backend_config) -> None:
-            if len(worker_group) > 1:
-                try:
-                    worker_group.execute_single(0, _stop_ps)
-                except Exception:  # rank 0 is gone: its children died with it (PDEATHSIG)
-                    pass
+            exchange = getattr(self, "_exchange", None)
+            if exchange is not None:
+                import ray
+
+                ray.kill(exchange)
+                self._exchange = None
 
     return _MXNetBackend
 
@@ -245,8 +320,6 @@ class MXNetRunner:
     frontend = "mxnet"      # the converter frontend that reads what save_model wrote
 
     def unsupported(self, spec) -> list[str]:
-        if spec.workers > 1:
-            return [MULTI_WORKER_REASON]
         return []
 
     def make_context(self, spec, session, *, run_id, tracking_uri, data_path) -> MXNetContext:

@@ -125,28 +125,14 @@ def _tensorflow_distribution() -> str:
     return "tensorflow"
 
 
-def _cpu_only_lock() -> bool:
-    """Whether the tensorflow runtime's lock (what both its venv and its image install) pins the
-    CPU-only TensorFlow build."""
-    from trainer.runtimes import lock_path, parse_lock
-
-    lock = lock_path("tensorflow")
-    if not lock.is_file():
-        return False
-    pins = parse_lock(lock)
-    return "tensorflow-cpu" in pins and "tensorflow" not in pins
-
-
 class TensorflowRunner:
     framework = "tensorflow"
     runtime = "tensorflow"
     frontend = "keras"      # the converter frontend that reads what save_model wrote
 
     def unsupported(self, spec) -> list[str]:
-        if spec.resources.gpus_per_worker > 0 and _cpu_only_lock():
-            return [f"gpus_per_worker={spec.resources.gpus_per_worker:g}: the tensorflow runtime "
-                    f"(images/tensorflow/requirements.lock) pins tensorflow-cpu, which cannot use GPUs; "
-                    f"use gpus_per_worker: 0, or a runtime lock with tensorflow[and-cuda]"]
+        # GPU jobs: preflight checks that the runtime's lock has a gpu variant (its image installs
+        # tensorflow[and-cuda] there), for every framework alike.
         return []
 
     def make_context(self, spec, session, *, run_id, tracking_uri, data_path) -> TensorflowContext:

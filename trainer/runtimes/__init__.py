@@ -13,18 +13,19 @@ The `torch` runtime is special: the project's own venv (`.venv`, set up from
 `images/torch/requirements.lock`) is used as is when it satisfies that lock.
 
     table.py    which runtimes exist (RuntimeSpec, RUNTIMES)
-    lock.py     lock files: path, digest, pins; what this interpreter has installed
+    lockfile.py the lock format, stdlib only (pins, build variants; the Dockerfiles run it)
+    lock.py     lock files: path, digest, pins, variants; what this interpreter has installed
     venvs.py    finding installed runtimes (python_for, path, list_runtimes) - no subprocess
     install.py  building a runtime's venv from its lock (install)
 """
 from __future__ import annotations
 
 from trainer.runtimes.installer import InstallReport, install
-from trainer.runtimes.lock import lock_digest, lock_path, parse_lock, unmet_pins
+from trainer.runtimes.lock import lock_digest, lock_path, lock_variants, parse_lock, unmet_pins
 from trainer.runtimes.table import RUNTIMES, RuntimeSpec
 from trainer.runtimes.venvs import RuntimeStatus, list_runtimes, path, python_for
 
 __all__ = [
     "RUNTIMES", "RuntimeSpec", "RuntimeStatus", "InstallReport",
-    "lock_path", "lock_digest", "parse_lock", "unmet_pins", "python_for", "path", "install", "list_runtimes",
+    "lock_path", "lock_digest", "lock_variants", "parse_lock", "unmet_pins", "python_for", "path", "install", "list_runtimes",
 ]

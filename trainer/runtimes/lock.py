@@ -2,17 +2,22 @@
 
 A lock is read the way pip reads a fully pinned requirements file, reduced to what trainer needs:
 `name==version` pins keyed by normalized distribution name. One parser for every reader (the
-runtime installer, the torch-is-this-venv check, the tensorflow runner's CPU-only check, tests).
+runtime installer, the torch-is-this-venv check, preflight's GPU check, the Dockerfiles, tests):
+`lockfile.py`, stdlib only so an image build can run it before installing anything. A lock's
+base is what the local venv installs; its variants (`#@gpu ...`) are the images' other builds.
 """
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 
 from trainer.errors import UsageError
 from trainer.home import repo_root
+from trainer.runtimes import lockfile
+from trainer.runtimes.lockfile import normalize
 from trainer.runtimes.table import RuntimeSpec, spec_for
+
+GPU = "gpu"
 
 
 def lock_path(name: str) -> Path:
@@ -25,30 +30,26 @@ def lock_digest(name: str) -> str:
     lock = lock_path(name)
     if not lock.is_file():
         raise UsageError(f"runtime {name!r} has no lock file at {lock}; restore it from git")
-    return hashlib.sha256(lock.read_bytes()).hexdigest()
+    # The base only: a variant's lines never invalidate an installed venv.
+    return lockfile.digest(lock.read_text())
 
 
-def parse_lock(lock: Path) -> dict[str, str]:
-    """`name==version` pins of a lock file, keyed by normalized name.
+def lock_variants(name: str) -> set[str]:
+    """The builds runtime `name`'s lock declares: always "cpu" (the base), "gpu" when its image
+    has a GPU build. A missing lock declares none."""
+    lock = lock_path(name)
+    return lockfile.variants(lock.read_text()) if lock.is_file() else set()
+
+
+def parse_lock(lock: Path, variant: str = lockfile.BASE) -> dict[str, str]:
+    """`name==version` pins of a lock file's `variant` (default: the base the venv installs),
+    keyed by normalized name.
 
     Comments (whole-line and trailing), option lines (`-r`, `--extra-index-url`, ...), blank and
     unpinned lines are skipped; extras (`ray[train]`) and environment markers (`; python_version...`)
     are dropped from the pin.
     """
-    pins: dict[str, str] = {}
-    for raw in lock.read_text().splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line or line.startswith("-") or "==" not in line:
-            continue
-        req, _, ver = line.partition("==")
-        req = req.split("[", 1)[0].split(";", 1)[0].strip()
-        pins[normalize(req)] = ver.split(";", 1)[0].strip()
-    return pins
-
-
-def normalize(dist: str) -> str:
-    """A distribution name as pins and installed-package maps are keyed (`Foo_Bar.x` -> `foo-bar-x`)."""
-    return dist.lower().replace("_", "-").replace(".", "-")
+    return lockfile.pins(lock.read_text(), variant)
 
 
 def version_matches(installed: str, pinned: str) -> bool:

@@ -46,13 +46,25 @@ def check_spec(spec: JobSpec, workdir: Path) -> Checked:
     if spec.runtime and spec.runtime != runner.runtime:
         raise SpecError(f"runtime {spec.runtime!r} cannot run {spec.framework} jobs; use runtime: "
                         f"{runner.runtime} (or leave runtime out)", path="runtime")
-    reasons = runner.unsupported(spec)
+    reasons = runner.unsupported(spec) + _gpu_build_missing(spec, runner.runtime)
     if reasons:
         raise PreflightError(f"{spec.framework} runner: " + "; ".join(reasons))
     _check_entrypoint(spec, workdir)
     _check_convert(spec, runner.frontend)
     fp = fingerprint(spec.data.path, workdir) if spec.data else None
     return Checked(spec, workdir, fp, _check_upload(workdir))
+
+
+def _gpu_build_missing(spec: JobSpec, runtime: str) -> list[str]:
+    """A GPU job needs a runtime whose image has a GPU build: its lock declares a `gpu` variant
+    (images/<runtime>/requirements.lock, `#@gpu` lines). Without one the job would silently train
+    on the CPU of a GPU node."""
+    from trainer.runtimes.lock import GPU, lock_variants
+
+    if spec.resources.gpus_per_worker <= 0 or GPU in lock_variants(runtime):
+        return []
+    return [f"gpus_per_worker={spec.resources.gpus_per_worker:g}: the {runtime} runtime has no GPU build "
+            f"(images/{runtime}/requirements.lock declares no gpu variant); use gpus_per_worker: 0"]
 
 
 # An entrypoint file is code a person wrote; this is far above any.
