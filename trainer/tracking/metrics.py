@@ -54,6 +54,7 @@ class MetricsChannel:
         self._logged_up_to: dict[str, int] = {}   # sender thread only
         self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
+        self._urgent = threading.Event()  # someone waits for the sender (flush, close): don't pace
         self._thread = threading.Thread(target=self._loop, name="trainer-metrics", daemon=True)
         self._thread.start()
 
@@ -78,6 +79,7 @@ class MetricsChannel:
     def flush(self) -> None:
         """Commit and wait until MLflow has everything (used right before a checkpoint)."""
         self.commit()
+        self._urgent.set()
         self._queue.join()
         if self._error is not None:
             raise RuntimeError(f"MLflow metric logging failed: {self._error}") from self._error
@@ -111,6 +113,7 @@ class MetricsChannel:
         if commit:
             self.commit()
         self._queue.put(None)
+        self._urgent.set()
         self._thread.join()
         if self._error is not None:
             raise RuntimeError(f"MLflow metric logging failed: {self._error}") from self._error
@@ -147,9 +150,17 @@ class MetricsChannel:
             self._error = e
 
     def _loop(self) -> None:
+        """Send what is committed, at most once per FLUSH_INTERVAL_S unless flush/close waits:
+        a report committed every step (max_failures 0) must not become one store write per
+        step - SQLite's write and MLflow's Python around it would take the GIL from training."""
         self._connect()
         done = False
+        last_send = -FLUSH_INTERVAL_S
         while not done:
+            pause = last_send + FLUSH_INTERVAL_S - time.monotonic()
+            if pause > 0:
+                self._urgent.wait(pause)
+            self._urgent.clear()
             items = []
             try:
                 items.append(self._queue.get(timeout=FLUSH_INTERVAL_S))
@@ -170,7 +181,9 @@ class MetricsChannel:
                         batch.extend(item)
                 if not done:
                     batch.extend(self._overdue())
-                self._send(batch)
+                if batch:
+                    self._send(batch)
+                    last_send = time.monotonic()
             finally:
                 for _ in items:
                     self._queue.task_done()
