@@ -56,6 +56,14 @@ def _gpu() -> str:
         return "none (no GPU on this machine: the GPU part of the issue is not run)"
 
 
+def quiet() -> None:
+    """Our lines only: MLflow's and Alembic's INFO logs (creating a store's tables) are not results."""
+    import logging
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 

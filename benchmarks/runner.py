@@ -63,8 +63,9 @@ def local_part(args, work: Path) -> dict:
 
         bench = work / f"local-{i}.jsonl"
         t0 = time.time()
+        quick = ["--set", "convert=null"] if args.quick else []   # the smoke run skips the conversion
         wall, _ = R.run(TRAINER + ["run", SPEC, "--local", "--set", f"config.epochs={args.epochs}",
-                                   "--set", f"config.bench_file={bench}"], env=_env(work))
+                                   "--set", f"config.bench_file={bench}", *quick], env=_env(work))
         recs = R.records(bench)
         first = next(r["first_line"] for r in recs if "first_line" in r)
         summary = _loop_summary(recs)
@@ -354,6 +355,7 @@ def main(argv=None) -> int:
         return 0
     if args.quick:
         args.repeats, args.epochs = 1, 2
+    R.quiet()
     out = args.out or (Path(tempfile.mkdtemp(prefix="bench-runner-")) if args.quick else R.RESULTS)
     parts = set(args.parts.split(","))
     clock = R.Clock()

@@ -132,6 +132,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.jobs, args.cold = 1, 0
     out = args.out or (Path(tempfile.mkdtemp(prefix="bench-submit-")) if args.quick else R.RESULTS)
+    R.quiet()
     clock = R.Clock()
     work = Path(tempfile.mkdtemp(prefix="bs-", dir="/tmp"))
     os.environ.setdefault("TRAINER_HOME", str(work / "home"))

@@ -30,6 +30,7 @@ def run_quick(script: str, out: Path) -> dict:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_runner_quick(cluster, tmp_path):
     record = run_quick("runner", tmp_path)
     local = record["local"]
