@@ -114,7 +114,7 @@ def header(title: str, record: dict, quick: bool) -> str:
              f"Load average (1/5/15 min) {record['load_before']} before, {record['load_after']} after: "
              f"the machine is shared, so compare the ratios measured in this run, not absolute seconds.",
              ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def write(name: str, title: str, record: dict, markdown: str, plot, out: Path, quick: bool,

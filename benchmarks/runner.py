@@ -334,7 +334,8 @@ def plot(record: dict):
         ax.set_yticks(range(len(names)), [n.replace("Ray Train, ", "Ray Train\n") for n in names], fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("seconds (median), submit to the client's notice of the end")
-        ax.legend(fontsize=6, loc="lower right", ncol=2)
+        ax.set_xlim(0, max(left) * 1.45)   # room on the right for the legend
+        ax.legend(fontsize=6, loc="center right")
     return draw
 
 
