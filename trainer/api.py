@@ -124,7 +124,7 @@ class Job:
     def logs(self) -> str:
         return self._jobs().logs(self.id)
 
-    def follow(self, poll_s: float = 1.0) -> Iterator[str]:
+    def follow(self, poll_s: float = 0.5) -> Iterator[str]:
         """New log lines as they appear, until the job ends."""
         jobs, seen = self._jobs(), 0
         while True:
@@ -137,7 +137,7 @@ class Job:
                 return
             time.sleep(poll_s)
 
-    def progress(self, poll_s: float = 1.0) -> Iterator[dict]:
+    def progress(self, poll_s: float = 0.5) -> Iterator[dict]:
         """Progress events ({"step", "metrics", "time"}) printed by rank 0, until the job ends."""
         last = 0.0
         for line in self.follow(poll_s):
@@ -147,7 +147,7 @@ class Job:
                 last = event.get("time", 0)
                 yield event
 
-    def wait(self, timeout: float | None = None, poll_s: float = 1.0) -> JobState:
+    def wait(self, timeout: float | None = None, poll_s: float = 0.25) -> JobState:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             state = self.status()

@@ -140,7 +140,7 @@ class Context:
             self._checkpoints_seen += 1
             if self._checkpoints_seen % self.spec.checkpoint.every_epochs == 0:
                 if self._channel is not None:
-                    self._channel.flush()  # in MLflow before the checkpoint exists (see metrics.py)
+                    self._channel.commit()  # sent while the checkpoint is written; _persist waits
                 self._persist(values, checkpoint, step)
                 persisted = True
         if self._channel is not None and not persisted and self._commit_each_report:
@@ -197,6 +197,8 @@ class Context:
                 # that restore() puts back.
                 write_manifest(folder, {"auto_step": self._auto_step, "checkpoints_seen": self._checkpoints_seen,
                                         "step": step})
+            if self._channel is not None:
+                self._channel.flush()  # in MLflow before the checkpoint exists (see metrics.py)
             self._session.persist(values, folder if self.rank == 0 else None)
         finally:
             shutil.rmtree(folder, ignore_errors=True)

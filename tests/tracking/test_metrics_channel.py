@@ -110,3 +110,34 @@ def test_values_committed_by_the_bound_are_not_logged_twice_after_a_restart(run)
     frame = metrics_frame(uri, run_id)
     losses = frame[frame.key == "loss"].sort_values("step").value.tolist()
     assert losses == [1.0, 1.0, 1.0, 1.0, 0.25, 0.25]
+
+
+def test_a_commit_per_report_is_not_a_store_write_per_report(run):
+    """max_failures 0 commits every report: the sender batches what arrives within its pacing
+    interval, so 500 commits are a few log_batch calls, and every value still lands."""
+    uri, run_id = run
+    ch = MetricsChannel(uri, run_id)
+    ch.resume()
+    ch._queue.join()                       # the sender connected (before it took the resume request)
+    calls = []
+    log_batch = ch._client.log_batch
+
+    def counting(*args, **kwargs):
+        calls.append(len(kwargs.get("metrics", [])))
+        return log_batch(*args, **kwargs)
+
+    ch._client.log_batch = counting
+    for step in range(500):
+        ch.add({"loss": 1.0 / (step + 1)}, step)
+        ch.commit()
+    ch.close()
+    assert steps(uri, run_id, "loss") == list(range(500))
+    assert sum(calls) == 500 and len(calls) < 50, calls
+
+
+def test_a_store_that_cannot_be_opened_fails_the_first_flush():
+    """MLflow is opened on the sender thread: a bad store surfaces at the next commit, not never."""
+    ch = MetricsChannel("unknown-scheme://nowhere", "0" * 32)
+    ch.add({"loss": 1.0}, 0)
+    with pytest.raises(RuntimeError, match="MLflow metric logging failed"):
+        ch.flush()

@@ -20,6 +20,10 @@ replays (it resumes from an older checkpoint, or from scratch). Exactly-once sti
 restarted channel's `resume()` drops every (key, step) MLflow already has - as long as a replay
 reports the same steps; what the run then shows for those steps is the value of the attempt that
 first reached them, not the replay's (the same when training is deterministic, not otherwise).
+
+Nothing of MLflow is imported or contacted on the training thread: the sender thread imports it
+(seconds) and, after a restart, reads what the run already holds, while the first steps train.
+A channel that cannot reach its store says so at the first commit.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ FLUSH_INTERVAL_S = 1.0
 MAX_BATCH = 1000  # MLflow's log_batch limit for metrics
 MAX_PENDING_VALUES = 10_000   # held back at most this many values ...
 MAX_PENDING_S = 30.0          # ... or this long, whichever comes first (see the module docstring)
+_RESUME = object()            # queued by resume(): the sender reads the run's steps before what follows
 
 
 class MetricsChannel:
@@ -38,34 +43,29 @@ class MetricsChannel:
                  max_pending_s: float | None = MAX_PENDING_S):
         """`max_pending_values` / `max_pending_s`: commit on their own when this many values wait
         or the oldest has waited this long (None: only `commit`/`flush`/`close` commit)."""
-        from mlflow.entities import Metric
-
-        from trainer.tracking.runs import client
-
-        self._metric = Metric
-        self._client = client(tracking_uri)
+        self._uri = tracking_uri
+        self._client = None               # made by the sender thread (importing mlflow takes seconds)
         self._run_id = run_id
         self._max_values = max_pending_values
         self._max_s = max_pending_s
         self._lock = threading.Lock()     # `_pending` is taken by the training thread and the sender
-        self._pending: list = []
+        self._pending: list = []          # (key, value, timestamp ms, step)
         self._pending_since = 0.0         # monotonic time of the oldest pending value
-        self._logged_up_to: dict[str, int] = {}
+        self._logged_up_to: dict[str, int] = {}   # sender thread only
         self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
+        self._urgent = threading.Event()  # someone waits for the sender (flush, close): don't pace
         self._thread = threading.Thread(target=self._loop, name="trainer-metrics", daemon=True)
         self._thread.start()
 
     def resume(self) -> None:
-        """After a restart: skip the steps MLflow already holds for each key."""
-        for key in self._client.get_run(self._run_id).data.metrics:
-            steps = [m.step for m in self._client.get_metric_history(self._run_id, key)]
-            self._logged_up_to[key] = max(steps, default=-1)
+        """After a restart: skip the steps MLflow already holds for each key. The sender thread
+        reads them before it sends anything committed after this call."""
+        self._queue.put(_RESUME)
 
     def add(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        values = [self._metric(k, float(v), now, step) for k, v in metrics.items()
-                  if step > self._logged_up_to.get(k, -1)]
+        values = [(k, float(v), now, step) for k, v in metrics.items()]
         if not values:
             return
         with self._lock:
@@ -79,6 +79,7 @@ class MetricsChannel:
     def flush(self) -> None:
         """Commit and wait until MLflow has everything (used right before a checkpoint)."""
         self.commit()
+        self._urgent.set()
         self._queue.join()
         if self._error is not None:
             raise RuntimeError(f"MLflow metric logging failed: {self._error}") from self._error
@@ -112,33 +113,77 @@ class MetricsChannel:
         if commit:
             self.commit()
         self._queue.put(None)
+        self._urgent.set()
         self._thread.join()
         if self._error is not None:
             raise RuntimeError(f"MLflow metric logging failed: {self._error}") from self._error
 
+    # ------------------------------------------------------------------ the sender thread
+    def _connect(self) -> None:
+        try:
+            from trainer.tracking.runs import client
+
+            self._client = client(self._uri)
+        except BaseException as e:  # surfaced to the training loop on the next commit
+            self._error = e
+
+    def _read_logged_steps(self) -> None:
+        if self._error is not None:
+            return
+        try:
+            for key in self._client.get_run(self._run_id).data.metrics:
+                steps = [m.step for m in self._client.get_metric_history(self._run_id, key)]
+                self._logged_up_to[key] = max(steps, default=-1)
+        except BaseException as e:
+            self._error = e
+
+    def _send(self, values: list) -> None:
+        if not values or self._error is not None:
+            return
+        from mlflow.entities import Metric
+
+        metrics = [Metric(k, v, ts, step) for k, v, ts, step in values if step > self._logged_up_to.get(k, -1)]
+        try:
+            for i in range(0, len(metrics), MAX_BATCH):
+                self._client.log_batch(self._run_id, metrics=metrics[i:i + MAX_BATCH], synchronous=True)
+        except BaseException as e:
+            self._error = e
+
     def _loop(self) -> None:
+        """Send what is committed, at most once per FLUSH_INTERVAL_S unless flush/close waits:
+        a report committed every step (max_failures 0) must not become one store write per
+        step - SQLite's write and MLflow's Python around it would take the GIL from training."""
+        self._connect()
         done = False
+        last_send = -FLUSH_INTERVAL_S
         while not done:
-            batch, taken = [], 0
+            pause = last_send + FLUSH_INTERVAL_S - time.monotonic()
+            if pause > 0:
+                self._urgent.wait(pause)
+            self._urgent.clear()
+            items = []
             try:
-                item = self._queue.get(timeout=FLUSH_INTERVAL_S)
-                taken += 1
+                items.append(self._queue.get(timeout=FLUSH_INTERVAL_S))
                 while True:
-                    if item is None:
-                        done = True
-                        break
-                    batch.extend(item)
-                    item = self._queue.get_nowait()
-                    taken += 1
+                    items.append(self._queue.get_nowait())
             except queue.Empty:
                 pass
-            if not done:
-                batch.extend(self._overdue())
+            batch: list = []
             try:
-                for i in range(0, len(batch), MAX_BATCH):
-                    self._client.log_batch(self._run_id, metrics=batch[i:i + MAX_BATCH], synchronous=True)
-            except BaseException as e:  # surfaced to the training loop on the next commit
-                self._error = e
+                for item in items:
+                    if item is None:
+                        done = True
+                    elif item is _RESUME:
+                        self._send(batch)
+                        batch = []
+                        self._read_logged_steps()
+                    else:
+                        batch.extend(item)
+                if not done:
+                    batch.extend(self._overdue())
+                if batch:
+                    self._send(batch)
+                    last_send = time.monotonic()
             finally:
-                for _ in range(taken):
+                for _ in items:
                     self._queue.task_done()

@@ -1,0 +1,140 @@
+"""Benchmark: what tracking costs a training loop - `ctx.report` called 10,000 times.
+
+The same function (digits CNN steps, batch 32, one `ctx.report({"step": i, "loss": loss})` per
+step) runs in this process (`trainer run --local`'s session, world size 1) with tracking off (no
+MLflow run: ctx.report only prints rate-limited progress) and on (a real MLflow run on SQLite:
+the batched channel of trainer.tracking.metrics, with `failure.max_failures` 2 - values committed
+with checkpoints or the 10,000-value / 30 s bound - and 0 - every report committed at once),
+interleaved rounds; then it counts the points MLflow holds for each tracked run.
+
+    flock /tmp/bench.lock python benchmarks/tracking.py [--reports 10000] [--rounds 3] [--quick] [--out DIR]
+
+--quick: 300 reports, one round, results in a temp folder, README untouched (a smoke run).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import _record as R  # noqa: E402
+from benchmarks.runner import SPEC, data_path  # noqa: E402
+
+VARIANTS = [("tracking off", None), ("MLflow, max_failures 2", 2), ("MLflow, max_failures 0", 0)]
+
+
+def measure(args, work: Path) -> dict:
+    import torch
+    from torch import nn
+
+    from benchmarks.jobs import digits_loop as d
+    from trainer.context import LocalSession
+    from trainer.runners.torch import TorchContext
+    from trainer.spec import load_spec
+    from trainer.tracking import runs
+
+    torch.set_num_threads(1)
+    base, _ = load_spec(R.ROOT / SPEC)
+    uri = runs.tracking_uri(base)
+    loader, _, _ = d._data(data_path(), 32)
+    batches = list(loader)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def job(max_failures: int | None, n: int) -> tuple[float, str | None]:
+        spec = base.model_copy(update={"failure": base.failure.model_copy(update={"max_failures": max_failures or 0})})
+        run_id = None
+        if max_failures is not None:
+            run_id = runs.start_run(spec, f"bench-tracking-{time.time_ns()}", uri, "local", None)
+        torch.manual_seed(0)
+        model = d.DigitsCNN(16)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        t0, c0 = time.perf_counter(), time.process_time()
+        ctx = TorchContext(spec, LocalSession(work / "ckpt", 1), run_id=run_id, tracking_uri=uri)
+        for i in range(n):
+            xb, yb = batches[i % len(batches)]
+            opt.zero_grad()
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            opt.step()
+            ctx.report({"step": i, "loss": loss})
+        ctx.close()          # the job's end: every value sent
+        return time.perf_counter() - t0, time.process_time() - c0, run_id
+
+    out = {name: [] for name, _ in VARIANTS}
+    with contextlib.redirect_stdout(io.StringIO()):       # rank 0's progress lines
+        job(2, 200)                                        # warm-up: imports, the store's schema
+        for r in range(args.rounds):
+            order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
+            for name, mf in order:
+                wall, cpu, run_id = job(mf, args.reports)
+                points = len(runs.client(uri).get_metric_history(run_id, "loss")) if run_id else None
+                out[name].append({"wall_s": wall, "cpu_s": cpu, "points": points})
+    return out
+
+
+def report(record: dict) -> str:
+    m = record["measure"]
+    off = R.median(x["wall_s"] for x in m["tracking off"])
+    off_cpu = R.median(x["cpu_s"] for x in m["tracking off"])
+    rows = []
+    for name, xs in m.items():
+        wall = R.median(x["wall_s"] for x in xs)
+        cpu = R.median(x["cpu_s"] for x in xs)
+        points = [x["points"] for x in xs]
+        rows.append([name, R.fmt(cpu, 2), f"{(cpu / off_cpu - 1) * 100:+.1f}%", R.fmt(wall, 2),
+                     f"{(wall / off - 1) * 100:+.1f}%", "-" if points[0] is None else " / ".join(map(str, points))])
+    return "\n".join([
+        f"{record['reports']:,} `ctx.report` calls, one per digits CNN step (batch 32, 1 thread), in one process; "
+        f"medians of {record['rounds']} interleaved rounds. CPU s: the process's CPU time (training thread + "
+        f"MLflow sender), which other processes' load does not inflate; wall s swings with that load:", "",
+        R.markdown_table(["tracking", "CPU s", "vs off", "wall s", "vs off", "points in MLflow (each round)"], rows),
+        ""])
+
+
+def plot(record: dict):
+    def draw(ax):
+        m = record["measure"]
+        names = list(m)
+        xs = range(len(names))
+        ax.bar([i - 0.2 for i in xs], [R.median(x["cpu_s"] for x in m[n]) for n in names], 0.4, label="CPU s")
+        ax.bar([i + 0.2 for i in xs], [R.median(x["wall_s"] for x in m[n]) for n in names], 0.4, label="wall s")
+        ax.set_xticks(list(xs), names, fontsize=8)
+        ax.set_ylabel(f"seconds for {record['reports']:,} steps + reports")
+        ax.legend(fontsize=8)
+    return draw
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reports", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.reports, args.rounds = 300, 1
+    out = args.out or (Path(tempfile.mkdtemp(prefix="bench-tracking-")) if args.quick else R.RESULTS)
+    work = Path(tempfile.mkdtemp(prefix="bench-tracking-work-"))
+    os.environ.setdefault("TRAINER_HOME", str(work / "home"))
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    R.quiet()
+    clock = R.Clock()
+    record: dict = {"machine": R.machine(), "reports": args.reports, "rounds": args.rounds, "quick": args.quick,
+                    "measure": measure(args, work)}
+    record.update(clock.done())
+    paths = R.write("tracking", "Tracking overhead: 10,000 ctx.report calls", record, report(record), plot(record),
+                    out, args.quick, readme=not args.quick and args.out is None)
+    print(report(record))
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
