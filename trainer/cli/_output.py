@@ -59,6 +59,11 @@ def fail(e: TrainerError) -> None:
         console.print_exception()
     # Text, not markup: a message quoting user input ("name: '[/]'") must print as it is.
     console.print(Text.assemble(("error:", "bold red"), " ", error_line(e)), soft_wrap=True)
+    from trainer.logs import show_path_hint
+
+    hint = show_path_hint()     # Ray's / MLflow's own lines of this command, when there were any
+    if hint:
+        console.print(Text(hint, style="dim"), soft_wrap=True)
     raise typer.Exit(e.exit_code)
 
 
@@ -111,9 +116,11 @@ class Printer:
             self.line(str(data))
 
     def line(self, text: str, style: str | None = None) -> None:
-        """A plain line for a person (never in json mode: a JSON document is the whole stdout)."""
+        """A plain line for a person (never in json mode: a JSON document is the whole stdout).
+        On a terminal it wraps between words (an id or a path is never split by the terminal);
+        into a pipe or a file it stays one line."""
         if not self.json:
-            self.out.print(Text(text, style=style or ""), soft_wrap=True)
+            self.out.print(Text(text, style=style or ""), soft_wrap=not self.out.is_terminal)
 
     def kv(self, title: str, rows: dict) -> None:
         self.table(["", ""], [[k, "" if v is None else v] for k, v in rows.items()], title=title, header=False)
@@ -148,7 +155,8 @@ class Printer:
     def note(self, text: str) -> None:
         """Progress and hints for a person, on stderr (stdout stays the result)."""
         if not self.json:
-            stderr().print(Text(text, style="dim"), soft_wrap=True)
+            err = stderr()
+            err.print(Text(text, style="dim"), soft_wrap=not err.is_terminal)
 
 
 def _min_width(header: list[str], rows: list[list[str]], ncols: int) -> int:
