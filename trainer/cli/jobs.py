@@ -160,7 +160,7 @@ def render_summary(p: Printer, s: dict) -> None:
     """A job's (or local run's) summary for a person: a short key/value table (fits 80 columns),
     the conversion per target, then links and paths as whole lines (never cut in a cell)."""
     rows = {"job": s.get("job_id"), "status": s.get("status"), "MLflow run": s.get("mlflow_run_id") or s.get("run_id")}
-    for key in api.SUMMARY_METRICS:
+    for key in ("test_accuracy" if "test_accuracy" in s else "accuracy", "loss"):
         if key in s:
             rows[key.replace("_", " ")] = f"{s[key]:.4f}"
     if s.get("wall_time_s") is not None:
@@ -173,15 +173,16 @@ def render_summary(p: Printer, s: dict) -> None:
         p.table(["target", "result", "size", "parity (judged figure)"],
                 [[t["target"], t["verdict"], fmt_size(t["size_bytes"]), t["figure"]] for t in conversion["targets"]],
                 title=f"conversion {conversion['status']}")
-        if conversion.get("report"):
-            p.line(f"report: {conversion['report']}")
-        for t in conversion["targets"]:
-            if t.get("path"):
-                p.line(f"model: {t['path']}")
-        if conversion.get("report_uri"):
-            p.line(f"in MLflow: {conversion['report_uri'].rsplit('/', 1)[0]}")
+        if conversion.get("output"):
+            p.line(f"output: {conversion['output']}", whole=True)
+            files = [(conversion.get("report") or "").rsplit("/", 1)[-1]]
+            files += [t["path"][len(conversion["output"]) + 1:] for t in conversion["targets"] if t.get("path")]
+            p.line("  " + ", ".join(f for f in files if f))
+        run_id = s.get("mlflow_run_id") or s.get("run_id")
+        if conversion.get("report_uri") and run_id:
+            p.line(f"in MLflow: runs:/{run_id}/conversion (report.md, report.png, the models)", whole=True)
     if s.get("mlflow_url"):
-        p.line(f"run page: {s['mlflow_url']}")
+        p.line(f"run page: {s['mlflow_url']}", whole=True)
     if s.get("failure"):
         render_failure(p, s["failure"])
 
