@@ -130,11 +130,20 @@ def test_runtime_list_and_jobs_table(capsys):
     assert result.exit_code == 0, result.output
     rows = json.loads(CliRunner().invoke(app, ["runtime", "list", "-o", "json"]).stdout)
     assert_whole(result.output, [r["name"] for r in rows] + [r["path"] for r in rows], in_table=False)
-    Printer("table").table(["job id", "name", "status", "MLflow run", "started"],
-                           [["digits-cnn-20261130-113103-a50b", "digits-cnn", "SUCCEEDED", RUN,
-                             "2026-11-30 11:31:03"]])
-    out = capsys.readouterr().out
-    assert_whole(out, ["digits-cnn-20261130-113103-a50b", "SUCCEEDED", RUN, "2026-11-30 11:31:03"])
+
+
+def test_jobs_list_keeps_one_row_per_job_at_80_columns(monkeypatch):
+    from trainer import api
+
+    jobs = [{"job_id": f"digits-cnn-20261130-11310{i}-a50b", "name": "digits-cnn", "status": "SUCCEEDED",
+             "run_id": RUN, "start_time": 1796038744.0 + i, "end_time": None} for i in range(3)]
+    monkeypatch.setattr(api, "list_jobs", lambda address=None: jobs)
+    result = CliRunner().invoke(app, ["list"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert_whole(result.output, [j["job_id"] for j in jobs] + ["SUCCEEDED"])
+    assert sum("SUCCEEDED" in line for line in result.output.splitlines()) == 3
+    wide = CliRunner().invoke(app, ["list"], env={"COLUMNS": "120"})
+    assert f"│ {RUN} │" in wide.output
 
 
 def test_version_names_trainer_ray_mlflow_and_frameworks():

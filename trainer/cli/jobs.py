@@ -310,10 +310,15 @@ def list_(address: Optional[str] = AddressOpt, output: str = OutputOpt):
     jobs = api.list_jobs(address)
 
     def render(jobs):
-        p.table(["job id", "name", "status", "MLflow run", "started"],
-                [[j["job_id"], j["name"] or "", j["status"], j["run_id"] or "",
-                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["start_time"])) if j["start_time"] else ""]
-                 for j in jobs])
+        cols = ["job id", "status", "started", "MLflow run"]
+        rows = [[j["job_id"], j["status"],
+                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["start_time"])) if j["start_time"] else "",
+                 j["run_id"] or ""] for j in jobs]
+        if p.fits(cols, rows):
+            return p.table(cols, rows)
+        # Narrow (80 columns): one row per job still; the run ids are in `status JOB` and -o json.
+        p.table(cols[:3], [r[:3] for r in rows])
+        p.note("MLflow run ids: trainer status JOB, or trainer list -o json")
     p.emit(jobs, render)
 
 
