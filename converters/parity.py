@@ -281,7 +281,7 @@ def plot(report: ConversionReport, path: Path) -> None:
 
     rows = report.rows
     names = [r.target for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 0.9 + 0.55 * max(len(rows), 3)), width_ratios=(3, 2))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 1.2 + 0.6 * max(len(rows), 3)), width_ratios=(3, 2))
     y = np.arange(len(rows))
     ratios = [_criterion_ratio(r, report.tolerance) for r in rows]
     shown = [min(max(v, 1e-4), 1e3) for v in ratios]
@@ -290,12 +290,15 @@ def plot(report: ConversionReport, path: Path) -> None:
     ax1.set_xscale("log")
     ax1.set_xlim(1e-4, 1e3)
     ax1.axvline(1.0, color="k", linestyle="--", linewidth=1)
-    ax1.set_yticks(y, names)
+    ax1.set_yticks(y, [f"{r.target}\n{_rule(r, report.tolerance)}" for r in rows], fontsize=8)
     ax1.invert_yaxis()
-    for i, r in enumerate(rows):
-        ax1.text(1.25, i, ("pass: " if r.passed else "FAIL: ") + _short_criterion(r, report.tolerance),
-                 va="center", fontsize=7.5)
-    ax1.set_xlabel("figure / its threshold (log; the dashed line is each target's limit)")
+    for i, (r, v) in enumerate(zip(rows, shown)):
+        text = ("pass: " if r.passed else "FAIL: ") + _figure_text(r)
+        if v < 30:
+            ax1.text(v * 1.3, i, text, va="center", fontsize=8)
+        else:
+            ax1.text(v / 1.3, i, text, va="center", ha="right", fontsize=8, color="white")
+    ax1.set_xlabel("judged figure / its threshold (log); right of the dashed line fails", fontsize=9)
     ax1.set_title("each target against its own criterion", fontsize=10)
     groups = ["native"] + [r.target for r in rows if r.latency_ms.get("b1") is not None]
     lat = {"b1": [report.native_latency_ms.get("b1")], "b64": [report.native_latency_ms.get("b64")]}
@@ -325,13 +328,20 @@ def _criterion_ratio(row: Row, tol: Tolerance) -> float:
     return 0.5 if row.passed else 2.0
 
 
-def _short_criterion(row: Row, tol: Tolerance) -> str:
+def _rule(row: Row, tol: Tolerance) -> str:
     if row.precision == "int8" and row.top1_agreement is not None:
-        text = f"agreement {row.top1_agreement:.3f} >= {tol.min_agreement:g}"
-        if row.accuracy_delta is not None:
-            text += f", acc {row.accuracy_delta:+.3f} >= {-tol.max_accuracy_drop:g}"
-        return text
-    return f"max|a-b| {row.max_abs_diff:.2g} vs {tol.atol:g} + {tol.rtol:g}|a|"
+        return f"int8: agreement >= {tol.min_agreement:g}" + (
+            f", acc drop <= {tol.max_accuracy_drop:g}" if row.accuracy_delta is not None else "")
+    if row.precision == "int8":
+        return f"int8: |a-b| <= {tol.int8_scale_tol:g} max|a|"
+    return f"fp32: |a-b| <= {tol.atol:g} + {tol.rtol:g}|a|"
+
+
+def _figure_text(row: Row) -> str:
+    if row.precision == "int8" and row.top1_agreement is not None:
+        text = f"agreement {row.top1_agreement:.3f}"
+        return text + (f", acc {row.accuracy_delta:+.3f}" if row.accuracy_delta is not None else "")
+    return f"max|a-b| {row.max_abs_diff:.2g}"
 
 
 def fmt_size(n: int | None) -> str:
