@@ -116,6 +116,9 @@ def quiet(verbose: bool = False) -> Path:
     logging.captureWarnings(True)     # library warnings (FutureWarning, ...) go to py.warnings
     for name in FOREIGN:
         _adopt(name)
+    warned = logging.getLogger("py.warnings")
+    if verbose and not any(_is_terminal(h) for h in warned.handlers):
+        warned.addHandler(logging.StreamHandler())     # warnings had no handler but stderr's own
     return path
 
 
