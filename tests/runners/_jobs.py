@@ -43,6 +43,16 @@ def submit_example_and_check_run(cluster, spec, framework: str, workers: int, ep
     summary = json.loads(proc.stdout)
     assert summary["status"] == "SUCCEEDED"
     assert summary["test_accuracy"] >= 0.95
+    import yaml
+
+    convert = yaml.safe_load(Path(spec).read_text()).get("convert")
+    if convert:   # the summary gives the conversion per target: verdict, figure, size, where
+        conversion = summary["conversion"]
+        assert conversion["status"] == "PASSED" and conversion["report"].endswith("/report.md")
+        assert [t["target"] for t in conversion["targets"]] == convert["targets"]
+        for t in conversion["targets"]:
+            assert t["verdict"] == "pass" and t["size_bytes"] > 0 and Path(t["path"]).is_file(), t
+            assert t["uri"].endswith(t["path"][len(conversion["output"]):]) and t["figure"]
 
     job = trainer.Job.get(summary["job_id"], cluster.dashboard_url)
     run = client(job.tracking_uri).get_run(job.run_id)

@@ -115,12 +115,14 @@ class Printer:
         else:
             self.line(str(data))
 
-    def line(self, text: str, style: str | None = None, *, whole: bool = False) -> None:
+    def line(self, text: str, style: str | None = None, *, whole: bool = False, wrap: bool = False) -> None:
         """A plain line for a person (never in json mode: a JSON document is the whole stdout).
-        It wraps between words at the width (80 without a terminal), so an id is never split the
-        way a terminal splits a long line; `whole` keeps it one line (a path or URL to copy)."""
+        On a terminal it wraps between words, so an id is never split the way a terminal splits a
+        long line; into a pipe or a file it stays one line (a log viewer wraps it), and so does a
+        `whole` one anywhere (a path or URL to copy). `wrap`: prose, wrapped at the width (80
+        without a terminal) everywhere."""
         if not self.json:
-            self.out.print(Text(text, style=style or ""), soft_wrap=whole)
+            self.out.print(Text(text, style=style or ""), soft_wrap=whole or not (wrap or self.out.is_terminal))
 
     def kv(self, title: str, rows: dict) -> None:
         self.table(["", ""], [[k, "" if v is None else v] for k, v in rows.items()], title=title, header=False)
@@ -173,7 +175,8 @@ class Printer:
     def note(self, text: str) -> None:
         """Progress and hints for a person, on stderr (stdout stays the result)."""
         if not self.json:
-            stderr().print(Text(text, style="dim"))
+            err = stderr()
+            err.print(Text(text, style="dim"), soft_wrap=not err.is_terminal)
 
 
 def _longest_words(header: list[str], rows: list[list[str]], ncols: int) -> list[int]:

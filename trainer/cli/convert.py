@@ -94,7 +94,7 @@ def _print_matrix(p: Printer) -> None:
                 title="conversion matrix: --from (rows) x --to (columns); Y = supported, - = not")
         p.line("how --from exports to ONNX:")
         for r in rows:
-            p.line(f"  {r['from']}: {r['via']}")
+            p.line(f"  {r['from']}: {r['via']}", wrap=True)
         p.line("how each --to is built:")
         for t in registry.TARGETS:
             ways: dict[str, list[str]] = {}
@@ -103,7 +103,7 @@ def _print_matrix(p: Printer) -> None:
                     ways.setdefault(r[t], []).append(r["from"])
             for way, sources in ways.items():
                 scope = "" if len(ways) == 1 else f" (from {', '.join(sources)})"
-                p.line(f"  {t}{scope}: {way}")
+                p.line(f"  {t}{scope}: {way}", wrap=True)
     p.emit(registry.matrix(), render)
 
 
@@ -122,7 +122,7 @@ def _print_report(p: Printer, report) -> None:
             title=f"parity: {Path(report.model).name} ({report.source}, {report.exporter}) "
                   f"{'PASSED' if report.passed else 'FAILED'}")
     for r in report.rows:
-        p.line(f"{r.target}: {criterion_words(r, report.tolerance)}")
+        p.line(f"{r.target}: {criterion_words(r, report.tolerance)}", wrap=True)
     p.line(f"report: {Path(report.out_dir) / 'report.md'}", whole=True)
     if report.run_id:
         p.line(f"logged to MLflow run {report.run_id} (conversion/)")
