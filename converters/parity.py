@@ -314,7 +314,8 @@ def plot(report: ConversionReport, path: Path) -> None:
     ax2.set_yscale("log")
     ax2.legend(fontsize=8)
     ax2.set_title("latency (this machine)", fontsize=10)
-    fig.suptitle(f"{Path(report.model).name}: parity {'PASSED' if report.passed else 'FAILED'}")
+    name = report.model if report.model.startswith(("runs:/", "models:/")) else Path(report.model).name
+    fig.suptitle(f"{name}: parity {'PASSED' if report.passed else 'FAILED'}")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

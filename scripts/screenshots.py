@@ -32,6 +32,15 @@ def shoot(url: str, out: Path, width: int, height: int, budget_ms: int = 20000) 
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     if proc.returncode != 0 or not out.is_file():
         raise SystemExit(f"error: chromium failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    small(out)
+
+
+def small(png: Path, colors: int = 96) -> None:
+    """A palette PNG: screenshots are flat colours, so this keeps them readable at a third of the size."""
+    from PIL import Image
+
+    with Image.open(png) as im:
+        im.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT).save(png, optimize=True)
 
 
 def terminal(capture: Path, out: Path, title: str) -> None:

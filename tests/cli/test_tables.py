@@ -48,7 +48,7 @@ def _summary(**extra) -> dict:
     ]
     return {"job_id": "digits-cnn-20261130-113103-a50b", "status": "SUCCEEDED", "mlflow_run_id": RUN,
             "wall_time_s": 143.8, "test_accuracy": 0.9861, "loss": 0.0058,
-            "mlflow_url": f"http://127.0.0.1:5000/#/experiments/1/runs/{RUN}",
+            "mlflow_url": f"http://127.0.0.1:5000/#/experiments/1/runs/{RUN}?workflowType=machine_learning",
             "conversion": {"status": "FAILED", "targets": targets, "output": OUT, "report": f"{OUT}/report.md",
                            "report_uri": f"file:///x/{RUN}/artifacts/conversion/report.md"}, **extra}
 

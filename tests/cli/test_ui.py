@@ -28,7 +28,7 @@ def test_ui_starts_then_finds_the_mlflow_ui_and_links_runs(isolated_home):
         uri = default_tracking_uri()
         run_id = client(uri).create_run(client(uri).create_experiment("ui")).info.run_id
         link = run_url(uri, run_id)
-        assert link.startswith(f"{url}/#/experiments/") and link.endswith(f"/runs/{run_id}")
+        assert link.startswith(f"{url}/#/experiments/") and link.endswith(f"/runs/{run_id}?workflowType=machine_learning")
         assert requests.get(url, timeout=30).status_code == 200
     finally:
         server.stop()

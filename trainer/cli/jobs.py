@@ -180,7 +180,7 @@ def render_summary(p: Printer, s: dict) -> None:
             p.line("  " + ", ".join(f for f in files if f))
         run_id = s.get("mlflow_run_id") or s.get("run_id")
         if conversion.get("report_uri") and run_id:
-            p.line(f"in MLflow: runs:/{run_id}/conversion (report.md, report.png, the models)", whole=True)
+            p.line(f"in MLflow: runs:/{run_id}/conversion", whole=True)
     if s.get("mlflow_url"):
         p.line(f"run page: {s['mlflow_url']}", whole=True)
     if s.get("failure"):

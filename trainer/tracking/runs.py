@@ -332,7 +332,8 @@ def conversion_report(uri: str, run_id: str) -> dict | None:
 
 def run_url(uri: str, run_id: str) -> str | None:
     """The run's page in an MLflow UI that is running now: the tracking server itself, or for the
-    embedded store the local server (`trainer ui` / `trainer mlflow serve`). None when there is none."""
+    embedded store the local server (`trainer ui` / `trainer mlflow serve`), in the UI's "Model
+    training" view. None when there is none."""
     from trainer.home import default_tracking_uri
 
     base = None
@@ -349,4 +350,5 @@ def run_url(uri: str, run_id: str) -> str | None:
         exp = client(uri).get_run(run_id).info.experiment_id
     except Exception:  # noqa: BLE001 - a link is a convenience
         return None
-    return f"{base}/#/experiments/{exp}/runs/{run_id}"
+    # The UI's workflow switch (GenAI | Model training) defaults to GenAI; this opens the latter.
+    return f"{base}/#/experiments/{exp}/runs/{run_id}?workflowType=machine_learning"
