@@ -58,12 +58,13 @@ def fail(e: TrainerError) -> None:
     if os.environ.get("TRAINER_DEBUG"):
         console.print_exception()
     # Text, not markup: a message quoting user input ("name: '[/]'") must print as it is.
-    console.print(Text.assemble(("error:", "bold red"), " ", error_line(e)), soft_wrap=True)
+    # One line; a terminal shows it wrapped between words, not cut mid-word by the terminal.
+    console.print(Text.assemble(("error:", "bold red"), " ", error_line(e)), soft_wrap=not console.is_terminal)
     from trainer.logs import show_path_hint
 
     hint = show_path_hint()     # Ray's / MLflow's own lines of this command, when there were any
     if hint:
-        console.print(Text(hint, style="dim"), soft_wrap=True)
+        console.print(Text(hint, style="dim"), soft_wrap=not console.is_terminal)
     raise typer.Exit(e.exit_code)
 
 
