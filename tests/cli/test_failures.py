@@ -49,9 +49,12 @@ def _check_run(uri: str, run_id: str, rank) -> None:
     assert tags.get("trainer.failure.rank") == (None if rank is None else str(rank))
     assert "ValueError: bad batch shape (32, 7) at epoch 2" in tags["trainer.failure"]
     assert "Outcome: **failed**" in tags["mlflow.note.content"]
-    # The step is the epoch: loss has steps 0 and 1, and there is no `epoch` curve.
+    # The step is the epoch: loss has a step per epoch reported, and there is no `epoch` curve.
+    # (On Ray, rank 0 passed epoch 2 when rank 1 raised: its report may have landed before the
+    # group was stopped.)
     assert "epoch" not in run.data.metrics
-    assert [m.step for m in client(uri).get_metric_history(run_id, "loss")] == [0, 1]
+    steps = [m.step for m in client(uri).get_metric_history(run_id, "loss")]
+    assert steps == [0, 1] if rank is None else steps in ([0, 1], [0, 1, 2])
 
 
 def test_run_local_failure_in_the_users_terms(tmp_path, monkeypatch):
