@@ -180,7 +180,7 @@ def _convert(model: str, source: str | None, targets: list[str], calib, edge: li
                         max_abs_diff=m["max_abs_diff"], max_rel_diff=m["max_rel_diff"],
                         top1_agreement=m["top1_agreement"], accuracy=m["accuracy"],
                         accuracy_delta=m["accuracy_delta"], latency_ms=latencies(run, eval_set.x),
-                        passed=m["passed"], criterion=m["criterion"],
+                        passed=m["passed"], criterion=m["criterion"], limit_ratio=m["limit_ratio"],
                         notes=list(built.notes)))
     if edge:
         rows += _edge_rows(edge, artifacts, target_objs, export, eval_set, native_out, tol, staging)
@@ -219,7 +219,7 @@ def _edge_rows(cpus: list[str], artifacts: dict[str, Path], target_objs: dict, e
                             max_abs_diff=m["max_abs_diff"], max_rel_diff=m["max_rel_diff"],
                             top1_agreement=m["top1_agreement"], accuracy=m["accuracy"],
                             accuracy_delta=m["accuracy_delta"], latency_ms={"b1": None, "b64": None},
-                            passed=m["passed"], criterion=m["criterion"],
+                            passed=m["passed"], criterion=m["criterion"], limit_ratio=m["limit_ratio"],
                             notes=[f"emulated aarch64 (qemu -cpu {cpu}), {len(x)} samples, "
                                    f"bundle run took {wall:.1f} s wall"]))
     return rows
@@ -303,6 +303,7 @@ def _log_to_run(report: ConversionReport, out_dir: Path, tracking_uri: str) -> N
         client.log_artifacts(report.run_id, str(out_dir), "conversion")
         metrics = [Metric(k, v, ts, 0) for k, v in report.metrics().items() if np.isfinite(v)]
         client.log_batch(report.run_id, metrics=metrics)
+        client.log_table(report.run_id, data=report.table(), artifact_file="conversion/parity_table.json")
         if report.trust_pickle:
             client.set_tag(report.run_id, TAG_TRUST_PICKLE, "true")
     except MlflowException as err:

@@ -52,6 +52,7 @@ class Row:
     passed: bool
     criterion: str                  # what it was judged by, with the numbers
     notes: list[str] = field(default_factory=list)
+    limit_ratio: float | None = None    # the judged figure over its threshold: <= 1 passes
 
 
 @dataclass
@@ -88,17 +89,35 @@ class ConversionReport:
         return json.dumps(self.to_dict(), indent=2, default=str)
 
     def metrics(self) -> dict[str, float]:
-        """Flat numeric metrics for MLflow: parity.<target>.<metric>."""
+        """A few summary metrics for MLflow (the full table is the report artifact): whether every
+        target passed, and per target the figure its criterion judges - `parity.<target>.max_abs_diff`
+        for fp32, `parity.<target>.top1_agreement` (and `.accuracy_delta` when labels are known)
+        for int8 - plus its size in bytes."""
         out: dict[str, float] = {"parity.passed": float(self.passed)}
         for r in self.rows:
             key = "parity." + r.target.replace("@", ".edge.")
-            vals = {"max_abs_diff": r.max_abs_diff, "max_rel_diff": r.max_rel_diff,
-                    "top1_agreement": r.top1_agreement, "accuracy_delta": r.accuracy_delta,
-                    "size_bytes": r.size_bytes, "passed": float(r.passed),
-                    "latency_p50_b1_ms": r.latency_ms.get("b1"),
-                    "latency_p50_b64_ms": r.latency_ms.get("b64")}
+            if r.precision == "int8" and r.top1_agreement is not None:
+                vals = {"top1_agreement": r.top1_agreement, "accuracy_delta": r.accuracy_delta}
+            else:
+                vals = {"max_abs_diff": r.max_abs_diff}
+            vals["size_bytes"] = r.size_bytes
             out.update({f"{key}.{k}": float(v) for k, v in vals.items() if v is not None})
         return out
+
+    def table(self) -> dict[str, list]:
+        """The report's table as columns (MLflow's `log_table`: shown as a table in the UI)."""
+        cols: dict[str, list] = {k: [] for k in ("target", "precision", "result", "criterion", "size_bytes",
+                                                 "max_abs_diff", "max_rel_diff", "top1_agreement",
+                                                 "accuracy_delta", "latency_p50_b1_ms", "latency_p50_b64_ms",
+                                                 "artifact")}
+        for r in self.rows:
+            for k, v in (("target", r.target), ("precision", r.precision), ("result", "pass" if r.passed else "FAIL"),
+                         ("criterion", r.criterion), ("size_bytes", r.size_bytes), ("max_abs_diff", r.max_abs_diff),
+                         ("max_rel_diff", r.max_rel_diff), ("top1_agreement", r.top1_agreement),
+                         ("accuracy_delta", r.accuracy_delta), ("latency_p50_b1_ms", r.latency_ms.get("b1")),
+                         ("latency_p50_b64_ms", r.latency_ms.get("b64")), ("artifact", r.artifact)):
+                cols[k].append(v)
+        return cols
 
     def to_markdown(self) -> str:
         status = "PASSED" if self.passed else "FAILED"
@@ -109,6 +128,7 @@ class ConversionReport:
                                            for i in self.inputs),
                  f"- tolerance: fp32 |a-b| <= {t.atol:g} + {t.rtol:g}*|a|; int8 top-1 agreement >= "
                  f"{t.min_agreement:g} and accuracy delta >= {-t.max_accuracy_drop:g}",
+                 *(f"- {r.target}: {criterion_words(r, t)}" for r in self.rows),
                  f"- native: size {fmt_size(self.native_size_bytes)}, accuracy "
                  f"{fmt_num(self.native_accuracy)}, latency p50 b1 {fmt_ms(self.native_latency_ms.get('b1'))}"
                  f", b64 {fmt_ms(self.native_latency_ms.get('b64'))}", ""]
@@ -126,6 +146,33 @@ class ConversionReport:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
         lines += ["", "max rel diff = max |a-b| / max(|a|, 1e-3 * max|a|) (a = native output).", ""]
         return "\n".join(lines)
+
+
+def key_figure(row) -> str:
+    """The figure a target's criterion judges, in a few words (a Row or its dict)."""
+    get = row.get if isinstance(row, dict) else (lambda k: getattr(row, k))
+    if get("precision") == "int8" and get("top1_agreement") is not None:
+        text = f"agreement {get('top1_agreement'):.4f}"
+        if get("accuracy_delta") is not None:
+            text += f", accuracy {get('accuracy_delta'):+.4f}"
+        return text
+    return f"max abs diff {get('max_abs_diff'):.2g}"
+
+
+def criterion_words(row: Row, tol: Tolerance) -> str:
+    """Which criterion judged the target, and how it came out, in words."""
+    verdict = "passed" if row.passed else "FAILED"
+    if row.precision == "int8" and row.top1_agreement is not None:
+        rule = (f"int8 criterion: the converted model must pick the native model's top-1 class on at least "
+                f"{tol.min_agreement:.0%} of the samples")
+        if row.accuracy_delta is not None:
+            rule += f" and lose at most {tol.max_accuracy_drop:g} accuracy"
+        return f"{rule}; {verdict} ({row.criterion}). Its raw max abs diff ({row.max_abs_diff:.2g}) is not judged."
+    if row.precision == "int8":
+        return (f"int8 criterion on outputs that are not class scores: max abs diff within "
+                f"{tol.int8_scale_tol:g} x the largest native output; {verdict} ({row.criterion}).")
+    return (f"fp32 criterion: every output element within {tol.atol:g} + {tol.rtol:g} x |native| of the native "
+            f"model's; {verdict} (max abs diff {row.max_abs_diff:.2g}; {row.criterion}).")
 
 
 def compare(target: str, precision: str, native: np.ndarray, converted: np.ndarray,
@@ -161,12 +208,23 @@ def compare(target: str, precision: str, native: np.ndarray, converted: np.ndarr
         else:
             passed = max_abs <= tol.int8_scale_tol * scale
             criterion = f"max abs diff {max_abs:.3g} {'<=' if passed else '>'} {tol.int8_scale_tol:g} * max|a| ({scale:.3g})"
+        ratio = None
     else:
-        worst = float((diff - (tol.atol + tol.rtol * np.abs(a))).max()) if diff.size else 0.0
+        allowance = tol.atol + tol.rtol * np.abs(a)
+        worst = float((diff - allowance).max()) if diff.size else 0.0
         passed = bool(np.all(np.isfinite(b))) and worst <= 0
         criterion = f"|a-b| <= {tol.atol:g} + {tol.rtol:g}*|a|" + ("" if passed else f" (exceeded by {worst:.3g})")
+        ratio = float((diff / allowance).max()) if diff.size else 0.0
+    if precision == "int8" and top1 is not None:
+        ratio = (1 - top1) / max(1 - tol.min_agreement, 1e-12)
+        if delta is not None:
+            ratio = max(ratio, max(-delta, 0.0) / max(tol.max_accuracy_drop, 1e-12))
+    elif precision == "int8":
+        ratio = max_abs / max(tol.int8_scale_tol * scale, 1e-30)
+    if not np.all(np.isfinite(b)):
+        ratio = float("inf")
     return dict(max_abs_diff=max_abs, max_rel_diff=max_rel, top1_agreement=top1, accuracy=acc,
-                accuracy_delta=delta, passed=bool(passed), criterion=criterion)
+                accuracy_delta=delta, passed=bool(passed), criterion=criterion, limit_ratio=ratio)
 
 
 def accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
@@ -212,26 +270,39 @@ def write_report(report: ConversionReport, out_dir: Path) -> dict[str, Path]:
 
 
 def plot(report: ConversionReport, path: Path) -> None:
+    """Each target against its own criterion, as a fraction of its threshold (1 = the line it
+    must not cross): fp32 targets by max |a-b| / (atol + rtol*|a|) at the worst element, int8
+    targets by the larger of their disagreement and accuracy loss over what they may lose; and
+    latency per batch size."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r.target for r in report.rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    y = np.arange(len(names))
-    colors = ["tab:green" if r.passed else "tab:red" for r in report.rows]
-    abs_d = [max(r.max_abs_diff, 1e-12) if np.isfinite(r.max_abs_diff) else 1.0 for r in report.rows]
-    ax1.barh(y, abs_d, color=colors)
+    rows = report.rows
+    names = [r.target for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 1.2 + 0.6 * max(len(rows), 3)), width_ratios=(3, 2))
+    y = np.arange(len(rows))
+    ratios = [_criterion_ratio(r, report.tolerance) for r in rows]
+    shown = [min(max(v, 1e-4), 1e3) for v in ratios]
+    colors = ["tab:green" if r.passed else "tab:red" for r in rows]
+    ax1.barh(y, shown, color=colors)
     ax1.set_xscale("log")
-    ax1.set_yticks(y, names)
-    ax1.axvline(report.tolerance.atol, color="k", linestyle="--", linewidth=1, label=f"atol {report.tolerance.atol:g}")
-    ax1.set_xlabel("max abs diff vs native (log)")
-    ax1.legend(loc="lower right", fontsize=8)
-    ax1.set_title("error (green = within tolerance)")
-    groups = ["native"] + [r.target for r in report.rows if r.latency_ms.get("b1") is not None]
+    ax1.set_xlim(1e-4, 1e3)
+    ax1.axvline(1.0, color="k", linestyle="--", linewidth=1)
+    ax1.set_yticks(y, [f"{r.target}\n{_rule(r, report.tolerance)}" for r in rows], fontsize=8)
+    ax1.invert_yaxis()
+    for i, (r, v) in enumerate(zip(rows, shown)):
+        text = ("pass: " if r.passed else "FAIL: ") + _figure_text(r)
+        if v < 30:
+            ax1.text(v * 1.3, i, text, va="center", fontsize=8)
+        else:
+            ax1.text(v / 1.3, i, text, va="center", ha="right", fontsize=8, color="white")
+    ax1.set_xlabel("judged figure / its threshold (log); right of the dashed line fails", fontsize=9)
+    ax1.set_title("each target against its own criterion", fontsize=10)
+    groups = ["native"] + [r.target for r in rows if r.latency_ms.get("b1") is not None]
     lat = {"b1": [report.native_latency_ms.get("b1")], "b64": [report.native_latency_ms.get("b64")]}
-    for r in report.rows:
+    for r in rows:
         if r.latency_ms.get("b1") is not None:
             lat["b1"].append(r.latency_ms["b1"])
             lat["b64"].append(r.latency_ms.get("b64"))
@@ -242,11 +313,36 @@ def plot(report: ConversionReport, path: Path) -> None:
     ax2.set_ylabel("latency p50 (ms)")
     ax2.set_yscale("log")
     ax2.legend(fontsize=8)
-    ax2.set_title("latency (this machine)")
-    fig.suptitle(f"{Path(report.model).name}: {'PASSED' if report.passed else 'FAILED'}")
+    ax2.set_title("latency (this machine)", fontsize=10)
+    name = report.model if report.model.startswith(("runs:/", "models:/")) else Path(report.model).name
+    fig.suptitle(f"{name}: parity {'PASSED' if report.passed else 'FAILED'}")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _criterion_ratio(row: Row, tol: Tolerance) -> float:
+    """How far the target went towards its own limit: <= 1 passes, > 1 fails (`compare` measured
+    it; a report written before it did has none: its verdict alone is drawn)."""
+    if row.limit_ratio is not None:
+        return row.limit_ratio
+    return 0.5 if row.passed else 2.0
+
+
+def _rule(row: Row, tol: Tolerance) -> str:
+    if row.precision == "int8" and row.top1_agreement is not None:
+        return f"int8: agreement >= {tol.min_agreement:g}" + (
+            f", acc drop <= {tol.max_accuracy_drop:g}" if row.accuracy_delta is not None else "")
+    if row.precision == "int8":
+        return f"int8: |a-b| <= {tol.int8_scale_tol:g} max|a|"
+    return f"fp32: |a-b| <= {tol.atol:g} + {tol.rtol:g}|a|"
+
+
+def _figure_text(row: Row) -> str:
+    if row.precision == "int8" and row.top1_agreement is not None:
+        text = f"agreement {row.top1_agreement:.3f}"
+        return text + (f", acc {row.accuracy_delta:+.3f}" if row.accuracy_delta is not None else "")
+    return f"max|a-b| {row.max_abs_diff:.2g}"
 
 
 def fmt_size(n: int | None) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from trainer.credentials import redact
-from trainer.errors import JobError, PreflightError, TrainerError, first_line
+from trainer.errors import JobError, PreflightError, TrackingError, TrainerError, first_line
 from trainer.spec import JobSpec, load_spec
 from trainer.state import JobState
 
@@ -119,6 +119,38 @@ class Job:
                "start_time": _seconds(info.start_time), "end_time": _seconds(info.end_time)}
         if out["start_time"]:
             out["wall_time_s"] = round((out["end_time"] or time.time()) - out["start_time"], 1)
+        if state is JobState.FAILED:
+            out["failure"] = self.failure()
+        return out
+
+    def failure(self) -> dict | None:
+        """What failed, in the user's terms (exception, file:line in their code, rank, node, last
+        epoch): the run's `trainer.failure.*` tags, else the failure line in the job's log."""
+        from trainer.tracking.runs import failure_line, read_failure
+
+        found = None
+        if self.run_id and _store_reachable(self._store()):
+            try:
+                found = read_failure(self._store(), self.run_id)
+            except TrainerError:
+                found = None
+        if found is None:
+            found = failure_from_logs(self.logs())
+        if found is not None and "summary" not in found:
+            found["summary"] = failure_line(found)
+        return found
+
+    def summary(self, state: JobState | None = None, started: float | None = None) -> dict:
+        """The job's summary: state, run (and its page in a running MLflow UI), final metrics,
+        the conversion outcome per target, and what failed."""
+        state = state or self.status()
+        out = {"job_id": self.id, "status": state.value, "mlflow_run_id": self.run_id}
+        if started is not None:
+            out["wall_time_s"] = round(time.time() - started, 1)
+        if self.run_id and _store_reachable(self._store()):
+            out.update(run_summary(self._store(), self.run_id))
+        if state is JobState.FAILED:
+            out["failure"] = self.failure()
         return out
 
     def logs(self) -> str:
@@ -199,6 +231,112 @@ class Job:
                           f"Ray job {self.id} ended {state.value}; its driver did not close the run as that")
         except Exception:
             pass  # tracking unreachable: the job's state is still right
+
+
+SUMMARY_METRICS = ("test_accuracy", "accuracy", "loss")
+
+
+def run_summary(uri: str, run_id: str) -> dict:
+    """From a run: its page in a running MLflow UI, the final values of the headline metrics, and
+    the conversion outcome (`trainer.runners.job.conversion_summary`). Best effort: what cannot be
+    read is left out."""
+    from trainer.runners.job import conversion_summary
+    from trainer.tracking.runs import client, conversion_report, run_url
+
+    out: dict = {}
+    url = run_url(uri, run_id)
+    if url:
+        out["mlflow_url"] = url
+    try:
+        metrics = client(uri).get_run(run_id).data.metrics
+        out.update({k: round(metrics[k], 4) for k in SUMMARY_METRICS if k in metrics})
+        conversion = conversion_summary(conversion_report(uri, run_id))
+    except TrainerError:
+        conversion = None
+    if conversion:
+        out["conversion"] = conversion
+    return out
+
+
+def failure_from_logs(text: str) -> dict | None:
+    """The failure line the job driver (or a worker) printed in the job's log, or None."""
+    from trainer.runners.job import FAILURE_PREFIX
+
+    found = None
+    for line in text.splitlines():
+        idx = line.find(FAILURE_PREFIX)
+        if idx >= 0:
+            try:
+                record = json.loads(line[idx + len(FAILURE_PREFIX):])
+            except ValueError:
+                continue
+            if found is None or (record.get("rank") or 0) < (found.get("rank") or 0):
+                found = record
+    return found
+
+
+def versions() -> dict[str, str]:
+    """Versions of trainer, Ray, MLflow and the frameworks present (this interpreter, and the
+    installed framework runtimes), read from package metadata: nothing heavy is imported."""
+    from importlib import metadata
+
+    from trainer.runtimes import list_runtimes
+
+    out: dict[str, str] = {}
+    for dist in ("trainer", "ray", "mlflow", "torch", "onnx", "onnxruntime"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    for runtime in list_runtimes():
+        if not runtime.installed:
+            continue
+        for dist in ("tensorflow-cpu", "tensorflow", "keras", "mxnet", "tf2onnx", "mmdnn"):
+            if dist in runtime.versions:
+                out.setdefault(dist.replace("-cpu", ""), f"{runtime.versions[dist]} ({runtime.name} runtime)")
+    return out
+
+
+def ui(progress: Callable[[str], None] | None = None) -> dict:
+    """The MLflow UI for the configured tracking store (a server's own URL; for the embedded store
+    the local server of trainer.tracking.server, started if none runs) and the Ray dashboard of
+    the local cluster (or $TRAINER_ADDRESS)."""
+    from trainer.errors import UsageError
+    from trainer.home import default_tracking_uri, resolve_tracking_uri
+
+    uri = resolve_tracking_uri()
+    started = False
+    if uri.startswith(("http://", "https://")):
+        try:
+            _check_reachable(uri)
+        except Exception as e:  # noqa: BLE001
+            raise TrackingError(f"the MLflow server {redact(uri)} does not answer: {first_line(e)}") from None
+        url = redact(uri)
+    elif uri == default_tracking_uri():
+        from trainer.tracking.server import serve
+
+        state, started = serve(None if _port_taken(5000) else 5000, progress=progress)
+        url = state.url
+    else:
+        raise UsageError(f"trainer ui serves the embedded store ({default_tracking_uri()}) or shows a server's URL; "
+                         f"for {redact(uri)} run: mlflow ui --backend-store-uri {redact(uri)}")
+    address = resolve_address(None)
+    token = None
+    if address is None:
+        from trainer.cluster.local import LocalCluster
+
+        state = LocalCluster().state()
+        address = state.dashboard_url if state is not None else None
+        token = state.token_file if state is not None else None
+    return {"mlflow_url": url, "mlflow_started": started, "tracking_uri": redact(uri),
+            "ray_dashboard": redact(address) if address else None, "ray_token_file": token}
+
+
+def _port_taken(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def parse_progress(line: str) -> dict | None:
@@ -485,6 +623,7 @@ class LocalRun:
     tracking_uri: str
     wall_time_s: float
     metrics: dict[str, float]
+    summary: dict = field(default_factory=dict)   # run_summary: MLflow URL, headline metrics, conversion
 
 
 def run_local(spec: str | Path | dict | JobSpec, *, set: list[str] | None = None, **overrides) -> LocalRun:
@@ -504,9 +643,9 @@ def run_local(spec: str | Path | dict | JobSpec, *, set: list[str] | None = None
     job_id = "local-" + _job_id(spec_obj.name)
     run_id = runs.start_run(spec_obj, job_id, uri, "local", checked.fingerprint)
     started = time.monotonic()
-    run_in_process(spec_obj, workdir, run_id, uri, trainer_home() / "local" / job_id)
+    run_in_process(spec_obj, workdir, run_id, uri, trainer_home() / "local" / job_id, job_id=job_id)
     metrics = dict(runs.client(uri).get_run(run_id).data.metrics)
-    return LocalRun(run_id, uri, round(time.monotonic() - started, 1), metrics)
+    return LocalRun(run_id, uri, round(time.monotonic() - started, 1), metrics, run_summary(uri, run_id))
 
 
 def _run_local_in(interpreter: Path, spec: JobSpec, workdir: Path) -> LocalRun:

@@ -72,6 +72,8 @@ class Context:
         self._checkpoints_seen = 0
         self._auto_step = 0
         self._last_progress = 0.0
+        self.last_step: int | None = None    # the last reported step and epoch
+        self.last_epoch = None
         # Every rank, before any user code: which checkpoint a restarted group resumes from is
         # decided once (rank 0, broadcast), so all ranks agree even after a fallback.
         session.restore_dir()
@@ -133,8 +135,10 @@ class Context:
         step = int(metrics.get("step", metrics.get("epoch", self._auto_step)))
         values.pop("step", None)
         self._auto_step += 1
+        self.last_step, self.last_epoch = step, metrics.get("epoch", self.last_epoch)   # for a failure's record
         if self._channel is not None:
-            self._channel.add(values, step)
+            # The key that is the step is MLflow's x axis, not a curve of its own.
+            self._channel.add({k: v for k, v in values.items() if k != "epoch" or "step" in metrics}, step)
         persisted = False
         if checkpoint is not None:
             self._checkpoints_seen += 1

@@ -78,7 +78,7 @@ def test_killed_worker_resumes_from_last_checkpoint(cluster):
 def test_cancel_stops_the_job_and_frees_the_cluster(cluster):
     job = trainer.submit(EXAMPLE, set=["config.epochs=500", "convert=null"])
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not steps(job, "epoch"):
+    while time.monotonic() < deadline and not steps(job, "loss"):
         time.sleep(1)
     proc = subprocess.run([TRAINER, "cancel", job.id, "--output", "json"], capture_output=True, text=True,
                           timeout=180)
@@ -106,7 +106,7 @@ def test_a_cancelled_driver_never_ends_its_run_failed(cluster):
 
     job = trainer.submit(EXAMPLE, set=["config.epochs=500", "convert=null"])
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not steps(job, "epoch"):
+    while time.monotonic() < deadline and not steps(job, "loss"):
         time.sleep(1)
     jobs = RayJobs(cluster.dashboard_url)
     jobs.stop(job.id)

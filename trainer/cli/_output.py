@@ -58,7 +58,13 @@ def fail(e: TrainerError) -> None:
     if os.environ.get("TRAINER_DEBUG"):
         console.print_exception()
     # Text, not markup: a message quoting user input ("name: '[/]'") must print as it is.
-    console.print(Text.assemble(("error:", "bold red"), " ", error_line(e)), soft_wrap=True)
+    # One line; a terminal shows it wrapped between words, not cut mid-word by the terminal.
+    console.print(Text.assemble(("error:", "bold red"), " ", error_line(e)), soft_wrap=not console.is_terminal)
+    from trainer.logs import show_path_hint
+
+    hint = show_path_hint()     # Ray's / MLflow's own lines of this command, when there were any
+    if hint:
+        console.print(Text(hint, style="dim"), soft_wrap=not console.is_terminal)
     raise typer.Exit(e.exit_code)
 
 
@@ -110,13 +116,22 @@ class Printer:
         else:
             self.line(str(data))
 
-    def line(self, text: str, style: str | None = None) -> None:
-        """A plain line for a person (never in json mode: a JSON document is the whole stdout)."""
+    def line(self, text: str, style: str | None = None, *, whole: bool = False, wrap: bool = False) -> None:
+        """A plain line for a person (never in json mode: a JSON document is the whole stdout).
+        On a terminal it wraps between words, so an id is never split the way a terminal splits a
+        long line; into a pipe or a file it stays one line (a log viewer wraps it), and so does a
+        `whole` one anywhere (a path or URL to copy). `wrap`: prose, wrapped at the width (80
+        without a terminal) everywhere."""
         if not self.json:
-            self.out.print(Text(text, style=style or ""), soft_wrap=True)
+            self.out.print(Text(text, style=style or ""), soft_wrap=whole or not (wrap or self.out.is_terminal))
 
     def kv(self, title: str, rows: dict) -> None:
         self.table(["", ""], [[k, "" if v is None else v] for k, v in rows.items()], title=title, header=False)
+
+    def fits(self, columns: Sequence[str], rows: Iterable[Sequence[Any]], header: bool = True) -> bool:
+        """Whether `table` would draw these as a table (every word whole) rather than records."""
+        rows = [["" if c is None else str(c) for c in row] for row in rows]
+        return _min_width(list(columns) if header else [], rows, len(columns)) <= self.out.width
 
     def table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str = "",
               header: bool = True) -> None:
@@ -127,8 +142,12 @@ class Printer:
             self._records(columns, rows, title)
             return
         table = Table(title=title or None, title_justify="left", show_header=header)
+        widths = _fit_widths(columns if header else [], rows, len(columns), width - 3 * len(columns) - 1)
         for i, name in enumerate(columns):
-            table.add_column(name, overflow="fold", style="bold" if (not header and i == 0) else None)
+            # Our widths, not rich's: narrowing a table to fit, rich may cut a column below its
+            # longest word and fold it (`tflite@cortex-a7` / `2`); these never go below it.
+            table.add_column(name, overflow="fold", style="bold" if (not header and i == 0) else None,
+                             width=widths[i])
         for row in rows:
             table.add_row(*(Text(c) for c in row))
         self.out.print(table)
@@ -137,25 +156,57 @@ class Printer:
         """The narrow form: one `key: value` block per row, nothing cut."""
         if title:
             self.out.print(Text(title, style="bold"))
+        import textwrap
+
         key_width = max((len(c) for c in columns), default=0)
+        indent = key_width + 2 if key_width else 0
+        room = max(self.out.width - indent, 20)
         for n, row in enumerate(rows):
             if n:
                 self.out.print("")
             for name, cell in zip(columns, row):
-                self.out.print(Text(f"{name:<{key_width}}  {cell}" if name else cell), soft_wrap=True)
+                # Wrapped between words under its key; a word longer than the room stays whole.
+                parts = textwrap.wrap(cell, room, break_long_words=False, break_on_hyphens=False) or [""]
+                lines = [f"{name:<{key_width}}  {parts[0]}" if name else parts[0]]
+                lines += [" " * indent + part for part in parts[1:]]
+                for line in lines:
+                    self.out.print(Text(line), soft_wrap=True)
 
     # -------------------------------------------------------------- chatter
     def note(self, text: str) -> None:
         """Progress and hints for a person, on stderr (stdout stays the result)."""
         if not self.json:
-            stderr().print(Text(text, style="dim"), soft_wrap=True)
+            err = stderr()
+            err.print(Text(text, style="dim"), soft_wrap=not err.is_terminal)
+
+
+def _longest_words(header: list[str], rows: list[list[str]], ncols: int) -> list[int]:
+    longest = [0] * ncols
+    for row in ([header] if header else []) + rows:
+        for i, cell in enumerate(row[:ncols]):
+            longest[i] = max(longest[i], max((len(w) for w in str(cell).split()), default=0))
+    return longest
+
+
+def _fit_widths(header: list[str], rows: list[list[str]], ncols: int, room: int) -> list[int]:
+    """Column widths that fit `room`: each column's longest cell, narrowed one at a time from the
+    widest that can still give (never below its longest word)."""
+    floor = _longest_words(header, rows, ncols)
+    widths = [0] * ncols
+    for row in ([header] if header else []) + rows:
+        for i, cell in enumerate(row[:ncols]):
+            widths[i] = max(widths[i], len(str(cell)), 1)
+    widths = [max(w, f) for w, f in zip(widths, floor)]
+    while sum(widths) > room:
+        slack = [i for i in range(ncols) if widths[i] > floor[i]]
+        if not slack:
+            break
+        widest = max(slack, key=lambda i: widths[i])
+        widths[widest] -= 1
+    return widths
 
 
 def _min_width(header: list[str], rows: list[list[str]], ncols: int) -> int:
     """Columns needed to show every cell with no word broken: each column as wide as its
     longest word, plus rich's borders and padding (3 per column + 1)."""
-    longest = [0] * ncols
-    for row in ([header] if header else []) + rows:
-        for i, cell in enumerate(row[:ncols]):
-            longest[i] = max(longest[i], max((len(w) for w in str(cell).split()), default=0))
-    return sum(longest) + 3 * ncols + 1
+    return sum(_longest_words(header, rows, ncols)) + 3 * ncols + 1

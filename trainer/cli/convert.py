@@ -78,28 +78,51 @@ def _check_inputs(model: str, calib: Optional[Path], edge: List[str]) -> None:
 
 
 def _print_matrix(p: Printer) -> None:
+    """The full matrix when it fits the terminal; else (80 columns, CI logs) a compact `Y`/`-`
+    matrix with a legend naming what each route uses."""
     from converters import registry
 
     cols = ["from", "runtime", "via", *registry.TARGETS]
-    p.emit(registry.matrix(), lambda rows: p.table(
-        [c if c not in registry.TARGETS else f"--to {c}" for c in cols],
-        [[row[c] or "-" for c in cols] for row in rows], title="conversion matrix (--from x --to)"))
+    full = [[c if c not in registry.TARGETS else f"--to {c}" for c in cols],
+            [[row[c] or "-" for c in cols] for row in registry.matrix()]]
+
+    def render(rows):
+        if p.fits(*full):
+            return p.table(*full, title="conversion matrix (--from x --to)")
+        p.table(["--from", "runtime", *registry.TARGETS],
+                [[r["from"], r["runtime"], *("Y" if r[t] else "-" for t in registry.TARGETS)] for r in rows],
+                title="conversion matrix: --from (rows) x --to (columns); Y = supported, - = not")
+        p.line("how --from exports to ONNX:")
+        for r in rows:
+            p.line(f"  {r['from']}: {r['via']}", wrap=True)
+        p.line("how each --to is built:")
+        for t in registry.TARGETS:
+            ways: dict[str, list[str]] = {}
+            for r in rows:
+                if r[t]:
+                    ways.setdefault(r[t], []).append(r["from"])
+            for way, sources in ways.items():
+                scope = "" if len(ways) == 1 else f" (from {', '.join(sources)})"
+                p.line(f"  {t}{scope}: {way}", wrap=True)
+    p.emit(registry.matrix(), render)
 
 
 def _print_report(p: Printer, report) -> None:
-    from converters.parity import fmt_delta, fmt_ms, fmt_num, fmt_size
+    """Per target: the verdict and the figure its own criterion judged, size and latency; the
+    criterion in words under the table (the full numbers are in report.md / --output json)."""
+    from converters.parity import criterion_words, fmt_ms, fmt_size, key_figure
 
     if p.json:
         print(report.to_json())
         return
     nat = report.native_latency_ms
-    p.table(["target", "size", "max abs diff", "max rel diff", "top-1 agreement", "accuracy delta",
-             "latency p50 b1 native -> converted", "b64", "result"],
-            [[r.target, fmt_size(r.size_bytes), f"{r.max_abs_diff:.3g}", f"{r.max_rel_diff:.3g}",
-              fmt_num(r.top1_agreement), fmt_delta(r.accuracy_delta),
-              f"{fmt_ms(nat.get('b1'))} -> {fmt_ms(r.latency_ms.get('b1'))}",
-              f"{fmt_ms(nat.get('b64'))} -> {fmt_ms(r.latency_ms.get('b64'))}",
-              "pass" if r.passed else "FAIL"] for r in report.rows],
+    p.table(["target", "result", "size", "judged figure", "p50 b1 ms (native: " + fmt_ms(nat.get("b1")) + ")"],
+            [[r.target, "pass" if r.passed else "FAIL", fmt_size(r.size_bytes), key_figure(r),
+              fmt_ms(r.latency_ms.get("b1"))] for r in report.rows],
             title=f"parity: {Path(report.model).name} ({report.source}, {report.exporter}) "
                   f"{'PASSED' if report.passed else 'FAILED'}")
-    p.line(f"output: {report.out_dir}" + (f"  (logged to run {report.run_id})" if report.run_id else ""))
+    for r in report.rows:
+        p.line(f"{r.target}: {criterion_words(r, report.tolerance)}", wrap=True)
+    p.line(f"report: {Path(report.out_dir) / 'report.md'}", whole=True)
+    if report.run_id:
+        p.line(f"logged to MLflow run {report.run_id} (conversion/)")

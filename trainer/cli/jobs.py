@@ -52,17 +52,21 @@ def submit(spec: str = typer.Argument(..., help="Job spec YAML."),
     job = api.submit(spec, address=address, set=set_, progress=p.note, cluster_spec=cluster_spec)
     if not wait:
         p.emit({"job_id": job.id, "run_id": job.run_id, "address": redact(job.address)},
-               lambda _: p.line(f"submitted {job.id} (MLflow run {job.run_id}); follow with: trainer logs {job.id} -f"))
+               lambda _: (p.line(f"submitted {job.id} to {redact(job.address)}"),
+                          p.line(f"  MLflow run {job.run_id}"),
+                          p.note(f"follow with: trainer logs {job.id} -f")))
         return
     if p.json:
         state = job.wait()
     else:
-        p.line(f"submitted {job.id} (MLflow run {job.run_id}) to {redact(job.address)}")
+        p.line(f"submitted {job.id} to {redact(job.address)}")
+        p.line(f"  MLflow run {job.run_id}")
         state = _follow_progress(job, p)
-    p.emit(_summary(job, state, started), title="job summary")
-    if not p.json and job.tracking_uri and job.tracking_uri.startswith("sqlite:///"):
-        p.note(f"browse: mlflow ui --backend-store-uri {job.tracking_uri}")
-    _raise_unless_succeeded(job, state)
+    summary = job.summary(state, started)
+    p.emit(summary, lambda s: render_summary(p, s))
+    if not p.json and "mlflow_url" not in summary and job.run_id:
+        p.note("browse the run: trainer ui")
+    _raise_unless_succeeded(job, state, summary.get("failure"))
 
 
 def _submit_k8s(p: Printer, spec, set_, wait, overlay, namespace, code_uri, context, started) -> None:
@@ -87,40 +91,119 @@ def _submit_k8s(p: Printer, spec, set_, wait, overlay, namespace, code_uri, cont
         raise JobError(f"RayJob {where} {last.state.value}: {why}")
 
 
-def _raise_unless_succeeded(job: api.Job, state) -> None:
+def _raise_unless_succeeded(job: api.Job, state, failure: dict | None = None) -> None:
     if state.value == "SUCCEEDED":
         return
+    if state.value == "FAILED":
+        failure = failure or job.failure()
+    if failure:
+        raise JobError(f"job {job.id} {state.value}: {failure.get('summary') or failure.get('message')}; "
+                       f"full log: trainer logs {job.id}")
     tail = [line for line in job.logs().splitlines() if line.startswith("error:")][-1:]
     raise JobError(f"job {job.id} {state.value}" + (f": {tail[0][7:]}" if tail else f"; see: trainer logs {job.id}"))
 
 
 def _follow_progress(job: api.Job, p: Printer):
-    """A live bar from the rank-0 progress lines: epoch, loss, accuracy, ETA."""
+    """A live bar from rank 0's progress lines: epoch (or step) of the spec's `config.epochs`,
+    the latest metrics, elapsed time and ETA. Without a terminal (CI logs, a pipe): one plain line
+    per epoch, at most one every PLAIN_EVERY_S seconds, and the last."""
+    config = job.spec.get("config", {}) or {}
+    total = config.get("epochs") if isinstance(config.get("epochs"), int) else None
+    if not p.out.is_terminal:
+        return _follow_plain(job, p, total)
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
-    total = job.spec.get("config", {}).get("epochs")
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
                TextColumn("{task.fields[metrics]}"), TimeElapsedColumn(), TextColumn("ETA"),
                TimeRemainingColumn()]
     with Progress(*columns, console=p.out, transient=False) as bar:
         task = bar.add_task("epoch", total=total, metrics="starting workers...")
         for event in job.progress():
-            metrics = event.get("metrics", {})
-            if "epoch" in metrics:
-                shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "epoch")
-                bar.update(task, completed=int(metrics["epoch"]) + 1, metrics=shown)
+            label, done, shown = _progress_fields(event)
+            bar.update(task, description=label, completed=done, metrics=shown)
+        state = job.status()
+        if state.value != "SUCCEEDED":
+            bar.update(task, metrics=f"{bar.tasks[0].fields['metrics']}  {state.value}".strip())
+    return state
+
+
+PLAIN_EVERY_S = 10.0
+
+
+def _follow_plain(job: api.Job, p: Printer, total: int | None):
+    started = last_shown = time.monotonic()
+    pending = None
+    for event in job.progress():
+        label, done, shown = _progress_fields(event)
+        pending = f"{label} {done}/{total or '?'}  {shown}  ({time.monotonic() - started:.0f}s)"
+        if time.monotonic() - last_shown >= PLAIN_EVERY_S or (total and done >= total):
+            p.line(pending)
+            pending, last_shown = None, time.monotonic()
+    if pending:
+        p.line(pending)
     return job.status()
 
 
-def _summary(job: api.Job, state, started: float) -> dict:
-    metrics = job.final_metrics()
-    summary = {"job_id": job.id, "status": state.value, "mlflow_run_id": job.run_id,
-               "wall_time_s": round(time.time() - started, 1)}
-    for key in ("test_accuracy", "accuracy", "loss"):
-        if key in metrics:
-            summary[key] = round(metrics[key], 4)
-    return summary
+def _progress_fields(event: dict) -> tuple[str, int, str]:
+    """(label, completed, metrics text) of a progress event: epochs when reported, else steps."""
+    metrics = dict(event.get("metrics", {}))
+    if "epoch" in metrics:
+        label, done = "epoch", int(metrics.pop("epoch")) + 1
+    else:
+        label, done = "step", int(event.get("step", 0)) + 1
+    shown = "  ".join(f"{k} {v:.4g}" for k, v in list(metrics.items())[:3])
+    return label, done, shown
+
+
+def render_summary(p: Printer, s: dict) -> None:
+    """A job's (or local run's) summary for a person: a short key/value table (fits 80 columns),
+    the conversion per target, then links and paths as whole lines (never cut in a cell)."""
+    rows = {"job": s.get("job_id"), "status": s.get("status"), "MLflow run": s.get("mlflow_run_id") or s.get("run_id")}
+    for key in ("test_accuracy" if "test_accuracy" in s else "accuracy", "loss"):
+        if key in s:
+            rows[key.replace("_", " ")] = f"{s[key]:.4f}"
+    if s.get("wall_time_s") is not None:
+        rows["wall time"] = f"{s['wall_time_s']:.1f} s"
+    p.kv("summary", {k: v for k, v in rows.items() if v is not None})
+    conversion = s.get("conversion")
+    if conversion:
+        from converters.parity import fmt_size
+
+        p.table(["target", "result", "size", "parity (judged figure)"],
+                [[t["target"], t["verdict"], fmt_size(t["size_bytes"]), t["figure"]] for t in conversion["targets"]],
+                title=f"conversion {conversion['status']}")
+        if conversion.get("output"):
+            p.line(f"output: {conversion['output']}", whole=True)
+            files = [(conversion.get("report") or "").rsplit("/", 1)[-1]]
+            files += [t["path"][len(conversion["output"]) + 1:] for t in conversion["targets"] if t.get("path")]
+            p.line("  " + ", ".join(f for f in files if f))
+        run_id = s.get("mlflow_run_id") or s.get("run_id")
+        if conversion.get("report_uri") and run_id:
+            p.line(f"in MLflow: runs:/{run_id}/conversion", whole=True)
+    if s.get("mlflow_url"):
+        p.line(f"run page: {s['mlflow_url']}", whole=True)
+    if s.get("failure"):
+        render_failure(p, s["failure"])
+
+
+def render_failure(p: Printer, f: dict) -> None:
+    """What failed, in the user's terms, as a few lines."""
+    p.line(f"failed: {f.get('type') or 'error'}" + (f": {f['message']}" if f.get("message") else ""), style="red")
+    if f.get("where"):
+        p.line(f"  at {f['where']}" + (f" in {f['function']}()" if f.get("function") else "")
+               + (f": {f['code']}" if f.get("code") else ""))
+    where = []
+    if f.get("rank") is not None:
+        where.append(f"rank {f['rank']}" + (f" on node {f['node']}" if f.get("node") else ""))
+    if f.get("epoch") is not None:
+        where.append(f"last epoch reported: {f['epoch']}")
+    elif f.get("step") is not None:
+        where.append(f"last step reported: {f['step']}")
+    if f.get("stage") and f["stage"] != "training":
+        where.append(f"during {f['stage']}")
+    if where:
+        p.line("  " + "; ".join(where))
 
 
 def run(spec: str = typer.Argument(..., help="Job spec YAML."),
@@ -130,17 +213,79 @@ def run(spec: str = typer.Argument(..., help="Job spec YAML."),
     p = Printer(output)
     if not local:
         raise UsageError("trainer run executes in this process only: pass --local (or use trainer submit)")
-    result = api.run_local(spec, set=set_)
-    shown = {k: v for k, v in result.metrics.items() if not k.startswith("parity.") or k == "parity.passed"}
-    p.emit({"run_id": result.run_id, "wall_time_s": result.wall_time_s,
-            **{k: round(v, 4) for k, v in sorted(shown.items())}}, title="local run")
+    try:
+        with _LocalProgress(p):
+            result = api.run_local(spec, set=set_)
+    except JobError as e:
+        failure = e.fields.get("failure")
+        if failure and not p.json:
+            render_failure(p, failure)
+        raise
+    summary = {"run_id": result.run_id, "status": "SUCCEEDED", "wall_time_s": result.wall_time_s, **result.summary}
+    p.emit(summary, lambda s: render_summary(p, {**s, "mlflow_run_id": s["run_id"]}))
+
+
+class _LocalProgress:
+    """While `run --local` trains in this process: rank 0's machine-readable progress lines on
+    stdout become `epoch 3/12  loss ...` lines (at most one every LOCAL_EVERY_S seconds, and the
+    last epoch); the training function's own output passes through (to stderr with --output json,
+    whose stdout is the one JSON document)."""
+
+    LOCAL_EVERY_S = 2.0
+
+    def __init__(self, p: Printer):
+        self.p = p
+        self.buffer = ""
+        self.last = 0.0
+
+    def __enter__(self):
+        self.real = sys.stdout
+        sys.stdout = self
+        return self
+
+    def __exit__(self, *exc):
+        if self.buffer:
+            self._line(self.buffer)
+        sys.stdout = self.real
+
+    def write(self, text: str) -> int:
+        self.buffer += text
+        while "\n" in self.buffer:
+            line, self.buffer = self.buffer.split("\n", 1)
+            self._line(line)
+        return len(text)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def _line(self, line: str) -> None:
+        event = api.parse_progress(line)
+        if event is None:
+            (sys.stderr if self.p.json else self.real).write(line + "\n")
+            return
+        if self.p.json:
+            return
+        label, done, shown = _progress_fields(event)
+        now = time.monotonic()
+        if now - self.last >= self.LOCAL_EVERY_S:
+            self.last = now
+            self.real.write(f"{label} {done}  {shown}\n")
+            self.real.flush()
 
 
 def status(job_id: str, address: Optional[str] = AddressOpt, output: str = OutputOpt):
     """The job's state: PENDING, RUNNING, SUCCEEDED, FAILED or CANCELLED."""
     p = Printer(output)
     info = api.Job.get(job_id, address).info()
-    p.emit(info, lambda i: p.line(i["status"]))
+
+    def render(i):
+        p.line(i["status"])
+        if i.get("failure"):
+            render_failure(p, i["failure"])
+    p.emit(info, render)
 
 
 def logs(job_id: str, follow: bool = typer.Option(False, "--follow", "-f"),
@@ -165,10 +310,15 @@ def list_(address: Optional[str] = AddressOpt, output: str = OutputOpt):
     jobs = api.list_jobs(address)
 
     def render(jobs):
-        p.table(["job id", "name", "status", "MLflow run", "started"],
-                [[j["job_id"], j["name"] or "", j["status"], j["run_id"] or "",
-                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["start_time"])) if j["start_time"] else ""]
-                 for j in jobs])
+        cols = ["job id", "status", "started", "MLflow run"]
+        rows = [[j["job_id"], j["status"],
+                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["start_time"])) if j["start_time"] else "",
+                 j["run_id"] or ""] for j in jobs]
+        if p.fits(cols, rows):
+            return p.table(cols, rows)
+        # Narrow (80 columns): one row per job still; the run ids are in `status JOB` and -o json.
+        p.table(cols[:3], [r[:3] for r in rows])
+        p.note("MLflow run ids: trainer status JOB, or trainer list -o json")
     p.emit(jobs, render)
 
 

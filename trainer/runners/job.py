@@ -17,9 +17,10 @@ import traceback
 from pathlib import Path
 
 from trainer.context import LocalSession, RayTrainSession
-from trainer.errors import SpecError, TrainerError, first_line
+from trainer.errors import JobError, SpecError, TrainerError, first_line
 from trainer.runners.base import get_runner, tune_ray_train
 from trainer.spec import JobSpec
+from trainer.tracking.runs import failure_line
 
 _STARTED = time.time()   # the entrypoint's first line (imports above included: they are its cost)
 TIMING_PREFIX = "TRAINER_TIMING "
@@ -59,15 +60,119 @@ def _data_path(spec: JobSpec, workdir: Path) -> Path | None:
 
 def _train(spec: JobSpec, session, workdir: Path, run_id: str | None, tracking_uri: str | None) -> None:
     runner = get_runner(spec.framework)
-    ctx = runner.make_context(spec, session, run_id=run_id, tracking_uri=tracking_uri,
-                              data_path=_data_path(spec, workdir))
-    fn = load_function(spec, workdir)
+    ctx = None
     ok = False
     try:
+        ctx = runner.make_context(spec, session, run_id=run_id, tracking_uri=tracking_uri,
+                                  data_path=_data_path(spec, workdir))
+        fn = load_function(spec, workdir)
         fn(ctx)
         ok = True
+    except Exception as e:
+        _mark_failure(e, ctx, session, workdir)
+        raise
     finally:
-        ctx.close(success=ok)
+        if ctx is not None:
+            ctx.close(success=ok)
+
+
+# ---------------------------------------------------------------- a failure in the user's terms
+
+FAILURE_PREFIX = "TRAINER_FAILURE "
+_FAILURE_ATTR = "trainer_failure"    # on the exception: survives Ray's pickling back to the driver
+
+
+def failure_record(err: BaseException, workdir: Path | None = None, *, rank: int | None = None,
+                   node: str | None = None, epoch=None, stage: str = "training") -> dict:
+    """What failed, in the user's terms: the exception's type and message, the innermost frame
+    of the user's own code (`file:line`, relative to the project, with its function and source
+    line), the rank and node, the last epoch reported, and the traceback."""
+    record = {"type": type(err).__name__, "message": first_line(err) if str(err).strip() else "",
+              "where": None, "function": None, "code": None, "rank": rank, "node": node,
+              "epoch": epoch, "stage": stage,
+              "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__))[-20000:]}
+    frame = _user_frame(err, workdir)
+    if frame is not None:
+        record.update(where=f"{frame[0]}:{frame[1]}", function=frame[2], code=frame[3])
+    return record
+
+
+def _user_frame(err: BaseException, workdir: Path | None):
+    """(file, line, function, source) of the innermost frame in the user's files: under the
+    project folder and not trainer's, converters' or an installed package's."""
+    ours = Path(__file__).resolve().parents[1]      # trainer/
+    libraries = (str(ours), str(ours.parent / "converters"), "site-packages", "dist-packages", "<frozen")
+    found = None
+    for fs in traceback.extract_tb(err.__traceback__):
+        path = str(Path(fs.filename).resolve()) if not fs.filename.startswith("<") else fs.filename
+        if any(part in path for part in libraries):
+            continue
+        shown = path
+        if workdir is not None:
+            try:
+                shown = str(Path(path).relative_to(Path(workdir).resolve()))
+            except ValueError:
+                pass
+        found = (shown, fs.lineno, fs.name, (fs.line or "").strip())
+    return found
+
+
+def _node() -> str:
+    """This worker's node: its address and Ray node id (several nodes can share one host)."""
+    import socket
+
+    try:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return f"{ray.util.get_node_ip_address()} ({ctx.get_node_id()[:8]})"
+    except Exception:  # noqa: BLE001 - not in Ray: this host
+        return socket.gethostname()
+
+
+def _mark_failure(err: Exception, ctx, session, workdir: Path) -> None:
+    """Attach the failure record to the exception and print it in the job's log."""
+    import json
+
+    rank = getattr(session, "rank", None)
+    in_ray = isinstance(session, RayTrainSession)
+    record = failure_record(err, workdir, rank=rank if in_ray else None, node=_node() if in_ray else None,
+                            epoch=getattr(ctx, "last_epoch", None) if ctx is not None else None)
+    if record["epoch"] is None and ctx is not None and getattr(ctx, "last_step", None) is not None:
+        record["step"] = ctx.last_step
+    try:
+        setattr(err, _FAILURE_ATTR, record)
+    except Exception:  # noqa: BLE001 - an exception type with __slots__
+        pass
+    if in_ray:   # the job's log: the client reads it when MLflow cannot tell
+        shown = {k: v for k, v in record.items() if k != "traceback"}
+        print(FAILURE_PREFIX + json.dumps(shown, default=str), flush=True)
+
+
+def driver_failure(err: BaseException, workdir: Path | None = None) -> dict:
+    """The failure record of what `trainer.fit()` (or the job driver) raised: the failed worker
+    with the lowest rank when Ray Train reports worker errors, else the error itself."""
+    workers = getattr(err, "worker_failures", None)
+    if isinstance(workers, dict) and workers:
+        records = []
+        for rank in sorted(workers):
+            exc = workers[rank]
+            record = getattr(exc, _FAILURE_ATTR, None)
+            if record is None:
+                record = failure_record(exc, workdir, rank=rank)
+                record["traceback"] = str(exc)
+            records.append(record)
+        first = dict(records[0])
+        if len(records) > 1:
+            first["failed_ranks"] = [r["rank"] for r in records]
+            first["others"] = [{k: r.get(k) for k in ("rank", "type", "message", "where", "node", "epoch")}
+                               for r in records[1:]]
+        return first
+    record = getattr(err, _FAILURE_ATTR, None)
+    if record is not None:
+        return record
+    stage = "conversion" if type(err).__name__ in ("ParityError", "ConversionError", "UnsupportedOpsError") else "driver"
+    return failure_record(err, workdir, stage=stage)
 
 
 def worker_loop(config: dict) -> None:
@@ -125,8 +230,6 @@ def main() -> int:
     """The Ray job entrypoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
-    from trainer.tracking.runs import finish_run
-
     spec = JobSpec.model_validate_json(os.environ[ENV_SPEC])
     run_id = os.environ.get(ENV_RUN_ID)
     tracking_uri = os.environ.get(ENV_TRACKING_URI)
@@ -142,6 +245,7 @@ def main() -> int:
     loop_config = {"spec": spec.model_dump_json(), "run_id": run_id, "tracking_uri": tracking_uri,
                    "workdir": str(workdir)}
     status = "FAILED"
+    failure = None
     cancelled: list = []
     try:
         _record_cancel(cancelled)
@@ -165,17 +269,18 @@ def main() -> int:
         status = "FINISHED"
         return 0
     except TrainerError as e:
+        failure = driver_failure(e, workdir)
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     except Exception as e:
         traceback.print_exc()
-        print(f"error: training failed: {type(e).__name__}" + (f": {first_line(e)}" if str(e).strip() else ""),
-              file=sys.stderr, flush=True)
+        failure = driver_failure(e, workdir)
+        print(f"error: {failure_line(failure)}", file=sys.stderr, flush=True)
         return 1
     finally:
         _leave_vanished_cwd()
         if run_id:
-            finish_run(tracking_uri, run_id, "KILLED" if cancelled else status)
+            _close(spec, job_id, run_id, tracking_uri, "KILLED" if cancelled else status, failure)
         timing["closed"] = time.time()
         # One line for benchmarks/runner.py and anyone asking where a job's time went.
         print(TIMING_PREFIX + json.dumps(timing), flush=True)
@@ -262,20 +367,67 @@ def _leave_vanished_cwd() -> None:
         os.chdir(tempfile.gettempdir())
 
 
-def run_in_process(spec: JobSpec, workdir: Path, run_id: str | None, tracking_uri: str | None,
-                   checkpoint_root: Path) -> None:
-    """`trainer run --local`: the same function, world size 1, no Ray."""
-    from trainer.tracking.runs import finish_run
+def _close(spec: JobSpec, job_id: str, run_id: str, tracking_uri: str, status: str, failure: dict | None) -> None:
+    """End the run with its story: the failure (tags + artifact) and the description's outcome
+    and conversion verdict. Recording is best effort; closing the run is not."""
+    from trainer.tracking.runs import conversion_report, describe, finish_run, record_job_failure, set_description
 
+    outcome = {"FINISHED": "succeeded", "FAILED": "failed", "KILLED": "cancelled"}[status]
+    try:
+        if failure is not None and status == "FAILED":
+            record_job_failure(tracking_uri, run_id, failure)
+        report = conversion_report(tracking_uri, run_id) if spec.convert is not None else None
+        set_description(tracking_uri, run_id, describe(spec, job_id, outcome=outcome,
+                                                       failure=failure if status == "FAILED" else None,
+                                                       conversion=conversion_summary(report)))
+    except Exception as e:  # noqa: BLE001 - the run still ends with the right status
+        print(f"warning: could not record the outcome in the MLflow run: {first_line(e)}", file=sys.stderr, flush=True)
+    finish_run(tracking_uri, run_id, status)
+
+
+def conversion_summary(report: dict | None) -> dict | None:
+    """A conversion report (report.json as a dict) as the summary shows it: per target the
+    verdict, the key parity figure, the size and where the artifact is (path and URI)."""
+    if not report:
+        return None
+    from converters.parity import key_figure
+
+    out_dir = report.get("out_dir") or ""
+    uri = report.get("artifact_uri")
+    targets = []
+    for row in report.get("rows", []):
+        targets.append({"target": row["target"], "verdict": "pass" if row["passed"] else "FAIL",
+                        "figure": key_figure(row), "criterion": row["criterion"], "size_bytes": row["size_bytes"],
+                        "path": f"{out_dir}/{row['artifact']}" if out_dir and report.get("status") == "PASSED" else None,
+                        "uri": f"{uri}/{row['artifact']}" if uri and report.get("status") == "PASSED" else None})
+    files = report.get("files") or {}
+    return {"status": report.get("status"), "targets": targets, "output": out_dir or None,
+            "report": f"{out_dir}/{files.get('markdown', 'report.md')}" if out_dir else None,
+            "report_uri": f"{uri}/{files.get('markdown', 'report.md')}" if uri else None,
+            "plot_uri": f"{uri}/{files.get('plot', 'report.png')}" if uri else None}
+
+
+def run_in_process(spec: JobSpec, workdir: Path, run_id: str | None, tracking_uri: str | None,
+                   checkpoint_root: Path, job_id: str | None = None) -> None:
+    """`trainer run --local`: the same function, world size 1, no Ray. A failure is recorded on
+    the run as for a Ray job and re-raised as a JobError saying what failed in the user's terms
+    (a TrainerError, e.g. a parity miss, is re-raised as it is)."""
     status = "FAILED"
+    failure = None
     try:
         _train(spec, LocalSession(checkpoint_root, spec.checkpoint.keep), workdir, run_id, tracking_uri)
         convert_after_training(spec, run_id, tracking_uri)
         register_after_training(spec, run_id, tracking_uri)
         status = "FINISHED"
+    except TrainerError as e:
+        failure = driver_failure(e, workdir)
+        raise
+    except Exception as e:
+        failure = driver_failure(e, workdir)
+        raise JobError(f"training failed: {failure_line(failure)}", failure=failure) from e
     finally:
         if run_id:
-            finish_run(tracking_uri, run_id, status)
+            _close(spec, job_id or spec.name, run_id, tracking_uri, status, failure)
 
 
 if __name__ == "__main__":

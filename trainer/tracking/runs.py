@@ -31,6 +31,16 @@ TAG_RESTORE_FALLBACK = "trainer.restore_fallback"
 # Set when the client (not the job's driver) ended the run: why.
 TAG_CLOSED_BY_CLIENT = "trainer.closed_by_client"
 
+# A failed job, in the user's terms (trainer.runners.job.failure_record): one line, and its parts.
+TAG_FAILURE = "trainer.failure"
+FAILURE_FIELDS = ("type", "message", "where", "function", "code", "rank", "node", "epoch", "stage")
+FAILURE_ARTIFACT = "failure/failure.json"
+# MLflow 3's experiment type ("Machine learning" in the UI, which then opens on training runs, not
+# on the GenAI traces view); `mlflow.note.content` is a run's (and an experiment's) description.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+TAG_NOTE = "mlflow.note.content"
+
 MAX_PARAM_LEN = 6000
 
 
@@ -67,11 +77,15 @@ def client(uri: str) -> "MlflowClient":
 def experiment_id(mlc: "MlflowClient", name: str, uri: str) -> str:
     exp = mlc.get_experiment_by_name(name)
     if exp is not None:
+        if TAG_EXPERIMENT_KIND not in (exp.tags or {}):   # made before trainer set it; a user's choice stays
+            mlc.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
         return exp.experiment_id
     # Embedded store: keep artifacts under $TRAINER_HOME, not in the caller's cwd (./mlruns).
     location = f"{default_artifact_root()}/{name}" if uri == default_tracking_uri() else None
     try:
-        return mlc.create_experiment(name, artifact_location=location)
+        return mlc.create_experiment(name, artifact_location=location,
+                                     tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING,
+                                           TAG_NOTE: "Training runs submitted by trainer (one run per job)."})
     except Exception:  # created concurrently by another submit
         exp = mlc.get_experiment_by_name(name)
         if exp is None:
@@ -96,7 +110,7 @@ def _start_run(spec: "JobSpec", job_id: str, uri: str, address: str, fingerprint
         tags={TAG_JOB_ID: job_id, TAG_JOB_NAME: spec.name, TAG_FRAMEWORK: spec.framework,
               TAG_ADDRESS: redact(address),
               TAG_SPEC: redact_text(spec.model_dump_json(exclude_none=True))[:MAX_PARAM_LEN],
-              "mlflow.source.name": spec.entrypoint},
+              "mlflow.source.name": spec.entrypoint, TAG_NOTE: describe(spec, job_id)},
     )
     params = {**{k: v for k, v in spec.config.items()},
               "trainer.workers": spec.workers, "trainer.framework": spec.framework,
@@ -216,3 +230,125 @@ def record_failure(uri: str, run_id: str, tags: dict[str, str], logs: dict[str, 
         mlc.log_text(run_id, text, f"kubernetes/{pod}.log")
     if mlc.get_run(run_id).info.status == "RUNNING":
         mlc.set_terminated(run_id, status="FAILED")
+
+
+# ---------------------------------------------------------------- the run's story
+
+def describe(spec: "JobSpec", job_id: str, *, outcome: str | None = None, failure: dict | None = None,
+             conversion: dict | None = None) -> str:
+    """The run's description (Markdown, shown at the top of its page in the MLflow UI): what ran,
+    how it ended, what the conversion gave and where its report is."""
+    res = spec.resources
+    gpus = f", {res.gpus_per_worker:g} GPU" if res.gpus_per_worker else ""
+    lines = [f"**{spec.name}** (job `{job_id}`): {spec.framework}, {spec.workers} worker(s) on "
+             f"`{res.accelerator}` nodes ({res.cpus_per_worker:g} CPU{gpus} each), entrypoint `{spec.entrypoint}`.",
+             ""]
+    if spec.config:
+        lines += ["Config: " + ", ".join(f"`{k}={json.dumps(v)}`" for k, v in spec.config.items())[:1000], ""]
+    if outcome is None:
+        lines.append("Status: running.")
+    else:
+        lines.append(f"Outcome: **{outcome}**.")
+    if failure:
+        lines += ["", f"Failed: {failure_line(failure)}", "",
+                  f"Details: the `{TAG_FAILURE}.*` tags and `{FAILURE_ARTIFACT}` (traceback included)."]
+    if conversion:
+        lines += ["", f"Conversion: **{conversion['status']}** "
+                  f"({'; '.join(t['target'] + ': ' + t['verdict'] + ', ' + t['figure'] for t in conversion['targets'])})."
+                  f" Report: `conversion/report.md` and `conversion/report.png` in the artifacts."]
+    return redact_text("\n".join(lines))[:MAX_PARAM_LEN * 2]
+
+
+def set_description(uri: str, run_id: str, text: str) -> None:
+    with _mlflow_errors(f"cannot describe MLflow run {run_id} in {redact(uri)}"):
+        client(uri).set_tag(run_id, TAG_NOTE, text)
+
+
+def failure_line(failure: dict) -> str:
+    """`ValueError: bad batch (at train.py:12 in train; rank 1 on node 10.0.0.5; last epoch 1)`."""
+    head = failure.get("type") or "error"
+    if failure.get("message"):
+        head += f": {failure['message']}"
+    where = []
+    if failure.get("where"):
+        where.append(f"at {failure['where']}" + (f" in {failure['function']}" if failure.get("function") else ""))
+    if failure.get("rank") is not None:
+        where.append(f"rank {failure['rank']}" + (f" on node {failure['node']}" if failure.get("node") else ""))
+    elif failure.get("node"):
+        where.append(f"node {failure['node']}")
+    if failure.get("epoch") is not None:
+        where.append(f"last epoch {failure['epoch']}")
+    elif failure.get("stage") and failure["stage"] != "training":
+        where.append(f"during {failure['stage']}")
+    return head + (f" ({'; '.join(where)})" if where else "")
+
+
+def record_job_failure(uri: str, run_id: str, failure: dict) -> None:
+    """A failed job in the user's terms, on its run: `trainer.failure` (one line) and
+    `trainer.failure.<field>` tags, and `failure/failure.json` (every failed rank, tracebacks)."""
+    with _mlflow_errors(f"cannot record the failure in MLflow run {run_id} in {redact(uri)}"):
+        mlc = client(uri)
+        tags = {TAG_FAILURE: failure_line(failure)}
+        tags.update({f"{TAG_FAILURE}.{k}": str(failure[k]) for k in FAILURE_FIELDS if failure.get(k) is not None})
+        from mlflow.entities import RunTag
+
+        mlc.log_batch(run_id, tags=[RunTag(k, redact_text(v)[:MAX_PARAM_LEN]) for k, v in tags.items()])
+        mlc.log_text(run_id, redact_text(json.dumps(failure, indent=2, default=str)), FAILURE_ARTIFACT)
+
+
+def read_failure(uri: str, run_id: str) -> dict | None:
+    """The failure recorded on the run (its tags), or None."""
+    with _mlflow_errors(f"cannot read MLflow run {run_id} from {redact(uri)}"):
+        tags = client(uri).get_run(run_id).data.tags
+    if TAG_FAILURE not in tags:
+        return None
+    out: dict = {k: tags[f"{TAG_FAILURE}.{k}"] for k in FAILURE_FIELDS if f"{TAG_FAILURE}.{k}" in tags}
+    for k in ("rank", "epoch"):
+        if k in out:
+            try:
+                out[k] = int(out[k])
+            except ValueError:
+                pass
+    out["summary"] = tags[TAG_FAILURE]
+    return out
+
+
+def conversion_report(uri: str, run_id: str) -> dict | None:
+    """The run's conversion report (`conversion/report.json`, as `converters` wrote it), with the
+    run's artifact URI, or None when the run has no conversion."""
+    import tempfile
+    from pathlib import Path
+
+    mlc = client(uri)
+    with _mlflow_errors(f"cannot read the conversion report of MLflow run {run_id} from {redact(uri)}"):
+        if not any(a.path == "conversion/report.json" for a in mlc.list_artifacts(run_id, "conversion")):
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlc.download_artifacts(run_id, "conversion/report.json", tmp)
+            report = json.loads(Path(local).read_text())
+        report["artifact_uri"] = f"{mlc.get_run(run_id).info.artifact_uri.rstrip('/')}/conversion"
+    return report
+
+
+def run_url(uri: str, run_id: str) -> str | None:
+    """The run's page in an MLflow UI that is running now: the tracking server itself, or for the
+    embedded store the local server (`trainer ui` / `trainer mlflow serve`), in the UI's "Model
+    training" view. None when there is none."""
+    from trainer.home import default_tracking_uri
+
+    base = None
+    if uri.startswith(("http://", "https://")):
+        base = redact(uri).rstrip("/")
+    elif uri == default_tracking_uri():
+        from trainer.tracking.server import find
+
+        state = find()
+        base = state.url if state is not None else None
+    if base is None:
+        return None
+    try:
+        exp = client(uri).get_run(run_id).info.experiment_id
+    except Exception:  # noqa: BLE001 - a link is a convenience
+        return None
+    # The UI's workflow switch (GenAI | Model training) defaults to GenAI; this opens the latter.
+    return f"{base}/#/experiments/{exp}/runs/{run_id}?workflowType=machine_learning"
