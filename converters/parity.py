@@ -92,7 +92,8 @@ class ConversionReport:
         """A few summary metrics for MLflow (the full table is the report artifact): whether every
         target passed, and per target the figure its criterion judges - `parity.<target>.max_abs_diff`
         for fp32, `parity.<target>.top1_agreement` (and `.accuracy_delta` when labels are known)
-        for int8 - plus its size in bytes."""
+        for int8 - plus its size in bytes and its verdict (`parity.<target>.passed`, which promotion
+        gates such as `parity.onnx-int8: passed` read)."""
         out: dict[str, float] = {"parity.passed": float(self.passed)}
         for r in self.rows:
             key = "parity." + r.target.replace("@", ".edge.")
@@ -101,6 +102,7 @@ class ConversionReport:
             else:
                 vals = {"max_abs_diff": r.max_abs_diff}
             vals["size_bytes"] = r.size_bytes
+            vals["passed"] = float(r.passed)
             out.update({f"{key}.{k}": float(v) for k, v in vals.items() if v is not None})
         return out
 

@@ -89,7 +89,8 @@ def test_conversion_figures_are_a_few_metrics_judged_by_each_targets_criterion(t
     assert fp32.passed and 0 < fp32.limit_ratio < 0.1
     assert set(report.metrics()) == {"parity.passed", "parity.onnx.max_abs_diff", "parity.onnx.size_bytes",
                                      "parity.onnx-int8.top1_agreement", "parity.onnx-int8.accuracy_delta",
-                                     "parity.onnx-int8.size_bytes"}
+                                     "parity.onnx-int8.size_bytes",
+                                     "parity.onnx.passed", "parity.onnx-int8.passed"}
     words = report.to_markdown()
     assert "- onnx-int8: int8 criterion: the converted model must pick the native model's top-1 class" in words
     assert "- onnx: fp32 criterion: every output element within 0.0001 + 0.001 x |native|" in words
