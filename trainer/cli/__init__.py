@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import typer
 
-from trainer.cli import cluster, convert, edge, jobs, k8s, node, runtime, spec
+from trainer.cli import cluster, convert, edge, jobs, k8s, mlflow, node, runtime, spec
 from trainer.cli._output import ErrorHandlingGroup
 
-GROUPS = (jobs, cluster, node, k8s, spec, runtime, convert, edge)
+GROUPS = (jobs, cluster, node, k8s, spec, runtime, convert, edge, mlflow)
 
 app = typer.Typer(cls=ErrorHandlingGroup, no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False,
