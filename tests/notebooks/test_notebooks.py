@@ -22,7 +22,7 @@ def test_outputs_are_stripped_in_git(name):
     for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] == "code":
             assert cell.get("outputs") == [] and cell.get("execution_count") is None, \
-                f"{name}.ipynb cell {i} has outputs: strip them (jupyter nbconvert --clear-output --inplace)"
+                f"{name}.ipynb cell {i} has outputs: clear them before committing (Jupyter: Clear All Outputs)"
     assert set(nb["metadata"]) <= {"kernelspec", "language_info"}, nb["metadata"].keys()
 
 
