@@ -229,7 +229,7 @@ def main(argv=None) -> int:
     try:
         r = run(args.nodes or None, args.jobs, args.hold_s, args.cpus_per_node)
     finally:
-        if own_home:
+        if own_home or args.nodes:   # the cluster this run started for itself
             import trainer
 
             trainer.cluster_down()

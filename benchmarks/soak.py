@@ -106,11 +106,20 @@ def driver_memory_mb() -> float:
 
 def run(jobs: int, burst: int, sample_every: int, echo=print) -> dict:
     import trainer
+
+    os.chdir(ROOT)
+    state, started = trainer.cluster_up(None)
+    try:
+        return _soak(trainer, state, jobs, burst, sample_every, echo)
+    finally:
+        if started:   # a cluster this run started for itself goes with it
+            trainer.cluster_down()
+
+
+def _soak(trainer, state, jobs: int, burst: int, sample_every: int, echo) -> dict:
     from trainer.cluster.local import LocalCluster
     from trainer.tracking.runs import client
 
-    os.chdir(ROOT)
-    state, _ = trainer.cluster_up(None)
     tag = uuid.uuid4().hex[:6]
     result: dict = {"machine": machine(), "jobs": jobs, "burst": burst, "sequence": [], "samples": []}
     submitted: list = []
