@@ -58,11 +58,19 @@ def run(nodes: int | None, jobs: int, hold_s: float, cpus_per_node: int, echo=pr
     if nodes:
         specs = [f"{TYPES[i % len(TYPES)]}:{cpus_per_node}" for i in range(nodes)]
         t0 = time.perf_counter()
-        state, _ = trainer.cluster_up(specs, progress=echo)
+        state, started = trainer.cluster_up(specs, progress=echo)
         start_s = time.perf_counter() - t0
     else:   # --quick: the running cluster (the CI session's), its labelled types
-        state, _ = trainer.cluster_up(None)
+        state, started = trainer.cluster_up(None)
         start_s = None
+    try:
+        return _scale(trainer, list_actors, list_nodes, state, start_s, jobs, hold_s)
+    finally:
+        if started:   # a cluster this run started for itself goes with it
+            trainer.cluster_down()
+
+
+def _scale(trainer, list_actors, list_nodes, state, start_s, jobs: int, hold_s: float) -> dict:
     address = state.dashboard_url
     inventory = list_nodes(address=address, detail=True, limit=10000, raise_on_missing_output=False)
     label = {n.node_id: (n.labels or {}).get("ray.io/accelerator-type") for n in inventory if n.state == "ALIVE"}
@@ -229,10 +237,10 @@ def main(argv=None) -> int:
     try:
         r = run(args.nodes or None, args.jobs, args.hold_s, args.cpus_per_node)
     finally:
-        if own_home or args.nodes:   # the cluster this run started for itself
-            import trainer
+        if own_home:
+            import shutil
 
-            trainer.cluster_down()
+            shutil.rmtree(own_home, ignore_errors=True)
     paths = write(r, args.out, "scale-quick" if args.quick else "scale")
     print(markdown(r))
     print("wrote", ", ".join(str(p) for p in paths.values()))
