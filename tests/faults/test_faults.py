@@ -1,8 +1,8 @@
 """The fault-injection suite (issue #14): real components, one fault each, every wait bounded.
 
 The scenarios on the session's local cluster run at the same time, one thread each, on their own
-nodes (so the file costs about one scenario's wall time, not the sum); each test then checks its
-own scenario's outcome. A scenario that hangs fails its test at its bound with the job's log.
+nodes (so the file costs about one scenario's wall time, not the sum), node loss after them (see
+`outcomes`); each test then checks its own scenario's outcome. A scenario that hangs fails its test at its bound with the job's log.
 
 - client loss: the `trainer submit --wait` process following a job is SIGKILLed;
 - tracking outage: the `trainer mlflow serve` server the job records to stops mid-run and comes
@@ -38,7 +38,7 @@ from trainer.cluster.local import LocalCluster, ray_start
 from trainer.tracking import server
 from trainer.tracking.runs import TAG_CLOSED_BY_CLIENT, TAG_RESTORE_FALLBACK, client
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 JOB_TIMEOUT = 480  # no scenario's job may take longer than this (a hang fails here)
 
@@ -275,8 +275,18 @@ def outcomes(cluster, trainer_home, request, tmp_path_factory):
     pool = ThreadPoolExecutor(max_workers=len(SCENARIOS), thread_name_prefix="fault")
     futures = {}
     for name in SCENARIOS:
-        if name in wanted:
+        if name in wanted and name != "node_loss":
             futures[name] = pool.submit(SCENARIOS[name], *args[name])
+    if "node_loss" in wanted:
+        # Last, alone on the session cluster: Ray may place any job's zero-CPU actors (its Train
+        # controller) on the LOSSY nodes, and losing one would fail that other job too.
+        others = [f for n, f in futures.items() if n != "head_restart"]
+
+        def after_the_others():
+            for f in others:
+                f.exception()
+            return node_loss(*args["node_loss"])
+        futures["node_loss"] = pool.submit(after_the_others)
     yield futures
     pool.shutdown(wait=True)
     server.stop(trainer_home)
