@@ -164,6 +164,8 @@ class ExtraNodes:
                 f"--address={self.cluster.gcs_address}", "--num-cpus=1", "--num-gpus=0",
                 "--labels=ray.io/accelerator-type=LOSSY",
                 f"--resources={json.dumps({'accelerator_type:LOSSY': 1, f'lossy_{i}': 1})}",
+                # Its own Ray temp dir, as the cluster's own nodes have (trainer/cluster/local.py).
+                f"--temp-dir={Path(self.cluster.temp_dir) / f'l{i}'}",
                 "--include-log-monitor=false", "--node-ip-address=127.0.0.1",
                 f"--object-store-memory={96 * 1024 * 1024}", "--disable-usage-stats",
                 f"--dashboard-agent-listen-port={_free_port()}"],
