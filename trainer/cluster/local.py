@@ -26,7 +26,8 @@ from trainer.cluster import auth
 from trainer.errors import ClusterError, UsageError
 from trainer.home import trainer_home
 
-# Ray writes unix sockets under its temp dir; their paths must stay under ~107 bytes.
+# Ray writes unix sockets under its temp dir; their paths must stay under ~107 bytes (measured:
+# the temp dir + 62). The head takes this folder; worker node i takes `<folder>/<i>`.
 MAX_TEMP_DIR_LEN = 40
 START_TIMEOUT_S = 120
 
@@ -148,12 +149,19 @@ class LocalCluster:
                                  nodes=[asdict(n) for n in nodes], started_at=time.time(),
                                  token_file=str(self.token_file))
             # Nodes join one after another: two started at the same instant race for ports.
+            # Each node gets its own temp dir, as on separate hosts: nodes sharing one session
+            # dir share `runtime_resources`, and every node's runtime-env agent re-creates a job's
+            # working_dir there (Ray's WorkingDirPlugin unpacks with overwrite=True), deleting it
+            # under the driver and the workers already running in it.
             for i, node in enumerate(nodes):
                 _say(progress, f"starting worker node {i + 1}/{len(nodes)}: {node}")
+                node_temp = temp_dir / str(i)
+                node_temp.mkdir(exist_ok=True)
                 self._ray_start(f"node{i}-{node.accelerator}", [
                     f"--address={state.gcs_address}", f"--num-cpus={node.cpus}", f"--num-gpus={node.gpus}",
                     f"--labels=ray.io/accelerator-type={node.accelerator}",
                     f"--resources={json.dumps({f'accelerator_type:{node.accelerator}': 1})}",
+                    f"--temp-dir={node_temp}",
                     "--include-log-monitor=false", f"--dashboard-agent-listen-port={_free_port()}", *common])
             self._wait_for_nodes(state, len(nodes) + 1)
         except BaseException:
