@@ -160,6 +160,7 @@ class ExtraNodes:
     def start(self) -> None:
         local = LocalCluster(home=self.home)
         for i in range(2):
+            (Path(self.cluster.temp_dir) / f"l{i}").mkdir(exist_ok=True)
             ray_start(f"lossy{i}", [
                 f"--address={self.cluster.gcs_address}", "--num-cpus=1", "--num-gpus=0",
                 "--labels=ray.io/accelerator-type=LOSSY",
