@@ -32,6 +32,7 @@ def _execute(name: str, timeout: int = 900) -> list[str]:
     import nbformat
     from nbclient import NotebookClient
 
+    before = sorted(NOTEBOOKS.iterdir())
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     nb.cells.insert(0, nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
     os.environ["NOTEBOOK_EPOCHS"] = "2"
@@ -40,6 +41,7 @@ def _execute(name: str, timeout: int = 900) -> list[str]:
     texts = ["".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
              for cell in nb.cells]
     assert texts[0].strip() == sys.executable, texts[0]
+    assert sorted(NOTEBOOKS.iterdir()) == before, "the notebook wrote beside itself (./mlflow.db, ./mlruns?)"
     images = [o for cell in nb.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert images, f"{name}.ipynb drew no plot"
     return texts
