@@ -223,6 +223,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="the running (or default) cluster's types, 4 jobs (CI)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    import logging
+
+    logging.getLogger("ray").setLevel(logging.ERROR)   # Ray's packaging chatter, once per submit
     own_home = None
     if args.quick:
         args.nodes, args.jobs, args.hold_s = 0, 4, 2.0

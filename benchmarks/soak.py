@@ -274,6 +274,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="6 in sequence + 6 at once (CI)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    import logging
+
+    logging.getLogger("ray").setLevel(logging.ERROR)   # Ray's packaging chatter, once per submit
     if args.quick:
         args.jobs, args.burst = 6, 6
     r = run(args.jobs, args.burst, args.sample_every or max(1, args.jobs // 10))
