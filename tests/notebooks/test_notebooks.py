@@ -26,7 +26,7 @@ def test_outputs_are_stripped_in_git(name):
     assert set(nb["metadata"]) <= {"kernelspec", "language_info"}, nb["metadata"].keys()
 
 
-def _execute(name: str, timeout: int = 900) -> list[str]:
+def _execute(name: str, epochs: int = 2, timeout: int = 900) -> list[str]:
     """Run the notebook; returns every cell's text output. A first cell (added here, never saved)
     records the kernel's interpreter: it must be this .venv's python."""
     import nbformat
@@ -35,7 +35,7 @@ def _execute(name: str, timeout: int = 900) -> list[str]:
     before = sorted(NOTEBOOKS.iterdir())
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     nb.cells.insert(0, nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
-    os.environ["NOTEBOOK_EPOCHS"] = "2"
+    os.environ["NOTEBOOK_EPOCHS"] = str(epochs)
     NotebookClient(nb, timeout=timeout, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     texts = ["".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
@@ -49,7 +49,8 @@ def _execute(name: str, timeout: int = 900) -> list[str]:
 
 @pytest.mark.integration
 def test_quickstart(cluster):
-    texts = _execute("quickstart")
+    # Four epochs: after two, int8 can miss the parity gate (top-1 agreement 0.977 < 0.98, seen).
+    texts = _execute("quickstart", epochs=4)
     assert "SUCCEEDED" in "".join(texts) and "parity PASSED" in "".join(texts)
 
 
