@@ -49,10 +49,16 @@ def resolve_model(model: str, download_dir: Path, tracking_uri: str) -> Resolved
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
     run_id = source_run_id(model, tracking_uri)
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(download_dir),
-                                                    tracking_uri=tracking_uri)
+        # MLflow 3.17 resolves `runs:/<id>/model` (a logged model) with the process's global
+        # tracking URI, not the one passed: with none set (a notebook, any Python caller) it looked
+        # in ./mlflow.db and failed "Failed to download artifacts from path 'model'".
+        with _use_tracking_uri(tracking_uri):
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(download_dir),
+                                                        tracking_uri=tracking_uri)
     except MlflowException as err:
         raise UsageError(f"cannot download {model} from MLflow ({tracking_uri}): "
                          f"{first_line(err)}") from err

@@ -92,7 +92,11 @@ class Job:
         address = resolve_address(address) or _local_address()
         from trainer.scheduling.ray_jobs import RayJobs
 
-        info = RayJobs(address).info(job_id)
+        try:
+            info = RayJobs(address).info(job_id)
+        except JobError:
+            _lost_to_a_restart(job_id, address)
+            raise
         meta = info.metadata or {}
         return cls(id=job_id, address=address, run_id=meta.get("run_id"),
                    tracking_uri=meta.get("tracking_uri"), name=meta.get("name"),
@@ -559,12 +563,15 @@ def _reconcile(address: str, listed: list, tracking_uri: str | None, grace_s: fl
         if recorded and recorded not in stores:
             stores.append(recorded)
     closed = []
+    restarted_at = _local_restart(address)
     for uri in stores:
         if not _store_reachable(uri):
             continue
         for run in runs.open_runs(uri, address):
             state = states.get(run["job_id"])
-            if state is None:
+            if state is None and restarted_at is not None and run["start_time"] < restarted_at:
+                status, reason = "FAILED", _restart_reason(run["job_id"], restarted_at)
+            elif state is None:
                 if time.time() - run["start_time"] < grace_s:
                     continue
                 status = "FAILED"
@@ -577,6 +584,46 @@ def _reconcile(address: str, listed: list, tracking_uri: str | None, grace_s: fl
             runs.close_run(uri, run["run_id"], status, reason)
             closed.append({"run_id": run["run_id"], "job_id": run["job_id"], "status": status, "reason": reason})
     return closed
+
+
+def _local_restart(address: str) -> float | None:
+    """When `address` is the running local cluster's: when it started (a restart forgets every
+    job: without GCS fault tolerance Ray keeps no job table across a head restart)."""
+    from trainer.cluster.local import LocalCluster
+
+    try:
+        state = LocalCluster().state()
+    except TrainerError:
+        return None
+    return state.started_at if state is not None and state.dashboard_url == address else None
+
+
+def _restart_reason(job_id: str, started_at: float) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started_at))
+    return (f"job {job_id} is lost: the local cluster was restarted at {when}, after the job was submitted, and "
+            f"a restarted head keeps no jobs (Ray's job table lives in its GCS)")
+
+
+def _lost_to_a_restart(job_id: str, address: str) -> None:
+    """Ray does not know `job_id`: when its MLflow run (in this machine's store) is still open and
+    older than the local cluster's start, the job died with the previous cluster. Close the run
+    FAILED and raise a JobError that says so; otherwise return (the caller's "no job" stands)."""
+    from trainer.home import resolve_tracking_uri
+    from trainer.tracking import runs
+
+    started_at = _local_restart(address)
+    uri = resolve_tracking_uri()
+    if started_at is None or not _store_reachable(uri):
+        return
+    try:
+        run = runs.open_run_of_job(uri, job_id)
+    except TrainerError:
+        return
+    if run is None or run["start_time"] >= started_at:
+        return
+    reason = _restart_reason(job_id, started_at)
+    runs.close_run(uri, run["run_id"], "FAILED", reason)
+    raise JobError(f"{reason}; its MLflow run {run['run_id']} is now FAILED (resubmit it)")
 
 
 def _store_reachable(uri: str) -> bool:

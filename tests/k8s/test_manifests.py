@@ -171,13 +171,15 @@ def test_submitter_rbac_is_least_privilege(rendered):
 
 
 def test_prod_mlflow_is_postgres_backed_with_artifacts_in_object_storage(rendered):
-    (deploy,) = _of(rendered["prod"], "Deployment")
+    def mlflow(objects, kind):   # the GCS's Redis has a Deployment and a claim of its own
+        return [o for o in _of(objects, kind) if o["metadata"]["name"].startswith("mlflow")]
+    (deploy,) = mlflow(rendered["prod"], "Deployment")
     env = {e["name"]: e for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-db"
     assert env["MLFLOW_ARTIFACTS_DESTINATION"]["value"].startswith("s3://")
-    assert not _of(rendered["prod"], "PersistentVolumeClaim")
-    (dev,) = _of(rendered["dev"], "Deployment")
-    assert _of(rendered["dev"], "PersistentVolumeClaim") and "sqlite" in str(dev)
+    assert not mlflow(rendered["prod"], "PersistentVolumeClaim")
+    (dev,) = mlflow(rendered["dev"], "Deployment")
+    assert mlflow(rendered["dev"], "PersistentVolumeClaim") and "sqlite" in str(dev)
 
 
 def test_prometheus_scrapes_ray_and_dcgm(rendered):

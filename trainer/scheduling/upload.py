@@ -18,6 +18,7 @@ import importlib.util
 import os
 import stat
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -36,9 +37,20 @@ class Upload:
     refused: list[str] = field(default_factory=list)
 
 
+_PATHSPEC_LOCK = threading.Lock()
+
+
 def ray_pathspec():
     """Ray's vendored `pathspec` (what its packaging matches ignore patterns with), loaded from its
-    file without importing ray (seconds on a loaded machine, on a path that must answer fast)."""
+    file without importing ray (seconds on a loaded machine, on a path that must answer fast).
+    Loaded under a lock: the module is in sys.modules before it has run, and a second thread
+    (concurrent `trainer.submit` calls: benchmarks/scale.py) took it half-initialised
+    ("module '_trainer_ray_pathspec' has no attribute 'PathSpec'")."""
+    with _PATHSPEC_LOCK:
+        return _load_ray_pathspec()
+
+
+def _load_ray_pathspec():
     if _PATHSPEC_MODULE in sys.modules:
         return sys.modules[_PATHSPEC_MODULE]
     found = importlib.util.find_spec("ray")

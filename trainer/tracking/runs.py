@@ -192,6 +192,18 @@ def open_runs(uri: str, address: str) -> list[dict]:
              "start_time": (r.info.start_time or 0) / 1000} for r in found if r.data.tags.get(TAG_JOB_ID)]
 
 
+def open_run_of_job(uri: str, job_id: str) -> dict | None:
+    """The RUNNING run tagged with Ray job `job_id` (any cluster), as `open_runs` gives it, or None."""
+    with _mlflow_errors(f"cannot search the MLflow store {redact(uri)}"):
+        mlc = client(uri)
+        experiments = [e.experiment_id for e in mlc.search_experiments()]
+        where = f"attributes.status = 'RUNNING' and tags.`{TAG_JOB_ID}` = '{_quoted(job_id)}'"
+        for start in range(0, len(experiments), 100):
+            for r in mlc.search_runs(experiments[start:start + 100], filter_string=where, max_results=1):
+                return {"run_id": r.info.run_id, "job_id": job_id, "start_time": (r.info.start_time or 0) / 1000}
+    return None
+
+
 def _quoted(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 

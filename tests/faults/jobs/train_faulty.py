@@ -1,0 +1,54 @@
+"""Training functions for the fault suite (tests/faults/): the fault drills' tabular MLP
+(tests/runners/resume/train_mlp_torch.py, its seeded kill points from resume/faults.py), reused,
+not copied, plus two knobs the suite needs:
+
+- `config.sleep_s`: each report waits that long after it returns, so a small job lasts long
+  enough for a fault from outside (a node stopped, a server stopped, a client killed) to land
+  while it trains;
+- `train_pausing`: the drills' fault points *pause* instead of SIGKILL (the worker writes its
+  marker and sleeps), e.g. halfway through uploading a checkpoint's state file, so the test can
+  cancel the job at exactly that moment.
+"""
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "runners" / "resume"))
+
+import faults  # noqa: E402  (the drills' fault points)
+import train_mlp_torch  # noqa: E402
+
+
+class Pausing(faults.Faults):
+    def _fire(self, i, phase, **extra):
+        record = {"fault": i, "rank": self.rank, "phase": phase, "epoch": self.epoch, "pid": os.getpid(),
+                  "time": time.time(), **extra}
+        tmp = self.dir / f"{i}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, self.dir / f"{i}.paused")
+        print(f"PAUSED {json.dumps(record)}", flush=True)
+        time.sleep(3600)
+
+
+def _slowed(ctx):
+    sleep_s = float(ctx.config.get("sleep_s", 0))
+    report = ctx.report
+
+    def slow_report(metrics, checkpoint=None):
+        report(metrics, checkpoint=checkpoint)
+        time.sleep(sleep_s)
+
+    if sleep_s:
+        ctx.report = slow_report
+    return ctx
+
+
+def train(ctx):
+    train_mlp_torch.train_no_step(_slowed(ctx))
+
+
+def train_pausing(ctx):
+    train_mlp_torch.Faults = Pausing
+    train_mlp_torch.train_no_step(_slowed(ctx))
