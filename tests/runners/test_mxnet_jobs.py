@@ -62,7 +62,7 @@ def test_mxnet_workers_killed_mid_step_and_mid_checkpoint_resume_every_epoch_onc
 def test_mxnet_cancel_stops_both_workers_and_frees_the_cluster(cluster):
     job = trainer.submit(EXAMPLE, set=["config.epochs=500", "convert=null"])
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not steps(job, "epoch"):
+    while time.monotonic() < deadline and not steps(job, "loss"):
         assert not job.status().is_terminal, job.logs()[-3000:]
         time.sleep(1)
     proc = subprocess.run([TRAINER, "cancel", job.id, "--output", "json"], capture_output=True, text=True,

@@ -152,7 +152,9 @@ class LocalCluster:
             # Each node gets its own temp dir, as on separate hosts: nodes sharing one session
             # dir share `runtime_resources`, and every node's runtime-env agent re-creates a job's
             # working_dir there (Ray's WorkingDirPlugin unpacks with overwrite=True), deleting it
-            # under the driver and the workers already running in it.
+            # under the driver and the workers already running in it. So each node also runs its
+            # own log monitor (the head's reads only the head's session dir): workers' output
+            # reaches the job's log.
             for i, node in enumerate(nodes):
                 _say(progress, f"starting worker node {i + 1}/{len(nodes)}: {node}")
                 node_temp = temp_dir / str(i)
@@ -161,8 +163,7 @@ class LocalCluster:
                     f"--address={state.gcs_address}", f"--num-cpus={node.cpus}", f"--num-gpus={node.gpus}",
                     f"--labels=ray.io/accelerator-type={node.accelerator}",
                     f"--resources={json.dumps({f'accelerator_type:{node.accelerator}': 1})}",
-                    f"--temp-dir={node_temp}",
-                    "--include-log-monitor=false", f"--dashboard-agent-listen-port={_free_port()}", *common])
+                    f"--temp-dir={node_temp}", f"--dashboard-agent-listen-port={_free_port()}", *common])
             self._wait_for_nodes(state, len(nodes) + 1)
         except BaseException:
             self._stop_processes(temp_dir, gcs_port)
