@@ -276,14 +276,13 @@ def plot(report: ConversionReport, path: Path) -> None:
     must not cross): fp32 targets by max |a-b| / (atol + rtol*|a|) at the worst element, int8
     targets by the larger of their disagreement and accuracy loss over what they may lose; and
     latency per batch size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure of its own, not pyplot: a library must not switch the caller's backend (a notebook
+    # that converts and then plots would draw nothing after matplotlib.use("Agg")).
+    from matplotlib.figure import Figure
 
     rows = report.rows
-    names = [r.target for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 1.2 + 0.6 * max(len(rows), 3)), width_ratios=(3, 2))
+    fig = Figure(figsize=(12, 1.2 + 0.6 * max(len(rows), 3)))
+    ax1, ax2 = fig.subplots(1, 2, width_ratios=(3, 2))
     y = np.arange(len(rows))
     ratios = [_criterion_ratio(r, report.tolerance) for r in rows]
     shown = [min(max(v, 1e-4), 1e3) for v in ratios]
@@ -320,7 +319,6 @@ def plot(report: ConversionReport, path: Path) -> None:
     fig.suptitle(f"{name}: parity {'PASSED' if report.passed else 'FAILED'}")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def _criterion_ratio(row: Row, tol: Tolerance) -> float:
