@@ -18,6 +18,7 @@ from typing import Callable
 from trainer.credentials import redact
 from trainer.errors import TrackingError, TrainerError, first_line
 from trainer.spec import JobSpec
+from trainer.tracking.runs import global_store
 
 # Model version tags (what promotion and retraining read back).
 TAG_DATA = "trainer.data.sha256"
@@ -87,7 +88,8 @@ def register_run(spec: JobSpec, run_id: str, tracking_uri: str, echo: Callable[[
     reg_spec = spec.register
     assert reg_spec is not None
     mlc = client(tracking_uri)
-    with _mlflow(f"cannot register the model of run {run_id} in {redact(tracking_uri)}"):
+    with _mlflow(f"cannot register the model of run {run_id} in {redact(tracking_uri)}"), \
+            global_store(tracking_uri):
         run = mlc.get_run(run_id)
         model_id = logged_model_id(mlc, run)
         parity = run.data.metrics.get("parity.passed")
@@ -147,7 +149,7 @@ def _download(tracking_uri: str, model_id: str, run_id: str, root: Path) -> None
     import mlflow.artifacts
 
     mlc = client(tracking_uri)
-    with _mlflow(f"cannot download model {model_id} from {redact(tracking_uri)}"):
+    with _mlflow(f"cannot download model {model_id} from {redact(tracking_uri)}"), global_store(tracking_uri):
         (root / "model").mkdir(parents=True)
         mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_id}", dst_path=str(root / "model"),
                                             tracking_uri=tracking_uri)

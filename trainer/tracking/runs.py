@@ -152,6 +152,17 @@ def logging_into(uri: str, run_id: str) -> Iterator[None]:
         fluent._active_experiment_id = saved_experiment
 
 
+@contextmanager
+def global_store(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking URI set to `uri` for the block: MLflow 3 resolves `models:/`
+    and `runs:/` URIs in some calls (`create_model_version`'s source, `download_artifacts`) with it,
+    whatever URI their client was given. The caller's URI is put back after."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(uri):
+        yield
+
+
 def finish_run(uri: str, run_id: str, status: str) -> None:
     """status: FINISHED | FAILED | KILLED."""
     with _mlflow_errors(f"cannot close MLflow run {run_id} in {redact(uri)}"):
