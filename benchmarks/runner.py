@@ -129,6 +129,7 @@ def throughput_part(args, work: Path) -> dict:
             with_ctx.append(loop(True))
         ctx.close()
     got = len(runs.client(uri).get_metric_history(run_id, "loss"))
+    runs.finish_run(uri, run_id, "FINISHED")     # no run left RUNNING
     return {"steps_per_round": steps, "raw_steps_s": raw, "ctx_steps_s": with_ctx,
             "ratio": R.median(with_ctx) / R.median(raw), "mlflow_points": got, "reported": step_no[0]}
 

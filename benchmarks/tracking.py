@@ -65,7 +65,10 @@ def measure(args, work: Path) -> dict:
             opt.step()
             ctx.report({"step": i, "loss": loss})
         ctx.close()          # the job's end: every value sent
-        return time.perf_counter() - t0, time.process_time() - c0, run_id
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if run_id:
+            runs.finish_run(uri, run_id, "FINISHED")     # no run left RUNNING (not timed)
+        return wall, cpu, run_id
 
     out = {name: [] for name, _ in VARIANTS}
     with contextlib.redirect_stdout(io.StringIO()):       # rank 0's progress lines
