@@ -103,12 +103,11 @@ def kill_a_worker_and_check_resume(cluster, spec, epochs: int, workers: int) -> 
     assert job.wait(timeout=900).value == "SUCCEEDED", job.logs()[-3000:]
     # A new worker group was started (Ray's state API, not our logs) ...
     assert len(train_workers(cluster.dashboard_url, job)) >= 2 * workers
-    # ... that resumed from a checkpoint, not from scratch: rank 0's progress lines go back only
-    # to the epoch after the last checkpoint ...
+    # ... that resumed from a checkpoint, not from scratch: rank 0 printed its first epoch once.
+    # (The steps need not go back: a kill right after a checkpoint resumes at the next epoch.)
     events = {e["time"]: e["step"] for e in map(parse_progress, job.logs().splitlines()) if e}
     printed = [events[t] for t in sorted(events)]
-    restart = next(i for i in range(1, len(printed)) if printed[i] <= printed[i - 1])
-    assert 0 < printed[restart] <= printed[restart - 1], printed
+    assert printed and printed.count(min(printed)) == 1, printed
     # ... and MLflow shows every epoch exactly once.
     for key in ("loss", "accuracy"):
         assert steps(job, key) == list(range(epochs)), key
