@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs what the tests need beyond .venv (the tensorflow and mxnet runtimes, the emulated
-# aarch64 root; each idempotent and cached under ~/.trainer/runtimes), then runs the suite.
+# Installs what the tests need beyond .venv (the Debian packages the suite uses, the tensorflow and
+# mxnet runtimes, the emulated aarch64 root; each idempotent, the runtimes cached under
+# ~/.trainer/runtimes), then runs the suite.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 set -e
+bash scripts/system-deps.sh
 .venv/bin/trainer runtime install tensorflow
 .venv/bin/trainer runtime install mxnet
 .venv/bin/trainer edge setup --tflite

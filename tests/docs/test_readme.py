@@ -20,5 +20,8 @@ def test_readme_commands_exist():
     assert "bash scripts/test.sh" in text
     ci = (REPO / ".ci" / "run").read_text()
     assert "bash scripts/setup.sh" in ci and "bash scripts/test.sh" in ci
+    # CI adds nothing the README's commands do not do: the Debian packages come from test.sh.
+    assert "apt-get" not in ci
+    assert "bash scripts/system-deps.sh" in (REPO / "scripts" / "test.sh").read_text()
     for path in re.findall(r"examples/\S+\.yaml", text):
         assert (REPO / path).is_file(), path
