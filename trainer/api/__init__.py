@@ -11,13 +11,13 @@ definition is added here (tests/architecture/test_api_facade.py).
 """
 from trainer.api._common import ENV_ADDRESS, resolve_address
 from trainer.api.cluster import cluster_down, cluster_join, cluster_status, cluster_up, node_labels
-from trainer.api.jobs import (RECONCILE_GRACE_S, SUMMARY_METRICS, Job, LocalRun, failure_from_logs, list_jobs,
-                              parse_progress, reconcile_runs, run_local, run_summary, submit)
+from trainer.api.jobs import RECONCILE_GRACE_S, SUMMARY_METRICS, Job, LocalRun, list_jobs, reconcile_runs, run_local, run_summary, submit
 from trainer.api.k8s import K8sJob, read_raycluster, render_k8s, submit_k8s
 from trainer.api.promotion import Retrain, promote, promotion_history, retrain
 from trainer.api.registry import (registry_copy, registry_ls, registry_pull, registry_push, registry_serve,
                                   registry_stop)
 from trainer.api.ui import ui, versions
+from trainer.protocol import failure_from_logs, parse_progress
 
 __all__ = [
     "ENV_ADDRESS", "resolve_address",

@@ -16,6 +16,8 @@ from trainer.api.cluster import cluster_address
 from trainer.api.k8s import read_raycluster
 from trainer.credentials import redact
 from trainer.errors import JobError, PreflightError, TrainerError, first_line
+from trainer.protocol import (META_NAME, META_RUN_ID, META_SPEC, META_TRACKING_URI, UPLOAD_EXCLUDES, driver_entrypoint,
+                              failure_from_logs, job_runtime_env, parse_progress)
 from trainer.spec import JobSpec
 from trainer.state import JobState
 
@@ -44,9 +46,9 @@ class Job:
             _lost_to_a_restart(job_id, address)
             raise
         meta = info.metadata or {}
-        return cls(id=job_id, address=address, run_id=meta.get("run_id"),
-                   tracking_uri=meta.get("tracking_uri"), name=meta.get("name"),
-                   spec=json.loads(meta.get("spec", "{}")))
+        return cls(id=job_id, address=address, run_id=meta.get(META_RUN_ID),
+                   tracking_uri=meta.get(META_TRACKING_URI), name=meta.get(META_NAME),
+                   spec=json.loads(meta.get(META_SPEC, "{}")))
 
     def _jobs(self):
         from trainer.scheduling.ray_jobs import RayJobs
@@ -208,36 +210,6 @@ def run_summary(uri: str, run_id: str) -> dict:
     return out
 
 
-def failure_from_logs(text: str) -> dict | None:
-    """The failure line the job driver (or a worker) printed in the job's log, or None."""
-    from trainer.runners.job import FAILURE_PREFIX
-
-    found = None
-    for line in text.splitlines():
-        idx = line.find(FAILURE_PREFIX)
-        if idx >= 0:
-            try:
-                record = json.loads(line[idx + len(FAILURE_PREFIX):])
-            except ValueError:
-                continue
-            if found is None or (record.get("rank") or 0) < (found.get("rank") or 0):
-                found = record
-    return found
-
-
-def parse_progress(line: str) -> dict | None:
-    """The event in a rank-0 progress line of the job's logs, or None."""
-    from trainer.context import PROGRESS_PREFIX
-
-    idx = line.find(PROGRESS_PREFIX)
-    if idx < 0:
-        return None
-    try:
-        return json.loads(line[idx + len(PROGRESS_PREFIX):])
-    except ValueError:
-        return None
-
-
 def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: str | None = None,
            set: list[str] | None = None, progress: Callable[[str], None] | None = None,
            cluster_spec: str | Path | dict | None = None, **overrides) -> Job:
@@ -250,9 +222,8 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
     """
     from trainer.cluster.inventory import nodes
     from trainer.credentials import forwarded_env, redact_text, split_credentials
-    from trainer.runners.job import ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI
     from trainer.runtimes import python_for
-    from trainer.scheduling.preflight import UPLOAD_EXCLUDES, check_placement, check_spec, check_tracking
+    from trainer.scheduling.preflight import check_placement, check_spec, check_tracking
     from trainer.scheduling.ray_jobs import RayJobs
     from trainer.tracking import runs
 
@@ -282,8 +253,7 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
         job_spec = spec_obj
         if spec_obj.tracking.uri:
             job_spec = spec_obj.model_copy(update={"tracking": spec_obj.tracking.model_copy(update={"uri": job_uri})})
-        env = {ENV_SPEC: job_spec.model_dump_json(), ENV_RUN_ID: run_id, ENV_JOB_ID: job_id,
-               ENV_TRACKING_URI: job_uri, "PYTHONUNBUFFERED": "1"}
+        env = {}
         if local:
             from trainer.home import trainer_home
 
@@ -294,17 +264,17 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
             env.update(uri_credentials)
         # Locally the job runs under the runtime's venv; on a cluster, the runtime's image has `python`.
         python = str(interpreter) if local else "python"
-        runtime_env = {"working_dir": str(workdir), "excludes": UPLOAD_EXCLUDES, "env_vars": env}
-        if local:
-            runtime_env["py_executable"] = python
+        runtime_env = job_runtime_env(job_spec.model_dump_json(), job_id=job_id, tracking_uri=job_uri, run_id=run_id,
+                                      working_dir=workdir, excludes=UPLOAD_EXCLUDES,
+                                      python=python if local else None, extra_env=env)
         size = checked.upload_bytes
         say(progress, f"submitting {job_id} (MLflow run {run_id}; code "
                        f"{f'{size / 2**20:.1f} MiB' if size >= 2**20 else f'{-(-size // 1024)} KiB'})")
         jobs = RayJobs(dashboard)
         jobs.submit(
-            job_id=job_id, entrypoint=f"{python} -m trainer.runners.job", runtime_env=runtime_env,
-            metadata={"run_id": run_id, "tracking_uri": redact(job_uri), "name": spec_obj.name,
-                      "spec": redact_text(job_spec.model_dump_json(exclude_none=True))})
+            job_id=job_id, entrypoint=driver_entrypoint(python), runtime_env=runtime_env,
+            metadata={META_RUN_ID: run_id, META_TRACKING_URI: redact(job_uri), META_NAME: spec_obj.name,
+                      META_SPEC: redact_text(job_spec.model_dump_json(exclude_none=True))})
     except BaseException as e:
         _abandon_run(uri, run_id, job_id, jobs, e)
         raise
@@ -376,7 +346,7 @@ def _reconcile(address: str, listed: list, tracking_uri: str | None, grace_s: fl
     states = {j.submission_id: JobState.from_ray(j.status) for j in listed}
     stores = [tracking_uri or resolve_tracking_uri()]
     for j in listed:
-        recorded = client_uri((j.metadata or {}).get("tracking_uri"))
+        recorded = client_uri((j.metadata or {}).get(META_TRACKING_URI))
         if recorded and recorded not in stores:
             stores.append(recorded)
     closed = []
@@ -457,8 +427,8 @@ def list_jobs(address: str | None = None) -> list[dict]:
     out = []
     for info in listed:
         meta = info.metadata or {}
-        out.append({"job_id": info.submission_id, "name": meta.get("name"),
-                    "status": JobState.from_ray(info.status).value, "run_id": meta.get("run_id"),
+        out.append({"job_id": info.submission_id, "name": meta.get(META_NAME),
+                    "status": JobState.from_ray(info.status).value, "run_id": meta.get(META_RUN_ID),
                     "start_time": seconds(info.start_time), "end_time": seconds(info.end_time)})
     return sorted(out, key=lambda j: j["start_time"] or 0)
 

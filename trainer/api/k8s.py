@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 from trainer.api._common import check_reachable, load_job_spec
 from trainer.credentials import redact
 from trainer.errors import JobError, PreflightError
+from trainer.protocol import ANNOTATION_TRACKING_URI
 from trainer.spec import JobSpec
 from trainer.state import JobState
 
@@ -57,7 +58,7 @@ def _refuse_inline_credentials(body: dict) -> None:
     credentials in it is refused; they belong in the overlay's MLflow Secret."""
     from trainer.credentials import has_credentials
 
-    uri = body["metadata"]["annotations"].get("trainer.io/tracking-uri")
+    uri = body["metadata"]["annotations"].get(ANNOTATION_TRACKING_URI)
     if has_credentials(uri):
         raise PreflightError(f"the tracking URI {redact(uri)} carries credentials, which a RayJob would show to "
                              f"anyone who can read it: give the URI without them and put MLFLOW_TRACKING_USERNAME/"
@@ -176,7 +177,7 @@ def submit_k8s(spec: str | Path | dict | JobSpec, overlay: str | Path = "dev", *
     _refuse_inline_credentials(body)
     kube = Kube(context)
     ns = body["metadata"]["namespace"]
-    pods_uri = body["metadata"]["annotations"]["trainer.io/tracking-uri"]
+    pods_uri = body["metadata"]["annotations"][ANNOTATION_TRACKING_URI]
     here_uri = os.environ.get("MLFLOW_TRACKING_URI") or pods_uri
     run_id = None
     try:

@@ -18,18 +18,12 @@ from pathlib import Path
 
 from trainer.context import LocalSession, RayTrainSession
 from trainer.errors import JobError, SpecError, TrainerError, first_line
+from trainer.protocol import ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI, FAILURE_PREFIX, TIMING_PREFIX
 from trainer.runners.base import get_runner, tune_ray_train
 from trainer.spec import JobSpec
 from trainer.tracking.runs import failure_line
 
 _STARTED = time.time()   # the entrypoint's first line (imports above included: they are its cost)
-TIMING_PREFIX = "TRAINER_TIMING "
-
-# What `trainer.api.submit` hands the driver through the Ray job's environment.
-ENV_SPEC = "TRAINER_SPEC"
-ENV_RUN_ID = "TRAINER_RUN_ID"
-ENV_JOB_ID = "TRAINER_JOB_ID"
-ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 
 
 def load_function(spec: JobSpec, workdir: Path):
@@ -78,7 +72,6 @@ def _train(spec: JobSpec, session, workdir: Path, run_id: str | None, tracking_u
 
 # ---------------------------------------------------------------- a failure in the user's terms
 
-FAILURE_PREFIX = "TRAINER_FAILURE "
 _FAILURE_ATTR = "trainer_failure"    # on the exception: survives Ray's pickling back to the driver
 
 
