@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 from trainer.api._common import (client_uri, is_loopback, load_job_spec, local_address,
                                  new_job_id, resolve_address, say, seconds, store_reachable)
 from trainer.api.cluster import cluster_address
+from trainer.api.handle import close_run, last_metrics, run_summary
 from trainer.api.k8s import read_raycluster
 from trainer.credentials import redact
 from trainer.errors import JobError, PreflightError, TrainerError, first_line
@@ -34,6 +35,16 @@ class Job:
     tracking_uri: str | None = None        # without credentials (as recorded): see client_uri
     name: str | None = None
     spec: dict[str, Any] = field(default_factory=dict, repr=False)
+    # What the user should know that is not the job's state (a run that could not be closed).
+    warnings: list[str] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def job_id(self) -> str:
+        return self.id
+
+    @property
+    def logs_command(self) -> str:
+        return f"trainer logs {self.id}"
 
     @classmethod
     def get(cls, job_id: str, address: str | None = None) -> "Job":
@@ -71,8 +82,15 @@ class Job:
                "start_time": seconds(info.start_time), "end_time": seconds(info.end_time)}
         if out["start_time"]:
             out["wall_time_s"] = round((out["end_time"] or time.time()) - out["start_time"], 1)
+        if self.run_id and store_reachable(self._store()):
+            try:
+                out["metrics"] = last_metrics(self._store(), self.run_id)
+            except TrainerError as e:
+                self._warn(f"warning: the metrics of MLflow run {self.run_id} could not be read: {first_line(e)}")
         if state is JobState.FAILED:
             out["failure"] = self.failure()
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
         return out
 
     def failure(self) -> dict | None:
@@ -103,6 +121,8 @@ class Job:
             out.update(run_summary(self._store(), self.run_id))
         if state is JobState.FAILED:
             out["failure"] = self.failure()
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
         return out
 
     def logs(self) -> str:
@@ -167,47 +187,13 @@ class Job:
         return getattr(self, "_submitted_uri", None) or client_uri(self.tracking_uri)
 
     def _close_run(self, state: JobState) -> None:
-        """A cancelled or killed driver cannot close its run: do it from here."""
-        if not self.run_id:
-            return
-        from trainer.tracking.runs import close_run, run_status
+        """A cancelled or killed driver cannot close its run: do it from here (`close_run`)."""
+        close_run(self._store(), self.run_id, state,
+                  f"Ray job {self.id} ended {state.value}; its driver did not close the run as that", self._warn)
 
-        uri = self._store()
-        if not store_reachable(uri):    # MLflow would retry an unanswering server for minutes
-            return
-        try:
-            current = run_status(uri, self.run_id)
-            # A cancel is authoritative: the driver may have ended the run FAILED on its way out.
-            if current == "RUNNING" or (state is JobState.CANCELLED and current != "KILLED"):
-                close_run(uri, self.run_id, state.mlflow_status,
-                          f"Ray job {self.id} ended {state.value}; its driver did not close the run as that")
-        except Exception:
-            pass  # tracking unreachable: the job's state is still right
-
-
-SUMMARY_METRICS = ("test_accuracy", "accuracy", "loss")
-
-
-def run_summary(uri: str, run_id: str) -> dict:
-    """From a run: its page in a running MLflow UI, the final values of the headline metrics, and
-    the conversion outcome (`trainer.runners.job.conversion_summary`). Best effort: what cannot be
-    read is left out."""
-    from trainer.runners.job import conversion_summary
-    from trainer.tracking.runs import client, conversion_report, run_url
-
-    out: dict = {}
-    url = run_url(uri, run_id)
-    if url:
-        out["mlflow_url"] = url
-    try:
-        metrics = client(uri).get_run(run_id).data.metrics
-        out.update({k: round(metrics[k], 4) for k in SUMMARY_METRICS if k in metrics})
-        conversion = conversion_summary(conversion_report(uri, run_id))
-    except TrainerError:
-        conversion = None
-    if conversion:
-        out["conversion"] = conversion
-    return out
+    def _warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
 
 
 def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: str | None = None,

@@ -1,6 +1,7 @@
 """Jobs on Kubernetes (KubeRay): render a RayJob, submit it, and the `K8sJob` handle."""
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
@@ -8,12 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from trainer.api._common import check_reachable, load_job_spec
+from trainer.api._common import check_reachable, load_job_spec, store_reachable
+from trainer.api.handle import close_run, run_summary
 from trainer.credentials import redact
-from trainer.errors import JobError, PreflightError
+from trainer.errors import JobError, PreflightError, TrainerError, first_line
 from trainer.protocol import ANNOTATION_TRACKING_URI
 from trainer.spec import JobSpec
 from trainer.state import JobState
+
+log = logging.getLogger(__name__)
 
 def read_raycluster(source: str | Path | dict, context: str | None = None) -> dict:
     """A RayCluster: a dict as given, a YAML file, or `NAMESPACE/NAME` read through the API."""
@@ -67,7 +71,7 @@ def _refuse_inline_credentials(body: dict) -> None:
 
 @dataclass
 class K8sJob:
-    """A RayJob submitted by trainer, and the MLflow run that records it."""
+    """A RayJob submitted by trainer, and the MLflow run that records it (a `JobHandle`)."""
 
     name: str
     namespace: str
@@ -75,6 +79,15 @@ class K8sJob:
     tracking_uri: str | None = None        # as this machine reaches MLflow
     context: str | None = None
     last: Any = field(default=None, repr=False)
+    warnings: list[str] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def job_id(self) -> str:
+        return self.name
+
+    @property
+    def logs_command(self) -> str:
+        return f"kubectl logs -n {self.namespace} -l job-name={self.name}"
 
     def _kube(self):
         from trainer.scheduling.kube import Kube
@@ -106,20 +119,21 @@ class K8sJob:
                 raise JobError(f"RayJob {self.namespace}/{self.name} still {current.state.value} after {timeout:g}s")
             time.sleep(poll_s)
 
-    def wait(self, timeout: float | None = None, poll_s: float = 5.0, on_change=None):
+    def wait(self, timeout: float | None = None, poll_s: float = 5.0, on_change=None) -> JobState:
         """Follow until the job ends; a failure's reason and pod logs go into its MLflow run
-        (while `ttlSecondsAfterFinished` still keeps the cluster). Returns the last `Observed`."""
+        (while `ttlSecondsAfterFinished` still keeps the cluster). Returns the terminal state;
+        `last` holds the last `Observed` (KubeRay's statuses, reason, note)."""
         for observed in self.follow(poll_s, timeout):
             if on_change is not None:
                 on_change(observed)
         if self.last.state is not JobState.SUCCEEDED:
             self.record_failure(self.last)
-        elif self.run_id and self.tracking_uri:
+        else:
             self._close_run(JobState.SUCCEEDED)
-        return self.last
+        return self.last.state
 
-    def logs(self) -> dict[str, str]:
-        """The submitter pod's log (it follows the Ray job's driver output) and the head's."""
+    def pod_logs(self) -> dict[str, str]:
+        """The submitter pod's log (it follows the Ray job's driver output) and the head's, by pod."""
         kube = self._kube()
         out = kube.pod_logs(self.namespace, f"job-name={self.name}")
         cluster = self.last.cluster if self.last else ""
@@ -127,7 +141,68 @@ class K8sJob:
             out.update(kube.pod_logs(self.namespace, f"ray.io/cluster={cluster},ray.io/node-type=head"))
         return out
 
+    def logs(self) -> str:
+        """`pod_logs` as one text: each pod's log under a `==> pod <==` header."""
+        return "".join(f"==> {pod} <==\n{text.rstrip()}\n" for pod, text in self.pod_logs().items())
+
+    def cancel(self) -> JobState:
+        """Delete the RayJob (KubeRay stops its cluster with it); its run ends KILLED."""
+        self._kube().delete_rayjob(self.namespace, self.name)
+        self._close_run(JobState.CANCELLED)
+        return JobState.CANCELLED
+
+    def metrics(self):
+        """Every metric the job logged, as a pandas DataFrame (key, step, value, timestamp)."""
+        from trainer.tracking.runs import metrics_frame
+
+        if not (self.run_id and self.tracking_uri):
+            raise JobError(f"RayJob {self.namespace}/{self.name} has no MLflow run reachable from here "
+                           f"(its driver opened one: see the MLflow UI)")
+        return metrics_frame(self.tracking_uri, self.run_id)
+
+    def failure(self) -> dict | None:
+        """What failed: the run's `trainer.failure.*` tags (the driver wrote them), else what
+        KubeRay said (reason, message, the disagreement note)."""
+        from trainer.tracking.runs import failure_line, read_failure
+
+        found = None
+        if self.run_id and self.tracking_uri and store_reachable(self.tracking_uri):
+            try:
+                found = read_failure(self.tracking_uri, self.run_id)
+            except TrainerError as e:
+                self._warn(f"warning: the failure recorded in MLflow run {self.run_id} could not be read: "
+                           f"{first_line(e)}")
+        last = self.last
+        if found is None and last is not None and last.state is not JobState.SUCCEEDED:
+            why = " ".join(x for x in (last.reason, last.message) if x) or last.note
+            found = {"type": last.reason or f"RayJob {last.state.value}", "message": last.message or last.note,
+                     "stage": "kubernetes", "summary": why or "see the pod logs in its MLflow run"}
+        if found is not None and "summary" not in found:
+            found["summary"] = failure_line(found)
+        return found
+
+    def summary(self, state: JobState | None = None, started: float | None = None) -> dict:
+        """The job's summary (as `Job.summary`) with KubeRay's statuses and reason."""
+        state = state or self.status()
+        last = self.last
+        out = {"job_id": self.name, "status": state.value, "mlflow_run_id": self.run_id,
+               "rayjob": self.name, "namespace": self.namespace}
+        if last is not None:
+            out.update(deployment_status=last.deployment, ray_job_status=last.job_status)
+            if last.reason or last.message:
+                out["reason"] = " ".join(x for x in (last.reason, last.message) if x)
+        if started is not None:
+            out["wall_time_s"] = round(time.time() - started, 1)
+        if self.run_id and self.tracking_uri and store_reachable(self.tracking_uri):
+            out.update(run_summary(self.tracking_uri, self.run_id))
+        if state is not JobState.SUCCEEDED and state.is_terminal:
+            out["failure"] = self.failure()
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
+
     def record_failure(self, observed) -> None:
+        """KubeRay's statuses and the pods' logs into the run, which ends FAILED if still open."""
         if not (self.run_id and self.tracking_uri):
             return
         from trainer.tracking.runs import record_failure
@@ -136,22 +211,24 @@ class K8sJob:
                 "trainer.k8s.job_status": observed.job_status, "trainer.k8s.reason": observed.reason,
                 "trainer.k8s.message": observed.message, "trainer.k8s.note": observed.note}
         try:
-            logs = self.logs()
-        except Exception as e:   # the failure is still recorded without the logs
+            logs = self.pod_logs()
+        except TrainerError as e:   # the failure is still recorded without the logs
             logs = {"unavailable": f"pod logs could not be read: {e}"}
         try:
             record_failure(self.tracking_uri, self.run_id, {k: v for k, v in tags.items() if v}, logs)
-        except Exception:
-            pass  # MLflow unreachable: the job's state is still right
+        except TrainerError as e:
+            log.warning("recording the failure of RayJob %s/%s in MLflow run %s failed", self.namespace,
+                        self.name, self.run_id, exc_info=True)
+            self._warn(f"warning: the failure could not be recorded in MLflow run {self.run_id}: {first_line(e)}")
+            self._close_run(observed.state)
 
     def _close_run(self, state: JobState) -> None:
-        from trainer.tracking.runs import finish_run, run_status
+        close_run(self.tracking_uri, self.run_id, state,
+                  f"RayJob {self.namespace}/{self.name} ended {state.value}", self._warn)
 
-        try:
-            if run_status(self.tracking_uri, self.run_id) == "RUNNING":
-                finish_run(self.tracking_uri, self.run_id, state.mlflow_status)
-        except Exception:
-            pass
+    def _warn(self, text: str) -> None:
+        if text not in self.warnings:
+            self.warnings.append(text)
 
 
 def submit_k8s(spec: str | Path | dict | JobSpec, overlay: str | Path = "dev", *, namespace: str | None = None,

@@ -125,8 +125,6 @@ def _node() -> str:
 
 def _mark_failure(err: Exception, ctx, session, workdir: Path) -> None:
     """Attach the failure record to the exception and print it in the job's log."""
-    import json
-
     rank = getattr(session, "rank", None)
     in_ray = isinstance(session, RayTrainSession)
     record = failure_record(err, workdir, rank=rank if in_ray else None, node=_node() if in_ray else None,
@@ -137,9 +135,14 @@ def _mark_failure(err: Exception, ctx, session, workdir: Path) -> None:
         setattr(err, _FAILURE_ATTR, record)
     except Exception:  # noqa: BLE001 - an exception type with __slots__
         pass
-    if in_ray:   # the job's log: the client reads it when MLflow cannot tell
-        shown = {k: v for k, v in record.items() if k != "traceback"}
-        print(FAILURE_PREFIX + json.dumps(shown, default=str), flush=True)
+    if in_ray:
+        _print_failure(record)
+
+
+def _print_failure(record: dict) -> None:
+    """The failure line in the job's log (trainer.protocol): the client reads it when MLflow cannot tell."""
+    shown = {k: v for k, v in record.items() if k != "traceback"}
+    print(FAILURE_PREFIX + json.dumps(shown, default=str), flush=True)
 
 
 def driver_failure(err: BaseException, workdir: Path | None = None) -> dict:
@@ -263,11 +266,13 @@ def main() -> int:
         return 0
     except TrainerError as e:
         failure = driver_failure(e, workdir)
+        _print_failure(failure)
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     except Exception as e:
         traceback.print_exc()
         failure = driver_failure(e, workdir)
+        _print_failure(failure)
         print(f"error: {failure_line(failure)}", file=sys.stderr, flush=True)
         return 1
     finally:
