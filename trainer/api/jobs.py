@@ -3,6 +3,7 @@ and `run_local` (the same job in this process)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -21,6 +22,8 @@ from trainer.protocol import (META_NAME, META_RUN_ID, META_SPEC, META_TRACKING_U
                               failure_from_logs, job_runtime_env, parse_progress)
 from trainer.spec import JobSpec
 from trainer.state import JobState
+
+log = logging.getLogger(__name__)
 
 RECONCILE_GRACE_S = 600.0
 
@@ -307,7 +310,8 @@ def _abandon_run(uri: str, run_id: str, job_id: str, jobs, err: BaseException) -
         runs.close_run(uri, run_id, "FAILED", f"the submission of {job_id} did not complete: "
                                               f"{type(err).__name__}: {why}")
     except BaseException:   # noqa: BLE001 - the error that stopped the submission is the one to show
-        pass
+        log.warning("the MLflow run %s of the submission %s that did not complete could not be closed "
+                    "(trainer list closes it later)", run_id, job_id, exc_info=True)
 
 
 def reconcile_runs(address: str | None = None, tracking_uri: str | None = None, *,

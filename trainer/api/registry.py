@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trainer.errors import RegistryError, UsageError
+
 def registry_serve(port: int = 5000, user: str = "trainer") -> tuple[dict, bool]:
     """Start the local OCI registry (docker-registry, htpasswd auth, 127.0.0.1) unless it runs."""
     from trainer.registry import serve
@@ -17,7 +19,6 @@ def registry_stop() -> bool:
 
 
 def _registry_for(ref: str | None, registry: str | None):
-    from trainer.registry.auth import RegistryError
     from trainer.registry.client import Reference, Registry
     from trainer.registry.serve import configured_address
 
@@ -34,15 +35,12 @@ def registry_push(path: str | Path, ref: str, registry: str | None = None) -> di
     """Push a folder/file as a ModelPack artifact, or an OCI image layout folder as an image, to
     `ref` ([host/]project/name:tag)."""
     from trainer.registry.artifacts import push_layout, push_model
-    from trainer.registry.auth import RegistryError
 
     reg, parsed = _registry_for(ref, registry)
     if not parsed.reference or parsed.reference.startswith("sha256:"):
         raise RegistryError(f"{ref}: give a tag to push to (project/name:tag)")
     path = Path(path)
     if not path.exists():
-        from trainer.errors import UsageError
-
         raise UsageError(f"no such file or folder: {path}")
     if (path / "oci-layout").is_file():
         manifest, kind = push_layout(reg, path, parsed.repository, parsed.reference), "image"
@@ -82,7 +80,6 @@ def registry_copy(src: str, dst: str, registry: str | None = None) -> dict:
     """Copy src to dst in one registry keeping the digest (blob mount + manifest PUT): how the
     runtime images are promoted between projects."""
     from trainer.registry.artifacts import copy
-    from trainer.registry.auth import RegistryError
 
     reg, s = _registry_for(src, registry)
     _, d = _registry_for(dst, reg.url)

@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 
 from trainer.context import LocalSession, RayTrainSession
-from trainer.errors import JobError, SpecError, TrainerError, first_line
+from trainer.errors import ConversionError, JobError, SpecError, TrainerError, first_line
 from trainer.protocol import ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI, FAILURE_PREFIX, TIMING_PREFIX
 from trainer.runners.base import get_runner, tune_ray_train
 from trainer.spec import JobSpec
@@ -133,7 +133,7 @@ def _mark_failure(err: Exception, ctx, session, workdir: Path) -> None:
         record["step"] = ctx.last_step
     try:
         setattr(err, _FAILURE_ATTR, record)
-    except Exception:  # noqa: BLE001 - an exception type with __slots__
+    except (AttributeError, TypeError):   # an exception type with __slots__: the failure line below still says it
         pass
     if in_ray:
         _print_failure(record)
@@ -167,7 +167,7 @@ def driver_failure(err: BaseException, workdir: Path | None = None) -> dict:
     record = getattr(err, _FAILURE_ATTR, None)
     if record is not None:
         return record
-    stage = "conversion" if type(err).__name__ in ("ParityError", "ConversionError", "UnsupportedOpsError") else "driver"
+    stage = "conversion" if isinstance(err, ConversionError) else "driver"
     return failure_record(err, workdir, stage=stage)
 
 
@@ -295,8 +295,9 @@ def _open_store_in_background(tracking_uri: str, run_id: str) -> None:
             from trainer.tracking.runs import client
 
             client(tracking_uri).get_run(run_id)
-        except Exception:  # noqa: BLE001 - only a head start: finish_run reports a real problem
-            pass
+        except Exception as e:  # noqa: BLE001 - only a head start: finish_run reports a real problem
+            print(f"note: opening the MLflow store early failed ({first_line(e)}); the run is closed at the end",
+                  file=sys.stderr, flush=True)
 
     threading.Thread(target=warm, daemon=True, name="trainer-open-store").start()
 
