@@ -28,7 +28,7 @@ def local_address() -> str:
 
     state = LocalCluster().state()
     if state is None:
-        raise JobError("no local cluster is running and no --address/TRAINER_ADDRESS is set")
+        raise JobError("address: none given, TRAINER_ADDRESS is not set and no local cluster is running", argument="address")
     return state.dashboard_url
 
 

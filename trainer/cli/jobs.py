@@ -10,14 +10,11 @@ import typer
 from trainer import api
 from trainer.api.handle import SUMMARY_METRICS, SUMMARY_TABLE_METRICS, JobHandle
 from trainer.cli._args import number
+from trainer.cli._flags import AddressOpt, CodeUriOpt, ContextOpt, NamespaceOpt, OverlayOpt, SetOpt
 from trainer.cli._output import OutputOpt, Printer
 from trainer.credentials import redact
 from trainer.errors import JobError, UsageError
 
-AddressOpt = typer.Option(None, "--address", help="Ray dashboard address (http://HOST:8265); "
-                          "default $TRAINER_ADDRESS, else the local cluster. A cluster with token auth takes "
-                          "its token from RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH.")
-SetOpt = typer.Option([], "--set", help="Override a spec value: config.lr=0.1")
 
 
 def register(app: typer.Typer) -> None:
@@ -34,12 +31,10 @@ def submit(spec: str = typer.Argument(..., help="Job spec YAML."),
                None, "--cluster-spec", help="The target's KubeRay RayCluster (YAML file, or NAMESPACE/NAME read "
                "through the Kubernetes API): groups that can scale up count as capacity in preflight."),
            k8s: bool = typer.Option(False, "--k8s", help="Create a KubeRay RayJob (see trainer k8s render) "
-                                    "instead of submitting to a running Ray cluster."),
-           overlay: str = typer.Option("dev", "--overlay", help="--k8s: the environment, k8s/overlays/<name>."),
-           namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="--k8s: namespace; default the overlay's."),
-           code_uri: Optional[str] = typer.Option(None, "--code-uri", help="--k8s: the project as a .zip the "
-                                                  "cluster can fetch (s3://, gs://, https://)."),
-           context: Optional[str] = typer.Option(None, "--context", help="--k8s: kubeconfig context."),
+                                    "instead of submitting to a running Ray cluster; with --overlay, --namespace, "
+                                    "--code-uri, --context."),
+           overlay: str = OverlayOpt, namespace: Optional[str] = NamespaceOpt, code_uri: Optional[str] = CodeUriOpt,
+           context: Optional[str] = ContextOpt,
            output: str = OutputOpt):
     """Validate, preflight and submit a job (starting the local cluster if needed), or with --k8s
     create it as a KubeRay RayJob."""
