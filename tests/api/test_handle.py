@@ -76,3 +76,14 @@ def test_the_summary_shows_every_metric_by_its_own_name(tmp_path, monkeypatch):
     out = run_summary(uri, run_id)
     assert out["metrics"] == {"f1": 0.8, "loss": 0.25, "val_acc": 0.9123}
     assert out["loss"] == 0.25      # the headline ones stay at the top level too
+
+
+def test_metrics_that_cannot_be_read_are_a_tracking_error(tmp_path, monkeypatch):
+    """MLflow's own exception (no such run) becomes ours at the boundary: `trainer status` prints a
+    line instead of a traceback."""
+    from trainer.api.handle import last_metrics
+    from trainer.errors import TrackingError
+
+    uri, _ = _run(tmp_path, monkeypatch)
+    with pytest.raises(TrackingError, match="cannot read the metrics of MLflow run 0+ in sqlite"):
+        last_metrics(uri, "0" * 32)

@@ -28,7 +28,8 @@ def local_address() -> str:
 
     state = LocalCluster().state()
     if state is None:
-        raise JobError("address: none given, TRAINER_ADDRESS is not set and no local cluster is running", argument="address")
+        raise JobError("address: none given, TRAINER_ADDRESS is not set and no local cluster is running",
+                       argument="address")
     return state.dashboard_url
 
 

@@ -9,8 +9,8 @@ import logging
 from typing import Callable, Protocol, runtime_checkable
 
 from trainer.api._common import say, store_reachable
-from trainer.credentials import redact
-from trainer.errors import TrainerError, first_line
+from trainer.credentials import redact, redact_text
+from trainer.errors import TrackingError, TrainerError, first_line, translate
 from trainer.state import JobState
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,9 @@ def last_metrics(uri: str, run_id: str) -> dict[str, float]:
     """The last value of every metric the run logged, by the user's own names, rounded for reading."""
     from trainer.tracking.runs import client
 
-    metrics = client(uri).get_run(run_id).data.metrics
+    with translate(TrackingError, f"cannot read the metrics of MLflow run {run_id} in {redact(uri)}",
+                   redact=redact_text):
+        metrics = client(uri).get_run(run_id).data.metrics
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in sorted(metrics.items())}
 
 

@@ -32,7 +32,8 @@ class _PromoteGroup(TyperGroup):
         return PROMOTE, self.commands[PROMOTE], args
 
 
-group = typer.Typer(cls=_PromoteGroup, no_args_is_help=True, context_settings={"ignore_unknown_options": True},
+group = typer.Typer(cls=_PromoteGroup, no_args_is_help=True,
+                    context_settings={"ignore_unknown_options": True},
                     subcommand_metavar="MODEL --to staging|production | history MODEL",
                     help="Promote MODEL --to staging|production: check the gates, then copy the artifact (same "
                          "digest) and move the MLflow alias, as one transaction (on any failure nothing is left "
