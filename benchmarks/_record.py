@@ -41,7 +41,8 @@ def machine() -> dict:
         except metadata.PackageNotFoundError:
             versions[dist] = "not installed"
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_gib, 1), "gpu": _gpu(),
-            "python": platform.python_version(), "os": platform.platform(terse=True), **versions}
+            "python": platform.python_version(), "os": platform.platform(terse=True), **versions,
+            "load_avg_start": load()[0], "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def _gpu() -> str:
@@ -86,6 +87,8 @@ def median(xs) -> float | None:
 
 
 def pct(xs, q: float) -> float | None:
+    """The q-quantile (0-1) of the values given (None ignored), nearest rank: the one percentile
+    every benchmark reports (soak and scale included)."""
     xs = sorted(x for x in xs if x is not None)
     if not xs:
         return None
@@ -120,14 +123,20 @@ def header(title: str, record: dict, quick: bool) -> str:
 def write(name: str, title: str, record: dict, markdown: str, plot, out: Path, quick: bool,
           readme: bool) -> list[Path]:
     """`out`/NAME.json, NAME.md, NAME.png; and the README section when `readme`."""
+    text = header(title, record, quick) + markdown.strip() + "\n"
+    paths = write_files(name, out, record, text, lambda path: _plot(plot, path, title, record))
+    if readme:
+        update_readme(name, text, f"results/{name}.png")
+    return paths
+
+
+def write_files(name: str, out: Path, record: dict, text: str, draw) -> list[Path]:
+    """`out`/NAME.json (the record), NAME.md (`text`), NAME.png (`draw(path)` saves the figure)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.json", out / f"{name}.md", out / f"{name}.png"]
     paths[0].write_text(json.dumps(record, indent=2, default=str) + "\n")
-    text = header(title, record, quick) + markdown.strip() + "\n"
     paths[1].write_text(text)
-    _plot(plot, paths[2], title, record)
-    if readme:
-        update_readme(name, text, f"results/{name}.png")
+    draw(paths[2])
     return paths
 
 

@@ -199,10 +199,9 @@ def _trainer_job(args, work: Path, env: dict, jobs, tag: str, epochs: int | None
                                   "--set", f"config.bench_file={bench}"], env=env)
     summary = json.loads(proc.stdout)
     info = jobs.info(summary["job_id"])
-    driver = {}
-    for line in jobs.logs(summary["job_id"]).splitlines():
-        if line.startswith("TRAINER_TIMING "):
-            driver = json.loads(line.split(" ", 1)[1])
+    from trainer.protocol import timing_from_logs
+
+    driver = timing_from_logs(jobs.logs(summary["job_id"]))
     return _job_summary(t0, wall, info, R.records(bench), driver)
 
 

@@ -14,14 +14,13 @@ in ONE run, from Ray's state API polled by this process (about every 0.5 s):
 
 Writes benchmarks/results/scale.{json,md,png} with the machine and versions.
 
-    python benchmarks/scale.py                       # 16 nodes, 100 jobs
-    python benchmarks/scale.py --nodes 8 --jobs 40   # what fits a loaded 2-core machine
-    python benchmarks/scale.py --quick               # the running cluster's types, 4 jobs (CI)
+    python -m benchmarks.scale                       # 16 nodes, 100 jobs
+    python -m benchmarks.scale --nodes 8 --jobs 40   # what fits a loaded 2-core machine
+    python -m benchmarks.scale --quick               # the running cluster's types, 4 jobs (CI)
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -30,22 +29,15 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks import _record as R
 
-from soak import RESULTS, machine, percentile  # noqa: E402
+ROOT = R.ROOT
 
 TYPES = ["A100", "T4", "H100", "L4"]
 
 
-def hold(ctx):
-    """The scale benchmark's job: hold the worker for `hold_s`, report once."""
-    time.sleep(float(ctx.config.get("hold_s", 5)))
-    ctx.report({"x": 1.0})
-
-
 def spec(name: str, accelerator: str, hold_s: float) -> dict:
-    return {"name": name, "framework": "torch", "entrypoint": "benchmarks/scale.py:hold", "workers": 2,
+    return {"name": name, "framework": "torch", "entrypoint": "benchmarks/jobs/fleet.py:hold", "workers": 2,
             "resources": {"accelerator": accelerator, "cpus_per_worker": 0.25}, "failure": {"max_failures": 0},
             "config": {"hold_s": hold_s}, "tracking": {"experiment": "scale"}}
 
@@ -75,7 +67,7 @@ def _scale(trainer, list_actors, list_nodes, state, start_s, jobs: int, hold_s: 
     inventory = list_nodes(address=address, detail=True, limit=10000, raise_on_missing_output=False)
     label = {n.node_id: (n.labels or {}).get("ray.io/accelerator-type") for n in inventory if n.state == "ALIVE"}
     types = sorted({t for n, t in label.items() if t and t != "cpu"}) or ["cpu"]
-    result = {"machine": machine(), "nodes": [str(s) for s in state.node_specs], "node_count": len(state.node_specs),
+    result = {"machine": R.machine(), "nodes": [str(s) for s in state.node_specs], "node_count": len(state.node_specs),
               "jobs": jobs, "hold_s": hold_s, "cluster_start_s": round(start_s, 1) if start_s else None,
               "types": types}
 
@@ -118,8 +110,8 @@ def _scale(trainer, list_actors, list_nodes, state, start_s, jobs: int, hold_s: 
         "workers_placed": len(seen_alive),
         "placements_per_s": round(len(seen_alive) / (last_seen - t_first), 2) if last_seen else None,
         "submit_to_all_running_s": round(last_seen - t_first, 1) if last_seen else None,
-        "to_running_p50_s": percentile(waits, 50), "to_running_p99_s": percentile(waits, 99),
-        "submit_p50_s": percentile([p["submit_s"] for p in result["per_job"]], 50),
+        "to_running_p50_s": R.pct(waits, 0.5), "to_running_p99_s": R.pct(waits, 0.99),
+        "submit_p50_s": R.pct([p["submit_s"] for p in result["per_job"]], 0.5),
         "jobs_never_running": sum(1 for j in submitted.values() if j["running_at"] is None),
         "misplaced_workers": len(misplaced), "not_succeeded": sum(1 for s in states.values() if s != "SUCCEEDED")}
     result["misplaced"] = misplaced
@@ -157,7 +149,7 @@ def markdown(r: dict) -> str:
     m, s = r["machine"], r["summary"]
     lines = [f"# Scheduling at scale: {r['node_count']} labelled nodes, {r['jobs']} jobs", "",
              f"- date: {m['date']}",
-             f"- machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['memory_gib']} GiB, {m['system']}; "
+             f"- machine: {m['cpu']}, {m['cores']} logical CPUs, {m['memory_gib']} GiB, {m['os']}; "
              f"1-min load average {m['load_avg_start']} at start, {m.get('load_avg_end')} at the end "
              f"(other work shared the machine)",
              f"- versions: Python {m['python']}, Ray {m['ray']}, MLflow {m['mlflow']}",
@@ -198,20 +190,15 @@ def plot(r: dict, path: Path) -> None:
     b.step(ts, range(1, len(ts) + 1), where="post")
     b.set_title("jobs with all workers running"), b.set_xlabel("s since first submit")
     m = r["machine"]
-    fig.suptitle(f"scale, {m['date']}: {r['node_count']} nodes, {r['jobs']} jobs; {m['cpu']}, {m['logical_cpus']} "
+    fig.suptitle(f"scale, {m['date']}: {r['node_count']} nodes, {r['jobs']} jobs; {m['cpu']}, {m['cores']} "
                  f"CPUs, load {m['load_avg_start']}; Ray {m['ray']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write(r: dict, out: Path, name: str) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / f"{name}.json", "md": out / f"{name}.md", "png": out / f"{name}.png"}
-    paths["json"].write_text(json.dumps(r, indent=1, default=str))
-    paths["md"].write_text(markdown(r))
-    plot(r, paths["png"])
-    return paths
+def write(r: dict, out: Path, name: str) -> list[Path]:
+    return R.write_files(name, out, r, markdown(r), lambda path: plot(r, path))
 
 
 def main(argv=None) -> int:
@@ -221,7 +208,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hold-s", type=float, default=5.0)
     ap.add_argument("--cpus-per-node", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="the running (or default) cluster's types, 4 jobs (CI)")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=R.RESULTS)
     args = ap.parse_args(argv)
     import logging
 
@@ -246,7 +233,7 @@ def main(argv=None) -> int:
             shutil.rmtree(own_home, ignore_errors=True)
     paths = write(r, args.out, "scale-quick" if args.quick else "scale")
     print(markdown(r))
-    print("wrote", ", ".join(str(p) for p in paths.values()))
+    print("wrote", ", ".join(str(p) for p in paths))
     return 0
 
 

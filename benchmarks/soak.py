@@ -14,67 +14,30 @@ runs one Ray Train worker that reports one value). Measured in ONE run on one lo
 
 Writes benchmarks/results/soak.{json,md,png} with the machine and versions.
 
-    python benchmarks/soak.py                 # 500 in sequence, 50 at once (hours on 2 cores)
-    python benchmarks/soak.py --jobs 60 --burst 20
-    python benchmarks/soak.py --quick         # 6 + 6 jobs, for CI (no timing asserted)
+    python -m benchmarks.soak                 # 500 in sequence, 50 at once (hours on 2 cores)
+    python -m benchmarks.soak --jobs 60 --burst 20
+    python -m benchmarks.soak --quick         # 6 + 6 jobs, for CI (no timing asserted)
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks import _record as R
 
-
-def tiny(ctx):
-    """The soak's job: one report, no checkpoint."""
-    ctx.report({"x": 1.0})
+ROOT = R.ROOT
 
 
 def spec(name: str, cpus: float = 0.25) -> dict:
-    return {"name": name, "framework": "torch", "entrypoint": "benchmarks/soak.py:tiny", "workers": 1,
+    return {"name": name, "framework": "torch", "entrypoint": "benchmarks/jobs/fleet.py:tiny", "workers": 1,
             "resources": {"accelerator": "cpu", "cpus_per_worker": cpus}, "failure": {"max_failures": 0},
             "tracking": {"experiment": "soak"}}
-
-
-# ---------------------------------------------------------------- what every benchmark records
-
-def machine() -> dict:
-    import mlflow
-    import psutil
-    import ray
-
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "system": f"{platform.system()} {platform.machine()}", "python": platform.python_version(),
-            "ray": ray.__version__, "mlflow": mlflow.__version__, "load_avg_start": round(os.getloadavg()[0], 1),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def head_memory_mb(state) -> dict:
@@ -121,7 +84,7 @@ def _soak(trainer, state, jobs: int, burst: int, sample_every: int, echo) -> dic
     from trainer.tracking.runs import client
 
     tag = uuid.uuid4().hex[:6]
-    result: dict = {"machine": machine(), "jobs": jobs, "burst": burst, "sequence": [], "samples": []}
+    result: dict = {"machine": R.machine(), "jobs": jobs, "burst": burst, "sequence": [], "samples": []}
     submitted: list = []
 
     def sample(i: int) -> None:
@@ -188,15 +151,15 @@ def summarize(r: dict) -> dict:
     tenth = max(1, len(seq) // 10)
     first, last = seq[:tenth], seq[-tenth:]
     s0, s1 = r["samples"][0], r["samples"][-1]
-    out = {"submit_p50_first_s": percentile(first, 50), "submit_p99_first_s": percentile(first, 99),
-           "submit_p50_last_s": percentile(last, 50), "submit_p99_last_s": percentile(last, 99),
-           "burst_submit_p50_s": percentile(r["burst_result"]["submit_s"], 50),
-           "burst_submit_p99_s": percentile(r["burst_result"]["submit_s"], 99),
+    out = {"submit_p50_first_s": R.pct(first, 0.5), "submit_p99_first_s": R.pct(first, 0.99),
+           "submit_p50_last_s": R.pct(last, 0.5), "submit_p99_last_s": R.pct(last, 0.99),
+           "burst_submit_p50_s": R.pct(r["burst_result"]["submit_s"], 0.5),
+           "burst_submit_p99_s": R.pct(r["burst_result"]["submit_s"], 0.99),
            "list_first_s": r["samples"][1]["list_s"] if len(r["samples"]) > 1 else s0["list_s"],
            "list_last_s": s1["list_s"], "head_mb_start": sum(s0["head_mb"].values()),
            "head_mb_end": sum(s1["head_mb"].values()), "driver_mb_start": s0["driver_mb"],
            "driver_mb_end": s1["driver_mb"],
-           "end_to_end_p50_s": percentile([s["end_to_end_s"] for s in r["sequence"]], 50)}
+           "end_to_end_p50_s": R.pct([s["end_to_end_s"] for s in r["sequence"]], 0.5)}
     if out["submit_p99_first_s"]:
         out["submit_p99_last_over_first"] = round(out["submit_p99_last_s"] / out["submit_p99_first_s"], 2)
     integ = r["integrity"]
@@ -208,7 +171,7 @@ def markdown(r: dict) -> str:
     m, s, i = r["machine"], r["summary"], r["integrity"]
     lines = [f"# Soak: {r['jobs']} tiny jobs in sequence, {r['burst']} at once", "",
              f"- date: {m['date']}",
-             f"- machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['memory_gib']} GiB, {m['system']}; "
+             f"- machine: {m['cpu']}, {m['cores']} logical CPUs, {m['memory_gib']} GiB, {m['os']}; "
              f"1-min load average {m['load_avg_start']} at start, {m.get('load_avg_end')} at the end "
              f"(other work shared the machine)",
              f"- versions: Python {m['python']}, Ray {m['ray']}, MLflow {m['mlflow']}",
@@ -250,20 +213,15 @@ def plot(r: dict, path: Path) -> None:
     c.plot(xs, [s["driver_mb"] for s in r["samples"]], "o-", label="driver (this process)")
     c.set_title("RSS (MiB)"), c.set_xlabel("jobs submitted"), c.legend(fontsize=8)
     m = r["machine"]
-    fig.suptitle(f"soak, {m['date']}: {m['cpu']}, {m['logical_cpus']} CPUs, load {m['load_avg_start']}; "
+    fig.suptitle(f"soak, {m['date']}: {m['cpu']}, {m['cores']} CPUs, load {m['load_avg_start']}; "
                  f"Ray {m['ray']}, MLflow {m['mlflow']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write(r: dict, out: Path, name: str) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / f"{name}.json", "md": out / f"{name}.md", "png": out / f"{name}.png"}
-    paths["json"].write_text(json.dumps(r, indent=1, default=str))
-    paths["md"].write_text(markdown(r))
-    plot(r, paths["png"])
-    return paths
+def write(r: dict, out: Path, name: str) -> list[Path]:
+    return R.write_files(name, out, r, markdown(r), lambda path: plot(r, path))
 
 
 def main(argv=None) -> int:
@@ -272,7 +230,7 @@ def main(argv=None) -> int:
     ap.add_argument("--burst", type=int, default=50)
     ap.add_argument("--sample-every", type=int, default=0, help="default: jobs/10")
     ap.add_argument("--quick", action="store_true", help="6 in sequence + 6 at once (CI)")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=R.RESULTS)
     args = ap.parse_args(argv)
     import logging
 
@@ -282,7 +240,7 @@ def main(argv=None) -> int:
     r = run(args.jobs, args.burst, args.sample_every or max(1, args.jobs // 10))
     paths = write(r, args.out, "soak-quick" if args.quick else "soak")
     print(markdown(r))
-    print("wrote", ", ".join(str(p) for p in paths.values()))
+    print("wrote", ", ".join(str(p) for p in paths))
     return 0
 
 

@@ -33,8 +33,7 @@ SPEC = "benchmarks/jobs/noop.yaml"
 
 
 def latency_part(args, work: Path) -> dict:
-    from trainer.runners.job import ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI
-    from trainer.scheduling.preflight import UPLOAD_EXCLUDES
+    from trainer.protocol import DRIVER_MODULE, UPLOAD_EXCLUDES, job_runtime_env
     from trainer.scheduling.ray_jobs import RayJobs
     from trainer.spec import load_spec
     from trainer.tracking import runs
@@ -53,15 +52,14 @@ def latency_part(args, work: Path) -> dict:
             else:
                 job_id = f"bench-noop-raw-{int(time.time() * 1000)}"
                 run_id = runs.start_run(spec, job_id, uri, state.dashboard_url, None)
-                runtime_env = {"excludes": UPLOAD_EXCLUDES,
-                               "env_vars": {ENV_SPEC: spec.model_dump_json(), ENV_RUN_ID: run_id, ENV_JOB_ID: job_id,
-                                            ENV_TRACKING_URI: uri, "TRAINER_HOME": env["TRAINER_HOME"],
-                                            "PYTHONUNBUFFERED": "1"},
-                               "py_executable": R.PYTHON}
+                # The runtime env trainer.api.submit builds (trainer.protocol), given to `ray job submit`.
+                runtime_env = job_runtime_env(spec.model_dump_json(), job_id=job_id, tracking_uri=uri, run_id=run_id,
+                                              excludes=UPLOAD_EXCLUDES, python=R.PYTHON,
+                                              extra_env={"TRAINER_HOME": env["TRAINER_HOME"]})
                 wall, _ = R.run([str(Path(R.PYTHON).parent / "ray"), "job", "submit", "--address", jobs.address,
                                  "--submission-id", job_id, "--working-dir", ".",
                                  "--runtime-env-json", json.dumps(runtime_env), "--", R.PYTHON, "-m",
-                                 "trainer.runners.job"], env=env)
+                                 DRIVER_MODULE], env=env)
                 ok = jobs.state(job_id).value == "SUCCEEDED"
             out[kind].append({"wall_s": wall, "ok": ok})
     return out

@@ -36,9 +36,9 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from trainer.protocol import PROGRESS_PREFIX, progress_line  # noqa: F401 - PROGRESS_PREFIX: read here by tests
 from trainer.spec import JobSpec
 
-PROGRESS_PREFIX = "TRAINER_PROGRESS "
 PROGRESS_INTERVAL_S = 1.0
 
 
@@ -234,7 +234,7 @@ class Context:
         if not force and now - self._last_progress < PROGRESS_INTERVAL_S:
             return
         self._last_progress = now
-        print(PROGRESS_PREFIX + json.dumps({"step": step, "metrics": values, "time": time.time()}),
+        print(progress_line(step, values, time.time()),
               flush=True, file=sys.stdout)
 
     def close(self, success: bool = True) -> None:

@@ -1,14 +1,22 @@
-"""One exception hierarchy for everything users can get wrong or run into.
+"""One exception hierarchy for everything users can get wrong or run into, and the one seam
+that turns foreign exceptions into it.
 
 Every error a user sees is a `TrainerError`: the CLI prints `str(err)` as one red line and
-exits with `err.exit_code`; `TRAINER_DEBUG=1` adds the traceback. Foreign errors (Ray, MLflow,
-ONNX, ...) are translated into these at the boundary where they are caught.
+exits with `err.exit_code`; `TRAINER_DEBUG=1` adds the traceback. Every class lives here.
+Foreign errors (Ray, MLflow, requests/OCI, Kubernetes, ONNX, subprocesses) are translated at the
+boundary where they are caught, through `FOREIGN` (one table: which of ours each becomes, and how
+its message is cut to one line) with `translate(...)`, `ours(...)` or `describe(...)`.
+
+Messages below the CLI speak of the spec field or the function's argument (`version`, `ref`);
+the CLI names its flags (`--version`).
 """
 from __future__ import annotations
 
 import re
+import sys
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
 
 class TrainerError(Exception):
@@ -85,6 +93,18 @@ class TrackingError(TrainerError):
     exit_code = 9
 
 
+class GateError(TrainerError):
+    """A promotion's checks failed (a gate, the environment order, a missing approval); nothing changed."""
+
+    exit_code = 10
+
+
+class RegistryError(TrainerError):
+    """An OCI registry cannot be reached, refuses a request, or holds something unexpected."""
+
+    exit_code = 11
+
+
 class ParityError(ConversionError):
     """A converted model does not give the same answers as the native one within tolerance."""
 
@@ -115,22 +135,125 @@ def first_line(err: BaseException, limit: int = 300) -> str:
     return type(err).__name__
 
 
+def _innermost_reason(err: BaseException) -> str:
+    """requests' messages are long chains (`HTTPConnectionPool(...): Max retries exceeded ... [Errno
+    111] Connection refused`); the innermost reason is what a person needs."""
+    m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", first_line(err))
+    return m.group(1).strip() if m else type(err).__name__
+
+
+def _api_status(err: BaseException) -> str:
+    """`409 Conflict: rayjobs.ray.io "x" already exists` from a Kubernetes ApiException (its str()
+    is pages: headers and the whole response body)."""
+    import json
+
+    status, reason, body = getattr(err, "status", None), getattr(err, "reason", None), getattr(err, "body", None)
+    if status is None:
+        return first_line(err)
+    message = ""
+    try:
+        message = json.loads(body or "{}").get("message", "")
+    except (ValueError, AttributeError):
+        message = first_line(Exception(body)) if body else ""
+    return f"{status} {reason or ''}".strip() + (f": {message}" if message else "")
+
+
+def _process(err: BaseException) -> str:
+    """A failed command: its exit code and the last line it wrote to stderr."""
+    stderr = getattr(err, "stderr", None) or getattr(err, "output", None) or ""
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode(errors="replace")
+    lines = [line.strip() for line in str(stderr).splitlines() if line.strip()]
+    code = getattr(err, "returncode", None)
+    head = f"exit code {code}" if code is not None else f"timed out after {getattr(err, 'timeout', '?')}s"
+    return head + (f": {lines[-1][:300]}" if lines else "")
+
+
+@dataclass(frozen=True)
+class Foreign:
+    """A row of the mapping: a foreign exception class (by its import path: the table imports
+    nothing; an exception of a module never imported cannot be raised), the error of ours it
+    becomes when the boundary does not say, what it means (`kind`, for a boundary that adds
+    context: an `unauthorized` Ray dashboard names where tokens come from), and its one line."""
+
+    path: str
+    error: type[TrainerError]
+    kind: str
+    describe: Callable[[BaseException], str] = first_line
+
+    def cls(self) -> type | None:
+        module, _, name = self.path.rpartition(".")
+        found = sys.modules.get(module)
+        return getattr(found, name, None) if found is not None else None
+
+
+# Most specific first: the first row whose class the exception is an instance of applies.
+FOREIGN: tuple[Foreign, ...] = (
+    Foreign("ray.exceptions.AuthenticationError", ClusterError, "unauthorized"),
+    Foreign("ray.exceptions.RayError", ClusterError, "ray"),
+    Foreign("mlflow.exceptions.MlflowException", TrackingError, "tracking"),
+    Foreign("kubernetes.client.exceptions.ApiException", ClusterError, "kubernetes", _api_status),
+    Foreign("requests.exceptions.RequestException", ClusterError, "unreachable", _innermost_reason),
+    Foreign("onnx.onnx_cpp2py_export.checker.ValidationError", ConversionError, "model"),
+    Foreign("google.protobuf.message.DecodeError", ConversionError, "model"),
+    Foreign("onnxruntime.capi.onnxruntime_pybind11_state.Fail", ConversionError, "model"),
+    Foreign("subprocess.CalledProcessError", TrainerError, "process", _process),
+    Foreign("subprocess.TimeoutExpired", TrainerError, "process", _process),
+)
+
+
+def foreign(err: BaseException) -> Foreign | None:
+    """The row of `FOREIGN` that `err` falls under, or None."""
+    for row in FOREIGN:
+        cls = row.cls()
+        if isinstance(cls, type) and isinstance(err, cls):
+            return row
+    return None
+
+
+def describe(err: BaseException) -> str:
+    """`err` in one line, as its row of `FOREIGN` reads it (else its first line)."""
+    row = foreign(err)
+    return row.describe(err) if row is not None else first_line(err)
+
+
+def ours(err: BaseException, message: str, error: type[TrainerError] | None = None, *, with_type: bool = False,
+         redact: Callable[[str], str] | None = None, **fields) -> TrainerError:
+    """The TrainerError for a foreign `err` at a boundary: `error` (else the table's class, else
+    TrainerError) with `message: <its line>`. `redact` masks credentials in the text; the foreign
+    error stays reachable as `__cause__` (TRAINER_DEBUG=1) unless it would show what was masked."""
+    if isinstance(err, TrainerError):
+        return err
+    row = foreign(err)
+    detail = describe(err)
+    if with_type:
+        detail = f"{type(err).__name__}: {detail}"
+    text = f"{message}: {detail}"
+    shown = redact(text) if redact is not None else text
+    out = (error or (row.error if row is not None else TrainerError))(shown, **fields)
+    out.__cause__ = err if shown == text else None
+    if out.__cause__ is None:
+        out.__suppress_context__ = True
+    return out
+
+
 @contextmanager
-def translate(error: type[TrainerError], message: str, *, catch: tuple[type[BaseException], ...] = (Exception,),
-              with_type: bool = False, **fields) -> Iterator[None]:
-    """Turn foreign exceptions raised inside the block into `error(f"{message}: <first line>")`.
+def translate(error: type[TrainerError] | None, message: str, *, catch: tuple[type[BaseException], ...] = (Exception,),
+              with_type: bool = False, redact: Callable[[str], str] | None = None, **fields) -> Iterator[None]:
+    """Turn foreign exceptions raised inside the block into `error(f"{message}: <one line>")`
+    (`ours`); `error=None` takes the class `FOREIGN` gives it.
 
         with translate(ClusterError, f"cannot reach the Ray cluster at {address}"):
             client = JobSubmissionClient(address)
 
     A TrainerError raised inside passes through unchanged (it already speaks to the user); so do
-    exceptions outside `catch` (KeyboardInterrupt, SystemExit). The foreign error stays reachable
-    as `__cause__` for `TRAINER_DEBUG=1`. `with_type` prefixes the foreign type name.
+    exceptions outside `catch` (KeyboardInterrupt, SystemExit). `with_type` prefixes the foreign
+    type name.
     """
     try:
         yield
     except TrainerError:
         raise
     except catch as e:
-        detail = f"{type(e).__name__}: {first_line(e)}" if with_type else first_line(e)
-        raise error(f"{message}: {detail}", **fields) from e
+        out = ours(e, message, error, with_type=with_type, redact=redact, **fields)
+        raise out from out.__cause__

@@ -26,6 +26,9 @@ BACKUPS = 2
 # The loggers whose output is theirs, not ours. Their children propagate to them.
 FOREIGN = ("ray", "mlflow", "alembic", "sqlalchemy", "huey", "urllib3", "filelock", "py.warnings",
            "onnxruntime", "matplotlib", "git", "fsspec")
+# Our own loggers (`logging.getLogger(__name__)`): what went wrong on the way that the user's line
+# does not carry (a run that could not be closed, and why) goes to the same file, with context.
+OURS = ("trainer", "converters")
 
 
 def log_path() -> Path:
@@ -114,7 +117,7 @@ def quiet(verbose: bool = False) -> Path:
     _verbose = verbose
     _handler.records = 0      # `written()` is about this command
     logging.captureWarnings(True)     # library warnings (FutureWarning, ...) go to py.warnings
-    for name in FOREIGN:
+    for name in FOREIGN + OURS:
         _adopt(name)
     warned = logging.getLogger("py.warnings")
     if verbose and not any(_is_terminal(h) for h in warned.handlers):

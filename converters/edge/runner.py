@@ -216,8 +216,8 @@ def versions() -> dict:
     for module in ("onnxruntime", "ai_edge_litert"):
         try:
             found[module] = __import__(module).__version__
-        except Exception:  # not installed, or installed without a version: not needed here
-            pass
+        except (ImportError, AttributeError):  # not installed, or installed without a version: not needed here
+            continue
     return found
 
 

@@ -182,10 +182,8 @@ class TorchFrontend(Frontend):
             loaded = mlflow.pytorch.load_model(str(folder), map_location="cpu")
         except Exception as err:
             raise ConversionError(f"torch: cannot load the MLflow model {folder}: {first_line(err)}") from err
-        try:
+        if callable(getattr(loaded, "eval", None)):   # modules always have it; a pickled function does not
             loaded = loaded.eval()
-        except Exception:  # pragma: no cover - modules always have eval
-            pass
         return loaded, [f"{TRUST_FLAG}: loaded an MLflow model in the pickle format ({what}; its code ran "
                         f"in this process)"]
 

@@ -23,3 +23,30 @@ def test_percentiles_and_tables():
     assert R.median([None, 2, 4]) == 3 and R.median([]) is None
     table = R.markdown_table(["a", "b"], [[1, "x"]])
     assert table.splitlines() == ["| a | b |", "|---|---|", "| 1 | x |"]
+
+
+def test_soak_and_scale_record_through_record_py():
+    """One machine(), one percentile, one writer: soak and scale define none of their own and edit
+    no sys.path (run as `python -m benchmarks.soak`); their job functions live in benchmarks/jobs."""
+    import ast
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    for name in ("soak", "scale"):
+        source = (root / "benchmarks" / f"{name}.py").read_text()
+        defined = {n.name for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)}
+        assert not defined & {"machine", "percentile", "pct"}, name
+        assert "sys.path" not in source and "benchmarks/jobs/fleet.py:" in source, name
+    proc = subprocess.run([sys.executable, "-c", "import benchmarks.soak, benchmarks.scale, benchmarks.jobs.fleet"],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    m = R.machine()
+    assert {"cpu", "cores", "memory_gib", "os", "ray", "mlflow", "date", "load_avg_start"} <= set(m)
+
+
+def test_write_files_writes_the_three(tmp_path):
+    def draw(path):
+        path.write_bytes(b"png")
+
+    paths = R.write_files("x", tmp_path, {"a": 1}, "# x\n", draw)
+    assert [p.name for p in paths] == ["x.json", "x.md", "x.png"] and all(p.stat().st_size for p in paths)

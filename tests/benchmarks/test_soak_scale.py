@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 def _bench(script: str, out: Path) -> dict:
-    proc = subprocess.run([sys.executable, f"benchmarks/{script}.py", "--quick", "--out", str(out)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{script}", "--quick", "--out", str(out)], cwd=REPO,
                           env=os.environ.copy(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for ext in ("json", "md", "png"):

@@ -67,6 +67,24 @@ def test_job_summary(capsys):
     assert "│" in out or "┃" in out      # tables, not records: they fit
 
 
+def test_summary_shows_every_metric_the_job_reported(capsys):
+    """The user's own metric names (val_acc, f1, ...), not a fixed list; a long list stops at
+    SUMMARY_TABLE_METRICS rows and says how many more there are (80 columns, one screen)."""
+    from trainer.api.handle import SUMMARY_TABLE_METRICS
+
+    metrics = {"f1": 0.8123, "val_acc": 0.9311, "loss": 0.0058, "test_accuracy": 0.9861}
+    render_summary(Printer("table"), _summary(metrics=metrics))
+    out = capsys.readouterr().out
+    assert_whole(out, ["f1", "0.8123", "val_acc", "0.9311", "loss", "0.0058", "test_accuracy", "0.9861"],
+                 whole_lines=(OUT, "http://", "runs:/"))
+    many = {f"metric_{i:02d}": i / 100 for i in range(SUMMARY_TABLE_METRICS + 5)}
+    render_summary(Printer("table"), _summary(metrics=many, conversion=None))
+    out = capsys.readouterr().out
+    assert_whole(out, ["metric_00", f"metric_{SUMMARY_TABLE_METRICS - 1:02d}", "5 more metrics: --output json"],
+                 whole_lines=("http://",))
+    assert f"metric_{SUMMARY_TABLE_METRICS:02d}" not in out
+
+
 def test_failure_in_the_users_terms(capsys):
     failure = {"type": "ValueError", "message": "bad batch shape (32, 7) at epoch 2", "where": "train.py:12",
                "function": "train", "code": "raise ValueError(f'bad batch shape {x.shape}')", "rank": 1,

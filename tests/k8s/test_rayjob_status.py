@@ -88,7 +88,9 @@ def test_following_a_failed_job_records_reason_and_logs_in_its_run(tmp_path, mon
                 status("Failed", "FAILED", "AppFailed", "job failed")]
     job, kube, uri, run_id = _job(tmp_path, monkeypatch, statuses)
     seen = []
-    last = job.wait(poll_s=0, on_change=seen.append)
+    state = job.wait(poll_s=0, on_change=seen.append)     # a JobState, as Job.wait (JobHandle)
+    last = job.last
+    assert state is JobState.FAILED
     assert [o.state for o in seen] == [JobState.PENDING, JobState.RUNNING, JobState.FAILED]
     assert last.state is JobState.FAILED
     assert kube.selectors == ["job-name=digits-x", "ray.io/cluster=digits-cnn-x-raycluster-abcde,ray.io/node-type=head"]
@@ -103,7 +105,7 @@ def test_following_a_succeeded_job_closes_its_run(tmp_path, monkeypatch):
     from trainer.tracking.runs import client
 
     job, kube, uri, run_id = _job(tmp_path, monkeypatch, [status("Running", "RUNNING"), status("Complete", "SUCCEEDED")])
-    assert job.wait(poll_s=0).state is JobState.SUCCEEDED
+    assert job.wait(poll_s=0) is JobState.SUCCEEDED
     assert client(uri).get_run(run_id).info.status == "FINISHED" and kube.selectors == []
 
 
@@ -113,3 +115,46 @@ def test_a_job_stuck_initializing_times_out_on_the_client_too(tmp_path, monkeypa
     job, _, _, _ = _job(tmp_path, monkeypatch, [status("Initializing")])
     with pytest.raises(JobError, match="still PENDING after 0s"):
         job.wait(timeout=0, poll_s=0)
+
+
+class DeletingKube(ReplayKube):
+    def __init__(self, statuses):
+        super().__init__(statuses)
+        self.deleted = []
+
+    def delete_rayjob(self, namespace, name):
+        self.deleted.append(f"{namespace}/{name}")
+
+
+def test_k8s_logs_are_one_text_with_a_header_per_pod(tmp_path, monkeypatch):
+    """`logs()` is a str for both handles (JobHandle); the per-pod dict is `pod_logs()`."""
+    job, kube, _, _ = _job(tmp_path, monkeypatch, [status("Failed", "FAILED", "AppFailed", "job failed")])
+    job.observe()
+    text = job.logs()
+    assert isinstance(text, str)
+    assert text.startswith("==> pod-1 <==\nlogs for job-name=digits-x\n")
+    assert "==> pod-2 <==\nlogs for ray.io/cluster=digits-cnn-x-raycluster-abcde" in text
+
+
+def test_k8s_cancel_deletes_the_rayjob_and_ends_its_run_killed(tmp_path, monkeypatch):
+    from trainer.tracking.runs import client
+
+    job, _, uri, run_id = _job(tmp_path, monkeypatch, [status("Running", "RUNNING")])
+    kube = DeletingKube([status("Running", "RUNNING")])
+    monkeypatch.setattr(job, "_kube", lambda: kube)
+    assert job.cancel() is JobState.CANCELLED
+    assert kube.deleted == ["ml/digits-x"] and client(uri).get_run(run_id).info.status == "KILLED"
+
+
+def test_k8s_summary_has_every_metric_and_what_kuberay_said(tmp_path, monkeypatch):
+    from trainer.tracking.runs import client
+
+    job, _, uri, run_id = _job(tmp_path, monkeypatch, [status("Failed", "FAILED", "AppFailed", "job failed")])
+    for step, (f1, val_acc) in enumerate([(0.5, 0.6), (0.81, 0.9)]):
+        client(uri).log_metric(run_id, "f1", f1, step=step)
+        client(uri).log_metric(run_id, "val_acc", val_acc, step=step)
+    state = job.wait(poll_s=0)
+    summary = job.summary(state)
+    assert summary["status"] == "FAILED" and summary["metrics"] == {"f1": 0.81, "val_acc": 0.9}
+    assert summary["reason"] == "AppFailed job failed" and summary["deployment_status"] == "Failed"
+    assert summary["failure"]["summary"] == "AppFailed job failed"

@@ -10,7 +10,7 @@ import pytest
 import trainer
 from trainer import api
 from trainer.promotion.registration import register_run, tag_digest
-from trainer.promotion.transaction import GateError
+from trainer.errors import GateError
 from trainer.registry import serve
 from trainer.registry.client import Registry
 from trainer.spec import load_spec

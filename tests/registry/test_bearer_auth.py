@@ -15,7 +15,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from trainer.registry.auth import Credentials, RegistryError
+from trainer.errors import RegistryError
+from trainer.registry.auth import Credentials
 from trainer.registry.client import Registry
 
 pytestmark = pytest.mark.integration

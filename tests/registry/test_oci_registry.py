@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.registry.auth import Credentials, RegistryError
+from trainer.errors import RegistryError
+from trainer.registry.auth import Credentials
 from trainer.registry.client import MANIFEST_OCI, Reference, Registry, registry_url
 
 pytestmark = pytest.mark.integration

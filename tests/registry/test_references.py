@@ -6,7 +6,8 @@ import stat
 
 import pytest
 
-from trainer.registry.auth import RegistryError, find_credentials, write_login
+from trainer.errors import RegistryError
+from trainer.registry.auth import find_credentials, write_login
 from trainer.registry.client import Reference, registry_url
 
 

@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
+from trainer.cli._flags import FLAG_FOR
 from trainer.errors import TrainerError, UsageError
 
 try:  # typer vendors its own click (typer._click) since 0.2x; older ones use click itself
@@ -48,6 +49,10 @@ def error_line(e: BaseException) -> str:
     """The text after `error: `: one line (line breaks of any kind become spaces), at most
     MAX_ERROR_CHARS characters."""
     text = " ".join(part.strip() for part in str(e).splitlines() if part.strip()) or type(e).__name__
+    # Below the CLI a message names the API's argument; here it is the flag that gave it.
+    argument = (getattr(e, "fields", None) or {}).get("argument")
+    if argument in FLAG_FOR and text.startswith(argument) and text[len(argument):][:1] in (" ", ":"):
+        text = FLAG_FOR[argument] + text[len(argument):]
     if len(text) > MAX_ERROR_CHARS:
         text = f"{text[:MAX_ERROR_CHARS]}…({len(text):,} chars; TRAINER_DEBUG=1 shows all)"
     return text

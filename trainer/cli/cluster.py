@@ -7,8 +7,8 @@ import typer
 
 from trainer import api
 from trainer.cli._args import number
+from trainer.cli._flags import AddressOpt, HeadOpt
 from trainer.cli._output import OutputOpt, Printer
-from trainer.cli.jobs import AddressOpt
 from trainer.errors import ClusterError
 
 group = typer.Typer(no_args_is_help=True, help="The embedded local Ray cluster; join this host to a remote one.")
@@ -60,7 +60,7 @@ def status(address: Optional[str] = AddressOpt, output: str = OutputOpt):
 
 
 @group.command("join")
-def join(address: str = typer.Option(..., "--address", help="The head's GCS address HOST:PORT (e.g. head:6379)."),
+def join(address: str = HeadOpt,
          cpus: Optional[int] = typer.Option(None, "--cpus", help="CPUs to offer; default all cores.",
                                             callback=number("--cpus", 1)),
          object_store_mb: Optional[int] = typer.Option(None, "--object-store-mb", help="Object store size.",

@@ -8,15 +8,13 @@ from typing import List, Optional
 import typer
 
 from trainer import api
+from trainer.api.handle import SUMMARY_METRICS, SUMMARY_TABLE_METRICS, JobHandle
 from trainer.cli._args import number
+from trainer.cli._flags import AddressOpt, CodeUriOpt, ContextOpt, NamespaceOpt, OverlayOpt, SetOpt
 from trainer.cli._output import OutputOpt, Printer
 from trainer.credentials import redact
 from trainer.errors import JobError, UsageError
 
-AddressOpt = typer.Option(None, "--address", help="Ray dashboard address (http://HOST:8265); "
-                          "default $TRAINER_ADDRESS, else the local cluster. A cluster with token auth takes "
-                          "its token from RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH.")
-SetOpt = typer.Option([], "--set", help="Override a spec value: config.lr=0.1")
 
 
 def register(app: typer.Typer) -> None:
@@ -33,12 +31,10 @@ def submit(spec: str = typer.Argument(..., help="Job spec YAML."),
                None, "--cluster-spec", help="The target's KubeRay RayCluster (YAML file, or NAMESPACE/NAME read "
                "through the Kubernetes API): groups that can scale up count as capacity in preflight."),
            k8s: bool = typer.Option(False, "--k8s", help="Create a KubeRay RayJob (see trainer k8s render) "
-                                    "instead of submitting to a running Ray cluster."),
-           overlay: str = typer.Option("dev", "--overlay", help="--k8s: the environment, k8s/overlays/<name>."),
-           namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="--k8s: namespace; default the overlay's."),
-           code_uri: Optional[str] = typer.Option(None, "--code-uri", help="--k8s: the project as a .zip the "
-                                                  "cluster can fetch (s3://, gs://, https://)."),
-           context: Optional[str] = typer.Option(None, "--context", help="--k8s: kubeconfig context."),
+                                    "instead of submitting to a running Ray cluster; with --overlay, --namespace, "
+                                    "--code-uri, --context."),
+           overlay: str = OverlayOpt, namespace: Optional[str] = NamespaceOpt, code_uri: Optional[str] = CodeUriOpt,
+           context: Optional[str] = ContextOpt,
            output: str = OutputOpt):
     """Validate, preflight and submit a job (starting the local cluster if needed), or with --k8s
     create it as a KubeRay RayJob."""
@@ -48,20 +44,25 @@ def submit(spec: str = typer.Argument(..., help="Job spec YAML."),
         raise UsageError("--k8s creates the job's own KubeRay cluster: drop --address/--cluster-spec "
                          "(they target a running Ray cluster)")
     if k8s:
-        return _submit_k8s(p, spec, set_, wait, overlay, namespace, code_uri, context, started)
-    job = api.submit(spec, address=address, set=set_, progress=p.note, cluster_spec=cluster_spec)
+        job = api.submit_k8s(spec, overlay, namespace=namespace, code_uri=code_uri, set=set_, context=context,
+                             progress=p.note)
+        submitted = {"rayjob": job.name, "namespace": job.namespace, "run_id": job.run_id}
+        lines = [f"created RayJob {job.namespace}/{job.name} (MLflow run {job.run_id or 'opened by the driver'})"]
+        follow = f"kubectl get rayjob -n {job.namespace} {job.name} -w"
+    else:
+        job = api.submit(spec, address=address, set=set_, progress=p.note, cluster_spec=cluster_spec)
+        submitted = {"job_id": job.id, "run_id": job.run_id, "address": redact(job.address)}
+        lines = [f"submitted {job.id} to {redact(job.address)}", f"  MLflow run {job.run_id}"]
+        follow = f"trainer logs {job.id} -f"
     if not wait:
-        p.emit({"job_id": job.id, "run_id": job.run_id, "address": redact(job.address)},
-               lambda _: (p.line(f"submitted {job.id} to {redact(job.address)}"),
-                          p.line(f"  MLflow run {job.run_id}"),
-                          p.note(f"follow with: trainer logs {job.id} -f")))
+        p.emit(submitted, lambda _: ([p.line(x) for x in lines], p.note(f"follow with: {follow}")))
         return
     if p.json:
         state = job.wait()
     else:
-        p.line(f"submitted {job.id} to {redact(job.address)}")
-        p.line(f"  MLflow run {job.run_id}")
-        state = _follow_progress(job, p)
+        for x in lines:
+            p.line(x)
+        state = _follow(job, p)
     summary = job.summary(state, started)
     p.emit(summary, lambda s: render_summary(p, s))
     if not p.json and "mlflow_url" not in summary and job.run_id:
@@ -69,38 +70,23 @@ def submit(spec: str = typer.Argument(..., help="Job spec YAML."),
     _raise_unless_succeeded(job, state, summary.get("failure"))
 
 
-def _submit_k8s(p: Printer, spec, set_, wait, overlay, namespace, code_uri, context, started) -> None:
-    job = api.submit_k8s(spec, overlay, namespace=namespace, code_uri=code_uri, set=set_, context=context,
-                         progress=p.note)
-    where = f"{job.namespace}/{job.name}"
-    if not wait:
-        p.emit({"rayjob": job.name, "namespace": job.namespace, "run_id": job.run_id},
-               lambda _: p.line(f"created RayJob {where} (MLflow run {job.run_id or 'opened by the driver'}); "
-                                f"follow with: kubectl get rayjob -n {job.namespace} {job.name} -w"))
-        return
-    p.line(f"created RayJob {where} (MLflow run {job.run_id or 'opened by the driver'})")
-    last = job.wait(on_change=lambda o: p.note(o.describe()))
-    summary = {"rayjob": job.name, "namespace": job.namespace, "status": last.state.value,
-               "deployment_status": last.deployment, "ray_job_status": last.job_status,
-               "mlflow_run_id": job.run_id, "wall_time_s": round(time.time() - started, 1)}
-    if last.reason or last.message:
-        summary["reason"] = " ".join(x for x in (last.reason, last.message) if x)
-    p.emit(summary, title="job summary")
-    if last.state.value != "SUCCEEDED":
-        why = summary.get("reason") or last.note or "see the pod logs in its MLflow run"
-        raise JobError(f"RayJob {where} {last.state.value}: {why}")
-
-
-def _raise_unless_succeeded(job: api.Job, state, failure: dict | None = None) -> None:
+def _raise_unless_succeeded(job: JobHandle, state, failure: dict | None = None) -> None:
+    """Exit non-zero unless the job SUCCEEDED, naming what failed (the handle's `failure()`)."""
     if state.value == "SUCCEEDED":
         return
     if state.value == "FAILED":
         failure = failure or job.failure()
     if failure:
-        raise JobError(f"job {job.id} {state.value}: {failure.get('summary') or failure.get('message')}; "
-                       f"full log: trainer logs {job.id}")
-    tail = [line for line in job.logs().splitlines() if line.startswith("error:")][-1:]
-    raise JobError(f"job {job.id} {state.value}" + (f": {tail[0][7:]}" if tail else f"; see: trainer logs {job.id}"))
+        raise JobError(f"job {job.job_id} {state.value}: {failure.get('summary') or failure.get('message')}; "
+                       f"full log: {job.logs_command}")
+    raise JobError(f"job {job.job_id} {state.value}; see: {job.logs_command}")
+
+
+def _follow(job: JobHandle, p: Printer):
+    """Until the job ends: a Ray job's progress (rank 0's lines), a RayJob's status changes."""
+    if isinstance(job, api.K8sJob):
+        return job.wait(on_change=lambda o: p.note(o.describe()))
+    return _follow_progress(job, p)
 
 
 def _follow_progress(job: api.Job, p: Printer):
@@ -160,9 +146,15 @@ def render_summary(p: Printer, s: dict) -> None:
     """A job's (or local run's) summary for a person: a short key/value table (fits 80 columns),
     the conversion per target, then links and paths as whole lines (never cut in a cell)."""
     rows = {"job": s.get("job_id"), "status": s.get("status"), "MLflow run": s.get("mlflow_run_id") or s.get("run_id")}
-    for key in ("test_accuracy" if "test_accuracy" in s else "accuracy", "loss"):
-        if key in s:
-            rows[key.replace("_", " ")] = f"{s[key]:.4f}"
+    if s.get("reason"):
+        rows["reason"] = s["reason"]
+    # The last value of every metric the job reported, by its own name (a summary read from
+    # elsewhere may carry only the headline ones, at the top level).
+    metrics = s.get("metrics") or {k: s[k] for k in SUMMARY_METRICS if k in s}
+    for key, value in list(metrics.items())[:SUMMARY_TABLE_METRICS]:
+        rows[key] = f"{value:.4f}" if isinstance(value, float) else str(value)
+    if len(metrics) > SUMMARY_TABLE_METRICS:
+        rows["..."] = f"{len(metrics) - SUMMARY_TABLE_METRICS} more metrics: --output json"
     if s.get("wall_time_s") is not None:
         rows["wall time"] = f"{s['wall_time_s']:.1f} s"
     p.kv("summary", {k: v for k, v in rows.items() if v is not None})
@@ -185,6 +177,8 @@ def render_summary(p: Printer, s: dict) -> None:
         p.line(f"run page: {s['mlflow_url']}", whole=True)
     if s.get("failure"):
         render_failure(p, s["failure"])
+    for warning in s.get("warnings") or []:
+        p.note(warning)
 
 
 def render_failure(p: Printer, f: dict) -> None:

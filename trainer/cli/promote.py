@@ -8,23 +8,46 @@ from __future__ import annotations
 from typing import List, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from trainer import api
+from trainer.cli._flags import AddressOpt, RegistryOpt, SetOpt, TrackingOpt
 from trainer.cli._output import OutputOpt, Printer
-from trainer.cli.jobs import AddressOpt, SetOpt, _raise_unless_succeeded
+from trainer.cli.jobs import _raise_unless_succeeded
 
-TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow store; default $MLFLOW_TRACKING_URI, else the embedded one.")
-RegistryOpt = typer.Option(None, "--registry", help="OCI registry host[:port]; default the one the version was pushed to.")
+# The command `trainer promote MODEL --to ...` runs; `history` is a subcommand beside it.
+PROMOTE = "model"
 
+
+class _PromoteGroup(TyperGroup):
+    """`trainer promote MODEL --to ENV` and `trainer promote history MODEL` under one word: a
+    first argument that names a subcommand (and no --to, which only promoting takes) is that
+    subcommand; anything else is promoting MODEL, so a model named `history` is promoted with
+    `trainer promote history --to staging`."""
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] in self.commands and args[0] != PROMOTE and not any(
+                a == "--to" or a.startswith("--to=") for a in args):
+            return super().resolve_command(ctx, args)
+        return PROMOTE, self.commands[PROMOTE], args
+
+
+group = typer.Typer(cls=_PromoteGroup, no_args_is_help=True,
+                    context_settings={"ignore_unknown_options": True},
+                    subcommand_metavar="MODEL --to staging|production | history MODEL",
+                    help="Promote MODEL --to staging|production: check the gates, then copy the artifact (same "
+                         "digest) and move the MLflow alias, as one transaction (on any failure nothing is left "
+                         "changed). `trainer promote history MODEL`: every promotion of MODEL.")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("promote", no_args_is_help=True)(promote)
+    group.command(PROMOTE, hidden=True, no_args_is_help=True)(promote)
+    group.command("history")(history)
+    app.add_typer(group, name="promote")
     app.command("retrain")(retrain)
 
 
-def promote(model: str = typer.Argument(..., help="Registered model name (or `history MODEL`)."),
-            history_of: Optional[str] = typer.Argument(None, metavar="[MODEL]", help="With `history`: the model."),
+def promote(model: str = typer.Argument(..., help="Registered model name."),
             to: Optional[str] = typer.Option(None, "--to", help="staging | production"),
             version: Optional[str] = typer.Option(None, "--version", help="Model version; default the one in "
                                                   "the previous environment (dev for staging, staging for production)."),
@@ -33,15 +56,9 @@ def promote(model: str = typer.Argument(..., help="Registered model name (or `hi
             output: str = OutputOpt):
     """Promote MODEL --to staging|production: check the gates, then copy the artifact (same
     digest) and move the MLflow alias, as one transaction (on any failure nothing is left
-    changed). `trainer promote history MODEL` lists every promotion of MODEL, oldest first."""
+    changed)."""
     from trainer.errors import UsageError
 
-    if model == "history" and to is None:
-        if history_of is None:
-            raise UsageError("usage: trainer promote history MODEL")
-        return history(history_of, tracking_uri, output)
-    if history_of is not None:
-        raise UsageError(f"unexpected argument {history_of!r} (usage: trainer promote MODEL --to ENV)")
     p = Printer(output)
     if to is None:
         raise UsageError("usage: trainer promote MODEL --to staging|production [--version N] [--approve]")
@@ -53,7 +70,8 @@ def promote(model: str = typer.Argument(..., help="Registered model name (or `hi
                                     + (f": {r['target']} {r['digest']}" if r["digest"] else " (MLflow only)")))
 
 
-def history(model: str, tracking_uri: Optional[str], output: str) -> None:
+def history(model: str = typer.Argument(..., help="Registered model name."),
+            tracking_uri: Optional[str] = TrackingOpt, output: str = OutputOpt) -> None:
     """Every promotion of MODEL, oldest first: who, when, from/to, digest, gates."""
     p = Printer(output)
     records = api.promotion_history(model, tracking_uri)

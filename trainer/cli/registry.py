@@ -7,11 +7,10 @@ from typing import Optional
 import typer
 
 from trainer import api
+from trainer.cli._flags import RegistryOpt
 from trainer.cli._output import OutputOpt, Printer
 
 group = typer.Typer(no_args_is_help=True, help="OCI registry: the local one, and models/images as artifacts.")
-RegistryOpt = typer.Option(None, "--registry", help="host[:port]; default $TRAINER_REGISTRY, else the local "
-                           "`trainer registry serve`.")
 
 
 def register(app: typer.Typer) -> None:

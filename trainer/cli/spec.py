@@ -5,6 +5,7 @@ from typing import List
 
 import typer
 
+from trainer.cli._flags import SetOpt
 from trainer.cli._output import OutputOpt, Printer
 
 group = typer.Typer(no_args_is_help=True, help="Job spec tools.")
@@ -24,7 +25,7 @@ def schema(output: str = OutputOpt):
 
 
 @group.command("validate")
-def validate(spec: str, set_: List[str] = typer.Option([], "--set"), output: str = OutputOpt):
+def validate(spec: str, set_: List[str] = SetOpt, output: str = OutputOpt):
     """Validate a spec (schema, entrypoint, data, code size) without submitting it."""
     from trainer.scheduling.preflight import check_spec
     from trainer.spec import load_spec

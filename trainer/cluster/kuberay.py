@@ -52,11 +52,12 @@ def load_raycluster(path: str | Path) -> dict:
 
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"--cluster-spec {p}: no such file")
+        raise UsageError(f"cluster_spec {p}: no such file", argument="cluster_spec")
     try:
         docs = [d for d in yaml.safe_load_all(p.read_text()) if isinstance(d, dict)]
     except yaml.YAMLError as e:
-        raise UsageError(f"--cluster-spec {p}: not valid YAML: {getattr(e, 'problem', e)}") from None
+        raise UsageError(f"cluster_spec {p}: not valid YAML: {getattr(e, 'problem', e)}",
+                         argument="cluster_spec") from None
     for doc in docs:
         if doc.get("kind") == "RayCluster":
             return doc
@@ -64,8 +65,8 @@ def load_raycluster(path: str | Path) -> dict:
             for item in doc.get("items") or []:
                 if isinstance(item, dict) and item.get("kind") == "RayCluster":
                     return item
-    raise UsageError(f"--cluster-spec {p}: no RayCluster in it (kinds: "
-                     f"{', '.join(str(d.get('kind')) for d in docs) or 'none'})")
+    raise UsageError(f"cluster_spec {p}: no RayCluster in it (kinds: "
+                     f"{', '.join(str(d.get('kind')) for d in docs) or 'none'})", argument="cluster_spec")
 
 
 def worker_groups(raycluster: dict) -> list[WorkerGroup]:

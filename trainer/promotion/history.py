@@ -33,7 +33,7 @@ def history(model: str, tracking_uri: str | None = None, *, check_registry: bool
 
 def _check_registry(mlc, model: str, versions, records: list[dict]) -> None:
     from trainer.registry.artifacts import read_records
-    from trainer.registry.auth import RegistryError
+    from trainer.errors import RegistryError
     from trainer.registry.client import Registry
 
     address = next((mv.tags[TAG_REGISTRY] for mv in versions if mv.tags.get(TAG_REGISTRY)), None)

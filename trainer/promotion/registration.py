@@ -11,14 +11,17 @@ log says so.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 from trainer.credentials import redact
-from trainer.errors import TrackingError, TrainerError, first_line
+from trainer.errors import TrackingError, TrainerError, translate
 from trainer.spec import JobSpec
 from trainer.tracking.runs import global_store
+
+log = logging.getLogger(__name__)
 
 # Model version tags (what promotion and retraining read back).
 TAG_DATA = "trainer.data.sha256"
@@ -170,23 +173,15 @@ def _ensure_registered_model(mlc, name: str) -> None:
 def _forget(mlc, name: str, version: str) -> None:
     try:
         mlc.delete_model_version(name, version)
-    except Exception:  # noqa: BLE001 - the error being raised matters more
-        pass
+    except Exception:  # noqa: BLE001 - the error being raised matters more: this one goes to the log
+        log.warning("model version %s %s could not be deleted after a failed registration", name, version,
+                    exc_info=True)
 
 
-class _mlflow:
-    """MLflow's errors as one TrackingError line (credentials masked by the tracking layer's URIs)."""
-
-    def __init__(self, message: str):
-        self.message = message
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, err, tb):
-        if err is None or isinstance(err, TrainerError) or not isinstance(err, Exception):
-            return False
-        raise TrackingError(f"{self.message}: {first_line(err)}") from err
+def _mlflow(message: str):
+    """MLflow's errors as one TrackingError line (credentials masked by the tracking layer's URIs):
+    the one seam, trainer.errors.translate."""
+    return translate(TrackingError, message)
 
 
 def after_training(spec: JobSpec, run_id: str | None, tracking_uri: str | None) -> None:

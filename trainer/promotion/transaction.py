@@ -24,7 +24,7 @@ import socket
 import time
 from typing import Callable
 
-from trainer.errors import TrainerError, UsageError
+from trainer.errors import GateError, TrainerError, UsageError
 from trainer.promotion.gates import evaluate
 from trainer.promotion.registration import (PROJECTS, TAG_DATA, TAG_GATES, TAG_PARITY, TAG_RECORD_PREFIX, TAG_REGISTRY,
                                             _mlflow, client, repository, tag_digest, tag_ref, version_tag)
@@ -32,12 +32,6 @@ from trainer.promotion.registration import (PROJECTS, TAG_DATA, TAG_GATES, TAG_P
 # Where each environment is promoted from.
 SOURCE = {"staging": "dev", "production": "staging"}
 MAX_TAG_VALUE = 5000      # MLflow's limit on a model version tag's value
-
-
-class GateError(TrainerError):
-    """A promotion's checks failed (a gate, the environment order, a missing approval); nothing changed."""
-
-    exit_code = 10
 
 
 def promoter() -> str:

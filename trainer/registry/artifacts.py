@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path, PurePosixPath
 
-from trainer.registry.auth import RegistryError
+from trainer.errors import RegistryError
 from trainer.registry.client import EMPTY_JSON, INDEX_OCI, MANIFEST_OCI, Manifest, Registry, fallback_tag, sha256_digest
 
 MODEL_ARTIFACT = "application/vnd.cncf.model.manifest.v1+json"

@@ -21,18 +21,12 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.errors import TrainerError
+from trainer.errors import RegistryError
 from trainer.home import trainer_home
 
 ENV_USERNAME = "TRAINER_REGISTRY_USERNAME"
 ENV_PASSWORD = "TRAINER_REGISTRY_PASSWORD"
 HELPER_TIMEOUT_S = 30
-
-
-class RegistryError(TrainerError):
-    """An OCI registry cannot be reached, refuses a request, or holds something unexpected."""
-
-    exit_code = 11
 
 
 @dataclass(frozen=True)

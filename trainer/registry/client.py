@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterable
 from urllib.parse import urljoin, urlsplit
 
-from trainer.errors import first_line
-from trainer.registry.auth import Credentials, RegistryError, find_credentials
+from trainer.errors import RegistryError, describe
+from trainer.registry.auth import Credentials, find_credentials
 
 MANIFEST_OCI = "application/vnd.oci.image.manifest.v1+json"
 INDEX_OCI = "application/vnd.oci.image.index.v1+json"
@@ -304,7 +304,7 @@ class Registry:
                 r = self._session.request(method, url, headers=headers, timeout=self.timeout,
                                           allow_redirects=True, **kw)
             except requests.RequestException as e:
-                raise RegistryError(f"cannot reach the registry at {self.url}: {_why(e)}") from None
+                raise RegistryError(f"cannot reach the registry at {self.url}: {describe(e)}") from None
             if r.status_code == 401 and attempt == 0:
                 r.close()
                 self._answer_challenge(r.headers.get("WWW-Authenticate", ""), scopes)
@@ -369,7 +369,7 @@ class Registry:
             else:
                 r = self._session.get(realm, params=query, auth=auth, timeout=self.timeout)
         except requests.RequestException as e:
-            raise RegistryError(f"cannot reach the token service of {self.host}: {_why(e)}") from None
+            raise RegistryError(f"cannot reach the token service of {self.host}: {describe(e)}") from None
         if r.status_code != 200:
             raise RegistryError(f"the token service of {self.host} refused a token ({r.status_code}) with "
                                 f"{self.credentials or 'no credentials'}")
@@ -395,10 +395,3 @@ def _json(r) -> Any:
         return r.json()
     except ValueError:
         raise RegistryError(f"the registry answered something that is not JSON ({r.status_code})") from None
-
-
-def _why(e: BaseException) -> str:
-    text = first_line(e)
-    # requests' messages are long chains; the innermost reason is what a person needs.
-    m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
-    return m.group(1).strip() if m else type(e).__name__

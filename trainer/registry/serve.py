@@ -20,7 +20,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from trainer.registry.auth import ENV_PASSWORD, RegistryError, own_config_dir, write_login
+from trainer.errors import RegistryError
+from trainer.registry.auth import ENV_PASSWORD, own_config_dir, write_login
 
 DEFAULT_PORT = 5000
 DEFAULT_USER = "trainer"

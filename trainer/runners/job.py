@@ -17,19 +17,13 @@ import traceback
 from pathlib import Path
 
 from trainer.context import LocalSession, RayTrainSession
-from trainer.errors import JobError, SpecError, TrainerError, first_line
+from trainer.errors import ConversionError, JobError, SpecError, TrainerError, first_line
+from trainer.protocol import ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI, FAILURE_PREFIX, TIMING_PREFIX
 from trainer.runners.base import get_runner, tune_ray_train
 from trainer.spec import JobSpec
 from trainer.tracking.runs import failure_line
 
 _STARTED = time.time()   # the entrypoint's first line (imports above included: they are its cost)
-TIMING_PREFIX = "TRAINER_TIMING "
-
-# What `trainer.api.submit` hands the driver through the Ray job's environment.
-ENV_SPEC = "TRAINER_SPEC"
-ENV_RUN_ID = "TRAINER_RUN_ID"
-ENV_JOB_ID = "TRAINER_JOB_ID"
-ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 
 
 def load_function(spec: JobSpec, workdir: Path):
@@ -78,7 +72,6 @@ def _train(spec: JobSpec, session, workdir: Path, run_id: str | None, tracking_u
 
 # ---------------------------------------------------------------- a failure in the user's terms
 
-FAILURE_PREFIX = "TRAINER_FAILURE "
 _FAILURE_ATTR = "trainer_failure"    # on the exception: survives Ray's pickling back to the driver
 
 
@@ -132,8 +125,6 @@ def _node() -> str:
 
 def _mark_failure(err: Exception, ctx, session, workdir: Path) -> None:
     """Attach the failure record to the exception and print it in the job's log."""
-    import json
-
     rank = getattr(session, "rank", None)
     in_ray = isinstance(session, RayTrainSession)
     record = failure_record(err, workdir, rank=rank if in_ray else None, node=_node() if in_ray else None,
@@ -142,11 +133,16 @@ def _mark_failure(err: Exception, ctx, session, workdir: Path) -> None:
         record["step"] = ctx.last_step
     try:
         setattr(err, _FAILURE_ATTR, record)
-    except Exception:  # noqa: BLE001 - an exception type with __slots__
+    except (AttributeError, TypeError):   # an exception type with __slots__: the failure line below still says it
         pass
-    if in_ray:   # the job's log: the client reads it when MLflow cannot tell
-        shown = {k: v for k, v in record.items() if k != "traceback"}
-        print(FAILURE_PREFIX + json.dumps(shown, default=str), flush=True)
+    if in_ray:
+        _print_failure(record)
+
+
+def _print_failure(record: dict) -> None:
+    """The failure line in the job's log (trainer.protocol): the client reads it when MLflow cannot tell."""
+    shown = {k: v for k, v in record.items() if k != "traceback"}
+    print(FAILURE_PREFIX + json.dumps(shown, default=str), flush=True)
 
 
 def driver_failure(err: BaseException, workdir: Path | None = None) -> dict:
@@ -171,7 +167,7 @@ def driver_failure(err: BaseException, workdir: Path | None = None) -> dict:
     record = getattr(err, _FAILURE_ATTR, None)
     if record is not None:
         return record
-    stage = "conversion" if type(err).__name__ in ("ParityError", "ConversionError", "UnsupportedOpsError") else "driver"
+    stage = "conversion" if isinstance(err, ConversionError) else "driver"
     return failure_record(err, workdir, stage=stage)
 
 
@@ -270,11 +266,13 @@ def main() -> int:
         return 0
     except TrainerError as e:
         failure = driver_failure(e, workdir)
+        _print_failure(failure)
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     except Exception as e:
         traceback.print_exc()
         failure = driver_failure(e, workdir)
+        _print_failure(failure)
         print(f"error: {failure_line(failure)}", file=sys.stderr, flush=True)
         return 1
     finally:
@@ -297,8 +295,9 @@ def _open_store_in_background(tracking_uri: str, run_id: str) -> None:
             from trainer.tracking.runs import client
 
             client(tracking_uri).get_run(run_id)
-        except Exception:  # noqa: BLE001 - only a head start: finish_run reports a real problem
-            pass
+        except Exception as e:  # noqa: BLE001 - only a head start: finish_run reports a real problem
+            print(f"note: opening the MLflow store early failed ({first_line(e)}); the run is closed at the end",
+                  file=sys.stderr, flush=True)
 
     threading.Thread(target=warm, daemon=True, name="trainer-open-store").start()
 

@@ -16,7 +16,7 @@ The `torch` runtime is special: the project's own venv (`.venv`, set up from
     lockfile.py the lock format, stdlib only (pins, build variants; the Dockerfiles run it)
     lock.py     lock files: path, digest, pins, variants; what this interpreter has installed
     venvs.py    finding installed runtimes (python_for, path, list_runtimes) - no subprocess
-    install.py  building a runtime's venv from its lock (install)
+    installer.py building a runtime's venv from its lock (install)
 """
 from __future__ import annotations
 

@@ -7,24 +7,9 @@ No API server can run where the tests run: the logic (render, status mapping) li
 """
 from __future__ import annotations
 
-import json
-
-from trainer.errors import ClusterError, JobError, UsageError, first_line
+from trainer.errors import ClusterError, JobError, UsageError, describe, first_line
 
 GROUP, VERSION = "ray.io", "v1"
-
-
-def _describe(e: BaseException) -> str:
-    """`409 Conflict: rayjobs.ray.io "x" already exists` from an ApiException (its str() is pages)."""
-    status, reason, body = getattr(e, "status", None), getattr(e, "reason", None), getattr(e, "body", None)
-    if status is None:
-        return first_line(e)
-    message = ""
-    try:
-        message = json.loads(body or "{}").get("message", "")
-    except (ValueError, AttributeError):
-        message = first_line(Exception(body)) if body else ""
-    return f"{status} {reason or ''}".strip() + (f": {message}" if message else "")
 
 
 class Kube:
@@ -49,8 +34,8 @@ class Kube:
             return fn(*args, **kwargs)
         except self._api_error as e:
             if e.status == 404:
-                raise JobError(f"{what}: not found ({_describe(e)})") from e
-            raise error(f"{what}: {_describe(e)}") from e
+                raise JobError(f"{what}: not found ({describe(e)})") from e
+            raise error(f"{what}: {describe(e)}") from e
         except Exception as e:   # connection refused, TLS, timeouts
             raise ClusterError(f"{what}: cannot reach the Kubernetes API: {first_line(e)}") from e
 
@@ -83,5 +68,5 @@ class Kube:
             try:
                 out[name] = self._core.read_namespaced_pod_log(name, namespace, tail_lines=tail_lines)
             except Exception as e:
-                out[name] = f"(logs unavailable: {_describe(e)})"
+                out[name] = f"(logs unavailable: {describe(e)})"
         return out

@@ -14,19 +14,12 @@ from trainer.cluster.inventory import ACCELERATOR_LABEL, Node
 from trainer.errors import PreflightError, SpecError, UsageError, first_line
 from trainer.runners.base import get_runner
 from trainer.data import Fingerprint, fingerprint
+from trainer.protocol import UPLOAD_EXCLUDES
 from trainer.spec import JobSpec, file_kind
 
 # Ray refuses a working_dir over 100 MiB.
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024
-# Never uploaded with the job's code (gitwildmatch patterns relative to the project, given to Ray as
-# `excludes` too): tool caches, and files that hold secrets (keys, tokens, cloud credentials).
-# SSH keys by their names (id_rsa...), not `id_*`, which would drop an `id_map.py` without a word.
-UPLOAD_EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache",
-                   ".mypy_cache", "mlruns", "mlartifacts", "mlflow.db", ".trainer", "*.egg-info",
-                   "node_modules", ".ipynb_checkpoints", ".device", ".whl", ".gl",
-                   ".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", ".netrc", ".pypirc", ".git-credentials",
-                   "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".ssh/", ".aws/", ".kube/", ".gnupg/",
-                   "**/.docker/config.json"]
+# What is never uploaded with the job's code: trainer.protocol.UPLOAD_EXCLUDES.
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 from trainer.cluster import auth
 from trainer.credentials import redact, redact_text
-from trainer.errors import ClusterError, JobError, TrainerError, first_line
+from trainer.errors import ClusterError, JobError, TrainerError, foreign, ours
 from trainer.state import JobState
 
 # Jobs submitted by trainer carry this in their Ray metadata (`trainer list` shows only those).
@@ -20,20 +20,21 @@ METADATA_MARK = "trainer"
 
 @contextmanager
 def _translate(error: type[TrainerError], message: str, address: str) -> Iterator[None]:
-    """Ray's errors as `error`, one line, credentials masked; a 401/403 says where tokens come from."""
+    """Ray's errors as `error`, one line, credentials masked (trainer.errors.translate); a 401/403
+    says where tokens come from."""
     try:
         yield
     except TrainerError:
         raise
     except Exception as e:
-        if type(e).__name__ == "AuthenticationError":   # ray.exceptions: the dashboard said 401/403
+        row = foreign(e)
+        if row is not None and row.kind == "unauthorized":   # the dashboard said 401/403
             from trainer.cluster.inventory import unauthorized
 
             status = 401 if str(e).startswith("Authentication required") else 403
             raise ClusterError(unauthorized(address, status, bool(auth.headers_for(address)))) from None
-        text = f"{message}: {first_line(e)}"
-        shown = redact_text(text)
-        raise error(shown) from (e if shown == text else None)   # the cause would show the secret
+        out = ours(e, message, error, redact=redact_text)
+        raise out from out.__cause__
 
 
 class RayJobs:

@@ -31,12 +31,14 @@ import yaml
 from trainer.cluster.accelerators import RAY_LABEL
 from trainer.cluster.kuberay import GPU_RESOURCE, WorkerGroup, container
 from trainer.errors import PreflightError, SpecError
-from trainer.runners.job import ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI
+from trainer.protocol import (ANNOTATION_RUN_ID, ANNOTATION_TRACKING_URI, ENV_TRACKING_URI, LABEL_FRAMEWORK,
+                              LABEL_JOB_NAME, META_NAME, META_RUN_ID, META_TRACKING_URI, driver_entrypoint,
+                              job_runtime_env)
 from trainer.spec import JobSpec
 from trainer.state import JobState
 
 API_VERSION = "ray.io/v1"
-ENTRYPOINT = "python -m trainer.runners.job"
+ENTRYPOINT = driver_entrypoint("python")
 # KubeRay refuses longer RayJob names (its RayCluster and Service names derive from them).
 MAX_NAME = 47
 CODE_SCHEMES = ("s3", "gs", "https", "http", "azure", "abfss")
@@ -155,12 +157,9 @@ def render_rayjob(spec: JobSpec, platform, *, job_id: str, code_uri: str | None 
     driver_spec.checkpoint.storage = storage
     driver_spec.tracking.uri = uri
 
-    env = {ENV_SPEC: driver_spec.model_dump_json(exclude_none=True), ENV_JOB_ID: job_id, ENV_TRACKING_URI: uri,
-           "PYTHONUNBUFFERED": "1"}
-    if run_id:
-        env[ENV_RUN_ID] = run_id
-    runtime_env = {"working_dir": code, "env_vars": env}
-    metadata = {"trainer": "1", "name": spec.name, "tracking_uri": uri, **({"run_id": run_id} if run_id else {})}
+    runtime_env = job_runtime_env(driver_spec.model_dump_json(exclude_none=True), job_id=job_id, tracking_uri=uri,
+                                  run_id=run_id, working_dir=code)
+    metadata = {"trainer": "1", META_NAME: spec.name, META_TRACKING_URI: uri, **({META_RUN_ID: run_id} if run_id else {})}
 
     cluster = platform.raycluster["spec"]
     head = _with_image(cluster["headGroupSpec"], image, settings, uri)
@@ -170,13 +169,13 @@ def render_rayjob(spec: JobSpec, platform, *, job_id: str, code_uri: str | None 
     group.update(replicas=placement.pods, minReplicas=placement.pods, maxReplicas=placement.pods)
 
     labels = {"app.kubernetes.io/part-of": "trainer", "app.kubernetes.io/managed-by": "trainer",
-              "trainer.io/job-name": _label_value(spec.name), "trainer.io/framework": spec.framework,
+              LABEL_JOB_NAME: _label_value(spec.name), LABEL_FRAMEWORK: spec.framework,
               RAY_LABEL: _label_value(spec.resources.accelerator)}
     body = {
         "apiVersion": API_VERSION,
         "kind": "RayJob",
         "metadata": {"name": job_id, "namespace": namespace or platform.namespace, "labels": labels,
-                     "annotations": {"trainer.io/run-id": run_id or "", "trainer.io/tracking-uri": uri}},
+                     "annotations": {ANNOTATION_RUN_ID: run_id or "", ANNOTATION_TRACKING_URI: uri}},
         "spec": {
             "entrypoint": ENTRYPOINT,
             "runtimeEnvYAML": yaml.safe_dump(runtime_env, sort_keys=True),
@@ -198,8 +197,8 @@ def render_rayjob(spec: JobSpec, platform, *, job_id: str, code_uri: str | None 
     }
     if spec.timeout_minutes:
         body["spec"]["activeDeadlineSeconds"] = spec.timeout_minutes * 60
-    if not body["metadata"]["annotations"]["trainer.io/run-id"]:
-        del body["metadata"]["annotations"]["trainer.io/run-id"]
+    if not body["metadata"]["annotations"][ANNOTATION_RUN_ID]:
+        del body["metadata"]["annotations"][ANNOTATION_RUN_ID]
     return body
 
 

@@ -246,13 +246,14 @@ def find_run(uri: str, experiment: str, job_id: str) -> str | None:
 def record_failure(uri: str, run_id: str, tags: dict[str, str], logs: dict[str, str]) -> None:
     """What Kubernetes said about a failed job, kept in its run: tags (reason, message, statuses)
     and the pods' logs as artifacts under `kubernetes/`; the run ends FAILED if still open."""
-    mlc = client(uri)
-    for key, value in tags.items():
-        mlc.set_tag(run_id, key, str(value)[:MAX_PARAM_LEN])
-    for pod, text in logs.items():
-        mlc.log_text(run_id, text, f"kubernetes/{pod}.log")
-    if mlc.get_run(run_id).info.status == "RUNNING":
-        mlc.set_terminated(run_id, status="FAILED")
+    with _mlflow_errors(f"cannot record the failure in MLflow run {run_id} in {redact(uri)}"):
+        mlc = client(uri)
+        for key, value in tags.items():
+            mlc.set_tag(run_id, key, str(value)[:MAX_PARAM_LEN])
+        for pod, text in logs.items():
+            mlc.log_text(run_id, text, f"kubernetes/{pod}.log")
+        if mlc.get_run(run_id).info.status == "RUNNING":
+            mlc.set_terminated(run_id, status="FAILED")
 
 
 # ---------------------------------------------------------------- the run's story

@@ -1,0 +1,89 @@
+"""One job handle contract for both backends, one rule for closing a run, and a summary that shows
+every metric the job reported."""
+import logging
+import typing
+
+import pytest
+
+from trainer.api import Job, K8sJob
+from trainer.api.handle import JobHandle, close_run
+from trainer.api.handle import run_summary
+from trainer.state import JobState
+
+CONTRACT = ("status", "wait", "logs", "cancel", "metrics", "failure", "summary")
+
+
+@pytest.mark.parametrize("name", CONTRACT)
+def test_both_handles_return_the_same_types(name):
+    ray = typing.get_type_hints(getattr(Job, name)).get("return")
+    k8s = typing.get_type_hints(getattr(K8sJob, name)).get("return")
+    assert ray == k8s == typing.get_type_hints(getattr(JobHandle, name)).get("return"), name
+
+
+def test_both_handles_are_job_handles():
+    assert isinstance(Job(id="j", address="http://127.0.0.1:8265"), JobHandle)
+    assert isinstance(K8sJob(name="j", namespace="ml"), JobHandle)
+    assert typing.get_type_hints(JobHandle.wait)["return"] is JobState
+    assert typing.get_type_hints(JobHandle.logs)["return"] is str
+
+
+def _run(tmp_path, monkeypatch, metrics=()):
+    from trainer.spec import load_spec
+    from trainer.tracking import runs
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec, _ = load_spec({"name": "digits", "framework": "torch", "entrypoint": "train.py:train"})
+    run_id = runs.start_run(spec, "digits-x", uri, "http://127.0.0.1:8265", None)
+    for step, values in enumerate(metrics):
+        for key, value in values.items():
+            runs.client(uri).log_metric(run_id, key, value, step=step)
+    return uri, run_id
+
+
+def test_closing_a_run_follows_the_one_rule(tmp_path, monkeypatch):
+    from trainer.tracking.runs import client
+
+    uri, run_id = _run(tmp_path, monkeypatch)
+    assert close_run(uri, run_id, JobState.SUCCEEDED, "driver gone") is True
+    run = client(uri).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["trainer.closed_by_client"] == "driver gone"
+    # Closed already: left alone, except that a cancel is authoritative.
+    assert close_run(uri, run_id, JobState.FAILED, "again") is False
+    assert close_run(uri, run_id, JobState.CANCELLED, "cancelled") is True
+    assert client(uri).get_run(run_id).info.status == "KILLED"
+
+
+def test_a_run_that_cannot_be_closed_is_said_and_logged(tmp_path, monkeypatch, caplog, request):
+    said = []
+    logger = logging.getLogger("trainer.api.handle")   # routed to trainer.log once the CLI ran: listen here
+    logger.addHandler(caplog.handler)
+    request.addfinalizer(lambda: logger.removeHandler(caplog.handler))
+    # Nothing listens on port 9: the store does not answer.
+    assert close_run("http://127.0.0.1:9", "r1", JobState.FAILED, "x", said.append) is False
+    assert said and "MLflow run r1 could not be closed as FAILED" in said[0] and "trainer list" in said[0]
+    assert "r1" in caplog.text and "left open" in caplog.text
+    # A store that answers but fails the call (no such run): said and logged too, never swallowed.
+    uri, _ = _run(tmp_path, monkeypatch)
+    said.clear()
+    assert close_run(uri, "0" * 32, JobState.FAILED, "x", said.append) is False
+    assert said and "could not be closed" in said[0]
+
+
+def test_the_summary_shows_every_metric_by_its_own_name(tmp_path, monkeypatch):
+    uri, run_id = _run(tmp_path, monkeypatch, [{"val_acc": 0.5, "f1": 0.4, "loss": 1.0},
+                                                {"val_acc": 0.91234567, "f1": 0.8, "loss": 0.25}])
+    out = run_summary(uri, run_id)
+    assert out["metrics"] == {"f1": 0.8, "loss": 0.25, "val_acc": 0.9123}
+    assert out["loss"] == 0.25      # the headline ones stay at the top level too
+
+
+def test_metrics_that_cannot_be_read_are_a_tracking_error(tmp_path, monkeypatch):
+    """MLflow's own exception (no such run) becomes ours at the boundary: `trainer status` prints a
+    line instead of a traceback."""
+    from trainer.api.handle import last_metrics
+    from trainer.errors import TrackingError
+
+    uri, _ = _run(tmp_path, monkeypatch)
+    with pytest.raises(TrackingError, match="cannot read the metrics of MLflow run 0+ in sqlite"):
+        last_metrics(uri, "0" * 32)

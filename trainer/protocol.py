@@ -1,0 +1,119 @@
+"""The contract between a job's client and its driver, in one place.
+
+The client (`trainer.api`, the KubeRay render, the benchmarks) hands the driver
+(`python -m trainer.runners.job`) its work through environment variables; the driver and rank 0
+answer with prefixed JSON lines in the job's log; both sides name the job's MLflow run in the Ray
+job's metadata and the RayJob's annotations. Each name is defined here once, with its parser.
+Pure: no Ray, no MLflow, nothing of trainer above the bottom layer.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# ---------------------------------------------------------------- the driver's environment
+
+ENV_SPEC = "TRAINER_SPEC"                    # the job spec, as JSON
+ENV_RUN_ID = "TRAINER_RUN_ID"                # the MLflow run the client opened (absent: the driver opens one)
+ENV_JOB_ID = "TRAINER_JOB_ID"                # the Ray submission id / RayJob name
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"     # the store, without credentials
+
+DRIVER_MODULE = "trainer.runners.job"
+
+
+def driver_entrypoint(python: str = "python") -> str:
+    """The Ray job's entrypoint: the job driver under `python` (a runtime's venv, or an image's)."""
+    return f"{python} -m {DRIVER_MODULE}"
+
+
+# Never uploaded with the job's code (gitwildmatch patterns relative to the project, given to Ray as
+# `excludes` too): tool caches, and files that hold secrets (keys, tokens, cloud credentials).
+# SSH keys by their names (id_rsa...), not `id_*`, which would drop an `id_map.py` without a word.
+UPLOAD_EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache",
+                   ".mypy_cache", "mlruns", "mlartifacts", "mlflow.db", ".trainer", "*.egg-info",
+                   "node_modules", ".ipynb_checkpoints", ".device", ".whl", ".gl",
+                   ".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", ".netrc", ".pypirc", ".git-credentials",
+                   "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".ssh/", ".aws/", ".kube/", ".gnupg/",
+                   "**/.docker/config.json"]
+
+
+def job_runtime_env(spec_json: str, *, job_id: str, tracking_uri: str, run_id: str | None = None,
+                    working_dir: str | Path | None = None, excludes: list[str] | None = None,
+                    python: str | None = None, extra_env: dict[str, str] | None = None) -> dict:
+    """A job's Ray runtime env: the driver's variables (the run id only when the client opened
+    the run), the code to upload and what to leave out, the interpreter (a local cluster runs the
+    runtime's venv; an image has `python`), and `extra_env` (TRAINER_HOME, forwarded credentials)."""
+    env = {ENV_SPEC: spec_json, ENV_JOB_ID: job_id, ENV_TRACKING_URI: tracking_uri, "PYTHONUNBUFFERED": "1"}
+    if run_id:
+        env[ENV_RUN_ID] = run_id
+    env.update(extra_env or {})
+    out: dict = {"env_vars": env}
+    if working_dir is not None:
+        out["working_dir"] = str(working_dir)
+    if excludes is not None:
+        out["excludes"] = list(excludes)
+    if python is not None:
+        out["py_executable"] = str(python)
+    return out
+
+
+# ---------------------------------------------------------------- the job's log lines
+
+PROGRESS_PREFIX = "TRAINER_PROGRESS "   # rank 0, per report: {"step", "metrics", "time"}
+FAILURE_PREFIX = "TRAINER_FAILURE "     # a worker's (or the driver's) failure record
+TIMING_PREFIX = "TRAINER_TIMING "       # the driver, last: where its time went (entrypoint, connected, ...)
+
+
+def _after(line: str, prefix: str) -> dict | None:
+    idx = line.find(prefix)
+    if idx < 0:
+        return None
+    try:
+        found = json.loads(line[idx + len(prefix):])
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def progress_line(step: int, metrics: dict, time: float) -> str:
+    return PROGRESS_PREFIX + json.dumps({"step": step, "metrics": metrics, "time": time})
+
+
+def parse_progress(line: str) -> dict | None:
+    """The event in a rank-0 progress line of the job's logs, or None."""
+    return _after(line, PROGRESS_PREFIX)
+
+
+def failure_from_logs(text: str) -> dict | None:
+    """The failure line the job driver (or a worker) printed in the job's log with the lowest
+    rank, or None."""
+    found = None
+    for line in text.splitlines():
+        record = _after(line, FAILURE_PREFIX)
+        if record is not None and (found is None or (record.get("rank") or 0) < (found.get("rank") or 0)):
+            found = record
+    return found
+
+
+def timing_from_logs(text: str) -> dict:
+    """The driver's timing line ({"entrypoint": t, "connected": t, ...}), or {} when absent."""
+    found: dict = {}
+    for line in text.splitlines():
+        if line.startswith(TIMING_PREFIX):
+            found = _after(line, TIMING_PREFIX) or found
+    return found
+
+
+# ---------------------------------------------------------------- names on the job
+
+# The Ray job's metadata (`trainer.api.submit` writes them, `Job.get` reads them).
+META_RUN_ID = "run_id"
+META_TRACKING_URI = "tracking_uri"
+META_NAME = "name"
+META_SPEC = "spec"
+
+# The RayJob's annotations and labels (`trainer.scheduling.rayjob` writes them).
+ANNOTATION_RUN_ID = "trainer.io/run-id"
+ANNOTATION_TRACKING_URI = "trainer.io/tracking-uri"
+LABEL_JOB_NAME = "trainer.io/job-name"
+LABEL_FRAMEWORK = "trainer.io/framework"
