@@ -6,8 +6,9 @@
 #   docker-registry         the local OCI registry (tests/registry, tests/promotion, `trainer registry serve`)
 #   apache2-utils           htpasswd with bcrypt for that registry
 #   groovy                  parses the Jenkinsfile (tests/ci)
+#   prometheus              Prometheus + promtool (tests/monitoring, `trainer monitor up`)
 set -euo pipefail
-PACKAGES=(qemu-user-static docker-registry apache2-utils groovy)
+PACKAGES=(qemu-user-static docker-registry apache2-utils groovy prometheus)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
