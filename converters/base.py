@@ -45,6 +45,7 @@ class Built:
 
     artifact: Path
     notes: list[str] = field(default_factory=list)
+    extras: dict[str, Path] = field(default_factory=dict)   # work files, e.g. {"float_model": the quantized one's twin}
 
 
 class Frontend(ABC):
@@ -96,4 +97,18 @@ class Target(ABC):
 
     def runner(self, artifact: Path) -> Predict | None:
         """A fast in-process predict function for latency, or None (see Frontend.runner)."""
+        return None
+
+    def diagnose(self, export: ExportResult, built: Built, x: np.ndarray) -> dict | None:
+        """Where the artifact's outputs part from its float model's, layer by layer, on `x` (a
+        JSON-able dict with a one-line `summary`; see converters.diagnose), or None when this
+        target has no per-layer view."""
+        return None
+
+    def repair(self, export: ExportResult, built: Built, diagnosis: dict, calib: np.ndarray,
+               out_dir: Path, judge: Callable[[Path], dict], max_float_fraction: float) -> tuple[Built | None, dict] | None:
+        """Rebuild the artifact with the nodes the diagnosis blames kept in float, fewest first,
+        until `judge(artifact)["passed"]` or the float share of the weights would pass
+        `max_float_fraction`: (the last artifact tried - None when even the first step was over
+        the budget - and what was done), or None when there is nothing to repair."""
         return None

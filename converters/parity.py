@@ -53,6 +53,8 @@ class Row:
     criterion: str                  # what it was judged by, with the numbers
     notes: list[str] = field(default_factory=list)
     limit_ratio: float | None = None    # the judged figure over its threshold: <= 1 passes
+    diagnosis: dict | None = None       # per-layer: where it broke (converters.diagnose), when failed or asked
+    repair: dict | None = None          # int8 repair: nodes kept in float, steps, size (converters.api._repair)
 
 
 @dataclass
@@ -143,11 +145,68 @@ class ConversionReport:
                          f"{fmt_ms(self.native_latency_ms.get('b1'))} -> {fmt_ms(r.latency_ms.get('b1'))} | "
                          f"{fmt_ms(self.native_latency_ms.get('b64'))} -> {fmt_ms(r.latency_ms.get('b64'))} | "
                          f"{'pass' if r.passed else 'FAIL'}: {r.criterion.replace('|', chr(92) + '|')} |")
+        for r in self.rows:
+            lines += diagnosis_markdown(r)
         notes = self.notes + [f"{r.target}: {n}" for r in self.rows for n in r.notes]
         if notes:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
         lines += ["", "max rel diff = max |a-b| / max(|a|, 1e-3 * max|a|) (a = native output).", ""]
         return "\n".join(lines)
+
+
+    def summary_lines(self) -> list[str]:
+        """One line per diagnosed or repaired target (the node that broke and its figure; what
+        repair kept in float): what a terminal or a job log shows under the table."""
+        out = []
+        for r in self.rows:
+            if r.diagnosis:
+                out.append(f"{r.target}: {r.diagnosis.get('summary', '')}")
+            if r.repair:
+                out.append(f"{r.target}: {repair_words(r.repair)}")
+        return out
+
+
+def repair_words(repair: dict) -> str:
+    """What int8 repair did, in one line."""
+    nodes = repair.get("excluded_nodes") or []
+    if not nodes:
+        return f"int8 repair kept nothing in float: {repair.get('stopped', 'nothing to repair')}"
+    verdict = "passed" if repair.get("passed") else "still FAILED"
+    return (f"int8 repair kept {len(nodes)} node(s) in float ({', '.join(nodes)}), "
+            f"{repair.get('float_weight_fraction', 0):.1%} of the weights, size {fmt_size(repair.get('size_bytes'))} "
+            f"(plain int8 {fmt_size(repair.get('size_before_bytes'))}); {verdict}: {repair.get('stopped')}")
+
+
+def diagnosis_markdown(row: Row, top: int = 10) -> list[str]:
+    """A target's diagnosis and repair as a Markdown section (nothing when it has neither)."""
+    d, rep = row.diagnosis, row.repair
+    if not d and not rep:
+        return []
+    lines = ["", f"## Diagnosis: {row.target}", ""]
+    if d:
+        lines += [f"**{d.get('summary', '')}**", ""]
+        if d.get("of"):
+            lines += [f"(of {d['of']})", ""]
+        if d.get("metric"):
+            lines += [f"Figure per tensor: {d['metric']}; measured on {d.get('samples')} held-out samples "
+                      f"in {d.get('seconds', 0):.2f} s.", ""]
+        ranked = d.get("ranked") or []
+        if ranked:
+            lines += ["| tensor | node (op) | module | SQNR dB | lost dB | from |", "|---|---|---|---|---|---|"]
+            for e in ranked[:top]:
+                lines.append(f"| {e['tensor']} | {e['node'] or '-'} ({e['op_type']}) | {e['module'] or '-'} | "
+                             f"{e['sqnr_db']:.1f} | {e['loss_db']:.1f} | {', '.join(e['came_from'] or ['-'])} |")
+            if len(ranked) > top:
+                lines.append(f"\n{len(ranked) - top} more tensors in report.json.")
+        for e in d.get("diverging") or []:
+            lines.append(f"- {e}")
+    if rep:
+        lines += ["", f"Repair: {repair_words(rep)}."]
+        for st in rep.get("steps") or []:
+            lines.append(f"- step {st['step']}: {st['float_nodes']} float node(s), "
+                         f"{st['float_weight_fraction']:.1%} of the weights, {fmt_size(st['size_bytes'])}: "
+                         f"{'pass' if st['passed'] else 'FAIL'} ({st['criterion']})")
+    return lines
 
 
 def key_figure(row) -> str:

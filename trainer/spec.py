@@ -108,6 +108,11 @@ class Parity(_Strict):
     rtol: Float = Field(1e-3, gt=0, le=1, description="fp32 targets: max relative diff allowed (0 < rtol <= 1).")
     min_agreement: Float = Field(0.98, ge=0, le=1, description="int8 targets: top-1 agreement required.")
     max_accuracy_drop: Float = Field(0.01, ge=0, le=1, description="int8 targets: accuracy drop allowed.")
+    diagnose: bool = Field(False, description="Per-layer diagnosis of passing targets too (failing ones always).")
+    int8_repair: bool = Field(False, description="int8 that misses its gate: keep the nodes the diagnosis "
+                              "blames in float, fewest first, until it passes.")
+    max_float_fraction: Float = Field(0.5, gt=0, le=1, description="int8 repair: the largest share of the "
+                                      "weights it may keep in float (0 < f <= 1).")
 
 
 class Convert(_Strict):

@@ -128,3 +128,16 @@ def save_exported(model: nn.Module, path, example: torch.Tensor):
     program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(program, str(path))
     return path
+
+
+def with_outlier_channel(model: nn.Module, first: nn.Module, second: nn.Module, factor: float = 1000.0) -> nn.Module:
+    """The same function, but `first`'s output channel 0 is `factor` times larger and `second`
+    (which reads it, through ReLU / max-pool, both positively homogeneous) divides it back: the
+    float model answers as before while that activation's range is `factor` times its other
+    channels', so per-tensor int8 activations round every other channel to nothing."""
+    with torch.no_grad():
+        first.weight[0] *= factor
+        if first.bias is not None:
+            first.bias[0] *= factor
+        second.weight[:, 0] /= factor
+    return model.eval()

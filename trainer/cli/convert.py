@@ -38,6 +38,14 @@ def convert(
     max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop",
                                             help="int8 targets: max accuracy loss vs native (0-1).",
                                             callback=number("--max-accuracy-drop", 0, 1, why="a fraction")),
+    diagnose: bool = typer.Option(False, "--diagnose", help="Per-layer diagnosis of passing targets too "
+                                  "(a failing target is always diagnosed)."),
+    int8_repair: bool = typer.Option(False, "--int8-repair", help="int8 that misses its gate: keep the nodes "
+                                     "the diagnosis blames in float, fewest first, until it passes."),
+    max_float_fraction: float = typer.Option(0.5, "--max-float-fraction",
+                                             help="--int8-repair: largest share of the weights kept in float (0-1].",
+                                             callback=number("--max-float-fraction", 0, 1, low_open=True,
+                                                             why="a share of the weights")),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Load a pickled or TorchScript torch model "
                                       "(it runs code from the file); only for models from a source you trust."),
     output: str = OutputOpt,
@@ -55,7 +63,8 @@ def convert(
     try:
         report = convert_model(model, source, to, calib=calib, edge=edge, atol=atol, rtol=rtol, out_dir=out,
                                min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop,
-                               trust_pickle=trust_pickle)
+                               trust_pickle=trust_pickle, diagnose=diagnose, int8_repair=int8_repair,
+                               max_float_fraction=max_float_fraction)
     except ParityError as err:
         if err.fields.get("report") is not None:
             _print_report(p, err.fields["report"])
@@ -123,6 +132,8 @@ def _print_report(p: Printer, report) -> None:
                   f"{'PASSED' if report.passed else 'FAILED'}")
     for r in report.rows:
         p.line(f"{r.target}: {criterion_words(r, report.tolerance)}", wrap=True)
+    for line in report.summary_lines():
+        p.line(line, wrap=True)
     p.line(f"report: {Path(report.out_dir) / 'report.md'}", whole=True)
     if report.run_id:
         p.line(f"logged to MLflow run {report.run_id} (conversion/)")

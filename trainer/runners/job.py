@@ -215,7 +215,8 @@ def convert_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str 
     report = convert_run(run_id, spec.convert.targets, source=get_runner(spec.framework).frontend,
                          edge=spec.convert.edge, atol=p.atol, rtol=p.rtol,
                          min_agreement=p.min_agreement, max_accuracy_drop=p.max_accuracy_drop,
-                         tracking_uri=tracking_uri)
+                         tracking_uri=tracking_uri, diagnose=p.diagnose, int8_repair=p.int8_repair,
+                         max_float_fraction=p.max_float_fraction)
     print(report.to_markdown(), flush=True)
 
 
