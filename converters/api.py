@@ -201,9 +201,9 @@ def _convert(model: str, source: str | None, targets: list[str], calib, edge: li
     for name, target in target_objs.items():
         built = target.build(export, staging / name, cal_set.x if cal is not None else None)
         artifacts[name] = Path(built.artifact)
-        row = _judge(name, target, built, staging, eval_set, native_out, tol)
+        row, out = _judge(name, target, built, staging, eval_set, native_out, tol)
         if checks.diagnose or not row.passed:
-            row.diagnosis = _diagnosis(target, export, built, eval_set.x)
+            row.diagnosis = _diagnosis(target, export, built, eval_set.x, frontend, path, native_out, out, tol)
         if not row.passed and checks.int8_repair and target.precision == "int8":
             row = _repair(name, target, export, built, row, cal_set.x, eval_set, native_out, tol, staging,
                           work / f"repair-{name}", checks.max_float_fraction)
@@ -220,8 +220,9 @@ def _convert(model: str, source: str | None, targets: list[str], calib, edge: li
 
 
 def _judge(name: str, target, built, staging: Path, eval_set: Calibration, native_out: np.ndarray,
-           tol: Tolerance) -> Row:
-    """Run the built artifact on the held-out samples and judge it against the native outputs."""
+           tol: Tolerance) -> tuple[Row, np.ndarray]:
+    """Run the built artifact on the held-out samples and judge it against the native outputs:
+    (its row, its outputs)."""
     artifact = Path(built.artifact)
     run = target.runner(artifact)
     out = run(eval_set.x) if run else target.predict(artifact, eval_set.x)
@@ -233,15 +234,26 @@ def _judge(name: str, target, built, staging: Path, eval_set: Calibration, nativ
                top1_agreement=m["top1_agreement"], accuracy=m["accuracy"],
                accuracy_delta=m["accuracy_delta"], latency_ms=latencies(run, eval_set.x),
                passed=m["passed"], criterion=m["criterion"], limit_ratio=m["limit_ratio"],
-               notes=list(built.notes))
+               notes=list(built.notes)), out
 
 
-def _diagnosis(target, export, built, x: np.ndarray) -> dict | None:
-    """The target's per-layer diagnosis, timed. A diagnosis that breaks says so in the report
-    instead of hiding the verdict it was meant to explain."""
+def _diagnosis(target, export, built, x: np.ndarray, frontend, path: Path, native_out: np.ndarray,
+               out: np.ndarray, tol: Tolerance) -> dict | None:
+    """The target's per-layer diagnosis, timed: the target's own (int8 against its float model);
+    for an fp32 ONNX model, each layer against the native model's layer (where the frontend maps
+    ONNX nodes back to its layers); else the output element that differs most. A diagnosis that
+    breaks says so in the report instead of hiding the verdict it was meant to explain."""
+    from converters.diagnose import fp32_diagnosis, output_diagnosis
+
     t0 = time.perf_counter()
     try:
         found = target.diagnose(export, built, x)
+        artifact = Path(built.artifact)
+        if found is None and target.precision == "fp32" and artifact.suffix == ".onnx":
+            found = fp32_diagnosis(artifact, x, export.inputs[0].name,
+                                   lambda names, xs: frontend.layer_outputs(path, xs, names), tol.atol, tol.rtol)
+        if found is None:
+            found = output_diagnosis(native_out, out, tol.atol, tol.rtol)
     except Exception as err:  # the verdict stands without it; the report names what broke
         found = dict(kind=target.precision, error=f"{type(err).__name__}: {first_line(err)}",
                      summary=f"diagnosis failed: {type(err).__name__}: {first_line(err)}")
@@ -280,7 +292,7 @@ def _repair(name: str, target, export, built, row: Row, cal_x: np.ndarray, eval_
     dst = Path(built.artifact)
     shutil.move(str(repaired.artifact), dst)
     repaired.artifact = dst
-    new = _judge(name, target, repaired, staging, eval_set, native_out, tol)
+    new, _ = _judge(name, target, repaired, staging, eval_set, native_out, tol)
     new.diagnosis = row.diagnosis
     if new.diagnosis is not None:
         new.diagnosis["of"] = "the plain int8 model, before repair"

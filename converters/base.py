@@ -74,6 +74,12 @@ class Frontend(ABC):
         """A sample to export with when no calibration data is given (an MLflow input example)."""
         return None
 
+    def layer_outputs(self, model: Path, inputs: np.ndarray, names: list[str]) -> dict[str, np.ndarray] | None:
+        """The native outputs of the named layers (the names the exporter recorded on the ONNX
+        nodes) on `inputs`: the fp32 diagnosis' reference per layer. None: this frontend cannot
+        map ONNX nodes back to its layers (the diagnosis then stops at the outputs)."""
+        return None
+
     def admit(self, model: Path, trust_pickle: bool = False) -> list[str]:
         """Called first: refuse a model whose format runs code from the file when it loads (a
         pickle), unless `trust_pickle`; returns notes for the report (what the trust was used

@@ -301,3 +301,102 @@ def repair_candidates(float_model: Path, diagnosis: dict) -> list[dict]:
         out.append(dict(tensor=e["tensor"], node=e["node"], module=e["module"], loss_db=e["loss_db"],
                         nodes=sorted(nodes, key=lambda n: g.order.get(n, 0))))
     return out
+
+
+# -- fp32: the exported graph against the native model, layer by layer -------------------------
+
+def scope_of(node) -> str | None:
+    """The torch module a node was exported from (the dynamo exporter's `name_scopes`: the
+    module path, then the op), or None."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)   # data: a list of strings
+            except (ValueError, SyntaxError):
+                return None
+            if isinstance(scopes, list) and len(scopes) >= 2 and isinstance(scopes[-2], str) and scopes[-2]:
+                return scopes[-2]
+    return None
+
+
+def fp32_diagnosis(onnx_path: Path, x: np.ndarray, input_name: str, reference, atol: float, rtol: float) -> dict | None:
+    """The first layer of the exported model whose output leaves |a-b| <= atol + rtol |a| against
+    the native layer's output (`reference(names, x) -> {name: array}`, the frontend's
+    `layer_outputs`), in graph order. A layer is a module the exporter recorded on the nodes; its
+    ONNX output is the last node of that module. None when the model records no modules or the
+    frontend gives no reference."""
+    import onnx
+    from onnxruntime.quantization import qdq_loss_debug as qdbg
+
+    x = x[:MAX_SAMPLES]
+    model = onnx.load(str(onnx_path))
+    g = _graph(model)
+    last: dict[str, object] = {}
+    for node in model.graph.node:
+        scope = scope_of(node)
+        if scope:
+            last[scope] = node
+    if not last:
+        return None
+    ref = reference(list(last), x)
+    if not ref:
+        return None
+    with tempfile.TemporaryDirectory(prefix="trainer-diagnose-") as tmp:
+        aug = Path(tmp) / "fp32.aug.onnx"
+        qdbg.modify_model_output_intermediate_tensors(str(onnx_path), str(aug))
+        reader = _Reader(input_name, x)
+        acts = qdbg.collect_activations(str(aug), reader)
+    layers = []
+    for scope, node in sorted(last.items(), key=lambda kv: g.order[kv[1].name]):
+        out = node.output[0]
+        if scope not in ref or out not in acts:
+            continue
+        a = np.asarray(ref[scope], np.float64)
+        b = np.concatenate([np.ravel(v) for v in acts[out]]).astype(np.float64)
+        if a.size != b.size:
+            continue
+        a = a.reshape(-1)
+        diff = np.abs(a - b)
+        allowance = atol + rtol * np.abs(a)
+        bad = ~(diff <= allowance)
+        inputs = [i for i in node.input if i and i not in g.initializers]
+        layers.append(dict(module=scope, node=node.name, op_type=node.op_type, tensor=out,
+                           max_abs_diff=float(diff.max()) if diff.size else 0.0,
+                           out_of_tolerance=float(bad.mean()) if bad.size else 0.0,
+                           passed=not bool(bad.any()),
+                           came_from=[f"{i} ({_describe(g.producer.get(i))})" for i in inputs] or None))
+    if not layers:
+        return None
+    first = next((e for e in layers if not e["passed"]), None)
+    if first is None:
+        summary = (f"every one of {len(layers)} layers within |a-b| <= {atol:g} + {rtol:g}|a| of the native "
+                   f"model's (largest max abs diff {max(e['max_abs_diff'] for e in layers):.2g})")
+    else:
+        src = f" from {', '.join(first['came_from'])}" if first["came_from"] else ""
+        summary = (f"fp32 output first leaves the tolerance at {first['node']} ({first['op_type']}, module "
+                   f"{first['module']}){src}: max abs diff {first['max_abs_diff']:.3g}, "
+                   f"{first['out_of_tolerance']:.1%} of its elements out of tolerance")
+    return dict(kind="fp32", samples=int(len(x)), tolerance=dict(atol=atol, rtol=rtol),
+                metric="per layer: max |native - onnx| and the share of elements outside atol + rtol |native|",
+                first_divergence=first, layers=layers, summary=summary)
+
+
+def output_diagnosis(native: np.ndarray, converted: np.ndarray, atol: float, rtol: float) -> dict:
+    """Where the outputs differ when no layer can be compared: the worst element (sample, index)
+    and the share of elements out of atol + rtol |a|."""
+    a = np.asarray(native, np.float64)
+    b = np.asarray(converted, np.float64)
+    if a.size != b.size:
+        return dict(kind="output", summary=f"output shape {b.shape} differs from native {a.shape}")
+    b = b.reshape(a.shape)
+    diff = np.abs(a - b)
+    diff[~np.isfinite(diff)] = np.inf
+    worst = np.unravel_index(int(np.argmax(diff)), a.shape) if diff.size else ()
+    bad = ~(diff <= atol + rtol * np.abs(a))
+    idx = [int(i) for i in worst]
+    return dict(kind="output", worst_index=idx, native=float(a[worst]) if diff.size else None,
+                converted=float(b[worst]) if diff.size else None, out_of_tolerance=float(bad.mean()) if bad.size else 0.0,
+                summary=(f"no per-layer view for this target; output element {tuple(idx)} differs most "
+                         f"({float(a[worst]):.4g} native vs {float(b[worst]):.4g}), "
+                         f"{float(bad.mean()):.1%} of elements outside {atol:g} + {rtol:g}|a|") if diff.size
+                else "empty output")

@@ -198,8 +198,15 @@ def diagnosis_markdown(row: Row, top: int = 10) -> list[str]:
                              f"{e['sqnr_db']:.1f} | {e['loss_db']:.1f} | {', '.join(e['came_from'] or ['-'])} |")
             if len(ranked) > top:
                 lines.append(f"\n{len(ranked) - top} more tensors in report.json.")
-        for e in d.get("diverging") or []:
-            lines.append(f"- {e}")
+        layers = d.get("layers") or []
+        if layers:
+            first = next((i for i, e in enumerate(layers) if not e["passed"]), len(layers) - 1)
+            shown = layers[max(0, first - top // 2):][:top]
+            lines += ["| module | node (op) | max abs diff | out of tolerance | result |", "|---|---|---|---|---|"]
+            for e in shown:
+                lines.append(f"| {e['module']} | {e['node']} ({e['op_type']}) | {e['max_abs_diff']:.3g} | "
+                             f"{e['out_of_tolerance']:.1%} | {'pass' if e['passed'] else 'FAIL'} |")
+            lines.append(f"\n{len(layers)} layers compared in graph order; all in report.json.")
     if rep:
         lines += ["", f"Repair: {repair_words(rep)}."]
         for st in rep.get("steps") or []:

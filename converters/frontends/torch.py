@@ -303,6 +303,45 @@ class TorchFrontend(Frontend):
 
         return run
 
+    def layer_outputs(self, model: Path, inputs: np.ndarray, names: list[str]) -> dict[str, np.ndarray] | None:
+        """The outputs of the named submodules (`head.1`: the exporter's name scopes) on `inputs`,
+        captured with forward hooks; an ExportedProgram is unflattened back into its module
+        hierarchy first. None for TorchScript (no hooks)."""
+        import torch
+
+        loaded = self.load(model)
+        if isinstance(loaded, torch.jit.ScriptModule):
+            return None
+        if isinstance(loaded, torch.export.ExportedProgram):
+            with _quiet():
+                root = torch.export.unflatten(loaded)
+        else:
+            root = self.module(model)
+        wanted = set(names)
+        got: dict[str, list[np.ndarray]] = {}
+        handles = []
+
+        def keep(name):
+            def hook(_module, _inputs, output):
+                if isinstance(output, (tuple, list, dict)):
+                    output = _first_output(output)
+                if isinstance(output, torch.Tensor) and output.is_floating_point():
+                    got.setdefault(name, []).append(output.detach().float().numpy().copy())
+            return hook
+
+        for name, sub in root.named_modules():
+            if name in wanted:
+                handles.append(sub.register_forward_hook(keep(name)))
+        try:
+            with torch.inference_mode(), _quiet():
+                for i in range(0, len(inputs), 512):
+                    root(torch.from_numpy(np.ascontiguousarray(inputs[i:i + 512], np.float32)))
+        finally:
+            for h in handles:
+                h.remove()
+        n_batches = -(-len(inputs) // 512)
+        return {k: np.concatenate(v) for k, v in got.items() if len(v) == n_batches}
+
     def _check_runs(self, module, x) -> None:
         import torch
 

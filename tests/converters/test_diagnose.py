@@ -144,3 +144,55 @@ def test_spec_sets_diagnosis_and_repair():
     assert c.parity.diagnose and c.parity.int8_repair and c.parity.max_float_fraction == 0.25
     with pytest.raises(ValueError):
         Convert.model_validate({"targets": ["onnx-int8"], "parity": {"max_float_fraction": 0}})
+
+
+def test_fp32_diagnosis_names_the_perturbed_onnx_node(tmp_path, digits_cnn, monkeypatch):
+    """One weight of `features.5` nudged in the exported ONNX (an exporter that maps a conv
+    wrongly looks like this): the diagnosis must name that node and module, not a later one."""
+    from onnx import numpy_helper
+
+    from converters.frontends.torch import TorchFrontend
+
+    model_path, calib, _ = digits_cnn
+    export = TorchFrontend.export
+
+    def perturbed(self, model, out_dir, sample):
+        result = export(self, model, out_dir, sample)
+        m = onnx.load(str(result.onnx_path))
+        init = next(i for i in m.graph.initializer if i.name == "features.5.weight")
+        w = numpy_helper.to_array(init).copy()
+        w[0] += 0.05
+        init.CopyFrom(numpy_helper.from_array(w, init.name))
+        onnx.save(m, str(result.onnx_path))
+        return result
+
+    monkeypatch.setattr(TorchFrontend, "export", perturbed)
+    with pytest.raises(ParityError) as caught:
+        convert(model_path, "torch", "onnx", calib=calib, out_dir=tmp_path / "out", log_to_mlflow=False)
+    d = caught.value.report.rows[0].diagnosis
+    first = d["first_divergence"]
+    assert d["kind"] == "fp32" and first["module"] == "features.5" and first["op_type"] == "Conv"
+    consumer_of = {e["module"]: e for e in d["layers"]}
+    assert consumer_of["features.0"]["passed"] and consumer_of["features.2"]["passed"]   # upstream intact
+    assert "features.5" in str(caught.value)
+    assert "| features.5 | node_conv2d_2 (Conv)" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_fp32_diagnosis_on_request_passes_every_layer(tmp_path, digits_cnn):
+    model_path, calib, _ = digits_cnn
+    report = convert(model_path, "torch", "onnx", calib=calib, out_dir=tmp_path / "out", log_to_mlflow=False,
+                     diagnose=True)
+    d = report.rows[0].diagnosis
+    assert d["first_divergence"] is None and len(d["layers"]) >= 10 and all(e["passed"] for e in d["layers"])
+    assert "every one of" in d["summary"]
+
+
+def test_output_diagnosis_points_at_the_worst_element():
+    from converters.diagnose import output_diagnosis
+
+    a = np.zeros((4, 3), np.float32)
+    b = a.copy()
+    b[2, 1] = 0.5
+    d = output_diagnosis(a, b, 1e-4, 1e-3)
+    assert d["worst_index"] == [2, 1] and d["converted"] == 0.5 and abs(d["out_of_tolerance"] - 1 / 12) < 1e-9
+    assert "(2, 1)" in d["summary"]
