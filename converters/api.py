@@ -23,7 +23,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from converters import registry
-from converters.parity import ConversionReport, Row, Tolerance, compare, latencies, write_report
+from converters.parity import (TASKS, ConversionReport, Row, Tolerance, compare, latencies, resolve_task,
+                               write_report)
 from converters.sources import (Calibration, check_shape, fmt_shape, frontend_for, load_calibration,
                                 resolve_model, run_calibration, split)
 from trainer.errors import ConversionError, ParityError, TrainerError, UnknownNameError, UsageError, first_line
@@ -51,7 +52,9 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
             run_id: str | None = None, *, min_agreement: float = 0.98,
             max_accuracy_drop: float = 0.01, log_to_mlflow: bool = True,
             tracking_uri: str | None = None, trust_pickle: bool = False, diagnose: bool = False,
-            int8_repair: bool = False, max_float_fraction: float = DEFAULT_MAX_FLOAT_FRACTION) -> ConversionReport:
+            int8_repair: bool = False, max_float_fraction: float = DEFAULT_MAX_FLOAT_FRACTION,
+            task: str = "auto", max_metric_increase: float = 0.02, max_error_ratio: float = 0.25,
+            min_cosine: float = 0.99, int8_scale_tol: float = 0.05) -> ConversionReport:
     """Convert `model` (a file/folder or `runs:/...` / `models:/name@alias`) from the `source`
     framework (None: from the MLflow model's flavor) into each of `targets`, judge parity on the
     calibration samples (held-out half), optionally bundle for and run on emulated ARM `edge`
@@ -80,7 +83,15 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
     if source is not None:
         registry.check_names(source, targets)
     tracking_uri = resolve_tracking_uri(tracking_uri)
-    tol = Tolerance(atol=atol, rtol=rtol, min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop)
+    if task not in ("auto", *TASKS):
+        raise UnknownNameError("task (--task)", task, ["auto", *TASKS])
+    for flag, value in (("max_metric_increase", max_metric_increase), ("max_error_ratio", max_error_ratio),
+                        ("min_cosine", min_cosine), ("int8_scale_tol", int8_scale_tol)):
+        if not (np.isfinite(value) and 0 <= value <= (1 if flag == "min_cosine" else 10)):
+            raise UsageError(f"{flag} must be a number in [0, {1 if flag == 'min_cosine' else 10}], got {value}")
+    tol = Tolerance(atol=atol, rtol=rtol, min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop,
+                    task=task, max_metric_increase=max_metric_increase, max_error_ratio=max_error_ratio,
+                    min_cosine=min_cosine, int8_scale_tol=int8_scale_tol)
     if not 0 < max_float_fraction <= 1:
         raise UsageError(f"max_float_fraction (--max-float-fraction) must be in (0, 1], got {max_float_fraction:g}: "
                          f"it is the share of the weights int8 repair may keep in float")
@@ -124,8 +135,9 @@ def convert_run(run_id: str, targets: Sequence[str] | str, edge: Iterable[str] =
                 calib: str | Path | np.ndarray | Calibration | None = None,
                 min_agreement: float = 0.98, max_accuracy_drop: float = 0.01,
                 tracking_uri: str | None = None, trust_pickle: bool = False, diagnose: bool = False,
-                int8_repair: bool = False,
-                max_float_fraction: float = DEFAULT_MAX_FLOAT_FRACTION) -> ConversionReport:
+                int8_repair: bool = False, max_float_fraction: float = DEFAULT_MAX_FLOAT_FRACTION,
+                task: str = "auto", max_metric_increase: float = 0.02, max_error_ratio: float = 0.25,
+                min_cosine: float = 0.99, int8_scale_tol: float = 0.05) -> ConversionReport:
     """Convert `runs:/<run_id>/<artifact_path>` with the run's logged calibration samples and
     log everything back into that run (what a job with a `convert:` section does after training).
     Output goes to `$TRAINER_HOME/conversions/<run_id>` unless `out_dir` is given."""
@@ -135,7 +147,8 @@ def convert_run(run_id: str, targets: Sequence[str] | str, edge: Iterable[str] =
                    atol=atol, rtol=rtol, out_dir=out_dir, run_id=run_id,
                    min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop, tracking_uri=tracking_uri,
                    trust_pickle=trust_pickle, diagnose=diagnose, int8_repair=int8_repair,
-                   max_float_fraction=max_float_fraction)
+                   max_float_fraction=max_float_fraction, task=task, max_metric_increase=max_metric_increase,
+                   max_error_ratio=max_error_ratio, min_cosine=min_cosine, int8_scale_tol=int8_scale_tol)
 
 
 # -- the steps -------------------------------------------------------------------------------
@@ -211,8 +224,9 @@ def _convert(model: str, source: str | None, targets: list[str], calib, edge: li
     if edge:
         rows += _edge_rows(edge, artifacts, target_objs, export, eval_set, native_out, tol, staging)
 
+    task, task_how = resolve_task(tol.task, native_out, eval_set.y)
     return ConversionReport(
-        model=model, source=source, exporter=export.exporter,
+        task=task, task_how=task_how, model=model, source=source, exporter=export.exporter,
         inputs=[dict(name=i.name, shape=list(i.shape), layout=i.layout, dtype=i.dtype) for i in export.inputs],
         tolerance=tol, native_latency_ms=native_lat, native_accuracy=native_acc,
         native_size_bytes=_size(path), rows=rows, notes=notes, out_dir=str(out_dir), run_id=run_id,
@@ -234,7 +248,7 @@ def _judge(name: str, target, built, staging: Path, eval_set: Calibration, nativ
                top1_agreement=m["top1_agreement"], accuracy=m["accuracy"],
                accuracy_delta=m["accuracy_delta"], latency_ms=latencies(run, eval_set.x),
                passed=m["passed"], criterion=m["criterion"], limit_ratio=m["limit_ratio"],
-               notes=list(built.notes)), out
+               notes=list(built.notes), task=m["task"], task_metrics=m["task_metrics"]), out
 
 
 def _diagnosis(target, export, built, x: np.ndarray, frontend, path: Path, native_out: np.ndarray,
@@ -327,7 +341,7 @@ def _edge_rows(cpus: list[str], artifacts: dict[str, Path], target_objs: dict, e
                             top1_agreement=m["top1_agreement"], accuracy=m["accuracy"],
                             accuracy_delta=m["accuracy_delta"], latency_ms={"b1": None, "b64": None},
                             passed=m["passed"], criterion=m["criterion"], limit_ratio=m["limit_ratio"],
-                            notes=[f"emulated aarch64 (qemu -cpu {cpu}), {len(x)} samples, "
+                            task=m["task"], task_metrics=m["task_metrics"], notes=[f"emulated aarch64 (qemu -cpu {cpu}), {len(x)} samples, "
                                    f"bundle run took {wall:.1f} s wall"]))
     return rows
 

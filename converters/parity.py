@@ -10,9 +10,18 @@ Every artifact runs on the same inputs as the native model. Per target:
 - latency p50 (ms) at batch 1 and batch 64, native framework vs the converted runtime, both
   in this process (n/a where a model only runs in another process, e.g. under emulation).
 
-Tolerances: fp32 targets pass when |a - b| <= atol + rtol * |a| element-wise (numpy.allclose);
-int8 targets pass on top-1 agreement >= min_agreement and accuracy delta >= -max_accuracy_drop
-(or, for outputs that are not class scores, max abs diff <= int8_scale_tol * max|a|).
+Tolerances: fp32 targets pass when |a - b| <= atol + rtol * |a| element-wise (numpy.allclose).
+int8 targets cannot match element-wise; they are judged by what the model is for (`task`):
+- classification: top-1 agreement >= min_agreement and, with labels, accuracy delta >=
+  -max_accuracy_drop;
+- regression with (float) labels: the converted model's RMSE and MAE against the labels may grow
+  by at most max_metric_increase x the native model's, and its output error RMS(b - a) may be at
+  most max_error_ratio x the native model's own error RMSE(a - y);
+- regression without labels: max |a - b| <= int8_scale_tol x max |a|;
+- embedding: the cosine similarity of each sample's converted and native output >= min_cosine.
+The task is inferred (`auto`): integer labels -> classification, float labels -> regression; no
+labels: outputs (N, C>1) -> classification, else regression. Embeddings are never guessed (they
+look like class scores): set `task: embedding`.
 """
 from __future__ import annotations
 
@@ -33,7 +42,22 @@ class Tolerance:
     rtol: float = 1e-3
     min_agreement: float = 0.98      # int8: top-1 agreement with the native model
     max_accuracy_drop: float = 0.01  # int8: accuracy may drop by at most this much
-    int8_scale_tol: float = 0.05     # int8 on non-classifier outputs: max abs diff / max|a|
+    int8_scale_tol: float = 0.05     # int8 regression without labels: max abs diff / max|a|
+    task: str = "auto"               # auto | classification | regression | embedding
+    max_metric_increase: float = 0.02  # int8 regression: RMSE / MAE may grow by this share of native's
+    max_error_ratio: float = 0.25    # int8 regression: RMS(b - a) / native RMSE(a - y)
+    min_cosine: float = 0.99         # int8 embedding: per-sample cosine(a, b), the lowest one
+
+    def words(self, task: str | None = None) -> str:
+        """Every criterion in force, with its threshold, as applied (`task`: the resolved one)."""
+        int8 = {"classification": f"int8 top-1 agreement >= {self.min_agreement:g} and accuracy delta >= "
+                                  f"{-self.max_accuracy_drop:g} (with labels)",
+                "regression": f"int8 RMSE and MAE increase <= {self.max_metric_increase:g} x native's and output "
+                              f"error <= {self.max_error_ratio:g} x the native model's own RMSE (with labels); "
+                              f"max abs diff <= {self.int8_scale_tol:g} x max|a| (without)",
+                "embedding": f"int8 per-sample cosine similarity >= {self.min_cosine:g}"}
+        shown = [int8[task]] if task in int8 else list(int8.values())
+        return f"fp32 |a-b| <= {self.atol:g} + {self.rtol:g}*|a|; " + "; ".join(shown)
 
 
 @dataclass
@@ -55,6 +79,8 @@ class Row:
     limit_ratio: float | None = None    # the judged figure over its threshold: <= 1 passes
     diagnosis: dict | None = None       # per-layer: where it broke (converters.diagnose), when failed or asked
     repair: dict | None = None          # int8 repair: nodes kept in float, steps, size (converters.api._repair)
+    task: str | None = None             # what the int8 criterion judged: classification | regression | embedding
+    task_metrics: dict | None = None    # the task's figures (rmse, mae, error_ratio, min_cosine ...)
 
 
 @dataclass
@@ -73,6 +99,8 @@ class ConversionReport:
     run_id: str | None = None
     files: dict[str, str] = field(default_factory=dict)   # kind -> path (report.json, ...)
     trust_pickle: bool = False   # --trust-pickle was given: the model's format may have run code
+    task: str | None = None      # the task parity judged int8 by, and how it was decided
+    task_how: str = ""
 
     @property
     def passed(self) -> bool:
@@ -99,7 +127,12 @@ class ConversionReport:
         out: dict[str, float] = {"parity.passed": float(self.passed)}
         for r in self.rows:
             key = "parity." + r.target.replace("@", ".edge.")
-            if r.precision == "int8" and r.top1_agreement is not None:
+            tm = r.task_metrics or {}
+            if r.precision == "int8" and r.task == "regression" and "rmse_change" in tm:
+                vals = {k: tm[k] for k in ("rmse_change", "mae_change", "error_ratio")}
+            elif r.precision == "int8" and r.task == "embedding" and "min_cosine" in tm:
+                vals = {"min_cosine": tm["min_cosine"]}
+            elif r.precision == "int8" and r.top1_agreement is not None:
                 vals = {"top1_agreement": r.top1_agreement, "accuracy_delta": r.accuracy_delta}
             else:
                 vals = {"max_abs_diff": r.max_abs_diff}
@@ -130,8 +163,8 @@ class ConversionReport:
                  f"- model: `{self.model}` (from `{self.source}`, exporter: {self.exporter})",
                  f"- inputs: " + ", ".join(f"`{i['name']}` {fmt_dims(i['shape'])} {i['layout']} {i['dtype']}"
                                            for i in self.inputs),
-                 f"- tolerance: fp32 |a-b| <= {t.atol:g} + {t.rtol:g}*|a|; int8 top-1 agreement >= "
-                 f"{t.min_agreement:g} and accuracy delta >= {-t.max_accuracy_drop:g}",
+                 f"- tolerance: {t.words(self.task)}",
+                 *([f"- task: {self.task} ({self.task_how})"] if self.task else []),
                  *(f"- {r.target}: {criterion_words(r, t)}" for r in self.rows),
                  f"- native: size {fmt_size(self.native_size_bytes)}, accuracy "
                  f"{fmt_num(self.native_accuracy)}, latency p50 b1 {fmt_ms(self.native_latency_ms.get('b1'))}"
@@ -218,8 +251,13 @@ def diagnosis_markdown(row: Row, top: int = 10) -> list[str]:
 
 def key_figure(row) -> str:
     """The figure a target's criterion judges, in a few words (a Row or its dict)."""
-    get = row.get if isinstance(row, dict) else (lambda k: getattr(row, k))
-    if get("precision") == "int8" and get("top1_agreement") is not None:
+    get = row.get if isinstance(row, dict) else (lambda k: getattr(row, k, None))
+    tm = get("task_metrics") or {}
+    if get("precision") == "int8" and get("task") == "regression" and "rmse_change" in tm:
+        return f"RMSE {tm['rmse_change']:+.2%}, error ratio {tm['error_ratio']:.3g}"
+    if get("precision") == "int8" and get("task") == "embedding" and "min_cosine" in tm:
+        return f"min cosine {tm['min_cosine']:.4f}"
+    if get("precision") == "int8" and get("top1_agreement") is not None and get("task") in (None, "classification"):
         text = f"agreement {get('top1_agreement'):.4f}"
         if get("accuracy_delta") is not None:
             text += f", accuracy {get('accuracy_delta'):+.4f}"
@@ -230,17 +268,66 @@ def key_figure(row) -> str:
 def criterion_words(row: Row, tol: Tolerance) -> str:
     """Which criterion judged the target, and how it came out, in words."""
     verdict = "passed" if row.passed else "FAILED"
-    if row.precision == "int8" and row.top1_agreement is not None:
+    task = getattr(row, "task", None)
+    tm = getattr(row, "task_metrics", None) or {}
+    if row.precision == "int8" and task == "regression" and "rmse_change" in tm:
+        return (f"int8 regression criterion: RMSE and MAE against the labels may grow by at most "
+                f"{tol.max_metric_increase:.0%} of the native model's, and the output error by at most "
+                f"{tol.max_error_ratio:g} x the native model's own RMSE; {verdict} ({row.criterion}).")
+    if row.precision == "int8" and task == "embedding":
+        return (f"int8 embedding criterion: every sample's cosine similarity to the native output at least "
+                f"{tol.min_cosine:g}; {verdict} ({row.criterion}).")
+    if row.precision == "int8" and row.top1_agreement is not None and task in (None, "classification"):
         rule = (f"int8 criterion: the converted model must pick the native model's top-1 class on at least "
                 f"{tol.min_agreement:.0%} of the samples")
         if row.accuracy_delta is not None:
             rule += f" and lose at most {tol.max_accuracy_drop:g} accuracy"
         return f"{rule}; {verdict} ({row.criterion}). Its raw max abs diff ({row.max_abs_diff:.2g}) is not judged."
     if row.precision == "int8":
-        return (f"int8 criterion on outputs that are not class scores: max abs diff within "
+        return (f"int8 regression criterion without labels: max abs diff within "
                 f"{tol.int8_scale_tol:g} x the largest native output; {verdict} ({row.criterion}).")
     return (f"fp32 criterion: every output element within {tol.atol:g} + {tol.rtol:g} x |native| of the native "
             f"model's; {verdict} (max abs diff {row.max_abs_diff:.2g}; {row.criterion}).")
+
+
+TASKS = ("classification", "regression", "embedding")
+
+
+def resolve_task(task: str, native: np.ndarray, labels: np.ndarray | None) -> tuple[str, str]:
+    """(the task int8 is judged by, how it was decided): see the module docstring."""
+    if task in TASKS:
+        return task, "set"
+    if task != "auto":
+        raise ValueError(f"task must be auto or one of {', '.join(TASKS)}, got {task!r}")
+    a = np.asarray(native)
+    if labels is not None:
+        if np.asarray(labels).dtype.kind in "iu":
+            return "classification", "inferred: integer labels"
+        return "regression", "inferred: float labels"
+    if a.ndim == 2 and a.shape[-1] > 1:
+        return "classification", f"inferred: no labels, outputs (N, {a.shape[-1]}) read as class scores"
+    return "regression", f"inferred: no labels, outputs of shape (N, {', '.join(map(str, a.shape[1:]))})"
+
+
+def _task_metrics(task: str, a: np.ndarray, b: np.ndarray, labels: np.ndarray | None) -> dict:
+    if task == "embedding":
+        fa, fb = a.reshape(len(a), -1), b.reshape(len(b), -1)
+        na, nb = np.linalg.norm(fa, axis=1), np.linalg.norm(fb, axis=1)
+        cos = np.sum(fa * fb, axis=1) / np.maximum(na * nb, np.finfo(np.float64).tiny)
+        cos[(na == 0) & (nb == 0)] = 1.0
+        return dict(min_cosine=float(cos.min()) if cos.size else 1.0, mean_cosine=float(cos.mean()) if cos.size else 1.0)
+    if task == "regression" and labels is not None:
+        y = np.asarray(labels, np.float64)
+        if y.size != a.size:
+            return {}
+        y = y.reshape(a.shape)
+        rmse_a, rmse_b = float(np.sqrt(np.mean((a - y) ** 2))), float(np.sqrt(np.mean((b - y) ** 2)))
+        mae_a, mae_b = float(np.mean(np.abs(a - y))), float(np.mean(np.abs(b - y)))
+        tiny = np.finfo(np.float64).tiny
+        return dict(rmse_native=rmse_a, rmse=rmse_b, mae_native=mae_a, mae=mae_b,
+                    rmse_change=(rmse_b - rmse_a) / max(rmse_a, tiny), mae_change=(mae_b - mae_a) / max(mae_a, tiny),
+                    error_ratio=float(np.sqrt(np.mean((b - a) ** 2))) / max(rmse_a, tiny))
+    return {}
 
 
 def compare(target: str, precision: str, native: np.ndarray, converted: np.ndarray,
@@ -253,8 +340,9 @@ def compare(target: str, precision: str, native: np.ndarray, converted: np.ndarr
             b = b.reshape(a.shape)
         else:
             return dict(max_abs_diff=float("inf"), max_rel_diff=float("inf"), top1_agreement=None,
-                        accuracy=None, accuracy_delta=None, passed=False,
-                        criterion=f"output shape {b.shape} differs from native {a.shape}")
+                        accuracy=None, accuracy_delta=None, passed=False, limit_ratio=float("inf"),
+                        criterion=f"output shape {b.shape} differs from native {a.shape}", task=None,
+                        task_metrics=None)
     diff = np.abs(a - b)
     scale = float(np.max(np.abs(a))) if a.size else 0.0
     eps = max(REL_EPS * scale, np.finfo(np.float32).tiny)
@@ -262,37 +350,53 @@ def compare(target: str, precision: str, native: np.ndarray, converted: np.ndarr
     max_rel = float((diff / np.maximum(np.abs(a), eps)).max()) if diff.size else 0.0
     if not np.all(np.isfinite(b)):
         max_abs = max_rel = float("inf")
+    task = resolve_task(tol.task, a, labels)[0]
     top1 = float(np.mean(a.argmax(-1) == b.argmax(-1))) if a.ndim >= 2 and a.shape[-1] > 1 else None
-    acc, native_acc = accuracy(b, labels), accuracy(a, labels)
+    class_labels = labels if labels is not None and np.asarray(labels).dtype.kind in "iu" else None
+    acc, native_acc = accuracy(b, class_labels), accuracy(a, class_labels)
     delta = None if acc is None else acc - native_acc
-    if precision == "int8":
-        if top1 is not None:
+    tm = _task_metrics(task, a, b, labels) if np.all(np.isfinite(b)) else {}
+    ratio = None
+    if precision == "int8" and task == "regression" and "rmse_change" in tm:
+        limits = (tm["rmse_change"] / max(tol.max_metric_increase, 1e-12),
+                  tm["mae_change"] / max(tol.max_metric_increase, 1e-12),
+                  tm["error_ratio"] / max(tol.max_error_ratio, 1e-12))
+        ratio = max(limits)
+        passed = ratio <= 1
+        criterion = (f"RMSE {tm['rmse_change']:+.2%}, MAE {tm['mae_change']:+.2%} "
+                     f"{'<=' if max(limits[:2]) <= 1 else '>'} +{tol.max_metric_increase:.0%}; output error "
+                     f"{tm['error_ratio']:.3g} {'<=' if limits[2] <= 1 else '>'} {tol.max_error_ratio:g} x native RMSE "
+                     f"({tm['rmse_native']:.3g})")
+    elif precision == "int8" and task == "embedding" and "min_cosine" in tm:
+        passed = tm["min_cosine"] >= tol.min_cosine
+        criterion = f"min cosine similarity {tm['min_cosine']:.4f} {'>=' if passed else '<'} {tol.min_cosine:g}"
+        ratio = (1 - tm["min_cosine"]) / max(1 - tol.min_cosine, 1e-12)
+    elif precision == "int8":
+        if top1 is not None and task == "classification":
             agree_ok = top1 >= tol.min_agreement
             delta_ok = delta is None or delta >= -tol.max_accuracy_drop - 1e-12
             passed = agree_ok and delta_ok
             criterion = f"top-1 agreement {top1:.4f} {'>=' if agree_ok else '<'} {tol.min_agreement:g}"
             if delta is not None:
                 criterion += f", accuracy delta {delta:+.4f} {'>=' if delta_ok else '<'} {-tol.max_accuracy_drop:g}"
+            ratio = (1 - top1) / max(1 - tol.min_agreement, 1e-12)
+            if delta is not None:
+                ratio = max(ratio, max(-delta, 0.0) / max(tol.max_accuracy_drop, 1e-12))
         else:
             passed = max_abs <= tol.int8_scale_tol * scale
             criterion = f"max abs diff {max_abs:.3g} {'<=' if passed else '>'} {tol.int8_scale_tol:g} * max|a| ({scale:.3g})"
-        ratio = None
+            ratio = max_abs / max(tol.int8_scale_tol * scale, 1e-30)
     else:
         allowance = tol.atol + tol.rtol * np.abs(a)
         worst = float((diff - allowance).max()) if diff.size else 0.0
         passed = bool(np.all(np.isfinite(b))) and worst <= 0
         criterion = f"|a-b| <= {tol.atol:g} + {tol.rtol:g}*|a|" + ("" if passed else f" (exceeded by {worst:.3g})")
         ratio = float((diff / allowance).max()) if diff.size else 0.0
-    if precision == "int8" and top1 is not None:
-        ratio = (1 - top1) / max(1 - tol.min_agreement, 1e-12)
-        if delta is not None:
-            ratio = max(ratio, max(-delta, 0.0) / max(tol.max_accuracy_drop, 1e-12))
-    elif precision == "int8":
-        ratio = max_abs / max(tol.int8_scale_tol * scale, 1e-30)
     if not np.all(np.isfinite(b)):
-        ratio = float("inf")
+        ratio, passed = float("inf"), False
     return dict(max_abs_diff=max_abs, max_rel_diff=max_rel, top1_agreement=top1, accuracy=acc,
-                accuracy_delta=delta, passed=bool(passed), criterion=criterion, limit_ratio=ratio)
+                accuracy_delta=delta, passed=bool(passed), criterion=criterion, limit_ratio=ratio,
+                task=task, task_metrics=tm or None)
 
 
 def accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
@@ -396,7 +500,12 @@ def _criterion_ratio(row: Row, tol: Tolerance) -> float:
 
 
 def _rule(row: Row, tol: Tolerance) -> str:
-    if row.precision == "int8" and row.top1_agreement is not None:
+    tm = row.task_metrics or {}
+    if row.precision == "int8" and row.task == "regression" and "rmse_change" in tm:
+        return f"int8: RMSE +<= {tol.max_metric_increase:.0%}, err <= {tol.max_error_ratio:g} RMSE"
+    if row.precision == "int8" and row.task == "embedding" and "min_cosine" in tm:
+        return f"int8: cosine >= {tol.min_cosine:g}"
+    if row.precision == "int8" and row.top1_agreement is not None and row.task in (None, "classification"):
         return f"int8: agreement >= {tol.min_agreement:g}" + (
             f", acc drop <= {tol.max_accuracy_drop:g}" if row.accuracy_delta is not None else "")
     if row.precision == "int8":
@@ -405,7 +514,9 @@ def _rule(row: Row, tol: Tolerance) -> str:
 
 
 def _figure_text(row: Row) -> str:
-    if row.precision == "int8" and row.top1_agreement is not None:
+    if row.precision == "int8" and row.task in ("regression", "embedding") and row.task_metrics:
+        return key_figure(row)
+    if row.precision == "int8" and row.top1_agreement is not None and row.task in (None, "classification"):
         text = f"agreement {row.top1_agreement:.3f}"
         return text + (f", acc {row.accuracy_delta:+.3f}" if row.accuracy_delta is not None else "")
     return f"max|a-b| {row.max_abs_diff:.2g}"

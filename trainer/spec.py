@@ -108,6 +108,15 @@ class Parity(_Strict):
     rtol: Float = Field(1e-3, gt=0, le=1, description="fp32 targets: max relative diff allowed (0 < rtol <= 1).")
     min_agreement: Float = Field(0.98, ge=0, le=1, description="int8 targets: top-1 agreement required.")
     max_accuracy_drop: Float = Field(0.01, ge=0, le=1, description="int8 targets: accuracy drop allowed.")
+    task: Literal["auto", "classification", "regression", "embedding"] = Field(
+        "auto", description="What int8 parity judges; auto: int labels -> classification, float -> regression.")
+    max_metric_increase: Float = Field(0.02, ge=0, le=10, description="int8 regression: RMSE/MAE growth allowed "
+                                       "(share of the native model's).")
+    max_error_ratio: Float = Field(0.25, ge=0, le=10, description="int8 regression: RMS(int8 - native) over "
+                                   "the native model's RMSE.")
+    min_cosine: Float = Field(0.99, ge=0, le=1, description="int8 embedding: lowest per-sample cosine similarity.")
+    int8_scale_tol: Float = Field(0.05, ge=0, le=10, description="int8 regression without labels: max abs "
+                                  "diff over the largest native output.")
     diagnose: bool = Field(False, description="Per-layer diagnosis of passing targets too (failing ones always).")
     int8_repair: bool = Field(False, description="int8 that misses its gate: keep the nodes the diagnosis "
                               "blames in float, fewest first, until it passes.")

@@ -141,3 +141,35 @@ def with_outlier_channel(model: nn.Module, first: nn.Module, second: nn.Module, 
             first.bias[0] *= factor
         second.weight[:, 0] /= factor
     return model.eval()
+
+
+class DigitsRegressor(nn.Module):
+    """A small MLP that predicts the digit's value as a number (one continuous output)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(),
+                                 nn.Linear(32, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def train_digits_regressor(epochs: int = 60, seed: int = 0) -> tuple[nn.Module, float]:
+    """DigitsRegressor trained with MSE on the digit value; returns (model, test RMSE)."""
+    torch.manual_seed(seed)
+    (xtr, ytr), (xte, yte) = digits(seed)
+    model = DigitsRegressor()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    xt, yt = torch.from_numpy(xtr), torch.from_numpy(ytr.astype(np.float32))[:, None]
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt))
+        for i in range(0, len(xt), 128):
+            b = perm[i:i + 128]
+            opt.zero_grad()
+            nn.functional.mse_loss(model(xt[b]), yt[b]).backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        rmse = float(np.sqrt(np.mean((model(torch.from_numpy(xte)).numpy()[:, 0] - yte) ** 2)))
+    return model, rmse

@@ -38,6 +38,21 @@ def convert(
     max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop",
                                             help="int8 targets: max accuracy loss vs native (0-1).",
                                             callback=number("--max-accuracy-drop", 0, 1, why="a fraction")),
+    task: str = typer.Option("auto", "--task", help="What int8 parity judges: classification (top-1 agreement, "
+                             "accuracy), regression (RMSE/MAE change), embedding (cosine); auto: from the "
+                             "labels (int: classification, float: regression) and outputs."),
+    max_metric_increase: float = typer.Option(0.02, "--max-metric-increase", help="int8 regression: RMSE and "
+                                              "MAE may grow by at most this share of the native model's.",
+                                              callback=number("--max-metric-increase", 0, 10, why="a share")),
+    max_error_ratio: float = typer.Option(0.25, "--max-error-ratio", help="int8 regression: output error "
+                                          "RMS(int8 - native) at most this x the native model's own RMSE.",
+                                          callback=number("--max-error-ratio", 0, 10, why="a ratio")),
+    min_cosine: float = typer.Option(0.99, "--min-cosine", help="int8 embedding: lowest per-sample cosine "
+                                     "similarity to the native output.",
+                                     callback=number("--min-cosine", 0, 1, why="a cosine similarity")),
+    int8_scale_tol: float = typer.Option(0.05, "--int8-scale-tol", help="int8 regression without labels: max "
+                                         "abs diff at most this x the largest native output.",
+                                         callback=number("--int8-scale-tol", 0, 10, why="a share of the output")),
     diagnose: bool = typer.Option(False, "--diagnose", help="Per-layer diagnosis of passing targets too "
                                   "(a failing target is always diagnosed)."),
     int8_repair: bool = typer.Option(False, "--int8-repair", help="int8 that misses its gate: keep the nodes "
@@ -64,7 +79,9 @@ def convert(
         report = convert_model(model, source, to, calib=calib, edge=edge, atol=atol, rtol=rtol, out_dir=out,
                                min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop,
                                trust_pickle=trust_pickle, diagnose=diagnose, int8_repair=int8_repair,
-                               max_float_fraction=max_float_fraction)
+                               max_float_fraction=max_float_fraction, task=task,
+                               max_metric_increase=max_metric_increase, max_error_ratio=max_error_ratio,
+                               min_cosine=min_cosine, int8_scale_tol=int8_scale_tol)
     except ParityError as err:
         if err.fields.get("report") is not None:
             _print_report(p, err.fields["report"])

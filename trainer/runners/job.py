@@ -216,7 +216,9 @@ def convert_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str 
                          edge=spec.convert.edge, atol=p.atol, rtol=p.rtol,
                          min_agreement=p.min_agreement, max_accuracy_drop=p.max_accuracy_drop,
                          tracking_uri=tracking_uri, diagnose=p.diagnose, int8_repair=p.int8_repair,
-                         max_float_fraction=p.max_float_fraction)
+                         max_float_fraction=p.max_float_fraction, task=p.task,
+                         max_metric_increase=p.max_metric_increase, max_error_ratio=p.max_error_ratio,
+                         min_cosine=p.min_cosine, int8_scale_tol=p.int8_scale_tol)
     print(report.to_markdown(), flush=True)
 
 
