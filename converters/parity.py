@@ -444,22 +444,44 @@ def write_report(report: ConversionReport, out_dir: Path) -> dict[str, Path]:
 def plot(report: ConversionReport, path: Path) -> None:
     """Each target against its own criterion, as a fraction of its threshold (1 = the line it
     must not cross): fp32 targets by max |a-b| / (atol + rtol*|a|) at the worst element, int8
-    targets by the larger of their disagreement and accuracy loss over what they may lose; and
-    latency per batch size."""
+    targets by the larger of their disagreement and accuracy loss over what they may lose (or
+    their task's figures over theirs); latency per batch size; and, when a target was diagnosed,
+    its error per layer with the layer the diagnosis names in red."""
+    figure(report).savefig(path, dpi=90)
+
+
+BAR_FLOOR = 1e-4     # a judged figure of 0 (or below this) is drawn at this length,
+AXIS_FLOOR = 1e-5    # which the axis starts a decade below, so every target's bar shows
+
+
+def bar_lengths(ratios: list[float]) -> list[float]:
+    """Each target's bar on the log axis: its ratio, clamped into [BAR_FLOOR, 1e3] (a perfect 0
+    would have no length at all on a log axis; NaN or inf is drawn as far off)."""
+    return [1e3 if not np.isfinite(v) else min(max(v, BAR_FLOOR), 1e3) for v in ratios]
+
+
+def figure(report: ConversionReport):
+    """The report's plot as a matplotlib Figure: see `plot`."""
     # A Figure of its own, not pyplot: a library must not switch the caller's backend (a notebook
     # that converts and then plots would draw nothing after matplotlib.use("Agg")).
     from matplotlib.figure import Figure
 
     rows = report.rows
-    fig = Figure(figsize=(12, 1.2 + 0.6 * max(len(rows), 3)))
-    ax1, ax2 = fig.subplots(1, 2, width_ratios=(3, 2))
+    diagnosed = [r for r in rows if r.diagnosis and (r.diagnosis.get("ranked") or r.diagnosis.get("layers"))]
+    fig = Figure(figsize=(12, 1.2 + 0.6 * max(len(rows), 3) + (3.2 if diagnosed else 0)))
+    if diagnosed:
+        grid = fig.add_gridspec(2, 2, width_ratios=(3, 2), height_ratios=(max(len(rows), 3), 5))
+        ax1, ax2, ax3 = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, :])
+        _layer_panel(ax3, diagnosed[0])
+    else:
+        ax1, ax2 = fig.subplots(1, 2, width_ratios=(3, 2))
     y = np.arange(len(rows))
     ratios = [_criterion_ratio(r, report.tolerance) for r in rows]
-    shown = [min(max(v, 1e-4), 1e3) for v in ratios]
+    shown = bar_lengths(ratios)
     colors = ["tab:green" if r.passed else "tab:red" for r in rows]
     ax1.barh(y, shown, color=colors)
     ax1.set_xscale("log")
-    ax1.set_xlim(1e-4, 1e3)
+    ax1.set_xlim(AXIS_FLOOR, 1e3)
     ax1.axvline(1.0, color="k", linestyle="--", linewidth=1)
     ax1.set_yticks(y, [f"{r.target}\n{_rule(r, report.tolerance)}" for r in rows], fontsize=8)
     ax1.invert_yaxis()
@@ -488,7 +510,36 @@ def plot(report: ConversionReport, path: Path) -> None:
     name = report.model if report.model.startswith(("runs:/", "models:/")) else Path(report.model).name
     fig.suptitle(f"{name}: parity {'PASSED' if report.passed else 'FAILED'}")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    return fig
+
+
+def _layer_panel(ax, row: Row) -> None:
+    """Error per layer in graph order for one diagnosed target, the layer it names in red: int8,
+    relative error 10^(-SQNR/20) per quantized tensor; fp32, max |native - onnx| per layer (both
+    log, higher is worse)."""
+    d = row.diagnosis
+    if d.get("ranked"):
+        layers = sorted(d["ranked"], key=lambda e: e["order"])
+        first = (d.get("first_jump") or {}).get("tensor")
+        values = [max(e["relative_error"], 1e-6) for e in layers]
+        labels = [e["module"] or e["tensor"] for e in layers]
+        marked = [e["tensor"] == first for e in layers]
+        ax.set_yscale("log")
+        ax.set_ylabel("relative error (int8 vs float)")
+    else:
+        layers = d["layers"]
+        first = (d.get("first_divergence") or {}).get("module")
+        values = [max(e["max_abs_diff"], 1e-12) for e in layers]
+        labels = [e["module"] for e in layers]
+        marked = [e["module"] == first for e in layers]
+        ax.set_yscale("log")
+        ax.set_ylabel("max |native - onnx|")
+    x = np.arange(len(layers))
+    ax.bar(x, values, color=["tab:red" if m else "tab:blue" for m in marked])
+    ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+    named = next((lab for lab, m in zip(labels, marked) if m), None)
+    ax.set_title(f"{row.target}: error per layer, in graph order" + (f"; red: {named}, where the diagnosis says "
+                 f"it broke" if named else ""), fontsize=9)
 
 
 def _criterion_ratio(row: Row, tol: Tolerance) -> float:

@@ -196,3 +196,31 @@ def test_output_diagnosis_points_at_the_worst_element():
     d = output_diagnosis(a, b, 1e-4, 1e-3)
     assert d["worst_index"] == [2, 1] and d["converted"] == 0.5 and abs(d["out_of_tolerance"] - 1 / 12) < 1e-9
     assert "(2, 1)" in d["summary"]
+
+
+def test_plot_shows_every_targets_bar_and_the_failing_layer(tmp_path, outlier_cnn):
+    """A target whose judged figure is 0 (int8 agreeing on every sample) still has a bar; a
+    diagnosed target adds an error-per-layer panel with the named layer in red."""
+    from dataclasses import replace
+
+    from converters.parity import figure
+
+    path, calib, _ = outlier_cnn
+    with pytest.raises(ParityError) as caught:
+        convert(path, "torch", "onnx,onnx-int8", calib=calib, out_dir=tmp_path / "out", log_to_mlflow=False)
+    report = caught.value.report
+    perfect = replace(report.rows[0], target="onnx-int8-perfect", precision="int8", limit_ratio=0.0, passed=True,
+                      diagnosis=None)
+    report.rows.append(perfect)
+    fig = figure(report)
+    ax1, layers = fig.axes[0], fig.axes[2]
+    left = ax1.get_xlim()[0]
+    widths = [p.get_width() for p in ax1.patches]
+    assert len(widths) == 3 and all(w >= 5 * left for w in widths)   # every bar visibly long
+    red = [p for p in layers.patches if p.get_facecolor()[:3] == (0.8392156862745098, 0.15294117647058825,
+                                                                    0.1568627450980392)]
+    assert len(red) == 1
+    labels = [t.get_text() for t in layers.get_xticklabels()]
+    first = report.rows[1].diagnosis["first_jump"]
+    red_index = [i for i, p in enumerate(layers.patches) if p in red][0]
+    assert labels[red_index] == first["module"] == "head.1"
