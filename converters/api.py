@@ -54,7 +54,8 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
             tracking_uri: str | None = None, trust_pickle: bool = False, diagnose: bool = False,
             int8_repair: bool = False, max_float_fraction: float = DEFAULT_MAX_FLOAT_FRACTION,
             task: str = "auto", max_metric_increase: float = 0.02, max_error_ratio: float = 0.25,
-            min_cosine: float = 0.99, int8_scale_tol: float = 0.05) -> ConversionReport:
+            min_cosine: float = 0.99, int8_scale_tol: float = 0.05,
+            output_tolerances: dict[str, dict[str, float]] | None = None) -> ConversionReport:
     """Convert `model` (a file/folder or `runs:/...` / `models:/name@alias`) from the `source`
     framework (None: from the MLflow model's flavor) into each of `targets`, judge parity on the
     calibration samples (held-out half), optionally bundle for and run on emulated ARM `edge`
@@ -91,7 +92,8 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
             raise UsageError(f"{flag} must be a number in [0, {1 if flag == 'min_cosine' else 10}], got {value}")
     tol = Tolerance(atol=atol, rtol=rtol, min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop,
                     task=task, max_metric_increase=max_metric_increase, max_error_ratio=max_error_ratio,
-                    min_cosine=min_cosine, int8_scale_tol=int8_scale_tol)
+                    min_cosine=min_cosine, int8_scale_tol=int8_scale_tol,
+                    outputs=_output_tolerances(output_tolerances))
     if not 0 < max_float_fraction <= 1:
         raise UsageError(f"max_float_fraction (--max-float-fraction) must be in (0, 1], got {max_float_fraction:g}: "
                          f"it is the share of the weights int8 repair may keep in float")
@@ -137,7 +139,8 @@ def convert_run(run_id: str, targets: Sequence[str] | str, edge: Iterable[str] =
                 tracking_uri: str | None = None, trust_pickle: bool = False, diagnose: bool = False,
                 int8_repair: bool = False, max_float_fraction: float = DEFAULT_MAX_FLOAT_FRACTION,
                 task: str = "auto", max_metric_increase: float = 0.02, max_error_ratio: float = 0.25,
-                min_cosine: float = 0.99, int8_scale_tol: float = 0.05) -> ConversionReport:
+                min_cosine: float = 0.99, int8_scale_tol: float = 0.05,
+            output_tolerances: dict[str, dict[str, float]] | None = None) -> ConversionReport:
     """Convert `runs:/<run_id>/<artifact_path>` with the run's logged calibration samples and
     log everything back into that run (what a job with a `convert:` section does after training).
     Output goes to `$TRAINER_HOME/conversions/<run_id>` unless `out_dir` is given."""
@@ -148,7 +151,8 @@ def convert_run(run_id: str, targets: Sequence[str] | str, edge: Iterable[str] =
                    min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop, tracking_uri=tracking_uri,
                    trust_pickle=trust_pickle, diagnose=diagnose, int8_repair=int8_repair,
                    max_float_fraction=max_float_fraction, task=task, max_metric_increase=max_metric_increase,
-                   max_error_ratio=max_error_ratio, min_cosine=min_cosine, int8_scale_tol=int8_scale_tol)
+                   max_error_ratio=max_error_ratio, min_cosine=min_cosine, int8_scale_tol=int8_scale_tol,
+                   output_tolerances=output_tolerances)
 
 
 # -- the steps -------------------------------------------------------------------------------
@@ -208,6 +212,13 @@ def _convert(model: str, source: str | None, targets: list[str], calib, edge: li
     native_out = native_run(eval_set.x) if native_run else frontend.predict(path, eval_set.x)
     native_lat = latencies(native_run, eval_set.x)
     native_acc = _accuracy(native_out, eval_set.y)
+    names = list(native_out) if isinstance(native_out, dict) else ["output"]
+    unknown = sorted(set(tol.outputs) - set(names))
+    if unknown:
+        raise UsageError(f"tolerance given for output {', '.join(unknown)}, which the model does not have; "
+                         f"its outputs: {', '.join(names)}")
+    if isinstance(native_out, dict) and edge:
+        raise UsageError(f"--edge handles models with one output; this one has {len(names)} ({', '.join(names)})")
 
     rows: list[Row] = []
     artifacts: dict[str, Path] = {}
@@ -248,7 +259,8 @@ def _judge(name: str, target, built, staging: Path, eval_set: Calibration, nativ
                top1_agreement=m["top1_agreement"], accuracy=m["accuracy"],
                accuracy_delta=m["accuracy_delta"], latency_ms=latencies(run, eval_set.x),
                passed=m["passed"], criterion=m["criterion"], limit_ratio=m["limit_ratio"],
-               notes=list(built.notes), task=m["task"], task_metrics=m["task_metrics"]), out
+               notes=list(built.notes), task=m["task"], task_metrics=m["task_metrics"],
+               outputs=m.get("outputs")), out
 
 
 def _diagnosis(target, export, built, x: np.ndarray, frontend, path: Path, native_out: np.ndarray,
@@ -344,6 +356,21 @@ def _edge_rows(cpus: list[str], artifacts: dict[str, Path], target_objs: dict, e
                             task=m["task"], task_metrics=m["task_metrics"], notes=[f"emulated aarch64 (qemu -cpu {cpu}), {len(x)} samples, "
                                    f"bundle run took {wall:.1f} s wall"]))
     return rows
+
+
+def _output_tolerances(given: dict | None) -> dict[str, dict[str, float]]:
+    """{output name: {"atol": x, "rtol": y}}, each a number in (0, 1]; UsageError otherwise."""
+    out: dict[str, dict[str, float]] = {}
+    for name, tols in (given or {}).items():
+        if not isinstance(name, str) or not name or not isinstance(tols, dict):
+            raise UsageError(f"output tolerances must map an output name to {{'atol': .., 'rtol': ..}}, got {name!r}")
+        for key, value in tols.items():
+            if key not in ("atol", "rtol"):
+                raise UsageError(f"output {name}: unknown tolerance {key!r} (atol or rtol)")
+            if not isinstance(value, (int, float)) or not (np.isfinite(value) and 0 < value <= 1):
+                raise UsageError(f"output {name}: {key} must be > 0 and <= 1, got {value!r}")
+        out[name] = {k: float(v) for k, v in tols.items()}
+    return out
 
 
 def _calibration(calib, run_id: str | None, tracking_uri: str) -> Calibration | None:

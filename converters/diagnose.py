@@ -383,7 +383,11 @@ def fp32_diagnosis(onnx_path: Path, x: np.ndarray, input_name: str, reference, a
 
 def output_diagnosis(native: np.ndarray, converted: np.ndarray, atol: float, rtol: float) -> dict:
     """Where the outputs differ when no layer can be compared: the worst element (sample, index)
-    and the share of elements out of atol + rtol |a|."""
+    and the share of elements out of atol + rtol |a| (several outputs: the output that is worst)."""
+    if isinstance(native, dict) and isinstance(converted, dict):
+        found = {n: output_diagnosis(native[n], converted[n], atol, rtol) for n in native if n in converted}
+        name, worst = max(found.items(), key=lambda kv: kv[1].get("out_of_tolerance", 1.0))
+        return dict(worst, output=name, summary=f"output {name}: {worst['summary']}")
     a = np.asarray(native, np.float64)
     b = np.asarray(converted, np.float64)
     if a.size != b.size:

@@ -47,6 +47,7 @@ class Tolerance:
     max_metric_increase: float = 0.02  # int8 regression: RMSE / MAE may grow by this share of native's
     max_error_ratio: float = 0.25    # int8 regression: RMS(b - a) / native RMSE(a - y)
     min_cosine: float = 0.99         # int8 embedding: per-sample cosine(a, b), the lowest one
+    outputs: dict[str, dict[str, float]] = field(default_factory=dict)  # per output name: {"atol": .., "rtol": ..}
 
     def words(self, task: str | None = None) -> str:
         """Every criterion in force, with its threshold, as applied (`task`: the resolved one)."""
@@ -57,7 +58,16 @@ class Tolerance:
                               f"max abs diff <= {self.int8_scale_tol:g} x max|a| (without)",
                 "embedding": f"int8 per-sample cosine similarity >= {self.min_cosine:g}"}
         shown = [int8[task]] if task in int8 else list(int8.values())
-        return f"fp32 |a-b| <= {self.atol:g} + {self.rtol:g}*|a|; " + "; ".join(shown)
+        own = "".join(f"; output {name}: fp32 |a-b| <= {t.get('atol', self.atol):g} + {t.get('rtol', self.rtol):g}*|a|"
+                      for name, t in self.outputs.items())
+        return f"fp32 |a-b| <= {self.atol:g} + {self.rtol:g}*|a|{' (other outputs)' if own else ''}{own}; " + "; ".join(shown)
+
+    def for_output(self, name: str) -> "Tolerance":
+        """The tolerance one output is judged by (its own atol/rtol where given)."""
+        from dataclasses import replace
+
+        own = self.outputs.get(name) or {}
+        return replace(self, outputs={}, **{k: float(v) for k, v in own.items() if k in ("atol", "rtol")})
 
 
 @dataclass
@@ -81,6 +91,7 @@ class Row:
     repair: dict | None = None          # int8 repair: nodes kept in float, steps, size (converters.api._repair)
     task: str | None = None             # what the int8 criterion judged: classification | regression | embedding
     task_metrics: dict | None = None    # the task's figures (rmse, mae, error_ratio, min_cosine ...)
+    outputs: dict | None = None         # several outputs: each one's figures and verdict, by name
 
 
 @dataclass
@@ -332,7 +343,10 @@ def _task_metrics(task: str, a: np.ndarray, b: np.ndarray, labels: np.ndarray | 
 
 def compare(target: str, precision: str, native: np.ndarray, converted: np.ndarray,
             labels: np.ndarray | None, tol: Tolerance) -> dict:
-    """The error metrics and the pass/fail verdict of one artifact's outputs vs the native ones."""
+    """The error metrics and the pass/fail verdict of one artifact's outputs vs the native ones
+    (several outputs, as dicts by name: each judged with its own tolerance, all must pass)."""
+    if isinstance(native, dict) or isinstance(converted, dict):
+        return _compare_outputs(target, precision, native, converted, labels, tol)
     a = np.asarray(native, dtype=np.float64)
     b = np.asarray(converted, dtype=np.float64)
     if a.shape != b.shape:
@@ -399,7 +413,28 @@ def compare(target: str, precision: str, native: np.ndarray, converted: np.ndarr
                 task=task, task_metrics=tm or None)
 
 
+def _compare_outputs(target: str, precision: str, native, converted, labels, tol: Tolerance) -> dict:
+    names = list(native) if isinstance(native, dict) else ["output"]
+    got = list(converted) if isinstance(converted, dict) else ["output"]
+    if names != got:
+        return dict(max_abs_diff=float("inf"), max_rel_diff=float("inf"), top1_agreement=None, accuracy=None,
+                    accuracy_delta=None, passed=False, limit_ratio=float("inf"), task=None, task_metrics=None,
+                    criterion=f"outputs {', '.join(got)} differ from the native model's {', '.join(names)}")
+    per = {n: compare(target, precision, native[n], converted[n], None, tol.for_output(n)) for n in names}
+    ratios = [m["limit_ratio"] for m in per.values() if m["limit_ratio"] is not None]
+    return dict(max_abs_diff=max(m["max_abs_diff"] for m in per.values()),
+                max_rel_diff=max(m["max_rel_diff"] for m in per.values()),
+                top1_agreement=None, accuracy=None, accuracy_delta=None,
+                passed=all(m["passed"] for m in per.values()),
+                criterion="; ".join(f"{n}: {m['criterion']}" for n, m in per.items()),
+                limit_ratio=max(ratios) if ratios else None, task=next(iter(per.values()))["task"], task_metrics=None,
+                outputs={n: {k: m[k] for k in ("max_abs_diff", "max_rel_diff", "passed", "criterion", "limit_ratio")}
+                         for n, m in per.items()})
+
+
 def accuracy(outputs: np.ndarray, labels: np.ndarray | None) -> float | None:
+    if isinstance(outputs, dict):
+        return None
     if labels is None or outputs.ndim != 2 or outputs.shape[-1] < 2 or len(labels) != len(outputs):
         return None
     return float(np.mean(outputs.argmax(-1) == labels))

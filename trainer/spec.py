@@ -102,6 +102,11 @@ class Tracking(_Strict):
         return v
 
 
+class OutputTolerance(_Strict):
+    atol: Float | None = Field(None, gt=0, le=1, description="this output's absolute tolerance (fp32 targets).")
+    rtol: Float | None = Field(None, gt=0, le=1, description="this output's relative tolerance (fp32 targets).")
+
+
 class Parity(_Strict):
     # A tolerance above 1 is no parity check: it passes models that give other answers.
     atol: Float = Field(1e-4, gt=0, le=1, description="fp32 targets: max abs diff allowed (0 < atol <= 1).")
@@ -117,6 +122,8 @@ class Parity(_Strict):
     min_cosine: Float = Field(0.99, ge=0, le=1, description="int8 embedding: lowest per-sample cosine similarity.")
     int8_scale_tol: Float = Field(0.05, ge=0, le=10, description="int8 regression without labels: max abs "
                                   "diff over the largest native output.")
+    outputs: dict[str, OutputTolerance] = Field(default_factory=dict, description="Per output name of a "
+                                                "multi-output model: its own atol/rtol (e.g. boxes: {atol: 1e-3}).")
     diagnose: bool = Field(False, description="Per-layer diagnosis of passing targets too (failing ones always).")
     int8_repair: bool = Field(False, description="int8 that misses its gate: keep the nodes the diagnosis "
                               "blames in float, fewest first, until it passes.")

@@ -173,3 +173,18 @@ def train_digits_regressor(epochs: int = 60, seed: int = 0) -> tuple[nn.Module, 
     with torch.no_grad():
         rmse = float(np.sqrt(np.mean((model(torch.from_numpy(xte)).numpy()[:, 0] - yte) ** 2)))
     return model, rmse
+
+
+class TwoHeads(nn.Module):
+    """A detector-shaped model: a shared trunk, a `boxes` regression head (4 numbers) and a
+    `scores` class head; returns a dict, so its ONNX outputs are named boxes and scores."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU())
+        self.boxes = nn.Linear(32, 4)
+        self.scores = nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = self.trunk(x)
+        return {"boxes": self.boxes(h), "scores": self.scores(h)}

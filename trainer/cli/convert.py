@@ -14,6 +14,31 @@ from trainer.errors import ParityError, UsageError
 TOLERANCE_WHY = "a tolerance above 1 passes models that give other answers"
 
 
+def _tolerances(flag: str):
+    """A typer callback for --atol/--rtol: plain numbers (the last one wins) and NAME=NUMBER per
+    output; gives (the plain value, {name: value})."""
+    default = {"--atol": 1e-4, "--rtol": 1e-3}[flag]
+    check = number(flag, 0, 1, low_open=True, why=TOLERANCE_WHY)
+
+    def parse(values):
+        if values is None or isinstance(values, tuple) and len(values) == 2 and isinstance(values[1], dict):
+            return values
+        plain, named = default, {}
+        for item in values:
+            name, _, text = item.rpartition("=")
+            try:
+                value = float(text)
+            except ValueError:
+                raise typer.BadParameter(f"{item!r} is not a number or OUTPUT=NUMBER") from None
+            check(value)
+            if name:
+                named[name] = value
+            else:
+                plain = value
+        return plain, named
+    return parse
+
+
 def register(app: typer.Typer) -> None:
     app.command("convert", help="Convert a model to ONNX / int8 / TFLite / PyTorch / edge bundles, "
                                 "with a parity report that gates it.")(convert)
@@ -29,10 +54,11 @@ def convert(
                                          "Default for runs: the run's calibration/ artifacts."),
     edge: List[str] = typer.Option([], "--edge", help="Bundle for ARM and run it on this emulated "
                                    "aarch64 CPU (e.g. cortex-a72); repeat or comma-separate."),
-    atol: float = typer.Option(1e-4, "--atol", help="fp32 targets: absolute tolerance (0 < atol <= 1).",
-                               callback=number("--atol", 0, 1, low_open=True, why=TOLERANCE_WHY)),
-    rtol: float = typer.Option(1e-3, "--rtol", help="fp32 targets: relative tolerance (0 < rtol <= 1).",
-                               callback=number("--rtol", 0, 1, low_open=True, why=TOLERANCE_WHY)),
+    atol: List[str] = typer.Option(["1e-4"], "--atol", help="fp32 targets: absolute tolerance (0 < atol <= 1); "
+                                   "NAME=VALUE for one output of a multi-output model (repeat).",
+                                   callback=_tolerances("--atol")),
+    rtol: List[str] = typer.Option(["1e-3"], "--rtol", help="fp32 targets: relative tolerance (0 < rtol <= 1); "
+                                   "NAME=VALUE for one output (repeat).", callback=_tolerances("--rtol")),
     min_agreement: float = typer.Option(0.98, "--min-agreement", help="int8 targets: min top-1 agreement (0-1).",
                                         callback=number("--min-agreement", 0, 1, why="a fraction of samples")),
     max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop",
@@ -75,8 +101,13 @@ def convert(
     _check_inputs(model, calib, edge)
     from converters.api import convert as convert_model
 
+    per_output: dict[str, dict[str, float]] = {}
+    for key, given in (("atol", atol), ("rtol", rtol)):
+        for name, value in given[1].items():
+            per_output.setdefault(name, {})[key] = value
     try:
-        report = convert_model(model, source, to, calib=calib, edge=edge, atol=atol, rtol=rtol, out_dir=out,
+        report = convert_model(model, source, to, calib=calib, edge=edge, atol=atol[0], rtol=rtol[0], out_dir=out,
+                               output_tolerances=per_output,
                                min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop,
                                trust_pickle=trust_pickle, diagnose=diagnose, int8_repair=int8_repair,
                                max_float_fraction=max_float_fraction, task=task,
