@@ -134,7 +134,8 @@ class ConversionReport:
         target passed, and per target the figure its criterion judges - `parity.<target>.max_abs_diff`
         for fp32, `parity.<target>.top1_agreement` (and `.accuracy_delta` when labels are known)
         for int8 - plus its size in bytes and its verdict (`parity.<target>.passed`, which promotion
-        gates such as `parity.onnx-int8: passed` read)."""
+        gates such as `parity.onnx-int8: passed` read); for an int8 repair, how many nodes and what
+        share of the weights it kept in float (`parity.<target>.repair.float_nodes`, ...)."""
         out: dict[str, float] = {"parity.passed": float(self.passed)}
         for r in self.rows:
             key = "parity." + r.target.replace("@", ".edge.")
@@ -149,6 +150,9 @@ class ConversionReport:
                 vals = {"max_abs_diff": r.max_abs_diff}
             vals["size_bytes"] = r.size_bytes
             vals["passed"] = float(r.passed)
+            if r.repair and r.repair.get("excluded_nodes") is not None:
+                vals["repair.float_nodes"] = len(r.repair["excluded_nodes"])
+                vals["repair.float_weight_fraction"] = r.repair.get("float_weight_fraction")
             out.update({f"{key}.{k}": float(v) for k, v in vals.items() if v is not None})
         return out
 

@@ -88,6 +88,9 @@ def test_int8_repair_passes_the_gate_with_a_few_float_nodes(tmp_path, outlier_cn
         ref = model(torch.from_numpy(held)).numpy()
     assert float(np.mean(q.argmax(1) == ref.argmax(1))) >= 0.98
     assert "int8 repair kept" in (tmp_path / "out" / "report.md").read_text()
+    metrics = report.metrics()
+    assert metrics["parity.onnx-int8.repair.float_nodes"] == len(rep["excluded_nodes"])
+    assert metrics["parity.onnx-int8.passed"] == 1.0
     assert any("int8 repair kept" in line for line in report.summary_lines())
 
 
