@@ -16,22 +16,34 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from converters import registry
-from converters.parity import ConversionReport, Row, Tolerance, compare, latencies, write_report
+from converters.parity import (TASKS, ConversionReport, Row, Tolerance, compare, latencies, resolve_task,
+                               write_report)
 from converters.sources import (Calibration, check_shape, fmt_shape, frontend_for, load_calibration,
                                 resolve_model, run_calibration, split)
 from trainer.errors import ConversionError, ParityError, TrainerError, UnknownNameError, UsageError, first_line
 from trainer.home import resolve_tracking_uri, trainer_home
 
+DEFAULT_MAX_FLOAT_FRACTION = 0.5   # int8 repair: at most half the weights may stay float
 EDGE_SAMPLES = 64          # emulated aarch64 is ~20-50x slower; a batch this size is plenty
 EDGE_FORMATS = (".onnx", ".tflite")
 TAG_TRUST_PICKLE = "trainer.convert.trust_pickle"   # set on the source run when --trust-pickle was given
 __all__ = ["convert", "convert_run", "ConversionReport", "Tolerance"]
+
+
+@dataclass
+class Checks:
+    """What to do beyond judging: diagnose passing targets too, repair failing int8 ones."""
+
+    diagnose: bool = False
+    int8_repair: bool = False
+    max_float_fraction: float = DEFAULT_MAX_FLOAT_FRACTION
 
 
 def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
@@ -39,7 +51,11 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
             atol: float = 1e-4, rtol: float = 1e-3, out_dir: str | Path | None = None,
             run_id: str | None = None, *, min_agreement: float = 0.98,
             max_accuracy_drop: float = 0.01, log_to_mlflow: bool = True,
-            tracking_uri: str | None = None, trust_pickle: bool = False) -> ConversionReport:
+            tracking_uri: str | None = None, trust_pickle: bool = False, diagnose: bool = False,
+            int8_repair: bool = False, max_float_fraction: float = DEFAULT_MAX_FLOAT_FRACTION,
+            task: str = "auto", max_metric_increase: float = 0.02, max_error_ratio: float = 0.25,
+            min_cosine: float = 0.99, int8_scale_tol: float = 0.05,
+            output_tolerances: dict[str, dict[str, float]] | None = None) -> ConversionReport:
     """Convert `model` (a file/folder or `runs:/...` / `models:/name@alias`) from the `source`
     framework (None: from the MLflow model's flavor) into each of `targets`, judge parity on the
     calibration samples (held-out half), optionally bundle for and run on emulated ARM `edge`
@@ -49,7 +65,15 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
     A model whose format runs code when it loads (a pickled or TorchScript torch model) is
     refused unless `trust_pickle` (`--trust-pickle`); the opt-in is recorded in the report
     (`trust_pickle`, a note) and, for a model from a run, as the run's `trainer.convert.trust_pickle`
-    tag."""
+    tag.
+
+    A target that misses its gate is diagnosed layer by layer (`Row.diagnosis`, its one-line
+    `summary` in `report.summary_lines()`); `diagnose` asks for it on passing targets too (it
+    costs two runs of the float and the converted model per target, so it is off otherwise).
+    `int8_repair`: an int8 target that misses its gate is rebuilt with the nodes the diagnosis
+    blames kept in float, fewest first, until it passes or more than `max_float_fraction` of the
+    weights would stay float; the passing rebuild replaces it, with `Row.repair` saying what was
+    kept in float and what it cost."""
     targets = _names(targets)
     edge = _names(edge)
     if not targets:
@@ -60,7 +84,20 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
     if source is not None:
         registry.check_names(source, targets)
     tracking_uri = resolve_tracking_uri(tracking_uri)
-    tol = Tolerance(atol=atol, rtol=rtol, min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop)
+    if task not in ("auto", *TASKS):
+        raise UnknownNameError("task (--task)", task, ["auto", *TASKS])
+    for flag, value in (("max_metric_increase", max_metric_increase), ("max_error_ratio", max_error_ratio),
+                        ("min_cosine", min_cosine), ("int8_scale_tol", int8_scale_tol)):
+        if not (np.isfinite(value) and 0 <= value <= (1 if flag == "min_cosine" else 10)):
+            raise UsageError(f"{flag} must be a number in [0, {1 if flag == 'min_cosine' else 10}], got {value}")
+    tol = Tolerance(atol=atol, rtol=rtol, min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop,
+                    task=task, max_metric_increase=max_metric_increase, max_error_ratio=max_error_ratio,
+                    min_cosine=min_cosine, int8_scale_tol=int8_scale_tol,
+                    outputs=_output_tolerances(output_tolerances))
+    if not 0 < max_float_fraction <= 1:
+        raise UsageError(f"max_float_fraction (--max-float-fraction) must be in (0, 1], got {max_float_fraction:g}: "
+                         f"it is the share of the weights int8 repair may keep in float")
+    checks = Checks(diagnose=diagnose, int8_repair=int8_repair, max_float_fraction=max_float_fraction)
     out_dir = _out_dir(model, out_dir)
     _check_replaceable(out_dir)
     created = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]
@@ -69,7 +106,7 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
     work = Path(tempfile.mkdtemp(prefix="trainer-convert-"))
     try:
         report = _convert(str(model), source, targets, calib, edge, tol, staging, work, run_id, out_dir, tracking_uri,
-                          trust_pickle)
+                          trust_pickle, checks)
         write_report(report, staging)
         _publish(staging, out_dir, keep_all=report.passed)
     except BaseException as err:
@@ -86,7 +123,9 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
         _log_to_run(report, out_dir, tracking_uri)
     if not report.passed:
         failed = ", ".join(f"{r.target} ({r.criterion})" for r in report.failed_rows)
-        err = ParityError(f"parity failed for {failed}; report: {out_dir / 'report.md'}", report=report)
+        where = next((f"; {r.target}: {r.diagnosis['summary']}" for r in report.failed_rows
+                      if r.diagnosis and r.diagnosis.get("summary")), "")
+        err = ParityError(f"parity failed for {failed}{where}; report: {out_dir / 'report.md'}", report=report)
         err.report = report
         raise err
     return report
@@ -97,7 +136,11 @@ def convert_run(run_id: str, targets: Sequence[str] | str, edge: Iterable[str] =
                 artifact_path: str = "model", out_dir: str | Path | None = None,
                 calib: str | Path | np.ndarray | Calibration | None = None,
                 min_agreement: float = 0.98, max_accuracy_drop: float = 0.01,
-                tracking_uri: str | None = None, trust_pickle: bool = False) -> ConversionReport:
+                tracking_uri: str | None = None, trust_pickle: bool = False, diagnose: bool = False,
+                int8_repair: bool = False, max_float_fraction: float = DEFAULT_MAX_FLOAT_FRACTION,
+                task: str = "auto", max_metric_increase: float = 0.02, max_error_ratio: float = 0.25,
+                min_cosine: float = 0.99, int8_scale_tol: float = 0.05,
+            output_tolerances: dict[str, dict[str, float]] | None = None) -> ConversionReport:
     """Convert `runs:/<run_id>/<artifact_path>` with the run's logged calibration samples and
     log everything back into that run (what a job with a `convert:` section does after training).
     Output goes to `$TRAINER_HOME/conversions/<run_id>` unless `out_dir` is given."""
@@ -106,14 +149,19 @@ def convert_run(run_id: str, targets: Sequence[str] | str, edge: Iterable[str] =
     return convert(f"runs:/{run_id}/{artifact_path}", source, targets, calib=calib, edge=edge,
                    atol=atol, rtol=rtol, out_dir=out_dir, run_id=run_id,
                    min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop, tracking_uri=tracking_uri,
-                   trust_pickle=trust_pickle)
+                   trust_pickle=trust_pickle, diagnose=diagnose, int8_repair=int8_repair,
+                   max_float_fraction=max_float_fraction, task=task, max_metric_increase=max_metric_increase,
+                   max_error_ratio=max_error_ratio, min_cosine=min_cosine, int8_scale_tol=int8_scale_tol,
+                   output_tolerances=output_tolerances)
 
 
 # -- the steps -------------------------------------------------------------------------------
 
 def _convert(model: str, source: str | None, targets: list[str], calib, edge: list[str],
              tol: Tolerance, staging: Path, work: Path, run_id: str | None,
-             out_dir: Path, tracking_uri: str, trust_pickle: bool = False) -> ConversionReport:
+             out_dir: Path, tracking_uri: str, trust_pickle: bool = False,
+             checks: Checks | None = None) -> ConversionReport:
+    checks = checks or Checks()
     resolved = resolve_model(model, work / "download", tracking_uri)
     source = source or frontend_for(resolved.path)
     if source is None:
@@ -164,33 +212,118 @@ def _convert(model: str, source: str | None, targets: list[str], calib, edge: li
     native_out = native_run(eval_set.x) if native_run else frontend.predict(path, eval_set.x)
     native_lat = latencies(native_run, eval_set.x)
     native_acc = _accuracy(native_out, eval_set.y)
+    names = list(native_out) if isinstance(native_out, dict) else ["output"]
+    unknown = sorted(set(tol.outputs) - set(names))
+    if unknown:
+        raise UsageError(f"tolerance given for output {', '.join(unknown)}, which the model does not have; "
+                         f"its outputs: {', '.join(names)}")
+    if isinstance(native_out, dict) and edge:
+        raise UsageError(f"--edge handles models with one output; this one has {len(names)} ({', '.join(names)})")
 
     rows: list[Row] = []
     artifacts: dict[str, Path] = {}
     for name, target in target_objs.items():
-        precision = target.precision
         built = target.build(export, staging / name, cal_set.x if cal is not None else None)
-        artifact = artifacts[name] = Path(built.artifact)
-        run = target.runner(artifact)
-        out = run(eval_set.x) if run else target.predict(artifact, eval_set.x)
-        m = compare(name, precision, native_out, out, eval_set.y, tol)
-        rows.append(Row(target=name, precision=precision, artifact=str(artifact.relative_to(staging)),
-                        size_bytes=_size(artifact.parent if artifact.suffix == ".py" else artifact),
-                        n_samples=len(eval_set.x),
-                        max_abs_diff=m["max_abs_diff"], max_rel_diff=m["max_rel_diff"],
-                        top1_agreement=m["top1_agreement"], accuracy=m["accuracy"],
-                        accuracy_delta=m["accuracy_delta"], latency_ms=latencies(run, eval_set.x),
-                        passed=m["passed"], criterion=m["criterion"], limit_ratio=m["limit_ratio"],
-                        notes=list(built.notes)))
+        artifacts[name] = Path(built.artifact)
+        row, out = _judge(name, target, built, staging, eval_set, native_out, tol)
+        if checks.diagnose or not row.passed:
+            row.diagnosis = _diagnosis(target, export, built, eval_set.x, frontend, path, native_out, out, tol)
+        if not row.passed and checks.int8_repair and target.precision == "int8":
+            row = _repair(name, target, export, built, row, cal_set.x, eval_set, native_out, tol, staging,
+                          work / f"repair-{name}", checks.max_float_fraction)
+        rows.append(row)
     if edge:
         rows += _edge_rows(edge, artifacts, target_objs, export, eval_set, native_out, tol, staging)
 
+    task, task_how = resolve_task(tol.task, native_out, eval_set.y)
     return ConversionReport(
-        model=model, source=source, exporter=export.exporter,
+        task=task, task_how=task_how, model=model, source=source, exporter=export.exporter,
         inputs=[dict(name=i.name, shape=list(i.shape), layout=i.layout, dtype=i.dtype) for i in export.inputs],
         tolerance=tol, native_latency_ms=native_lat, native_accuracy=native_acc,
         native_size_bytes=_size(path), rows=rows, notes=notes, out_dir=str(out_dir), run_id=run_id,
         trust_pickle=trust_pickle)
+
+
+def _judge(name: str, target, built, staging: Path, eval_set: Calibration, native_out: np.ndarray,
+           tol: Tolerance) -> tuple[Row, np.ndarray]:
+    """Run the built artifact on the held-out samples and judge it against the native outputs:
+    (its row, its outputs)."""
+    artifact = Path(built.artifact)
+    run = target.runner(artifact)
+    out = run(eval_set.x) if run else target.predict(artifact, eval_set.x)
+    m = compare(name, target.precision, native_out, out, eval_set.y, tol)
+    return Row(target=name, precision=target.precision, artifact=str(artifact.relative_to(staging)),
+               size_bytes=_size(artifact.parent if artifact.suffix == ".py" else artifact),
+               n_samples=len(eval_set.x),
+               max_abs_diff=m["max_abs_diff"], max_rel_diff=m["max_rel_diff"],
+               top1_agreement=m["top1_agreement"], accuracy=m["accuracy"],
+               accuracy_delta=m["accuracy_delta"], latency_ms=latencies(run, eval_set.x),
+               passed=m["passed"], criterion=m["criterion"], limit_ratio=m["limit_ratio"],
+               notes=list(built.notes), task=m["task"], task_metrics=m["task_metrics"],
+               outputs=m.get("outputs")), out
+
+
+def _diagnosis(target, export, built, x: np.ndarray, frontend, path: Path, native_out: np.ndarray,
+               out: np.ndarray, tol: Tolerance) -> dict | None:
+    """The target's per-layer diagnosis, timed: the target's own (int8 against its float model);
+    for an fp32 ONNX model, each layer against the native model's layer (where the frontend maps
+    ONNX nodes back to its layers); else the output element that differs most. A diagnosis that
+    breaks says so in the report instead of hiding the verdict it was meant to explain."""
+    from converters.diagnose import fp32_diagnosis, output_diagnosis
+
+    t0 = time.perf_counter()
+    try:
+        found = target.diagnose(export, built, x)
+        artifact = Path(built.artifact)
+        if found is None and target.precision == "fp32" and artifact.suffix == ".onnx":
+            found = fp32_diagnosis(artifact, x, export.inputs[0].name,
+                                   lambda names, xs: frontend.layer_outputs(path, xs, names), tol.atol, tol.rtol)
+        if found is None:
+            found = output_diagnosis(native_out, out, tol.atol, tol.rtol)
+    except Exception as err:  # the verdict stands without it; the report names what broke
+        found = dict(kind=target.precision, error=f"{type(err).__name__}: {first_line(err)}",
+                     summary=f"diagnosis failed: {type(err).__name__}: {first_line(err)}")
+    if found is not None:
+        found["seconds"] = round(time.perf_counter() - t0, 3)
+    return found
+
+
+def _repair(name: str, target, export, built, row: Row, cal_x: np.ndarray, eval_set: Calibration,
+            native_out: np.ndarray, tol: Tolerance, staging: Path, work: Path, max_float_fraction: float) -> Row:
+    """int8 repair (Target.repair): the passing rebuild replaces the artifact and its row (which
+    keeps the diagnosis of the plain model it replaced); a repair that does not reach the gate
+    leaves the failing row, with what was tried."""
+    if not row.diagnosis or "ranked" not in row.diagnosis:
+        row.repair = dict(passed=False, stopped="no per-layer diagnosis to rank the nodes by")
+        return row
+
+    def judge(path: Path) -> dict:
+        run = target.runner(path)
+        out = run(eval_set.x) if run else target.predict(path, eval_set.x)
+        return compare(name, target.precision, native_out, out, eval_set.y, tol)
+
+    t0 = time.perf_counter()
+    work.mkdir(parents=True, exist_ok=True)
+    result = target.repair(export, built, row.diagnosis, cal_x, work, judge, max_float_fraction)
+    if result is None:
+        row.repair = dict(passed=False, stopped="the diagnosis blames no node that lost precision")
+        return row
+    repaired, info = result
+    info["seconds"] = round(time.perf_counter() - t0, 3)
+    info["size_before_bytes"] = row.size_bytes
+    info["before"] = row.criterion
+    if repaired is None or not info["passed"]:
+        row.repair = info
+        return row
+    dst = Path(built.artifact)
+    shutil.move(str(repaired.artifact), dst)
+    repaired.artifact = dst
+    new, _ = _judge(name, target, repaired, staging, eval_set, native_out, tol)
+    new.diagnosis = row.diagnosis
+    if new.diagnosis is not None:
+        new.diagnosis["of"] = "the plain int8 model, before repair"
+    new.repair = info
+    return new
 
 
 def _edge_rows(cpus: list[str], artifacts: dict[str, Path], target_objs: dict, export, eval_set: Calibration,
@@ -220,9 +353,24 @@ def _edge_rows(cpus: list[str], artifacts: dict[str, Path], target_objs: dict, e
                             top1_agreement=m["top1_agreement"], accuracy=m["accuracy"],
                             accuracy_delta=m["accuracy_delta"], latency_ms={"b1": None, "b64": None},
                             passed=m["passed"], criterion=m["criterion"], limit_ratio=m["limit_ratio"],
-                            notes=[f"emulated aarch64 (qemu -cpu {cpu}), {len(x)} samples, "
+                            task=m["task"], task_metrics=m["task_metrics"], notes=[f"emulated aarch64 (qemu -cpu {cpu}), {len(x)} samples, "
                                    f"bundle run took {wall:.1f} s wall"]))
     return rows
+
+
+def _output_tolerances(given: dict | None) -> dict[str, dict[str, float]]:
+    """{output name: {"atol": x, "rtol": y}}, each a number in (0, 1]; UsageError otherwise."""
+    out: dict[str, dict[str, float]] = {}
+    for name, tols in (given or {}).items():
+        if not isinstance(name, str) or not name or not isinstance(tols, dict):
+            raise UsageError(f"output tolerances must map an output name to {{'atol': .., 'rtol': ..}}, got {name!r}")
+        for key, value in tols.items():
+            if key not in ("atol", "rtol"):
+                raise UsageError(f"output {name}: unknown tolerance {key!r} (atol or rtol)")
+            if not isinstance(value, (int, float)) or not (np.isfinite(value) and 0 < value <= 1):
+                raise UsageError(f"output {name}: {key} must be > 0 and <= 1, got {value!r}")
+        out[name] = {k: float(v) for k, v in tols.items()}
+    return out
 
 
 def _calibration(calib, run_id: str | None, tracking_uri: str) -> Calibration | None:

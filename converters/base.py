@@ -45,6 +45,7 @@ class Built:
 
     artifact: Path
     notes: list[str] = field(default_factory=list)
+    extras: dict[str, Path] = field(default_factory=dict)   # work files, e.g. {"float_model": the quantized one's twin}
 
 
 class Frontend(ABC):
@@ -73,6 +74,12 @@ class Frontend(ABC):
         """A sample to export with when no calibration data is given (an MLflow input example)."""
         return None
 
+    def layer_outputs(self, model: Path, inputs: np.ndarray, names: list[str]) -> dict[str, np.ndarray] | None:
+        """The native outputs of the named layers (the names the exporter recorded on the ONNX
+        nodes) on `inputs`: the fp32 diagnosis' reference per layer. None: this frontend cannot
+        map ONNX nodes back to its layers (the diagnosis then stops at the outputs)."""
+        return None
+
     def admit(self, model: Path, trust_pickle: bool = False) -> list[str]:
         """Called first: refuse a model whose format runs code from the file when it loads (a
         pickle), unless `trust_pickle`; returns notes for the report (what the trust was used
@@ -96,4 +103,18 @@ class Target(ABC):
 
     def runner(self, artifact: Path) -> Predict | None:
         """A fast in-process predict function for latency, or None (see Frontend.runner)."""
+        return None
+
+    def diagnose(self, export: ExportResult, built: Built, x: np.ndarray) -> dict | None:
+        """Where the artifact's outputs part from its float model's, layer by layer, on `x` (a
+        JSON-able dict with a one-line `summary`; see converters.diagnose), or None when this
+        target has no per-layer view."""
+        return None
+
+    def repair(self, export: ExportResult, built: Built, diagnosis: dict, calib: np.ndarray,
+               out_dir: Path, judge: Callable[[Path], dict], max_float_fraction: float) -> tuple[Built | None, dict] | None:
+        """Rebuild the artifact with the nodes the diagnosis blames kept in float, fewest first,
+        until `judge(artifact)["passed"]` or the float share of the weights would pass
+        `max_float_fraction`: (the last artifact tried - None when even the first step was over
+        the budget - and what was done), or None when there is nothing to repair."""
         return None

@@ -3,7 +3,7 @@ calibration samples (a .npy/.npz file, or the `calibration/` artifacts of the mo
 
 A training job logs, for each run it converts later:
     calibration/inputs.npy   float32, the native model's input layout (e.g. NCHW for torch)
-    calibration/labels.npy   int labels (optional)
+    calibration/labels.npy   int class labels or float regression targets (optional)
 and `runs:/<id>/model` is an MLflow model of the framework's flavor.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ class ResolvedModel:
 @dataclass
 class Calibration:
     x: np.ndarray                 # inputs, native layout
-    y: np.ndarray | None = None   # integer labels, when known
+    y: np.ndarray | None = None   # integer class labels or float regression targets, when known
     origin: str = ""
 
 
@@ -186,8 +186,12 @@ def _as_inputs(x: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _as_labels(y: np.ndarray, n: int, path: Path) -> np.ndarray:
+    """Integer class labels (N,) (classification), or finite float targets (N,) / (N, ...)
+    (regression: judged by the change in RMSE / MAE)."""
     y = np.asarray(y)
-    if y.ndim != 1 or len(y) != n or y.dtype.kind not in "iu":
-        raise UsageError(f"{path.name}: labels must be integers of shape ({n},), got dtype {y.dtype} "
-                         f"shape {tuple(y.shape)}")
-    return y.astype(np.int64)
+    if y.dtype.kind in "iu" and y.ndim == 1 and len(y) == n:
+        return y.astype(np.int64)
+    if y.dtype.kind == "f" and y.ndim >= 1 and len(y) == n and np.all(np.isfinite(y)):
+        return y.astype(np.float64)
+    raise UsageError(f"{path.name}: labels must be integer classes of shape ({n},) or finite float targets "
+                     f"of shape ({n}, ...), got dtype {y.dtype} shape {tuple(y.shape)}")

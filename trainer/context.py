@@ -173,8 +173,11 @@ class Context:
 
         `example_input` is a batch of real inputs: it becomes the model's input example and the
         calibration set of `convert:`; `labels` (optional, same length) let conversion report the
-        accuracy delta.
+        accuracy delta: integer class labels (N,), or float targets (N, ...) for a regression
+        model (conversion then judges the change in RMSE / MAE). Both are checked here, when
+        called, so a wrong argument fails at once instead of after conversion.
         """
+        x, y = _model_sample(example_input, labels)
         if self.rank != 0:
             return
         self._log_model(model, example_input)
@@ -184,9 +187,9 @@ class Context:
             from trainer.tracking.runs import client
 
             with tempfile.TemporaryDirectory() as tmp:
-                np.save(Path(tmp) / "inputs.npy", _to_numpy(example_input).astype("float32"))
-                if labels is not None:
-                    np.save(Path(tmp) / "labels.npy", _to_numpy(labels))
+                np.save(Path(tmp) / "inputs.npy", x.astype("float32"))
+                if y is not None:
+                    np.save(Path(tmp) / "labels.npy", y)
                 client(self._tracking_uri).log_artifacts(self.run_id, tmp, "calibration")
 
     # ------------------------------------------------------------------ internals
@@ -267,6 +270,27 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
             raise ValueError(f"ctx.report: metric {key!r} is {value} (training diverged?)")
         out[key] = float(value)
     return out
+
+
+def _model_sample(example_input, labels):
+    """ctx.save_model's arguments as arrays, or TypeError/ValueError naming what is wrong: inputs
+    a numeric batch (N, ...); labels None, integer classes (N,) or finite float targets (N, ...)."""
+    x = _to_numpy(example_input)
+    if x.dtype.kind not in "fiu" or x.ndim < 2 or len(x) == 0:
+        raise TypeError(f"ctx.save_model: example_input must be a numeric batch (N, ...) with N >= 1, "
+                        f"got dtype {x.dtype} shape {tuple(x.shape)}")
+    if labels is None:
+        return x, None
+    y = _to_numpy(labels)
+    if len(y.shape) == 0 or len(y) != len(x):
+        raise ValueError(f"ctx.save_model: labels must have one entry per example_input sample ({len(x)}), "
+                         f"got shape {tuple(y.shape)}")
+    if y.dtype.kind in "iu" and y.ndim == 1:
+        return x, y
+    if y.dtype.kind == "f" and bool((y == y).all()) and bool((abs(y) != float("inf")).all()):
+        return x, y
+    raise TypeError(f"ctx.save_model: labels must be integer classes (N,) or finite float regression "
+                    f"targets (N, ...), got dtype {y.dtype} shape {tuple(y.shape)}")
 
 
 def _to_numpy(x):

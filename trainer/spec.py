@@ -102,12 +102,33 @@ class Tracking(_Strict):
         return v
 
 
+class OutputTolerance(_Strict):
+    atol: Float | None = Field(None, gt=0, le=1, description="this output's absolute tolerance (fp32 targets).")
+    rtol: Float | None = Field(None, gt=0, le=1, description="this output's relative tolerance (fp32 targets).")
+
+
 class Parity(_Strict):
     # A tolerance above 1 is no parity check: it passes models that give other answers.
     atol: Float = Field(1e-4, gt=0, le=1, description="fp32 targets: max abs diff allowed (0 < atol <= 1).")
     rtol: Float = Field(1e-3, gt=0, le=1, description="fp32 targets: max relative diff allowed (0 < rtol <= 1).")
     min_agreement: Float = Field(0.98, ge=0, le=1, description="int8 targets: top-1 agreement required.")
     max_accuracy_drop: Float = Field(0.01, ge=0, le=1, description="int8 targets: accuracy drop allowed.")
+    task: Literal["auto", "classification", "regression", "embedding"] = Field(
+        "auto", description="What int8 parity judges; auto: int labels -> classification, float -> regression.")
+    max_metric_increase: Float = Field(0.02, ge=0, le=10, description="int8 regression: RMSE/MAE growth allowed "
+                                       "(share of the native model's).")
+    max_error_ratio: Float = Field(0.25, ge=0, le=10, description="int8 regression: RMS(int8 - native) over "
+                                   "the native model's RMSE.")
+    min_cosine: Float = Field(0.99, ge=0, le=1, description="int8 embedding: lowest per-sample cosine similarity.")
+    int8_scale_tol: Float = Field(0.05, ge=0, le=10, description="int8 regression without labels: max abs "
+                                  "diff over the largest native output.")
+    outputs: dict[str, OutputTolerance] = Field(default_factory=dict, description="Per output name of a "
+                                                "multi-output model: its own atol/rtol (e.g. boxes: {atol: 1e-3}).")
+    diagnose: bool = Field(False, description="Per-layer diagnosis of passing targets too (failing ones always).")
+    int8_repair: bool = Field(False, description="int8 that misses its gate: keep the nodes the diagnosis "
+                              "blames in float, fewest first, until it passes.")
+    max_float_fraction: Float = Field(0.5, gt=0, le=1, description="int8 repair: the largest share of the "
+                                      "weights it may keep in float (0 < f <= 1).")
 
 
 class Convert(_Strict):

@@ -243,10 +243,10 @@ class TorchFrontend(Frontend):
         module = self.module(model)
         # A batch of >= 2 so the exporter does not specialise the batch dim to 1.
         x = torch.from_numpy(_batch_of(sample, 2))
-        self._check_runs(module, x)
+        outputs = list(_named_outputs(self._check_runs(module, x)))
         notes: list[str] = []
-        names = dict(input_names=["input"], output_names=["output"],
-                     dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+        names = dict(input_names=["input"], output_names=outputs,
+                     dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}})
         try:
             with _quiet():
                 torch.onnx.export(module, (x,), str(dst), dynamo=True, external_data=False,
@@ -293,26 +293,82 @@ class TorchFrontend(Frontend):
 
         module = self.module(model)
 
-        def run(x: np.ndarray) -> np.ndarray:
+        def run(x: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
             with torch.inference_mode():
-                outs = [_first_output(module(torch.from_numpy(np.ascontiguousarray(x[i:i + 512], np.float32))))
+                outs = [_named_outputs(module(torch.from_numpy(np.ascontiguousarray(x[i:i + 512], np.float32))))
                         for i in range(0, len(x), 512)]
-            return np.concatenate([o.detach().numpy() for o in outs])
+            joined = {k: np.concatenate([o[k].detach().numpy() for o in outs]) for k in outs[0]}
+            return joined["output"] if list(joined) == ["output"] else joined
 
         return run
 
-    def _check_runs(self, module, x) -> None:
+    def layer_outputs(self, model: Path, inputs: np.ndarray, names: list[str]) -> dict[str, np.ndarray] | None:
+        """The outputs of the named submodules (`head.1`: the exporter's name scopes) on `inputs`,
+        captured with forward hooks; an ExportedProgram is unflattened back into its module
+        hierarchy first. None for TorchScript (no hooks)."""
+        import torch
+
+        loaded = self.load(model)
+        if isinstance(loaded, torch.jit.ScriptModule):
+            return None
+        if isinstance(loaded, torch.export.ExportedProgram):
+            with _quiet():
+                root = torch.export.unflatten(loaded)
+        else:
+            root = self.module(model)
+        wanted = set(names)
+        got: dict[str, list[np.ndarray]] = {}
+        handles = []
+
+        def keep(name):
+            def hook(_module, _inputs, output):
+                if isinstance(output, (tuple, list, dict)):
+                    output = _first_output(output)
+                if isinstance(output, torch.Tensor) and output.is_floating_point():
+                    got.setdefault(name, []).append(output.detach().float().numpy().copy())
+            return hook
+
+        for name, sub in root.named_modules():
+            if name in wanted:
+                handles.append(sub.register_forward_hook(keep(name)))
+        try:
+            with torch.inference_mode(), _quiet():
+                for i in range(0, len(inputs), 512):
+                    root(torch.from_numpy(np.ascontiguousarray(inputs[i:i + 512], np.float32)))
+        finally:
+            for h in handles:
+                h.remove()
+        n_batches = -(-len(inputs) // 512)
+        return {k: np.concatenate(v) for k, v in got.items() if len(v) == n_batches}
+
+    def _check_runs(self, module, x):
         import torch
 
         try:
             with torch.inference_mode():
-                module(x)
+                return module(x)
         except Exception as err:
             takes = _infer_from_first_layer(module)
             takes = f" but its first layer takes {fmt_shape(takes, batch=True)}" if takes else ""
             raise ConversionError(f"torch: the model does not run on inputs of shape "
                                   f"{fmt_shape(tuple(x.shape), batch=True)}{takes}: "
                                   f"{first_line(err)}") from err
+
+
+def _named_outputs(out) -> dict:
+    """A model's outputs by the names the ONNX export gives them: one tensor is `output`; a
+    tuple/list of tensors `output_0`, `output_1`, ...; a dict of tensors keeps its keys. Anything
+    nested is judged by its first tensor (as `output`)."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return {"output": out}
+    if isinstance(out, (tuple, list)) and len(out) > 1 and all(isinstance(o, torch.Tensor) for o in out):
+        return {f"output_{i}": o for i, o in enumerate(out)}
+    if (isinstance(out, dict) and len(out) > 1 and all(isinstance(k, str) for k in out)
+            and all(isinstance(v, torch.Tensor) for v in out.values())):
+        return dict(out)
+    return {"output": _first_output(out)}
 
 
 def _first_output(out):

@@ -32,7 +32,8 @@ def ort_session(path: Path, threads: int = 0):
 
 
 def ort_runner(path: Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
-    """Load once; the returned function gives the model's first output on a batch."""
+    """Load once; the returned function gives the model's output on a batch (a dict by output
+    name when it has several)."""
     sess = ort_session(path, threads)
     inp = sess.get_inputs()
     if len(inp) != 1:
@@ -40,9 +41,12 @@ def ort_runner(path: Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarra
     name = inp[0].name
     dtype = np.float32 if "float)" in inp[0].type else None
 
-    def run(x: np.ndarray) -> np.ndarray:
+    outputs = [o.name for o in sess.get_outputs()]
+
+    def run(x: np.ndarray) -> np.ndarray | dict[str, np.ndarray]:
         x = np.ascontiguousarray(x, dtype=dtype) if dtype else x
-        return sess.run(None, {name: x})[0]
+        got = sess.run(None, {name: x})
+        return got[0] if len(got) == 1 else dict(zip(outputs, got))
 
     return run
 

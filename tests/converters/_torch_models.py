@@ -128,3 +128,63 @@ def save_exported(model: nn.Module, path, example: torch.Tensor):
     program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(program, str(path))
     return path
+
+
+def with_outlier_channel(model: nn.Module, first: nn.Module, second: nn.Module, factor: float = 1000.0) -> nn.Module:
+    """The same function, but `first`'s output channel 0 is `factor` times larger and `second`
+    (which reads it, through ReLU / max-pool, both positively homogeneous) divides it back: the
+    float model answers as before while that activation's range is `factor` times its other
+    channels', so per-tensor int8 activations round every other channel to nothing."""
+    with torch.no_grad():
+        first.weight[0] *= factor
+        if first.bias is not None:
+            first.bias[0] *= factor
+        second.weight[:, 0] /= factor
+    return model.eval()
+
+
+class DigitsRegressor(nn.Module):
+    """A small MLP that predicts the digit's value as a number (one continuous output)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(),
+                                 nn.Linear(32, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def train_digits_regressor(epochs: int = 60, seed: int = 0) -> tuple[nn.Module, float]:
+    """DigitsRegressor trained with MSE on the digit value; returns (model, test RMSE)."""
+    torch.manual_seed(seed)
+    (xtr, ytr), (xte, yte) = digits(seed)
+    model = DigitsRegressor()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    xt, yt = torch.from_numpy(xtr), torch.from_numpy(ytr.astype(np.float32))[:, None]
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt))
+        for i in range(0, len(xt), 128):
+            b = perm[i:i + 128]
+            opt.zero_grad()
+            nn.functional.mse_loss(model(xt[b]), yt[b]).backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        rmse = float(np.sqrt(np.mean((model(torch.from_numpy(xte)).numpy()[:, 0] - yte) ** 2)))
+    return model, rmse
+
+
+class TwoHeads(nn.Module):
+    """A detector-shaped model: a shared trunk, a `boxes` regression head (4 numbers) and a
+    `scores` class head; returns a dict, so its ONNX outputs are named boxes and scores."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU())
+        self.boxes = nn.Linear(32, 4)
+        self.scores = nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = self.trunk(x)
+        return {"boxes": self.boxes(h), "scores": self.scores(h)}

@@ -14,6 +14,31 @@ from trainer.errors import ParityError, UsageError
 TOLERANCE_WHY = "a tolerance above 1 passes models that give other answers"
 
 
+def _tolerances(flag: str):
+    """A typer callback for --atol/--rtol: plain numbers (the last one wins) and NAME=NUMBER per
+    output; gives (the plain value, {name: value})."""
+    default = {"--atol": 1e-4, "--rtol": 1e-3}[flag]
+    check = number(flag, 0, 1, low_open=True, why=TOLERANCE_WHY)
+
+    def parse(values):
+        if values is None or isinstance(values, tuple) and len(values) == 2 and isinstance(values[1], dict):
+            return values
+        plain, named = default, {}
+        for item in values:
+            name, _, text = item.rpartition("=")
+            try:
+                value = float(text)
+            except ValueError:
+                raise typer.BadParameter(f"{item!r} is not a number or OUTPUT=NUMBER") from None
+            check(value)
+            if name:
+                named[name] = value
+            else:
+                plain = value
+        return plain, named
+    return parse
+
+
 def register(app: typer.Typer) -> None:
     app.command("convert", help="Convert a model to ONNX / int8 / TFLite / PyTorch / edge bundles, "
                                 "with a parity report that gates it.")(convert)
@@ -29,15 +54,39 @@ def convert(
                                          "Default for runs: the run's calibration/ artifacts."),
     edge: List[str] = typer.Option([], "--edge", help="Bundle for ARM and run it on this emulated "
                                    "aarch64 CPU (e.g. cortex-a72); repeat or comma-separate."),
-    atol: float = typer.Option(1e-4, "--atol", help="fp32 targets: absolute tolerance (0 < atol <= 1).",
-                               callback=number("--atol", 0, 1, low_open=True, why=TOLERANCE_WHY)),
-    rtol: float = typer.Option(1e-3, "--rtol", help="fp32 targets: relative tolerance (0 < rtol <= 1).",
-                               callback=number("--rtol", 0, 1, low_open=True, why=TOLERANCE_WHY)),
+    atol: List[str] = typer.Option(["1e-4"], "--atol", help="fp32 targets: absolute tolerance (0 < atol <= 1); "
+                                   "NAME=VALUE for one output of a multi-output model (repeat).",
+                                   callback=_tolerances("--atol")),
+    rtol: List[str] = typer.Option(["1e-3"], "--rtol", help="fp32 targets: relative tolerance (0 < rtol <= 1); "
+                                   "NAME=VALUE for one output (repeat).", callback=_tolerances("--rtol")),
     min_agreement: float = typer.Option(0.98, "--min-agreement", help="int8 targets: min top-1 agreement (0-1).",
                                         callback=number("--min-agreement", 0, 1, why="a fraction of samples")),
     max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop",
                                             help="int8 targets: max accuracy loss vs native (0-1).",
                                             callback=number("--max-accuracy-drop", 0, 1, why="a fraction")),
+    task: str = typer.Option("auto", "--task", help="What int8 parity judges: classification (top-1 agreement, "
+                             "accuracy), regression (RMSE/MAE change), embedding (cosine); auto: from the "
+                             "labels (int: classification, float: regression) and outputs."),
+    max_metric_increase: float = typer.Option(0.02, "--max-metric-increase", help="int8 regression: RMSE and "
+                                              "MAE may grow by at most this share of the native model's.",
+                                              callback=number("--max-metric-increase", 0, 10, why="a share")),
+    max_error_ratio: float = typer.Option(0.25, "--max-error-ratio", help="int8 regression: output error "
+                                          "RMS(int8 - native) at most this x the native model's own RMSE.",
+                                          callback=number("--max-error-ratio", 0, 10, why="a ratio")),
+    min_cosine: float = typer.Option(0.99, "--min-cosine", help="int8 embedding: lowest per-sample cosine "
+                                     "similarity to the native output.",
+                                     callback=number("--min-cosine", 0, 1, why="a cosine similarity")),
+    int8_scale_tol: float = typer.Option(0.05, "--int8-scale-tol", help="int8 regression without labels: max "
+                                         "abs diff at most this x the largest native output.",
+                                         callback=number("--int8-scale-tol", 0, 10, why="a share of the output")),
+    diagnose: bool = typer.Option(False, "--diagnose", help="Per-layer diagnosis of passing targets too "
+                                  "(a failing target is always diagnosed)."),
+    int8_repair: bool = typer.Option(False, "--int8-repair", help="int8 that misses its gate: keep the nodes "
+                                     "the diagnosis blames in float, fewest first, until it passes."),
+    max_float_fraction: float = typer.Option(0.5, "--max-float-fraction",
+                                             help="--int8-repair: largest share of the weights kept in float (0-1].",
+                                             callback=number("--max-float-fraction", 0, 1, low_open=True,
+                                                             why="a share of the weights")),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Load a pickled or TorchScript torch model "
                                       "(it runs code from the file); only for models from a source you trust."),
     output: str = OutputOpt,
@@ -52,10 +101,18 @@ def convert(
     _check_inputs(model, calib, edge)
     from converters.api import convert as convert_model
 
+    per_output: dict[str, dict[str, float]] = {}
+    for key, given in (("atol", atol), ("rtol", rtol)):
+        for name, value in given[1].items():
+            per_output.setdefault(name, {})[key] = value
     try:
-        report = convert_model(model, source, to, calib=calib, edge=edge, atol=atol, rtol=rtol, out_dir=out,
+        report = convert_model(model, source, to, calib=calib, edge=edge, atol=atol[0], rtol=rtol[0], out_dir=out,
+                               output_tolerances=per_output,
                                min_agreement=min_agreement, max_accuracy_drop=max_accuracy_drop,
-                               trust_pickle=trust_pickle)
+                               trust_pickle=trust_pickle, diagnose=diagnose, int8_repair=int8_repair,
+                               max_float_fraction=max_float_fraction, task=task,
+                               max_metric_increase=max_metric_increase, max_error_ratio=max_error_ratio,
+                               min_cosine=min_cosine, int8_scale_tol=int8_scale_tol)
     except ParityError as err:
         if err.fields.get("report") is not None:
             _print_report(p, err.fields["report"])
@@ -123,6 +180,8 @@ def _print_report(p: Printer, report) -> None:
                   f"{'PASSED' if report.passed else 'FAILED'}")
     for r in report.rows:
         p.line(f"{r.target}: {criterion_words(r, report.tolerance)}", wrap=True)
+    for line in report.summary_lines():
+        p.line(line, wrap=True)
     p.line(f"report: {Path(report.out_dir) / 'report.md'}", whole=True)
     if report.run_id:
         p.line(f"logged to MLflow run {report.run_id} (conversion/)")

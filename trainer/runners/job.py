@@ -211,7 +211,11 @@ def convert_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str 
     report = convert_run(run_id, spec.convert.targets, source=get_runner(spec.framework).frontend,
                          edge=spec.convert.edge, atol=p.atol, rtol=p.rtol,
                          min_agreement=p.min_agreement, max_accuracy_drop=p.max_accuracy_drop,
-                         tracking_uri=tracking_uri)
+                         tracking_uri=tracking_uri, diagnose=p.diagnose, int8_repair=p.int8_repair,
+                         max_float_fraction=p.max_float_fraction, task=p.task,
+                         max_metric_increase=p.max_metric_increase, max_error_ratio=p.max_error_ratio,
+                         min_cosine=p.min_cosine, int8_scale_tol=p.int8_scale_tol,
+                         output_tolerances={n: t.model_dump(exclude_none=True) for n, t in p.outputs.items()})
     print(report.to_markdown(), flush=True)
 
 
