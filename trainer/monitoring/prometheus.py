@@ -204,6 +204,16 @@ def _ready(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def _knows_exporter(url: str) -> bool:
+    import requests
+
+    try:
+        targets = requests.get(f"{url}/api/v1/targets", timeout=2).json()["data"]["activeTargets"]
+    except (requests.RequestException, ValueError, KeyError):
+        return False
+    return any(t["labels"].get("job") == "trainer-exporter" for t in targets)
+
+
 def up(home: Path | None = None, *, port: int | None = None, rules: Path | None = None,
        interval_s: int = SCRAPE_INTERVAL_S, progress=None) -> tuple[dict, bool]:
     """Start the local Prometheus and the exporter, or find them running. Returns (state, started_now)."""
@@ -241,7 +251,10 @@ def up(home: Path | None = None, *, port: int | None = None, rules: Path | None 
                                      folder / "prometheus.log")
         _write_private(folder / STATE_FILE, json.dumps(state, indent=2))
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not (_ready(f"{state['url']}/-/ready") and _ready(state["exporter_url"], timeout=10)):
+        # Ready: Prometheus answers, the exporter answers, and Prometheus lists the exporter as a
+        # target (scrape discovery runs after /-/ready): `status` right after `up` shows it.
+        while not (_ready(f"{state['url']}/-/ready") and _ready(state["exporter_url"], timeout=10)
+                   and _knows_exporter(state["url"])):
             for name in ("prometheus", "exporter"):
                 if _process(state[name]) is None:
                     raise ClusterError(f"{name} exited at start: {_last_line(Path(state[name]['log']))} "
