@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from trainer.monitoring import metrics as monitor
+from trainer import telemetry
 from trainer.spec import JobSpec
 
 PROGRESS_PREFIX = "TRAINER_PROGRESS "
@@ -151,7 +151,7 @@ class Context:
         if self._channel is not None and not persisted and self._commit_each_report:
             self._channel.commit()
         if self.rank == 0:
-            monitor.reported(step, values)
+            telemetry.reported(step, values)
             self._print_progress(step, values, force=persisted or "epoch" in metrics)
 
     def restore(self) -> dict | None:
@@ -209,11 +209,11 @@ class Context:
                 self._channel.flush()  # in MLflow before the checkpoint exists (see metrics.py)
             self._session.persist(values, folder if self.rank == 0 else None)
         except BaseException:
-            monitor.checkpoint_written(time.monotonic() - started, size, ok=False)
+            telemetry.checkpoint_written(time.monotonic() - started, size, ok=False)
             raise
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        monitor.checkpoint_written(time.monotonic() - started, size, ok=True)
+        telemetry.checkpoint_written(time.monotonic() - started, size, ok=True)
 
     def _announce_restore(self) -> None:
         """Rank 0 of a restarted group: say in the job log which checkpoint it resumes from and,
@@ -221,7 +221,7 @@ class Context:
         point = getattr(self._session, "restore_point", None)
         if point is None or point.latest is None:
             return
-        monitor.restored(point.fell_back)
+        telemetry.restored(point.fell_back)
         if not point.fell_back:
             print(f"trainer: resuming from checkpoint {point.name}", flush=True)
             return
@@ -248,7 +248,7 @@ class Context:
 
     def close(self, success: bool = True) -> None:
         """Flush metrics (all pending ones on success) and stop the sender thread."""
-        monitor.flush_progress()
+        telemetry.flush_progress()
         discard = getattr(self._session, "discard_restore", None)
         if discard is not None:
             discard()

@@ -6,7 +6,8 @@ import re
 import yaml
 
 from _promtool import run_promtool
-from trainer.monitoring import catalog, dashboards, prometheus
+from trainer.monitoring import dashboards, prometheus
+from trainer.telemetry import catalog
 
 REPO = prometheus.HERE.parents[1]
 K8S_FILE = REPO / "k8s" / "base" / "monitoring.yaml"

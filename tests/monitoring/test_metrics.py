@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from _promtool import run_promtool
 from trainer.errors import TrackingError
-from trainer.monitoring import catalog, gpu, metrics
+from trainer.telemetry import catalog, gpu, record as metrics
 from trainer.monitoring.exporter import TrainerCollector, exposition
 
 

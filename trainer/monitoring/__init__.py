@@ -1,8 +1,9 @@
-"""Observability: the metrics trainer exports (catalog), how jobs record them through Ray
-(metrics, gpu), the exporter for what lives outside jobs, the Prometheus config, alert rules and
-Grafana dashboards, and the local Prometheus behind `trainer monitor up | down | status`.
+"""Watching trainer: the exporter for what lives outside jobs (trainer.monitoring.exporter), the
+Prometheus scrape config, alert rules and local Prometheus behind `trainer monitor up | down |
+status` (trainer.monitoring.prometheus, rules.yaml), and the Grafana dashboards
+(trainer.monitoring.dashboards). What jobs record, and the catalogue of every metric, is
+trainer.telemetry: a layer below, because the job's own code (trainer.context, trainer.tracking)
+calls it.
 
-Nothing is re-exported here: the job's modules (trainer.context, trainer.tracking) import
-`trainer.monitoring.metrics` from a layer below the exporter and the Prometheus lifecycle,
-which this package's face would otherwise pull in.
+Nothing is re-exported here: each module is used by name (the CLI, the tests, `python -m`).
 """

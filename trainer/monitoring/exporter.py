@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from trainer.errors import TrainerError, first_line
-from trainer.monitoring import catalog
+from trainer.telemetry import catalog
 from trainer.state import JobState
 
 log = logging.getLogger(__name__)

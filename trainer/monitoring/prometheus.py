@@ -29,7 +29,7 @@ import yaml
 
 from trainer.errors import ClusterError, RuntimeNotInstalledError, UsageError
 from trainer.home import trainer_home
-from trainer.monitoring import catalog
+from trainer.telemetry import catalog
 
 HERE = Path(__file__).resolve().parent
 RULES_FILE = HERE / "rules.yaml"

@@ -16,9 +16,9 @@ import time
 import traceback
 from pathlib import Path
 
+from trainer import telemetry
 from trainer.context import LocalSession, RayTrainSession
 from trainer.errors import JobError, SpecError, TrainerError, first_line
-from trainer.monitoring import metrics as monitor
 from trainer.runners.base import get_runner, tune_ray_train
 from trainer.spec import JobSpec
 from trainer.tracking.runs import failure_line
@@ -180,7 +180,7 @@ def worker_loop(config: dict) -> None:
     """Runs in every Ray Train worker (one per rank)."""
     spec = JobSpec.model_validate_json(config["spec"])
     workdir = Path(config["workdir"]) if Path(config["workdir"]).is_dir() else Path.cwd()
-    monitor.worker_started(config.get("job_id"), config.get("driver_started"))
+    telemetry.worker_started(config.get("job_id"), config.get("driver_started"))
     _train(spec, RayTrainSession(), workdir, config.get("run_id"), config.get("tracking_uri"))
 
 
@@ -220,9 +220,9 @@ def convert_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str 
                              min_agreement=p.min_agreement, max_accuracy_drop=p.max_accuracy_drop,
                              tracking_uri=tracking_uri)
     except Exception as e:
-        monitor.converted(spec.convert.targets, getattr(e, "report", None))
+        telemetry.converted(spec.convert.targets, getattr(e, "report", None))
         raise
-    monitor.converted(spec.convert.targets, report)
+    telemetry.converted(spec.convert.targets, report)
     print(report.to_markdown(), flush=True)
 
 
@@ -264,7 +264,7 @@ def main() -> int:
         trainer = runner.ray_trainer(worker_loop, loop_config, scaling_config(spec), run_config)
         _record_cancel(cancelled, connect=True)
         timing["connected"] = time.time()
-        monitor.driver_started(job_id, _STARTED)
+        telemetry.driver_started(job_id, _STARTED)
         if run_id and tracking_uri:
             _open_store_in_background(tracking_uri, run_id)
         result = trainer.fit()

@@ -31,7 +31,7 @@ import queue
 import threading
 import time
 
-from trainer.monitoring import metrics as monitor
+from trainer import telemetry
 
 FLUSH_INTERVAL_S = 1.0
 MAX_BATCH = 1000  # MLflow's log_batch limit for metrics
@@ -186,9 +186,9 @@ class MetricsChannel:
                     batch.extend(self._overdue())
                 if batch:
                     self._send(batch)
-                    monitor.tracking_flushed(time.monotonic() - started, ok=self._error is None)
+                    telemetry.tracking_flushed(time.monotonic() - started, ok=self._error is None)
                     last_send = time.monotonic()
-                monitor.tracking_pending(len(self._pending))   # a len() needs no lock
+                telemetry.tracking_pending(len(self._pending))   # a len() needs no lock
             finally:
                 for _ in items:
                     self._queue.task_done()

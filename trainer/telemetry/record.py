@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 
-from trainer.monitoring import catalog, gpu
+from trainer.telemetry import catalog, gpu
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Two emitters, one naming scheme (`trainer_` prefix, base units, `_total` counters):
 - `job`: the job's driver and Ray Train workers, through Ray's own metrics API
-  (`ray.util.metrics`, trainer.monitoring.metrics). Ray exports them on each node's metrics port
+  (`ray.util.metrics`, trainer.telemetry.record). Ray exports them on each node's metrics port
   as `ray_<name>`; the scrape config renames `ray_trainer_*` back to `trainer_*`
   (trainer.monitoring.prometheus.RAY_RELABEL), so rules and dashboards use the names below.
   Ray adds its own labels (WorkerId, NodeAddress, SessionName, Component).
