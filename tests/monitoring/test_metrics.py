@@ -164,3 +164,35 @@ def test_recording_outside_a_ray_job_is_a_no_op():
     metrics.checkpoint_written(0.1, 10, ok=True)
     metrics.tracking_flushed(0.1, ok=True)
     assert metrics._objects == {}
+
+
+class _FakeNvml:
+    """NVML's calls the sampler makes, for the one thing this machine cannot run: a GPU."""
+    class NVMLError(Exception):
+        pass
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        return type("U", (), {"gpu": h["util"]})()
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return type("M", (), {"used": h["mem"]})()
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        if h["mw"] is None:
+            raise self.NVMLError("not supported")
+        return h["mw"]
+
+
+def test_sampler_reads_base_units():
+    """Percent -> ratio, milliwatts -> watts; a board without power readings gives no power value."""
+    sampler = gpu.Sampler(_FakeNvml(), [("0", {"util": 87, "mem": 2**30, "mw": 312500}),
+                                        ("3", {"util": 0, "mem": 0, "mw": None})])
+    a, b = sampler.sample()
+    assert (a.index, a.utilization_ratio, a.memory_used_bytes, a.power_watts) == ("0", 0.87, 2**30, 312.5)
+    assert (b.index, b.utilization_ratio, b.power_watts) == ("3", 0.0, None)
+
+
+def test_visible_devices_by_index_or_uuid():
+    assert gpu.visible({}) is None
+    assert gpu.visible({"CUDA_VISIBLE_DEVICES": "0,GPU-1234"}) == ["0", "GPU-1234"]
+    assert gpu.visible({"CUDA_VISIBLE_DEVICES": "-1"}) == []

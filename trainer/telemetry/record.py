@@ -184,7 +184,12 @@ def start_gpu_sampler(interval_s: float = GPU_SAMPLE_INTERVAL_S) -> str | None:
 
     def loop():
         while True:
-            for s in sampler.sample():
+            try:
+                samples = sampler.sample()
+            except Exception:   # noqa: BLE001 - NVML lost the GPU (driver reset, Xid): said once, sampling stops
+                log.warning("sampling the GPUs failed; no more GPU metrics from this worker", exc_info=True)
+                return
+            for s in samples:
                 tags = {"rank": _rank if _rank is not None else "", "gpu": s.index}
                 _record("trainer_gpu_utilization_ratio", s.utilization_ratio, **tags)
                 _record("trainer_gpu_memory_used_bytes", s.memory_used_bytes, **tags)
