@@ -208,7 +208,7 @@ class Context:
             if self._channel is not None:
                 self._channel.flush()  # in MLflow before the checkpoint exists (see metrics.py)
             self._session.persist(values, folder if self.rank == 0 else None)
-        except BaseException:
+        except Exception:    # not a cancel (SystemExit): that is no failed write
             telemetry.checkpoint_written(time.monotonic() - started, size, ok=False)
             raise
         finally:

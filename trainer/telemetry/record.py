@@ -106,9 +106,13 @@ def worker_started(job: str | None, driver_started_at: float | None) -> None:
     every rank samples its GPUs, where NVML finds any."""
     if not _enabled():
         return
-    import ray.train
+    try:
+        import ray.train
 
-    rank = ray.train.get_context().get_world_rank()
+        rank = ray.train.get_context().get_world_rank()
+    except Exception:   # noqa: BLE001 - not a Ray Train worker after all: record nothing, train anyway
+        log.warning("no Ray Train context in this worker; it records no trainer metrics", exc_info=True)
+        return
     bind(job, rank)
     if rank == 0:
         now = time.time()
