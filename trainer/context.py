@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from trainer import telemetry
 from trainer.protocol import PROGRESS_PREFIX, progress_line  # noqa: F401 - PROGRESS_PREFIX: read here by tests
 from trainer.spec import JobSpec
 
@@ -150,6 +151,7 @@ class Context:
         if self._channel is not None and not persisted and self._commit_each_report:
             self._channel.commit()
         if self.rank == 0:
+            telemetry.reported(step, values)
             self._print_progress(step, values, force=persisted or "epoch" in metrics)
 
     def restore(self) -> dict | None:
@@ -197,6 +199,7 @@ class Context:
         from trainer.checkpoints import write_manifest
 
         folder = Path(tempfile.mkdtemp(prefix="trainer-ckpt-"))
+        started, size = time.monotonic(), None
         try:
             if self.rank == 0:
                 self._write_checkpoint(state, folder)
@@ -204,11 +207,16 @@ class Context:
                 # that restore() puts back.
                 write_manifest(folder, {"auto_step": self._auto_step, "checkpoints_seen": self._checkpoints_seen,
                                         "step": step})
+                size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
             if self._channel is not None:
                 self._channel.flush()  # in MLflow before the checkpoint exists (see metrics.py)
             self._session.persist(values, folder if self.rank == 0 else None)
+        except Exception:    # not a cancel (SystemExit): that is no failed write
+            telemetry.checkpoint_written(time.monotonic() - started, size, ok=False)
+            raise
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+        telemetry.checkpoint_written(time.monotonic() - started, size, ok=True)
 
     def _announce_restore(self) -> None:
         """Rank 0 of a restarted group: say in the job log which checkpoint it resumes from and,
@@ -216,6 +224,7 @@ class Context:
         point = getattr(self._session, "restore_point", None)
         if point is None or point.latest is None:
             return
+        telemetry.restored(point.fell_back)
         if not point.fell_back:
             print(f"trainer: resuming from checkpoint {point.name}", flush=True)
             return
@@ -242,6 +251,7 @@ class Context:
 
     def close(self, success: bool = True) -> None:
         """Flush metrics (all pending ones on success) and stop the sender thread."""
+        telemetry.flush_progress()
         discard = getattr(self._session, "discard_restore", None)
         if discard is not None:
             discard()

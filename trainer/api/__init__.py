@@ -6,7 +6,7 @@
     job.metrics()          # pandas DataFrame from MLflow
 
 This module only re-exports; each subsystem's face is a module of its own: `jobs` (Ray jobs and
-local runs), `k8s` (KubeRay), `cluster`, `promotion`, `registry`, `ui`. A test fails when a
+local runs), `k8s` (KubeRay), `cluster`, `monitoring`, `promotion`, `registry`, `ui`. A test fails when a
 definition is added here (tests/architecture/test_api_facade.py).
 """
 from trainer.api._common import ENV_ADDRESS, resolve_address
@@ -14,6 +14,7 @@ from trainer.api.cluster import cluster_down, cluster_join, cluster_status, clus
 from trainer.api.handle import SUMMARY_METRICS, JobHandle, close_run, run_summary
 from trainer.api.jobs import RECONCILE_GRACE_S, Job, LocalRun, list_jobs, reconcile_runs, run_local, submit
 from trainer.api.k8s import K8sJob, read_raycluster, render_k8s, submit_k8s
+from trainer.api.monitoring import monitor_down, monitor_status, monitor_up
 from trainer.api.promotion import Retrain, promote, promotion_history, retrain
 from trainer.api.registry import (registry_copy, registry_ls, registry_pull, registry_push, registry_serve,
                                   registry_stop)
@@ -26,6 +27,7 @@ __all__ = [
     "JobHandle", "close_run", "Job", "LocalRun", "submit", "list_jobs", "run_local", "reconcile_runs", "run_summary",
     "parse_progress", "failure_from_logs", "RECONCILE_GRACE_S", "SUMMARY_METRICS",
     "K8sJob", "render_k8s", "submit_k8s", "read_raycluster",
+    "monitor_up", "monitor_down", "monitor_status",
     "Retrain", "promote", "promotion_history", "retrain",
     "registry_serve", "registry_stop", "registry_push", "registry_pull", "registry_ls", "registry_copy",
     "ui", "versions",

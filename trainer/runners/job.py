@@ -16,6 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
+from trainer import telemetry
 from trainer.context import LocalSession, RayTrainSession
 from trainer.errors import ConversionError, JobError, SpecError, TrainerError, first_line
 from trainer.protocol import ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI, FAILURE_PREFIX, TIMING_PREFIX
@@ -175,6 +176,7 @@ def worker_loop(config: dict) -> None:
     """Runs in every Ray Train worker (one per rank)."""
     spec = JobSpec.model_validate_json(config["spec"])
     workdir = Path(config["workdir"]) if Path(config["workdir"]).is_dir() else Path.cwd()
+    telemetry.worker_started(config.get("job_id"), config.get("driver_started"))
     _train(spec, RayTrainSession(), workdir, config.get("run_id"), config.get("tracking_uri"))
 
 
@@ -208,14 +210,19 @@ def convert_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str 
 
     p = spec.convert.parity
     print(f"converting the trained model to {', '.join(spec.convert.targets)}", flush=True)
-    report = convert_run(run_id, spec.convert.targets, source=get_runner(spec.framework).frontend,
-                         edge=spec.convert.edge, atol=p.atol, rtol=p.rtol,
-                         min_agreement=p.min_agreement, max_accuracy_drop=p.max_accuracy_drop,
-                         tracking_uri=tracking_uri, diagnose=p.diagnose, int8_repair=p.int8_repair,
-                         max_float_fraction=p.max_float_fraction, task=p.task,
-                         max_metric_increase=p.max_metric_increase, max_error_ratio=p.max_error_ratio,
-                         min_cosine=p.min_cosine, int8_scale_tol=p.int8_scale_tol,
-                         output_tolerances={n: t.model_dump(exclude_none=True) for n, t in p.outputs.items()})
+    try:
+        report = convert_run(run_id, spec.convert.targets, source=get_runner(spec.framework).frontend,
+                             edge=spec.convert.edge, atol=p.atol, rtol=p.rtol,
+                             min_agreement=p.min_agreement, max_accuracy_drop=p.max_accuracy_drop,
+                             tracking_uri=tracking_uri, diagnose=p.diagnose, int8_repair=p.int8_repair,
+                             max_float_fraction=p.max_float_fraction, task=p.task,
+                             max_metric_increase=p.max_metric_increase, max_error_ratio=p.max_error_ratio,
+                             min_cosine=p.min_cosine, int8_scale_tol=p.int8_scale_tol,
+                             output_tolerances={n: t.model_dump(exclude_none=True) for n, t in p.outputs.items()})
+    except Exception as e:
+        telemetry.converted(spec.convert.targets, getattr(e, "report", None))
+        raise
+    telemetry.converted(spec.convert.targets, report)
     print(report.to_markdown(), flush=True)
 
 
@@ -243,7 +250,7 @@ def main() -> int:
         failure_config=FailureConfig(max_failures=spec.failure.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep))
     loop_config = {"spec": spec.model_dump_json(), "run_id": run_id, "tracking_uri": tracking_uri,
-                   "workdir": str(workdir)}
+                   "workdir": str(workdir), "job_id": job_id, "driver_started": _STARTED}
     status = "FAILED"
     failure = None
     cancelled: list = []
@@ -257,6 +264,7 @@ def main() -> int:
         trainer = runner.ray_trainer(worker_loop, loop_config, scaling_config(spec), run_config)
         _record_cancel(cancelled, connect=True)
         timing["connected"] = time.time()
+        telemetry.driver_started(job_id, _STARTED)
         if run_id and tracking_uri:
             _open_store_in_background(tracking_uri, run_id)
         result = trainer.fit()

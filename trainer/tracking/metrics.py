@@ -31,6 +31,8 @@ import queue
 import threading
 import time
 
+from trainer import telemetry
+
 FLUSH_INTERVAL_S = 1.0
 MAX_BATCH = 1000  # MLflow's log_batch limit for metrics
 MAX_PENDING_VALUES = 10_000   # held back at most this many values ...
@@ -169,6 +171,7 @@ class MetricsChannel:
             except queue.Empty:
                 pass
             batch: list = []
+            started = time.monotonic()
             try:
                 for item in items:
                     if item is None:
@@ -183,7 +186,9 @@ class MetricsChannel:
                     batch.extend(self._overdue())
                 if batch:
                     self._send(batch)
+                    telemetry.tracking_flushed(time.monotonic() - started, ok=self._error is None)
                     last_send = time.monotonic()
+                telemetry.tracking_pending(len(self._pending))   # a len() needs no lock
             finally:
                 for _ in items:
                     self._queue.task_done()
