@@ -61,7 +61,8 @@ def test_a_node_joins_a_running_head_labelled(tmp_path, monkeypatch):
     try:
         joined = join(state.gcs_address, cpus=1, object_store_mb=128, temp_dir=state.temp_dir, gpus=[H100],
                       log_dir=tmp_path / "logs", node_ip="127.0.0.1",
-                      extra_args=(f"--dashboard-agent-listen-port={_free_port()}", "--include-log-monitor=false"))
+                      extra_args=(f"--dashboard-agent-listen-port={_free_port()}", "--include-log-monitor=false"),
+                      env=cluster.owner_env(state))    # so that cluster.down() stops it too
         assert joined["labels"]["ray.io/accelerator-type"] == "H100" and joined["gpus"] == 1
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
