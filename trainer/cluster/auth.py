@@ -110,6 +110,26 @@ def env_token() -> str | None:
     return token
 
 
+def check_join_token_file() -> None:
+    """`cluster join` with RAY_AUTH_TOKEN_PATH: the file must be only its owner's to read. A token
+    others can read is not a secret any more (anyone on this host could join or submit with it);
+    refused with the command that fixes it."""
+    path = os.environ.get(ENV_TOKEN_PATH, "").strip()
+    if not path or os.environ.get(ENV_TOKEN, "").strip():
+        return          # no file, or Ray takes RAY_AUTH_TOKEN over it
+    file = Path(path).expanduser()
+    try:
+        st = file.stat()
+    except OSError as e:
+        raise ClusterError(f"{ENV_TOKEN_PATH}={path}: cannot read the Ray token: {first_line(e)}") from None
+    if st.st_mode & 0o077:
+        raise ClusterError(f"{ENV_TOKEN_PATH}={path}: the token file is readable by others (mode "
+                           f"{stat.S_IMODE(st.st_mode):o}), so it is no secret; fix it with: chmod 600 {file}")
+    if st.st_uid != os.getuid():
+        raise ClusterError(f"{ENV_TOKEN_PATH}={path}: the token file belongs to uid {st.st_uid}, not to you "
+                           f"(uid {os.getuid()}): whoever owns it can change it; use a copy of your own (chmod 600)")
+
+
 def local_dashboard(home: Path | None = None) -> str | None:
     """The dashboard URL the local cluster's state file records, if any (alive or not)."""
     try:

@@ -402,6 +402,7 @@ def join(address: str, *, cpus: int | None = None, object_store_mb: int | None =
     cpus = cpus or os.cpu_count() or 1
     if ":" not in address or "://" in address:
         raise UsageError(f"--address {address!r}: expected the head's GCS address HOST:PORT (e.g. head:6379)")
+    auth.check_join_token_file()
     if temp_dir is None:
         temp_dir = str(private_temp_dir(trainer_home() / "node", create=True))
     args = join_args(address, found.gpus, cpus, object_store_mb, temp_dir, node_ip) + list(extra_args)
