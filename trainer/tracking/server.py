@@ -251,6 +251,11 @@ def _auth_env(folder: Path) -> dict[str, str]:
     """What `mlflow server --app-name basic-auth` needs: its config (the user store beside the
     state, never the package's default `basic_auth.db` in the cwd), the admin's password (used
     when the user store is created; kept in a 0600 file) and a secret key for its CSRF checks."""
+    import importlib.util
+
+    if importlib.util.find_spec("flask_wtf") is None:
+        raise TrackingError("--auth runs MLflow's basic-auth app, which needs Flask-WTF: pip install 'flask-wtf<2' "
+                            "(or this project's [auth] extra)")
     config = folder / AUTH_CONFIG
     text = ("[mlflow]\n"
             "default_permission = READ\n"
