@@ -11,12 +11,12 @@ neither is set; the local cluster's token never goes anywhere else.
 """
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import stat
 from pathlib import Path
 
+from trainer.cluster.processes import read_private_json
 from trainer.errors import ClusterError, first_line
 from trainer.home import trainer_home
 
@@ -131,11 +131,10 @@ def check_join_token_file() -> None:
 
 
 def local_dashboard(home: Path | None = None) -> str | None:
-    """The dashboard URL the local cluster's state file records, if any (alive or not)."""
-    try:
-        return json.loads((cluster_dir(home) / STATE_FILE).read_text()).get("dashboard_url")
-    except (OSError, ValueError, AttributeError):
-        return None
+    """The dashboard URL the local cluster's state file records, if any (alive or not). A state
+    file that is a link or someone else's is refused (it would decide where the token goes)."""
+    url = (read_private_json(cluster_dir(home) / STATE_FILE, ClusterError) or {}).get("dashboard_url")
+    return url if isinstance(url, str) and url else None
 
 
 def token_for(address: str) -> str | None:
