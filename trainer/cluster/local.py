@@ -193,8 +193,7 @@ class LocalCluster:
                     f"--address={state.gcs_address}", f"--num-cpus={node.cpus}", f"--num-gpus={node.gpus}",
                     f"--labels=ray.io/accelerator-type={node.accelerator}",
                     f"--resources={json.dumps({f'accelerator_type:{node.accelerator}': 1})}",
-                    f"--temp-dir={node_temp}", f"--dashboard-agent-listen-port={_free_port()}", *common], owner,
-                    loopback=True)
+                    f"--temp-dir={node_temp}", f"--dashboard-agent-listen-port={_free_port()}", *common], owner)
             self._wait_for_nodes(state, len(nodes) + 1)
             exposed = beyond_loopback(owner)
         except BaseException:
@@ -223,8 +222,8 @@ class LocalCluster:
     def _temp_dir(self, create: bool = False) -> Path | None:
         return private_temp_dir(self.dir, create)
 
-    def _ray_start(self, name: str, args: list[str], env: dict[str, str], loopback: bool = False) -> None:
-        ray_start(name, args, self.log_dir, env={**auth.node_env(self.token_file), **env}, loopback=loopback)
+    def _ray_start(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        ray_start(name, args, self.log_dir, env={**auth.node_env(self.token_file), **env})
 
     def _wait_for_nodes(self, state: ClusterState, count: int) -> None:
         from trainer.cluster.inventory import nodes
@@ -317,8 +316,9 @@ def _private_and_ours(path: Path) -> bool:
 
 
 # `ray start` for a worker joining a head on 127.0.0.1, keeping 127.0.0.1: Ray swaps a loopback
-# head address for the host's (`services.resolve_ip_for_localhost`, where the head's GCS does not
-# listen), and the switch that stops it (SINGLE_HOST_ENV) makes a worker's `ray start` refuse.
+# head address (and node IP) for the host's (`services.resolve_ip_for_localhost`), where a head
+# bound to loopback does not listen, and the switch that stops it (SINGLE_HOST_ENV) makes a
+# worker's `ray start` refuse.
 _RAY_START_LOOPBACK = (
     "import sys\n"
     "from ray._common.network_utils import is_localhost\n"
@@ -330,14 +330,13 @@ _RAY_START_LOOPBACK = (
     "main()\n")
 
 
-def ray_start(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None,
-              loopback: bool = False) -> Path:
+def ray_start(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Path:
     """`ray start ARGS` (this interpreter's ray), its output in `log_dir/<name>.log`, with `env`
     over this process's environment. Token auth: `env` says (`auth.node_env`), else Ray's own
-    variables (RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH turn it on), else off. `loopback`: a worker
-    joining a head at 127.0.0.1 stays on 127.0.0.1."""
+    variables (RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH turn it on), else off. A worker joining a
+    head at 127.0.0.1 (or localhost) stays on 127.0.0.1, where such a head listens."""
     ray_bin = Path(sys.executable).parent / "ray"
-    if loopback:
+    if any(a.startswith(("--address=127.0.0.1:", "--address=localhost:")) for a in args):
         cmd = [sys.executable, "-c", _RAY_START_LOOPBACK, "start", *args]
     else:
         cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", *args]
@@ -348,7 +347,12 @@ def ray_start(name: str, args: list[str], log_dir: Path, env: dict[str, str] | N
     if auth.ENV_TOKEN_PATH in given and auth.ENV_TOKEN not in given:
         env.pop(auth.ENV_TOKEN, None)   # Ray prefers RAY_AUTH_TOKEN to the file it is given
     with log.open("w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=START_TIMEOUT_S)
+        try:
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=START_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            tail = [l for l in log.read_text().splitlines() if l.strip()][-1:] or ["(no output)"]
+            raise ClusterError(f"`ray start` for {name} did not finish within {START_TIMEOUT_S}s: {tail[0][:300]} "
+                               f"(full log: {log})") from None
     if proc.returncode != 0:
         tail = [l for l in log.read_text().splitlines() if l.strip()][-1:] or ["(no output)"]
         raise ClusterError(f"`ray start` for {name} failed (exit {proc.returncode}): {tail[0][:300]} "
