@@ -61,7 +61,8 @@ def test_a_node_joins_a_running_head_labelled(tmp_path, monkeypatch):
     try:
         joined = join(state.gcs_address, cpus=1, object_store_mb=128, temp_dir=state.temp_dir, gpus=[H100],
                       log_dir=tmp_path / "logs", node_ip="127.0.0.1",
-                      extra_args=(f"--dashboard-agent-listen-port={_free_port()}", "--include-log-monitor=false"))
+                      extra_args=(f"--dashboard-agent-listen-port={_free_port()}", "--include-log-monitor=false"),
+                      env=cluster.owner_env(state))    # so that cluster.down() stops it too
         assert joined["labels"]["ray.io/accelerator-type"] == "H100" and joined["gpus"] == 1
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -73,3 +74,17 @@ def test_a_node_joins_a_running_head_labelled(tmp_path, monkeypatch):
         assert node.gpus == 1 and node.labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
     finally:
         cluster.down()
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640])
+def test_join_refuses_a_token_file_others_can_read(tmp_path, monkeypatch, mode):
+    token = tmp_path / "token"
+    token.write_text("secret")
+    token.chmod(mode)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("TRAINER_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(app, ["cluster", "join", "--address", "127.0.0.1:1"])
+    assert result.exit_code == 4, result.output
+    assert "readable by others" in result.output and f"chmod 600 {token}" in result.output
+    assert not (tmp_path / "home" / "node").exists()        # nothing started, nothing created

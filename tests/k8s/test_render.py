@@ -190,3 +190,41 @@ def test_cli_renders_yaml_and_json(tmp_path):
     result = CliRunner().invoke(app, ["k8s", "render", str(REPO / "examples/digits/torch.yaml"), "--code-uri",
                                       str(Path.cwd())])
     assert result.exit_code == 2 and "local path the cluster cannot read" in result.output
+
+
+@pytest.mark.parametrize("kw,flag", [
+    ({"job_id": "digits\nkind: Secret"}, "--name"),
+    ({"job_id": "d" * 300}, "--name"),
+    ({"job_id": "Digits-1"}, "--name"),
+    ({"job_id": "d" * (MAX_NAME + 1)}, "--name"),
+    ({"namespace": "ml\nteam"}, "--namespace"),
+    ({"namespace": "n" * 300}, "--namespace"),
+    ({"namespace": "-ml"}, "--namespace"),
+])
+def test_names_kubernetes_would_refuse_are_refused_before_rendering(rendered, kw, flag):
+    kw = {"job_id": "digits-1", "code_uri": CODE, **kw}
+    with pytest.raises(SpecError) as e:
+        render_rayjob(spec(), platform(rendered, "prod"), **kw)
+    assert str(e.value).startswith(flag) and "\n" not in str(e.value) and len(str(e.value)) < 400
+
+
+def test_a_code_uri_with_credentials_is_never_written_into_the_rayjob(rendered):
+    with pytest.raises(SpecError) as e:
+        render(rendered, code_uri="https://alice:s3cret@code.example.com/project.zip")
+    assert "carries credentials" in str(e.value) and "s3cret" not in str(e.value) and "alice" not in str(e.value)
+    with pytest.raises(SpecError, match="carries credentials"):
+        render(rendered, code_uri="https://token@code.example.com/project.zip")
+    with pytest.raises(SpecError, match="no spaces or control characters"):
+        render(rendered, code_uri="https://code.example.com/pro\nject.zip")
+    body = render(rendered, code_uri="https://code.example.com/project.zip?X-Amz-Signature=abc")   # presigned: fine
+    assert "code.example.com" in body["spec"]["runtimeEnvYAML"]
+
+
+def test_cli_refuses_a_newline_in_the_name_in_one_line():
+    from typer.testing import CliRunner
+
+    from trainer.cli import app
+
+    result = CliRunner().invoke(app, ["k8s", "render", str(REPO / "examples/digits/torch.yaml"), "--overlay", "prod",
+                                      "--code-uri", CODE, "--name", "digits\nkind: Secret"])
+    assert result.exit_code == 2 and "kind: Secret\n" not in result.output and "--name" in result.output

@@ -18,19 +18,23 @@ def register(app: typer.Typer) -> None:
 def serve(port: int = typer.Option(server.DEFAULT_PORT, "--port", help="Port on 127.0.0.1; 0 picks a free one.",
                                    callback=number("--port", 0, 65535)),
           stop: bool = typer.Option(False, "--stop", help="Stop the running server instead."),
+          auth: bool = typer.Option(False, "--auth", help="MLflow's basic-auth app: every request needs a user "
+                                    "(for hosts several users share). Admin password: "
+                                    "$TRAINER_HOME/mlflow-server/admin_password."),
           output: str = OutputOpt):
     """Start the tracking server on 127.0.0.1 in the background (the store under $TRAINER_HOME:
     mlflow.db and mlartifacts/), or show the one already running; --stop stops it. Jobs send to
-    it with: --set tracking.uri=<url> (or MLFLOW_TRACKING_URI=<url>)."""
+    it with: --set tracking.uri=<url> (or MLFLOW_TRACKING_URI=<url>). Without --auth every local
+    user of this host can read and write its runs."""
     p = Printer(output)
     if stop:
         stopped = server.stop()
         return p.emit({"stopped": stopped is not None, "url": stopped.url if stopped else None},
                       lambda _: p.line(f"stopped the MLflow server at {stopped.url}" if stopped
                                        else "no MLflow server was running"))
-    state, started = server.serve(int(port), progress=p.note)
+    state, started = server.serve(int(port), progress=p.note, auth=auth)
     p.emit({"started": started, "url": state.url, "pid": state.pid, "backend_store_uri": state.backend_store_uri,
-            "artifacts_destination": state.artifacts_destination, "log": state.log},
+            "artifacts_destination": state.artifacts_destination, "log": state.log, "auth": state.auth},
            lambda _: p.line(f"{'started' if started else 'already running'}: {state.url} "
                             f"(pid {state.pid}, store {state.backend_store_uri})"))
     p.note(f"jobs record to it with: --set tracking.uri={state.url}  (stop it: trainer mlflow serve --stop)")

@@ -11,12 +11,12 @@ neither is set; the local cluster's token never goes anywhere else.
 """
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import stat
 from pathlib import Path
 
+from trainer.cluster.processes import read_private_json
 from trainer.errors import ClusterError, first_line
 from trainer.home import trainer_home
 
@@ -110,12 +110,31 @@ def env_token() -> str | None:
     return token
 
 
-def local_dashboard(home: Path | None = None) -> str | None:
-    """The dashboard URL the local cluster's state file records, if any (alive or not)."""
+def check_join_token_file() -> None:
+    """`cluster join` with RAY_AUTH_TOKEN_PATH: the file must be only its owner's to read. A token
+    others can read is not a secret any more (anyone on this host could join or submit with it);
+    refused with the command that fixes it."""
+    path = os.environ.get(ENV_TOKEN_PATH, "").strip()
+    if not path or os.environ.get(ENV_TOKEN, "").strip():
+        return          # no file, or Ray takes RAY_AUTH_TOKEN over it
+    file = Path(path).expanduser()
     try:
-        return json.loads((cluster_dir(home) / STATE_FILE).read_text()).get("dashboard_url")
-    except (OSError, ValueError, AttributeError):
-        return None
+        st = file.stat()
+    except OSError as e:
+        raise ClusterError(f"{ENV_TOKEN_PATH}={path}: cannot read the Ray token: {first_line(e)}") from None
+    if st.st_mode & 0o077:
+        raise ClusterError(f"{ENV_TOKEN_PATH}={path}: the token file is readable by others (mode "
+                           f"{stat.S_IMODE(st.st_mode):o}), so it is no secret; fix it with: chmod 600 {file}")
+    if st.st_uid != os.getuid():
+        raise ClusterError(f"{ENV_TOKEN_PATH}={path}: the token file belongs to uid {st.st_uid}, not to you "
+                           f"(uid {os.getuid()}): whoever owns it can change it; use a copy of your own (chmod 600)")
+
+
+def local_dashboard(home: Path | None = None) -> str | None:
+    """The dashboard URL the local cluster's state file records, if any (alive or not). A state
+    file that is a link or someone else's is refused (it would decide where the token goes)."""
+    url = (read_private_json(cluster_dir(home) / STATE_FILE, ClusterError) or {}).get("dashboard_url")
+    return url if isinstance(url, str) and url else None
 
 
 def token_for(address: str) -> str | None:

@@ -3,9 +3,16 @@ worker nodes labelled `ray.io/accelerator-type=<ACCEL>` (fake accelerator labels
 exercise placement on one host).
 
 Everything lives under `$TRAINER_HOME/cluster` (state.json, logs, the auth token) and one Ray temp
-dir, so `down` can find and stop exactly the processes this cluster started, never another Ray on
-the host. That folder is private (0700) and Ray's token auth is on (`trainer.cluster.auth`): no
-other local user or process can submit a job, read its logs or join a node.
+dir. Every node is started with this cluster's owner mark in its environment (a token recorded in
+state.json, 0600: `trainer.cluster.processes`), so `down` stops exactly the processes this cluster
+started and their children, never another Ray on the host and never by a guess at a command line.
+That folder is private (0700) and Ray's token auth is on (`trainer.cluster.auth`): no other local
+user or process can submit a job, read its logs or join a node.
+
+Every node listens on loopback only: the head runs with node IP 127.0.0.1 (Ray then binds its GCS,
+raylet, dashboard agent, metrics and client server there; `ray start` would otherwise swap
+127.0.0.1 for the host's address), the workers take 127.0.0.1 from the head's address. `up` checks
+the listening sockets of the cluster's processes and names any port bound beyond loopback.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from trainer.cluster import auth
+from trainer.cluster import auth, processes
 from trainer.errors import ClusterError, UsageError
 from trainer.home import trainer_home
 
@@ -67,6 +74,7 @@ class ClusterState:
     nodes: list[dict] = field(default_factory=list)
     started_at: float = 0.0
     token_file: str = ""    # empty: started by an older trainer, with token auth off
+    owner_token: str = ""   # in every node's environment (TRAINER_OWNER): what `down` stops
 
     @property
     def headers(self) -> dict[str, str]:
@@ -89,13 +97,26 @@ class LocalCluster:
     # ------------------------------------------------------------------ queries
     def state(self) -> ClusterState | None:
         """The running cluster, or None (a stale state file from a dead cluster is ignored)."""
-        if not self.state_file.is_file():
+        state = self._recorded()
+        return state if state is not None and _dashboard_alive(state.dashboard_url, state.headers) else None
+
+    def _recorded(self) -> ClusterState | None:
+        """What state.json records (alive or not); a state file that is a link, not ours or
+        writable by others, or not what trainer writes, is refused (ClusterError)."""
+        data = processes.read_private_json(self.state_file, ClusterError)
+        if data is None:
             return None
+        known = {f for f in ClusterState.__dataclass_fields__}
         try:
-            state = ClusterState(**json.loads(self.state_file.read_text()))
-        except (ValueError, TypeError):
-            return None
-        return state if _dashboard_alive(state.dashboard_url, state.headers) else None
+            return ClusterState(**{k: v for k, v in data.items() if k in known})
+        except TypeError:
+            raise ClusterError(f"{self.state_file} is not a cluster state trainer wrote (fields missing); "
+                               f"remove it") from None
+
+    def owner_env(self, state: ClusterState) -> dict[str, str]:
+        """The environment mark of this cluster's processes (a node joined on this host with it
+        is stopped by `down` too)."""
+        return processes.owner_env(state.owner_token, self.dir)
 
     # ------------------------------------------------------------------ lifecycle
     def up(self, nodes: list[NodeSpec] | None = None, object_store_mb: int | None = None,
@@ -113,48 +134,57 @@ class LocalCluster:
                                    "`trainer cluster down` then `trainer cluster up`")
             return running, False
         nodes = nodes or default_nodes()
-        leftover = self._temp_dir()
-        if leftover is not None:
-            self._stop_processes(leftover, None)  # leftovers of a crashed cluster
+        leftover = self._recorded()
+        if leftover is not None and leftover.owner_token:
+            self._stop_processes(self.owner_env(leftover))  # leftovers of a crashed cluster
         auth.private_dir(self.dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         temp_dir = self._temp_dir(create=True)
         temp_dir.mkdir(exist_ok=True)
         # A new token at every start: one sent to a dead cluster's port is worth nothing.
         auth.create_token(self.token_file)
+        state = ClusterState(gcs_address="", dashboard_url="", temp_dir=str(temp_dir),
+                             nodes=[asdict(n) for n in nodes], started_at=time.time(),
+                             token_file=str(self.token_file), owner_token=processes.new_token())
+        owner = self.owner_env(state)
+        # Recorded before the first process starts: a crash half-way leaves what `down` needs.
+        processes.write_private_json(self.state_file, asdict(state))
         store = str((object_store_mb or _default_object_store_mb(len(nodes) + 1)) * 1024 * 1024)
         # Every node's dashboard agent gets its own free HTTP port: Ray's default (52365) is one
         # per host, so a second cluster (or node) on this host would have no agent to take jobs.
-        common = ["--node-ip-address=127.0.0.1", f"--object-store-memory={store}", "--disable-usage-stats"]
-        gcs_port = None
+        common = [f"--object-store-memory={store}", "--disable-usage-stats"]
         try:
             _say(progress, "starting the head (CPU-only: schedules, runs no training)")
             for attempt in range(3):
                 gcs_port, dash_port, client_port = _free_port(), _dashboard_port() if not attempt else _free_port(), \
                     _free_port()
                 try:
+                    # Node IP 127.0.0.1 for real: `ray start` replaces a loopback --node-ip-address
+                    # with the host's address unless Ray believes it runs single-host
+                    # (ray._private.services.get_node_ip_address); with 127.0.0.1 the GCS, raylet,
+                    # agents, metrics and client server bind loopback only.
                     self._ray_start("head", [
                         "--head", f"--port={gcs_port}", "--num-cpus=0", "--num-gpus=0",
+                        "--node-ip-address=127.0.0.1",
                         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
                         f"--ray-client-server-port={client_port}", f"--temp-dir={temp_dir}",
-                        f"--dashboard-agent-listen-port={_free_port()}", *common])
+                        f"--dashboard-agent-listen-port={_free_port()}", *common],
+                        {**owner, SINGLE_HOST_ENV: "0"})
                     break
                 except ClusterError as e:
                     # Another Ray on this host took a port between choosing it and binding it.
                     if attempt == 2 or "already occupied" not in str(e):
                         raise
-                    self._stop_processes(temp_dir, gcs_port)
-            state = ClusterState(gcs_address=f"127.0.0.1:{gcs_port}",
-                                 dashboard_url=f"http://127.0.0.1:{dash_port}", temp_dir=str(temp_dir),
-                                 nodes=[asdict(n) for n in nodes], started_at=time.time(),
-                                 token_file=str(self.token_file))
+                    self._stop_processes(owner)
+            state.gcs_address, state.dashboard_url = f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}"
             # Nodes join one after another: two started at the same instant race for ports.
             # Each node gets its own temp dir, as on separate hosts: nodes sharing one session
             # dir share `runtime_resources`, and every node's runtime-env agent re-creates a job's
             # working_dir there (Ray's WorkingDirPlugin unpacks with overwrite=True), deleting it
             # under the driver and the workers already running in it. So each node also runs its
             # own log monitor (the head's reads only the head's session dir): workers' output
-            # reaches the job's log.
+            # reaches the job's log. A worker's node IP is the one it reaches the head's
+            # 127.0.0.1 from: loopback (no --node-ip-address, which Ray would swap for the host's).
             for i, node in enumerate(nodes):
                 _say(progress, f"starting worker node {i + 1}/{len(nodes)}: {node}")
                 node_temp = temp_dir / str(i)
@@ -163,25 +193,27 @@ class LocalCluster:
                     f"--address={state.gcs_address}", f"--num-cpus={node.cpus}", f"--num-gpus={node.gpus}",
                     f"--labels=ray.io/accelerator-type={node.accelerator}",
                     f"--resources={json.dumps({f'accelerator_type:{node.accelerator}': 1})}",
-                    f"--temp-dir={node_temp}", f"--dashboard-agent-listen-port={_free_port()}", *common])
+                    f"--temp-dir={node_temp}", f"--dashboard-agent-listen-port={_free_port()}", *common], owner)
             self._wait_for_nodes(state, len(nodes) + 1)
+            exposed = beyond_loopback(owner)
         except BaseException:
-            self._stop_processes(temp_dir, gcs_port)
+            self._stop_processes(owner)
             raise
-        self.state_file.write_text(json.dumps(asdict(state), indent=2))
+        processes.write_private_json(self.state_file, asdict(state))
+        if exposed:
+            _say(progress, "warning: these ports listen beyond loopback (Ray offers no way to bind them "
+                           "to 127.0.0.1): " + ", ".join(exposed))
         return state, True
 
     def down(self) -> int:
-        """Stop this cluster's processes (and only those). Returns how many were stopped."""
-        state = None
-        if self.state_file.is_file():
-            try:
-                state = ClusterState(**json.loads(self.state_file.read_text()))
-            except (ValueError, TypeError):
-                pass
-        gcs_port = int(state.gcs_address.rsplit(":", 1)[1]) if state else None
-        temp_dir = Path(state.temp_dir) if state else self._temp_dir()
-        stopped = self._stop_processes(temp_dir, gcs_port) if temp_dir is not None else 0
+        """Stop this cluster's processes (and only those: the ones started with its owner mark,
+        and their children). Returns how many were stopped."""
+        state = self._recorded()
+        if state is not None and not state.owner_token:
+            raise ClusterError(f"{self.state_file} was written by an older trainer and does not say which "
+                               f"processes are this cluster's: stop them yourself (`ray stop` stops every Ray "
+                               f"of yours on this host), then remove the file")
+        stopped = self._stop_processes(self.owner_env(state)) if state is not None else 0
         self.state_file.unlink(missing_ok=True)
         self.token_file.unlink(missing_ok=True)
         return stopped
@@ -190,8 +222,8 @@ class LocalCluster:
     def _temp_dir(self, create: bool = False) -> Path | None:
         return private_temp_dir(self.dir, create)
 
-    def _ray_start(self, name: str, args: list[str]) -> None:
-        ray_start(name, args, self.log_dir, env=auth.node_env(self.token_file))
+    def _ray_start(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        ray_start(name, args, self.log_dir, env={**auth.node_env(self.token_file), **env})
 
     def _wait_for_nodes(self, state: ClusterState, count: int) -> None:
         from trainer.cluster.inventory import nodes
@@ -208,24 +240,10 @@ class LocalCluster:
         raise ClusterError(f"the local cluster did not report {count} alive nodes within "
                            f"{START_TIMEOUT_S}s (logs: {self.log_dir})")
 
-    def _stop_processes(self, temp_dir: Path, gcs_port: int | None) -> int:
+    def _stop_processes(self, owner: dict[str, str]) -> int:
         import psutil
 
-        needles = [str(temp_dir), str(temp_dir.resolve())]
-        if gcs_port:
-            needles.append(f"127.0.0.1:{gcs_port}")
-        roots = []
-        for proc in psutil.process_iter(["cmdline"]):
-            cmd = " ".join(proc.info.get("cmdline") or [])
-            if proc.pid != os.getpid() and any(n in cmd for n in needles):
-                roots.append(proc)
-        victims = {p.pid: p for p in roots}
-        for p in roots:
-            try:
-                victims.update({c.pid: c for c in p.children(recursive=True)})
-            except psutil.Error:
-                pass
-        victims.pop(os.getpid(), None)
+        victims = {p.pid: p for p in processes.marked_processes(owner[processes.ENV_OWNER])}
         for p in victims.values():
             try:
                 p.send_signal(signal.SIGTERM)
@@ -239,6 +257,28 @@ class LocalCluster:
                 pass
         psutil.wait_procs(alive, timeout=5)
         return len(victims)
+
+
+# `ray start` keeps a loopback --node-ip-address only when this says Ray runs single-host (its
+# `ENABLE_RAY_CLUSTER`); set for the head only: a worker's `ray start --address` refuses it.
+SINGLE_HOST_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+def beyond_loopback(owner: dict[str, str]) -> list[str]:
+    """`name:port on ADDRESS` for each listening TCP socket of the marked processes (and their
+    children) bound beyond loopback."""
+    import psutil
+
+    out = []
+    for p in processes.marked_processes(owner[processes.ENV_OWNER]):
+        try:
+            conns, name = p.net_connections(kind="inet"), p.name()
+        except psutil.Error:
+            continue      # ended while we looked
+        out += [f"{name}:{c.laddr.port} on {c.laddr.ip}" for c in conns
+                if c.status == psutil.CONN_LISTEN and c.laddr.ip not in LOOPBACK]
+    return sorted(set(out))
 
 
 def private_temp_dir(folder: Path, create: bool = False) -> Path | None:
@@ -275,12 +315,31 @@ def _private_and_ours(path: Path) -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
+# `ray start` for a worker joining a head on 127.0.0.1, keeping 127.0.0.1: Ray swaps a loopback
+# head address (and node IP) for the host's (`services.resolve_ip_for_localhost`), where a head
+# bound to loopback does not listen, and the switch that stops it (SINGLE_HOST_ENV) makes a
+# worker's `ray start` refuse.
+_RAY_START_LOOPBACK = (
+    "import sys\n"
+    "from ray._common.network_utils import is_localhost\n"
+    "from ray._private import services\n"
+    "swap = services.resolve_ip_for_localhost\n"
+    "services.resolve_ip_for_localhost = lambda host: '127.0.0.1' if is_localhost(host) else swap(host)\n"
+    "from ray.scripts.scripts import main\n"
+    "sys.argv[0] = 'ray'\n"
+    "main()\n")
+
+
 def ray_start(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Path:
     """`ray start ARGS` (this interpreter's ray), its output in `log_dir/<name>.log`, with `env`
     over this process's environment. Token auth: `env` says (`auth.node_env`), else Ray's own
-    variables (RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH turn it on), else off."""
+    variables (RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH turn it on), else off. A worker joining a
+    head at 127.0.0.1 (or localhost) stays on 127.0.0.1, where such a head listens."""
     ray_bin = Path(sys.executable).parent / "ray"
-    cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", *args]
+    if any(a.startswith(("--address=127.0.0.1:", "--address=localhost:")) for a in args):
+        cmd = [sys.executable, "-c", _RAY_START_LOOPBACK, "start", *args]
+    else:
+        cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", *args]
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
     given = env or {}
@@ -288,7 +347,12 @@ def ray_start(name: str, args: list[str], log_dir: Path, env: dict[str, str] | N
     if auth.ENV_TOKEN_PATH in given and auth.ENV_TOKEN not in given:
         env.pop(auth.ENV_TOKEN, None)   # Ray prefers RAY_AUTH_TOKEN to the file it is given
     with log.open("w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=START_TIMEOUT_S)
+        try:
+            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=START_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            tail = [l for l in log.read_text().splitlines() if l.strip()][-1:] or ["(no output)"]
+            raise ClusterError(f"`ray start` for {name} did not finish within {START_TIMEOUT_S}s: {tail[0][:300]} "
+                               f"(full log: {log})") from None
     if proc.returncode != 0:
         tail = [l for l in log.read_text().splitlines() if l.strip()][-1:] or ["(no output)"]
         raise ClusterError(f"`ray start` for {name} failed (exit {proc.returncode}): {tail[0][:300]} "
@@ -330,21 +394,23 @@ def join_args(address: str, gpus: list, cpus: int, object_store_mb: int | None =
 
 def join(address: str, *, cpus: int | None = None, object_store_mb: int | None = None,
          temp_dir: str | None = None, gpus: list | None = None, log_dir: Path | None = None,
-         node_ip: str | None = None, extra_args: tuple[str, ...] = ()) -> dict:
+         node_ip: str | None = None, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> dict:
     """Start a Ray worker node on this host joining the head at `address`; returns what it was
     started with (labels, GPUs, and why there are none). A head with token auth on is joined with
     the token Ray's variables give (RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH); Ray's temp dir is a
-    private one under $TRAINER_HOME/node unless `temp_dir` says otherwise."""
+    private one under $TRAINER_HOME/node unless `temp_dir` says otherwise. `env` goes over this
+    process's environment (a local cluster's `owner_env`: its `down` stops this node too)."""
     from trainer.cluster.gpus import Probe, probe
 
     found = Probe(list(gpus), "") if gpus is not None else probe()
     cpus = cpus or os.cpu_count() or 1
     if ":" not in address or "://" in address:
         raise UsageError(f"--address {address!r}: expected the head's GCS address HOST:PORT (e.g. head:6379)")
+    auth.check_join_token_file()
     if temp_dir is None:
         temp_dir = str(private_temp_dir(trainer_home() / "node", create=True))
     args = join_args(address, found.gpus, cpus, object_store_mb, temp_dir, node_ip) + list(extra_args)
-    log = ray_start("join", args, log_dir or trainer_home() / "cluster" / "logs")
+    log = ray_start("join", args, log_dir or trainer_home() / "cluster" / "logs", env=env)
     labels = next(a for a in args if a.startswith("--labels="))[len("--labels="):]
     return {"address": address, "cpus": cpus, "gpus": len(found.gpus),
             "gpu_names": [g.name for g in found.gpus], "labels": dict(kv.split("=", 1) for kv in labels.split(",")),

@@ -53,13 +53,33 @@ def _data_path(spec: JobSpec, workdir: Path) -> Path | None:
     return resolve_data_path(spec.data.path, workdir)
 
 
-def _train(spec: JobSpec, session, workdir: Path, run_id: str | None, tracking_uri: str | None) -> None:
+def pinned_data(spec: JobSpec, workdir: Path, run_id: str | None, tracking_uri: str | None) -> str | None:
+    """The data's real path after checking it still has the digest its run recorded at submit
+    (trainer.data.pin); None when the spec has none or it lies in the job's uploaded project
+    (each worker then resolves it in its own copy)."""
+    if spec.data is None:
+        return None
+    from trainer.data import pin
+
+    recorded = None
+    if run_id and tracking_uri:
+        from trainer.promotion.registration import run_data_digest
+        from trainer.tracking.runs import client
+
+        mlc = client(tracking_uri)
+        recorded = run_data_digest(mlc, mlc.get_run(run_id))
+    root = pin(spec.data.path, workdir, recorded)
+    return None if root.is_relative_to(workdir.resolve()) else str(root)
+
+
+def _train(spec: JobSpec, session, workdir: Path, run_id: str | None, tracking_uri: str | None,
+           data_path: str | None = None) -> None:
     runner = get_runner(spec.framework)
     ctx = None
     ok = False
     try:
         ctx = runner.make_context(spec, session, run_id=run_id, tracking_uri=tracking_uri,
-                                  data_path=_data_path(spec, workdir))
+                                  data_path=Path(data_path) if data_path else _data_path(spec, workdir))
         fn = load_function(spec, workdir)
         fn(ctx)
         ok = True
@@ -177,7 +197,7 @@ def worker_loop(config: dict) -> None:
     spec = JobSpec.model_validate_json(config["spec"])
     workdir = Path(config["workdir"]) if Path(config["workdir"]).is_dir() else Path.cwd()
     telemetry.worker_started(config.get("job_id"), config.get("driver_started"))
-    _train(spec, RayTrainSession(), workdir, config.get("run_id"), config.get("tracking_uri"))
+    _train(spec, RayTrainSession(), workdir, config.get("run_id"), config.get("tracking_uri"), config.get("data_path"))
 
 
 def scaling_config(spec: JobSpec):
@@ -259,6 +279,7 @@ def main() -> int:
         if run_id is None and tracking_uri:
             run_id = _own_run(spec, job_id, tracking_uri, workdir)
             loop_config["run_id"] = run_id
+        loop_config["data_path"] = pinned_data(spec, workdir, run_id, tracking_uri)
         print(f"job {job_id}: {spec.workers} {spec.framework} worker(s) on "
               f"{spec.resources.accelerator} nodes; MLflow run {run_id}", flush=True)
         trainer = runner.ray_trainer(worker_loop, loop_config, scaling_config(spec), run_config)

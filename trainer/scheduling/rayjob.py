@@ -58,6 +58,29 @@ def rayjob_name(job_name: str, stamp: str, token: str) -> str:
     return f"{base}{suffix}"
 
 
+_DNS_1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_DNS_1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def check_names(job_id: str, namespace: str) -> None:
+    """The RayJob's name (a DNS-1035 label KubeRay accepts: <= 47) and its namespace (a DNS-1123
+    label: <= 63), checked before rendering: anything else makes an object the API server
+    refuses, or a newline that breaks the YAML it is written into."""
+    if not isinstance(job_id, str) or len(job_id) > MAX_NAME or not _DNS_1035.fullmatch(job_id):
+        raise SpecError(f"{_shown(job_id)} is not a RayJob name: lowercase letters, digits and '-', starting "
+                        f"with a letter, ending with a letter or digit, at most {MAX_NAME} characters "
+                        f"(KubeRay derives its cluster's names from it)", path="--name")
+    if not isinstance(namespace, str) or len(namespace) > 63 or not _DNS_1123.fullmatch(namespace):
+        raise SpecError(f"{_shown(namespace)} is not a Kubernetes namespace: lowercase letters, digits and '-', "
+                        f"starting and ending with a letter or digit, at most 63 characters", path="--namespace")
+
+
+def _shown(value) -> str:
+    """A bad value in one line: repr (escapes a newline or a terminal escape), cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(str(value))} characters)"
+
+
 def _label_value(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", text)[:63].strip("-_.") or "x"
 
@@ -109,7 +132,15 @@ def check_code_uri(code_uri: str | None) -> str:
         raise SpecError("the cluster cannot read this machine's files: pass --code-uri with a .zip of "
                         "the project the cluster can fetch (s3://, gs://, https://), or set codeUri in "
                         "the overlay's platform.yaml", path="--code-uri")
-    scheme = urlparse(code_uri).scheme
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in code_uri):
+        raise SpecError(f"{_shown(code_uri)}: a URI has no spaces or control characters", path="--code-uri")
+    parsed = urlparse(code_uri)
+    if parsed.username is not None or parsed.password is not None:
+        raise SpecError(f"{parsed.scheme}://{parsed.hostname or ''}/...: the code URI carries credentials "
+                        f"(user:password@), which would be written in clear into the RayJob anyone who can "
+                        f"read it sees; use a presigned URL, or a bucket the cluster's service account "
+                        f"can read", path="--code-uri")
+    scheme = parsed.scheme
     if scheme not in CODE_SCHEMES:
         raise SpecError(f"{code_uri!r} is a local path the cluster cannot read; upload a .zip of the "
                         f"project and give its URI ({', '.join(s + '://' for s in CODE_SCHEMES)})",
@@ -137,6 +168,7 @@ def render_rayjob(spec: JobSpec, platform, *, job_id: str, code_uri: str | None 
     from trainer.tracking.runs import is_embedded
 
     settings = platform.settings
+    check_names(job_id, namespace or platform.namespace)
     placement = place(spec, platform.groups, where=f"overlay {platform.name}")
     runtime = spec.runtime_name
     if runtime not in settings.images:
