@@ -22,10 +22,12 @@ def history(model: str, tracking_uri: str | None = None, *, check_registry: bool
         for key, value in mv.tags.items():
             if key.startswith(TAG_RECORD_PREFIX):
                 try:
-                    records.append({**json.loads(value), "in_registry": None})
+                    found = json.loads(value)
                 except ValueError:
                     continue
-    records.sort(key=lambda r: (str(r.get("at", "")), int(r.get("version", 0)), r.get("seq", 0)))
+                if isinstance(found, dict):
+                    records.append({**found, "in_registry": None})
+    records.sort(key=lambda r: (str(r.get("at", "")), _number(r.get("version")), _number(r.get("seq"))))
     if check_registry:
         _check_registry(mlc, model, versions, records)
     return records
@@ -36,12 +38,21 @@ def _check_registry(mlc, model: str, versions, records: list[dict]) -> None:
     from trainer.registry.auth import RegistryError
     from trainer.registry.client import Registry
 
+    from trainer.registry.client import registry_url
+    from trainer.registry.serve import configured_address
+
     address = next((mv.tags[TAG_REGISTRY] for mv in versions if mv.tags.get(TAG_REGISTRY)), None)
     if address is None:
         return
     seen: dict[tuple, list] = {}
     try:
-        reg = Registry(address)
+        # The tag is data: only the configured registry is asked (and sent credentials).
+        configured, _ = configured_address()
+        if configured is None or registry_url(configured) != registry_url(address):
+            for r in records:
+                r["in_registry"] = "not checked (not the configured registry)" if r.get("digest") else None
+            return
+        reg = Registry(configured)
         for r in records:
             if not r.get("digest"):
                 continue
@@ -52,6 +63,11 @@ def _check_registry(mlc, model: str, versions, records: list[dict]) -> None:
     except RegistryError:
         for r in records:
             r["in_registry"] = "unreachable" if r.get("digest") else None
+
+
+def _number(value) -> int:
+    text = str(value)
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else 0
 
 
 def _quoted(value: str) -> str:
