@@ -207,3 +207,15 @@ def test_a_10000_character_registry_address_is_refused_cleanly():
         assert done.returncode == 11, done.stderr
         assert "at most" in done.stderr and "Traceback" not in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+
+def test_a_pull_into_a_path_that_cannot_be_a_folder_is_one_line(tmp_path):
+    layer = {**_blob(b"x"), "annotations": {FILEPATH: "m.bin"}}
+    (tmp_path / "file").write_text("not a folder")
+    with EvilRegistry() as evil:
+        evil.route("GET", "/v2/r/manifests/t", evil.manifest(_manifest(layer)))
+        for dest, why in ((tmp_path / "file" / "out", "cannot create"), (tmp_path / "file", "not a folder")):
+            with pytest.raises(RegistryError, match=why):
+                pull(Registry(evil.address, credentials=None), "r", "t", dest)
+    assert (tmp_path / "file").read_text() == "not a folder"

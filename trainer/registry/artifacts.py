@@ -177,12 +177,15 @@ def pull(reg: Registry, repo: str, ref: str, dest: Path) -> tuple[Manifest, list
     where = f"{reg.host}/{repo}:{ref}"
     manifest = reg.get_manifest(repo, ref)
     layers = layer_paths(manifest, where)
-    with _PullFolder(Path(dest)) as folder:
-        for rel, _ in layers:
-            folder.check_free(rel)
-        for rel, layer in layers:
-            folder.write(rel, lambda write, d=layer: reg.download_blob(repo, d["digest"], d["size"], write))
-        folder.finish({"ref": where, "digest": manifest.digest})
+    try:
+        with _PullFolder(Path(dest)) as folder:
+            for rel, _ in layers:
+                folder.check_free(rel)
+            for rel, layer in layers:
+                folder.write(rel, lambda write, d=layer: reg.download_blob(repo, d["digest"], d["size"], write))
+            folder.finish({"ref": where, "digest": manifest.digest})
+    except OSError as e:        # permissions, a full disk: nothing was put in place
+        raise RegistryError(f"cannot write the pull into {dest}: {e.strerror or type(e).__name__}") from None
     return manifest, [rel for rel, _ in layers]
 
 
