@@ -116,6 +116,16 @@ class EvilRegistry:
                     time.sleep(every)
         return behaviour
 
+    def trickled_headers(self, every: float):
+        """A status line, then one header byte every `every` seconds, never an empty line."""
+        def behaviour(h):
+            h.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not self.stop.is_set():
+                h.wfile.write(b"a")
+                h.wfile.flush()
+                time.sleep(every)
+        return behaviour
+
     def endless(self, block: bytes = b"A" * 65536):
         return self.streaming(None, block)
 

@@ -100,6 +100,16 @@ def test_a_trickled_manifest_fails_within_the_deadline(monkeypatch):
         assert time.monotonic() - start < 6
 
 
+def test_trickled_headers_fail_within_the_deadline(monkeypatch):
+    monkeypatch.setenv("TRAINER_REGISTRY_TIMEOUT_S", "2")
+    with EvilRegistry() as evil:
+        evil.route("GET", "/v2/r/manifests/t", evil.trickled_headers(every=0.5))
+        start = time.monotonic()
+        with pytest.raises(RegistryError, match="within"):
+            Registry(evil.address, credentials=None).get_manifest("r", "t")
+        assert time.monotonic() - start < 6
+
+
 # ---------------------------------------------------------------- credentials stay on their host
 
 def test_environment_credentials_only_go_to_the_configured_registry(monkeypatch):

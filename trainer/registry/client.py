@@ -30,6 +30,7 @@ from urllib.parse import urljoin, urlsplit
 
 from trainer.errors import first_line
 from trainer.registry.auth import Credentials, RegistryError, find_credentials
+from trainer.registry.deadline import DeadlineAdapter, Watchdog
 
 MANIFEST_OCI = "application/vnd.oci.image.manifest.v1+json"
 INDEX_OCI = "application/vnd.oci.image.index.v1+json"
@@ -219,6 +220,8 @@ class Registry:
         self.timeout = default_timeout() if timeout is None else timeout
         self._session = requests.Session()
         self._session.trust_env = False      # no ~/.netrc credentials, no proxy for a local registry
+        for scheme in ("http://", "https://"):
+            self._session.mount(scheme, DeadlineAdapter())
         self._basic = False
         self._tokens: dict[tuple[str, ...], str] = {}
 
@@ -246,9 +249,9 @@ class Registry:
             headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
             if isinstance(data, Path):
                 with open(data, "rb") as fh:
-                    self._send("PUT", f"{location}{sep}digest={digest_}", scopes, data=fh, headers=headers, ok=(201,))
+                    self._upload(f"{location}{sep}digest={digest_}", scopes, fh, size, headers)
             else:
-                self._send("PUT", f"{location}{sep}digest={digest_}", scopes, data=data, headers=headers, ok=(201,))
+                self._upload(f"{location}{sep}digest={digest_}", scopes, data, size, headers)
         return {"digest": digest_, "size": size}
 
     def mount_blob(self, repo: str, digest: str, from_repo: str, size: int | None = None) -> str:
@@ -265,9 +268,18 @@ class Registry:
         location = self._location(r)
         data = self.get_blob(from_repo, digest, size)
         sep = "&" if "?" in location else "?"
-        self._send("PUT", f"{location}{sep}digest={digest}", scopes, data=data,
-                   headers={"Content-Type": "application/octet-stream"}, ok=(201,))
+        self._upload(f"{location}{sep}digest={digest}", scopes, data, len(data),
+                     {"Content-Type": "application/octet-stream"})
         return "copied"
+
+    def _upload(self, url: str, scopes: list[str], data, size: int, headers: dict) -> None:
+        """A blob's PUT: given time for its size (a deadline of its own, like a download's)."""
+        deadline = time.monotonic() + self.timeout + size / MIN_BLOB_RATE
+        dog = Watchdog(deadline - time.monotonic()).start()
+        try:
+            self._send("PUT", url, scopes, data=data, headers=headers, ok=(201,), deadline=deadline)
+        finally:
+            dog.stop()
 
     def get_blob(self, repo: str, digest: str, size: int | None = None) -> bytes:
         """A small blob (a config, a record) in memory: at most `size` bytes (its descriptor's),
@@ -289,16 +301,20 @@ class Registry:
 
     def _stream_blob(self, repo: str, digest: str, cap: int, write) -> int:
         deadline = time.monotonic() + self.timeout + cap / MIN_BLOB_RATE
-        r = self._send("GET", f"/v2/{repo}/blobs/{digest}", [_scope(repo, "pull")], ok=(200,), stream=True,
-                       deadline=deadline)
-        h, got = hashlib.sha256(), 0
+        dog = Watchdog(deadline - time.monotonic()).start()
         try:
-            for block in _chunks(r, cap, deadline, f"{repo}@{digest}", self.host):
-                h.update(block)
-                got += len(block)
-                write(block)
+            r = self._send("GET", f"/v2/{repo}/blobs/{digest}", [_scope(repo, "pull")], ok=(200,), stream=True,
+                           deadline=deadline)
+            h, got = hashlib.sha256(), 0
+            try:
+                for block in _chunks(r, cap, deadline, f"{repo}@{digest}", self.host):
+                    h.update(block)
+                    got += len(block)
+                    write(block)
+            finally:
+                r.close()
         finally:
-            r.close()
+            dog.stop()
         if "sha256:" + h.hexdigest() != digest:
             raise RegistryError(f"{repo}@{digest}: the registry sent bytes of another digest")
         return got
@@ -395,10 +411,17 @@ class Registry:
         """One request: the 401 challenge answered once, redirects followed by hand (credentials
         go to this registry's host only, never to a redirect's other host), the body read whole
         (at most `cap` bytes) unless `stream`, all within one overall deadline."""
+        if deadline is None:          # a request of its own: its own watchdog
+            deadline = time.monotonic() + self.timeout
+            dog = Watchdog(self.timeout).start()
+            try:
+                return self._send(method, path, scopes, ok, stream=stream, cap=cap, what=what, deadline=deadline,
+                                  **kw)
+            finally:
+                dog.stop()
         url = path if path.startswith(("http://", "https://")) else self.url + path
         headers = dict(kw.pop("headers", {}))
         body = kw.get("data")
-        deadline = deadline or time.monotonic() + self.timeout
         for attempt in (0, 1):
             auth = self._auth_header(scopes)
             r = self._request(method, url, headers, auth, deadline, **kw)
@@ -433,6 +456,9 @@ class Registry:
                 r = self._session.request(method, url, headers=send, timeout=min(remaining, self.timeout),
                                           allow_redirects=False, stream=True, **kw)
             except requests.RequestException as e:
+                if time.monotonic() >= deadline:
+                    raise RegistryError(f"the registry {self.host} did not answer within {self.timeout:g} s "
+                                        f"(${ENV_TIMEOUT})") from None
                 raise RegistryError(f"cannot reach the registry at {self.url}: {_why(e)}") from None
             if r.status_code not in (301, 302, 303, 307, 308) or not r.headers.get("Location"):
                 return r
@@ -549,12 +575,18 @@ def _chunks(r, cap: int, deadline: float, what: str, host: str):
                                     f"deadline (${ENV_TIMEOUT})")
             block = r.raw.read1(CHUNK) if hasattr(r.raw, "read1") else r.raw.read(CHUNK)
             if not block:
+                if time.monotonic() >= deadline:      # the watchdog ended it
+                    raise RegistryError(f"the registry {host} is sending {what} too slowly: not done within "
+                                        f"the deadline (${ENV_TIMEOUT})")
                 return
             got += len(block)
             if got > cap:
                 raise RegistryError(f"the registry {host} sent more than {cap} bytes for {what}; refused")
             yield block
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+        if time.monotonic() >= deadline:
+            raise RegistryError(f"the registry {host} is sending {what} too slowly: not done within the "
+                                f"deadline (${ENV_TIMEOUT})") from None
         raise RegistryError(f"the registry {host} broke off {what}: {_why(e)}") from None
 
 
