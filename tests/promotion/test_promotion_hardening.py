@@ -143,3 +143,21 @@ def test_promotions_that_all_passed_their_checks_at_once_still_promote_once(oci_
     assert all("already in staging" in o for o in outcomes if o != 1), outcomes
     assert [k for k in _tags(model) if k.startswith(TAG_RECORD_PREFIX)] == [f"{TAG_RECORD_PREFIX}0001"]
     assert len(read_records(Registry(oci_registry["address"]), f"staging/{model}", digest)) == 1
+
+
+def test_hand_edited_promotion_records_are_shown_cleanly(oci_registry):
+    from trainer.home import default_tracking_uri
+    from trainer.tracking.runs import client
+
+    model = "history-edited"
+    _registered(model, oci_registry["address"])
+    promote(model, "staging")
+    mlc = client(default_tracking_uri())
+    for key, value in ((f"{TAG_RECORD_PREFIX}0002", '{"at": 5, "gates": [{"gate": 1, "value": "x"}], "by": "\x1b[2Jx"}'),
+                       (f"{TAG_RECORD_PREFIX}0003", '["not", "a", "record"]'), (f"{TAG_RECORD_PREFIX}0004", "{oops")):
+        mlc.set_model_version_tag(model, "1", key, value)
+    for output in ([], ["-o", "json"]):
+        done = subprocess.run([TRAINER, "promote", "history", model, *output], capture_output=True, text=True,
+                              env={**os.environ, "COLUMNS": "80"})
+        assert done.returncode == 0, done.stderr
+        assert "\x1b" not in done.stdout and "Traceback" not in done.stderr

@@ -25,8 +25,9 @@ def history(model: str, tracking_uri: str | None = None, *, check_registry: bool
                     found = json.loads(value)
                 except ValueError:
                     continue
-                if isinstance(found, dict):
-                    records.append({**found, "in_registry": None})
+                record = _record(found)
+                if record is not None:
+                    records.append(record)
     records.sort(key=lambda r: (str(r.get("at", "")), _number(r.get("version")), _number(r.get("seq"))))
     if check_registry:
         _check_registry(mlc, model, versions, records)
@@ -63,6 +64,29 @@ def _check_registry(mlc, model: str, versions, records: list[dict]) -> None:
     except RegistryError:
         for r in records:
             r["in_registry"] = "unreachable" if r.get("digest") else None
+
+
+_TEXT = ("at", "from", "to", "by", "model", "source", "target", "registry", "run_id", "model_id")
+
+
+def _record(found) -> dict | None:
+    """A promotion record read back from a version tag (editable text): the fields the history
+    shows, with the types it shows them as and no escape codes; None when it is not a record."""
+    from trainer.registry.client import printable
+
+    if not isinstance(found, dict):
+        return None
+    record = dict(found)
+    for key in _TEXT:
+        record[key] = printable(record.get(key) or "", 300)
+    record["version"] = str(_number(record.get("version")))
+    record["digest"] = printable(record["digest"], 80) if isinstance(record.get("digest"), str) else None
+    gates = record.get("gates") if isinstance(record.get("gates"), list) else []
+    record["gates"] = [{**g, "gate": printable(g.get("gate", "?"), 100),
+                        "value": g["value"] if type(g.get("value")) in (int, float) else None}
+                       for g in gates if isinstance(g, dict)]
+    record["in_registry"] = None
+    return record
 
 
 def _number(value) -> int:

@@ -222,6 +222,9 @@ class Registry:
         self._session.trust_env = False      # no ~/.netrc credentials, no proxy for a local registry
         for scheme in ("http://", "https://"):
             self._session.mount(scheme, DeadlineAdapter())
+        # Bodies are read raw and capped as they arrive: no compression (no decompression bomb,
+        # and a manifest's digest is over the bytes sent).
+        self._session.headers["Accept-Encoding"] = "identity"
         self._basic = False
         self._tokens: dict[tuple[str, ...], str] = {}
 
