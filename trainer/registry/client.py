@@ -12,7 +12,14 @@ written here, each tested against a real registry (tests/registry).
 Auth: a 401's `WWW-Authenticate` challenge picks the scheme: `Basic` (docker-registry with
 htpasswd) sends the credentials; `Bearer` (Harbor, Docker Hub) fetches a token from the realm for
 the scopes an operation needs (a mount asks for pull on the source and push on the target).
-Credentials come from `trainer.registry.auth`; they are never in a URL, a message or a log line.
+Credentials come from `trainer.registry.auth`; they are never in a URL, a message or a log line,
+and they go to this registry's host only: redirects are followed by hand and lose Authorization
+on another host, a token realm on another host or over plain http gets none, and plain http is
+used only for loopback addresses (an IP address check, not a "127." prefix).
+
+Every answer is read raw (no compression) in blocks under a cap (a manifest 4 MiB, a blob its
+descriptor's size) and one overall deadline per request, headers included (deadline.py), and
+server text is stripped of control characters before it reaches a message.
 """
 from __future__ import annotations
 
