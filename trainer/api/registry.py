@@ -77,14 +77,15 @@ def registry_ls(repo: str | None = None, registry: str | None = None) -> dict:
 
 
 def registry_copy(src: str, dst: str, registry: str | None = None) -> dict:
-    """Copy src to dst in one registry keeping the digest (blob mount + manifest PUT): how the
-    runtime images are promoted between projects."""
+    """Copy src to dst keeping the digest: in one registry by blob mount + manifest PUT (how the
+    runtime images are promoted between projects); to another registry host by streaming the
+    blobs across, each registry with its own credentials."""
     from trainer.registry.artifacts import copy
 
     reg, s = _registry_for(src, registry)
-    _, d = _registry_for(dst, reg.url)
+    to, d = _registry_for(dst, reg.url)
     if not s.reference or not d.reference or d.reference.startswith("sha256:"):
         raise RegistryError("give both as project/name:tag (the source may be @sha256:...)")
-    manifest, how = copy(reg, s.repository, s.reference, d.repository, d.reference)
-    return {"source": f"{reg.host}/{s}", "target": f"{reg.host}/{d}", "digest": manifest.digest,
+    manifest, how = copy(reg, s.repository, s.reference, d.repository, d.reference, to=to)
+    return {"source": f"{reg.host}/{s}", "target": f"{to.host}/{d}", "digest": manifest.digest,
             "blobs": dict(sorted(how.items()))}

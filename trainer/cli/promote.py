@@ -62,7 +62,7 @@ def promote(model: str = typer.Argument(..., help="Registered model name."),
     p = Printer(output)
     if to is None:
         raise UsageError("usage: trainer promote MODEL --to staging|production [--version N] [--approve]")
-    if version is not None and not version.isdigit():
+    if version is not None and not (version.isascii() and version.isdigit()):
         raise UsageError(f"--version must be a version number, got {version!r}")
     record = api.promote(model, to, version, approve=approve, tracking_uri=tracking_uri, registry=registry,
                          progress=p.note)

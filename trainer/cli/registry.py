@@ -51,11 +51,15 @@ def push(path: Path = typer.Argument(..., help="A model folder/file (pushed as a
 
 @group.command("pull")
 def pull(ref: str = typer.Argument(..., help="[host/]project/name:tag or @sha256:..."),
-         dest: Path = typer.Argument(Path("."), help="Folder to write the artifact's files into."),
+         dest: Optional[Path] = typer.Argument(None, help="A new or empty folder to write the artifact's files "
+                                               "into; default ./<name>-<tag>."),
          registry: Optional[str] = RegistryOpt, output: str = OutputOpt):
-    """Pull a model artifact's files (each layer to its org.cncf.model.filepath), digests checked."""
+    """Pull a model artifact's files (each layer to its org.cncf.model.filepath), digests checked,
+    into a new or empty folder (or one an earlier pull wrote): it never replaces other files."""
+    from trainer.registry.artifacts import default_pull_folder
+
     p = Printer(output)
-    result = api.registry_pull(ref, dest, registry)
+    result = api.registry_pull(ref, dest if dest is not None else default_pull_folder(ref), registry)
     p.emit(result, lambda r: p.line(f"pulled {r['ref']} {r['digest']}: {len(r['files'])} file(s) into {r['dest']}"))
 
 
@@ -77,10 +81,11 @@ def ls(repo: Optional[str] = typer.Argument(None, help="A repository (project/na
 
 @group.command("copy")
 def copy(src: str = typer.Argument(..., help="project/name:tag (or @sha256:...)"),
-         dst: str = typer.Argument(..., help="project/name:tag"),
+         dst: str = typer.Argument(..., help="[host/]project/name:tag"),
          registry: Optional[str] = RegistryOpt, output: str = OutputOpt):
-    """Copy within a registry keeping the digest (cross-repository mount + manifest PUT): how the
-    runtime images move dev/ -> staging/ -> prod/."""
+    """Copy keeping the digest (cross-repository mount + manifest PUT): how the runtime images
+    move dev/ -> staging/ -> prod/. A DST on another host gets the blobs streamed across, each
+    registry with its own credentials."""
     p = Printer(output)
     result = api.registry_copy(src, dst, registry)
     p.emit(result, lambda r: p.line(f"copied {r['source']} -> {r['target']} {r['digest']}"))

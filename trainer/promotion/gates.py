@@ -4,10 +4,13 @@ A gate names a metric the run logged (its latest value): `accuracy: ">=0.95"`,
 `parity.onnx-int8.top1_agreement: ">=0.99"`. `passed`/`failed` read the metric as a verdict
 (1 = passed): `parity: passed` is the conversion report's overall verdict (`parity.passed`),
 `parity.onnx-int8: passed` one target's (`parity.onnx-int8.passed`). A metric the run never
-logged fails its gate, saying so: a gate never passes by default.
+logged fails its gate, saying so: a gate never passes by default. Neither does a value that is
+not a finite number (NaN, inf): `accuracy != 0` or `>= 0.95` of a NaN is a failed gate.
 """
 from __future__ import annotations
 
+import json
+import math
 import operator
 from dataclasses import asdict, dataclass
 
@@ -40,7 +43,9 @@ def evaluate(gates: dict[str, str], metrics: dict[str, float]) -> list[GateResul
         if op in ("passed", "failed") and not key.endswith(".passed"):
             metric = f"{key}.passed"
         value = metrics.get(metric)
-        if value is None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            value = None
+        if value is None or not math.isfinite(value):
             passed = False
         elif op == "passed":
             passed = value == 1.0
@@ -50,3 +55,28 @@ def evaluate(gates: dict[str, str], metrics: dict[str, float]) -> list[GateResul
             passed = bool(_OPS[op](float(value), number))
         results.append(GateResult(key, condition.strip(), metric, None if value is None else float(value), passed))
     return results
+
+
+def gates_from_tag(text: str | None, environment: str) -> dict[str, str]:
+    """The gates of `environment` from a version's `trainer.gates` tag (JSON written at
+    registration). The tag can be edited by hand: ValueError, one line, on anything that is not
+    {environment: {metric: condition}} with conditions a spec would accept."""
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ValueError("is not JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError("is not a JSON object of environments")
+    gates = data.get(environment, {})
+    if not isinstance(gates, dict):
+        raise ValueError(f"has {environment!r} gates that are not a JSON object")
+    for key, condition in gates.items():
+        if not isinstance(condition, str) or len(key) > 250:
+            raise ValueError(f"has a {environment} gate {key[:60]!r} whose condition is not a string")
+        try:
+            parse_gate(condition)
+        except ValueError as e:
+            raise ValueError(f"has a {environment} gate {key[:60]!r} that {e}") from None
+    return gates

@@ -22,10 +22,13 @@ def history(model: str, tracking_uri: str | None = None, *, check_registry: bool
         for key, value in mv.tags.items():
             if key.startswith(TAG_RECORD_PREFIX):
                 try:
-                    records.append({**json.loads(value), "in_registry": None})
+                    found = json.loads(value)
                 except ValueError:
                     continue
-    records.sort(key=lambda r: (str(r.get("at", "")), int(r.get("version", 0)), r.get("seq", 0)))
+                record = _record(found)
+                if record is not None:
+                    records.append(record)
+    records.sort(key=lambda r: (str(r.get("at", "")), _number(r.get("version")), _number(r.get("seq"))))
     if check_registry:
         _check_registry(mlc, model, versions, records)
     return records
@@ -36,12 +39,21 @@ def _check_registry(mlc, model: str, versions, records: list[dict]) -> None:
     from trainer.errors import RegistryError
     from trainer.registry.client import Registry
 
+    from trainer.registry.client import registry_url
+    from trainer.registry.serve import configured_address
+
     address = next((mv.tags[TAG_REGISTRY] for mv in versions if mv.tags.get(TAG_REGISTRY)), None)
     if address is None:
         return
     seen: dict[tuple, list] = {}
     try:
-        reg = Registry(address)
+        # The tag is data: only the configured registry is asked (and sent credentials).
+        configured, _ = configured_address()
+        if configured is None or registry_url(configured) != registry_url(address):
+            for r in records:
+                r["in_registry"] = "not checked (not the configured registry)" if r.get("digest") else None
+            return
+        reg = Registry(configured)
         for r in records:
             if not r.get("digest"):
                 continue
@@ -52,6 +64,34 @@ def _check_registry(mlc, model: str, versions, records: list[dict]) -> None:
     except RegistryError:
         for r in records:
             r["in_registry"] = "unreachable" if r.get("digest") else None
+
+
+_TEXT = ("at", "from", "to", "by", "model", "source", "target", "registry", "run_id", "model_id")
+
+
+def _record(found) -> dict | None:
+    """A promotion record read back from a version tag (editable text): the fields the history
+    shows, with the types it shows them as and no escape codes; None when it is not a record."""
+    from trainer.registry.client import printable
+
+    if not isinstance(found, dict):
+        return None
+    record = dict(found)
+    for key in _TEXT:
+        record[key] = printable(record.get(key) or "", 300)
+    record["version"] = str(_number(record.get("version")))
+    record["digest"] = printable(record["digest"], 80) if isinstance(record.get("digest"), str) else None
+    gates = record.get("gates") if isinstance(record.get("gates"), list) else []
+    record["gates"] = [{**g, "gate": printable(g.get("gate", "?"), 100),
+                        "value": g["value"] if type(g.get("value")) in (int, float) else None}
+                       for g in gates if isinstance(g, dict)]
+    record["in_registry"] = None
+    return record
+
+
+def _number(value) -> int:
+    text = str(value)
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else 0
 
 
 def _quoted(value: str) -> str:

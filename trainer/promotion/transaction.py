@@ -14,24 +14,34 @@
 
 Records are append-only: a new `trainer.promotion.<NNNN>` version tag per promotion (a key is
 never rewritten) and a new referrer per promotion in the registry (an index only gains entries).
+
+Promotions of one model serialize (trainer.promotion.lock): the whole transaction, from reading
+the aliases to moving one, holds the model's lock, so the record number (the highest one + 1),
+the referrers index (read, extended, written back) and the "already there" check see every
+earlier promotion. The registry address recorded on the version (`trainer.registry`, data anyone
+with MLflow access can edit) must be the configured registry (--registry, $TRAINER_REGISTRY, the
+running `trainer registry serve`) before anything is sent to it.
 """
 from __future__ import annotations
 
 import getpass
 import json
 import os
+import re
 import socket
 import time
 from typing import Callable
 
 from trainer.errors import GateError, TrainerError, UsageError
-from trainer.promotion.gates import evaluate
+from trainer.promotion.gates import evaluate, gates_from_tag
+from trainer.promotion.lock import promotion_lock
 from trainer.promotion.registration import (PROJECTS, TAG_DATA, TAG_GATES, TAG_PARITY, TAG_RECORD_PREFIX, TAG_REGISTRY,
                                             _mlflow, client, repository, tag_digest, tag_ref, version_tag)
 
 # Where each environment is promoted from.
 SOURCE = {"staging": "dev", "production": "staging"}
 MAX_TAG_VALUE = 5000      # MLflow's limit on a model version tag's value
+_VERSION = re.compile(r"[0-9]{1,18}")      # ASCII digits: str.isdigit() also takes '١' and '²'
 
 
 def promoter() -> str:
@@ -54,8 +64,20 @@ def promote(model: str, to: str, version: str | None = None, *, approve: bool = 
 
     say = progress or (lambda _: None)
     if to not in SOURCE:
-        raise UsageError(f"--to must be staging or production, got {to!r}")
+        raise UsageError(f"--to must be staging or production, got {str(to)[:40]!r}")
+    if version is not None and not _VERSION.fullmatch(str(version)):
+        raise UsageError(f"--version must be a version number (ASCII digits), got {str(version)[:40]!r}")
+    if registry is not None:
+        from trainer.registry.client import registry_url
+
+        registry_url(registry)          # a malformed --registry fails here, before MLflow is read
     uri = resolve_tracking_uri(tracking_uri)
+    with promotion_lock(uri, model, say):
+        return _promote(model, to, version, approve, uri, registry, say, _fail_after)
+
+
+def _promote(model: str, to: str, version: str | None, approve: bool, uri: str, registry: str | None,
+             say: Callable[[str], None], _fail_after: str | None) -> dict:
     mlc = client(uri)
     source_env = SOURCE[to]
     with _mlflow(f"cannot read model {model!r} from the MLflow registry"):
@@ -72,7 +94,10 @@ def promote(model: str, to: str, version: str | None = None, *, approve: bool = 
             raise GateError(f"promoting {model} version {version} to production needs an explicit approval: --approve")
     if current == version:
         raise GateError(f"{model} version {version} is already in {to}")
-    gates = json.loads(mv.tags.get(TAG_GATES) or "{}").get(to, {})
+    try:
+        gates = gates_from_tag(mv.tags.get(TAG_GATES), to)
+    except ValueError as e:
+        raise GateError(f"{model} version {version}: its {TAG_GATES} tag {e}; nothing was changed") from None
     results = evaluate(gates, dict(run.data.metrics) if run else {})
     failed = [r for r in results if not r.passed]
     if failed:
@@ -88,17 +113,18 @@ def promote(model: str, to: str, version: str | None = None, *, approve: bool = 
               "digest": None, "source": None, "target": None, "registry": None}
     if os.environ.get("BUILD_URL"):
         record["build"] = os.environ["BUILD_URL"][:300]
-    seq = 1 + sum(1 for k in mv.tags if k.startswith(TAG_RECORD_PREFIX))
+    # Under the model's lock: the highest record number + 1 is nobody else's.
+    seq = 1 + max([int(k[len(TAG_RECORD_PREFIX):]) for k in mv.tags
+                   if k.startswith(TAG_RECORD_PREFIX) and k[len(TAG_RECORD_PREFIX):].isascii()
+                   and k[len(TAG_RECORD_PREFIX):].isdigit()] or [0])
     record["seq"] = seq
 
     undo: list[Callable[[], None]] = []
     src_digest = mv.tags.get(tag_digest(source_env))
-    address = registry or mv.tags.get(TAG_REGISTRY)
+    address = _checked_address(model, version, registry, mv.tags.get(TAG_REGISTRY)) if src_digest else None
     try:
-        if src_digest and address:
+        if src_digest:
             _registry_part(address, model, version, source_env, to, src_digest, record, undo, say, _fail_after)
-        elif src_digest:
-            raise UsageError(f"{model} version {version} is in a registry, but none is known: pass --registry")
         else:
             record["registry"] = "none (registered in MLflow only)"
             say(f"{model} version {version} has no registry artifact: promoting in MLflow only")
@@ -112,6 +138,30 @@ def promote(model: str, to: str, version: str | None = None, *, approve: bool = 
     say(f"{model} version {version} is in {to}" + (f": {record['target']} ({record['digest'][:19]})"
                                                      if record["digest"] else " (MLflow alias)"))
     return record
+
+
+def _checked_address(model: str, version: str, registry: str | None, recorded: str | None) -> str:
+    """The registry to promote in: the configured one, and only when it is the one MLflow
+    recorded for the version (a tag is data: it never chooses where credentials go)."""
+    from trainer.registry.client import printable, registry_url
+    from trainer.registry.serve import configured_address
+
+    configured, why = configured_address(registry)
+    shown = printable(recorded or "", 120)
+    if configured is None:
+        raise UsageError(f"{model} version {version} is in the registry {shown or '(not recorded)'}, but no "
+                         f"registry is configured ({why}): pass --registry {shown or 'HOST'} if you trust it")
+    if recorded is None:
+        return configured
+    try:
+        same = registry_url(recorded) == registry_url(configured)
+    except TrainerError:
+        same = False
+    if not same:
+        raise GateError(f"{model} version {version} was pushed to {shown!r} ({TAG_REGISTRY} in MLflow), but the "
+                        f"configured registry is {printable(configured, 120)} ({why}); nothing was sent or "
+                        f"changed (pass --registry to name the registry you trust)")
+    return configured
 
 
 def _version(mlc, model: str, version: str | None, source_env: str):

@@ -26,6 +26,7 @@ from trainer.home import trainer_home
 
 ENV_USERNAME = "TRAINER_REGISTRY_USERNAME"
 ENV_PASSWORD = "TRAINER_REGISTRY_PASSWORD"
+ENV_REGISTRY = "TRAINER_REGISTRY"
 HELPER_TIMEOUT_S = 30
 
 
@@ -56,11 +57,16 @@ def docker_config_paths() -> list[Path]:
 
 
 def find_credentials(host: str) -> Credentials | None:
-    """The credentials for `host` (host[:port]), or None (anonymous)."""
+    """The credentials for `host` (host[:port]), or None (anonymous).
+
+    The environment's pair is bound to one host: with $TRAINER_REGISTRY set, only to its host
+    (CI sets both; a registry address read from data, such as an MLflow tag, never receives them
+    unless it is that host); the Docker config's entries are keyed by host already."""
     user, password = os.environ.get(ENV_USERNAME), os.environ.get(ENV_PASSWORD)
     if user and password:
-        return Credentials(user, password, f"${ENV_USERNAME}/${ENV_PASSWORD}")
-    if user or password:
+        if env_credentials_host() in (None, host):
+            return Credentials(user, password, f"${ENV_USERNAME}/${ENV_PASSWORD}")
+    elif user or password:
         raise RegistryError(f"set both {ENV_USERNAME} and {ENV_PASSWORD}, or neither")
     for path in docker_config_paths():
         config = _read_config(path)
@@ -75,6 +81,16 @@ def find_credentials(host: str) -> Credentials | None:
         if entry is not None:
             return _decode_entry(entry, host, path)
     return None
+
+
+def env_credentials_host() -> str | None:
+    """The host[:port] of $TRAINER_REGISTRY (what the environment's credentials are for), or None."""
+    from urllib.parse import urlsplit
+
+    address = os.environ.get(ENV_REGISTRY, "").strip().rstrip("/")
+    if not address:
+        return None
+    return urlsplit(address if "://" in address else f"//{address}").netloc or address
 
 
 def _read_config(path: Path) -> dict | None:

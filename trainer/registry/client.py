@@ -12,21 +12,32 @@ written here, each tested against a real registry (tests/registry).
 Auth: a 401's `WWW-Authenticate` challenge picks the scheme: `Basic` (docker-registry with
 htpasswd) sends the credentials; `Bearer` (Harbor, Docker Hub) fetches a token from the realm for
 the scopes an operation needs (a mount asks for pull on the source and push on the target).
-Credentials come from `trainer.registry.auth`; they are never in a URL, a message or a log line.
+Credentials come from `trainer.registry.auth`; they are never in a URL, a message or a log line,
+and they go to this registry's host only: redirects are followed by hand and lose Authorization
+on another host, a token realm on another host or over plain http gets none, and plain http is
+used only for loopback addresses (an IP address check, not a "127." prefix).
+
+Every answer is read raw (no compression) in blocks under a cap (a manifest 4 MiB, a blob its
+descriptor's size) and one overall deadline per request, headers included (deadline.py), and
+server text is stripped of control characters before it reaches a message.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
+import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable
+from typing import Any, Iterable
 from urllib.parse import urljoin, urlsplit
 
 from trainer.errors import RegistryError, describe
 from trainer.registry.auth import Credentials, find_credentials
+from trainer.registry.deadline import DeadlineAdapter, Watchdog
 
 MANIFEST_OCI = "application/vnd.oci.image.manifest.v1+json"
 INDEX_OCI = "application/vnd.oci.image.index.v1+json"
@@ -36,13 +47,70 @@ MANIFEST_TYPES = (MANIFEST_OCI, INDEX_OCI, MANIFEST_DOCKER, LIST_DOCKER)
 EMPTY_JSON = "application/vnd.oci.empty.v1+json"
 
 TIMEOUT_S = 60
+# The overall deadline of one request (connect, headers and body), not only of each socket read:
+# a server that trickles a byte every few seconds fails here. Blobs get time for their size too.
+ENV_TIMEOUT = "TRAINER_REGISTRY_TIMEOUT_S"
+MIN_BLOB_RATE = 1 << 20          # bytes/s a blob transfer is granted on top of the deadline
 CHUNK = 1 << 20
-# A manifest is JSON of a few KiB; a registry answering more is not read whole.
+# A manifest is JSON of a few KiB; a registry answering more is not read past the cap.
 MAX_MANIFEST_BYTES = 4 << 20
+MAX_JSON_BYTES = 4 << 20         # tags, catalog, token and error answers
+MAX_BLOB_BYTES = 1 << 40         # a descriptor's size above this is not believed
+MAX_ADDRESS = 300                # host (253) + port + scheme
+MAX_REDIRECTS = 5
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\\\)?|[\x00-\x1f\x7f-\x9f]")
 _DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
 # OCI distribution: a repository name is path components of [a-z0-9] with . _ __ - separators.
 _REPO = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+def printable(text: object, limit: int = 300) -> str:
+    """Server-provided text made safe for a terminal: escape sequences and control characters
+    removed (a registry's error message must not move the cursor or retitle the window)."""
+    return _CONTROL.sub("", str(text))[:limit]
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost`, ::1 or an address in 127.0.0.0/8, parsed as an IP address: not any name that
+    begins with "127."."""
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_timeout() -> float:
+    raw = os.environ.get(ENV_TIMEOUT)
+    if not raw:
+        return TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise RegistryError(f"${ENV_TIMEOUT} must be a number of seconds, got {printable(raw, 40)!r}") from None
+    if not 0 < value <= 86400:
+        raise RegistryError(f"${ENV_TIMEOUT} must be between 0 and 86400 seconds, got {raw}")
+    return value
+
+
+def descriptor_size(desc: object, where: str) -> int:
+    """A descriptor's declared size: an int from 0 to MAX_BLOB_BYTES (bool is not a size)."""
+    size = desc.get("size") if isinstance(desc, dict) else None
+    if type(size) is not int or not 0 <= size <= MAX_BLOB_BYTES:
+        raise RegistryError(f"{where}: a descriptor without a valid size ({printable(size, 40)!r})")
+    return size
+
+
+def descriptor_digest(desc: object, where: str) -> str:
+    digest = desc.get("digest") if isinstance(desc, dict) else None
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        raise RegistryError(f"{where}: a descriptor without a sha256 digest ({printable(digest, 80)!r})")
+    return digest
 
 
 def sha256_digest(data: bytes) -> str:
@@ -108,12 +176,23 @@ class Manifest:
 
     @property
     def json(self) -> dict:
-        return json.loads(self.body)
+        try:
+            data = json.loads(self.body)
+        except ValueError:
+            raise RegistryError(f"the manifest {self.digest} is not JSON") from None
+        if not isinstance(data, dict):
+            raise RegistryError(f"the manifest {self.digest} is not a JSON object")
+        return data
 
 
 def registry_url(address: str) -> str:
     """`host[:port]` -> https://host[:port]; loopback hosts default to http (a local registry
     has no certificate); an explicit http:// or https:// is kept."""
+    if not isinstance(address, str) or len(address) > MAX_ADDRESS:
+        raise RegistryError(f"registry address is {len(str(address))} characters; host[:port] has at most "
+                            f"{MAX_ADDRESS}")
+    if _CONTROL.search(address) or " " in address.strip():
+        raise RegistryError(f"registry address holds spaces or control characters: {printable(address, 80)!r}")
     address = address.strip().rstrip("/")
     if "://" in address:
         parts = urlsplit(address)
@@ -125,23 +204,34 @@ def registry_url(address: str) -> str:
         return f"{parts.scheme}://{parts.netloc}"
     if "@" in address or "/" in address or not address:
         raise RegistryError(f"registry address must be host[:port] or http(s)://host[:port], got {address!r}")
-    host = address.rsplit(":", 1)[0] if address.count(":") == 1 else address
-    local = host in ("localhost", "127.0.0.1", "::1", "[::1]") or host.startswith("127.")
-    return f"{'http' if local else 'https'}://{address}"
+    try:
+        parts = urlsplit(f"//{address}")
+        host, _ = parts.hostname, parts.port
+    except ValueError:
+        raise RegistryError(f"registry address must be host[:port], got {printable(address, 80)!r}") from None
+    if not host:
+        raise RegistryError(f"registry address must be host[:port], got {printable(address, 80)!r}")
+    return f"{'http' if is_loopback(host) else 'https'}://{address}"
 
 
 class Registry:
     """One registry, its credentials found once; every call raises RegistryError on failure."""
 
-    def __init__(self, address: str, credentials: Credentials | None | bool = True, timeout: float = TIMEOUT_S):
+    def __init__(self, address: str, credentials: Credentials | None | bool = True, timeout: float | None = None):
         import requests
 
         self.url = registry_url(address)
         self.host = urlsplit(self.url).netloc
+        self.hostname = urlsplit(self.url).hostname or ""
         self.credentials = find_credentials(self.host) if credentials is True else (credentials or None)
-        self.timeout = timeout
+        self.timeout = default_timeout() if timeout is None else timeout
         self._session = requests.Session()
         self._session.trust_env = False      # no ~/.netrc credentials, no proxy for a local registry
+        for scheme in ("http://", "https://"):
+            self._session.mount(scheme, DeadlineAdapter())
+        # Bodies are read raw and capped as they arrive: no compression (no decompression bomb,
+        # and a manifest's digest is over the bytes sent).
+        self._session.headers["Accept-Encoding"] = "identity"
         self._basic = False
         self._tokens: dict[tuple[str, ...], str] = {}
 
@@ -169,12 +259,12 @@ class Registry:
             headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
             if isinstance(data, Path):
                 with open(data, "rb") as fh:
-                    self._send("PUT", f"{location}{sep}digest={digest_}", scopes, data=fh, headers=headers, ok=(201,))
+                    self._upload(f"{location}{sep}digest={digest_}", scopes, fh, size, headers)
             else:
-                self._send("PUT", f"{location}{sep}digest={digest_}", scopes, data=data, headers=headers, ok=(201,))
+                self._upload(f"{location}{sep}digest={digest_}", scopes, data, size, headers)
         return {"digest": digest_, "size": size}
 
-    def mount_blob(self, repo: str, digest: str, from_repo: str) -> str:
+    def mount_blob(self, repo: str, digest: str, from_repo: str, size: int | None = None) -> str:
         """Make `digest` of `from_repo` part of `repo` without moving bytes (cross-repository
         mount); a registry that will not mount gets the bytes copied. Returns how: "present",
         "mounted" or "copied"."""
@@ -186,53 +276,81 @@ class Registry:
             return "mounted"
         # 202: the registry opened an upload instead (mount refused); finish it with the bytes.
         location = self._location(r)
-        data = self.get_blob(from_repo, digest)
+        data = self.get_blob(from_repo, digest, size)
         sep = "&" if "?" in location else "?"
-        self._send("PUT", f"{location}{sep}digest={digest}", scopes, data=data,
-                   headers={"Content-Type": "application/octet-stream"}, ok=(201,))
+        self._upload(f"{location}{sep}digest={digest}", scopes, data, len(data),
+                     {"Content-Type": "application/octet-stream"})
         return "copied"
 
-    def get_blob(self, repo: str, digest: str) -> bytes:
-        r = self._send("GET", f"/v2/{repo}/blobs/{digest}", [_scope(repo, "pull")], ok=(200,))
-        if sha256_digest(r.content) != digest:
-            raise RegistryError(f"{repo}@{digest}: the registry sent bytes of another digest")
-        return r.content
-
-    def download_blob(self, repo: str, digest: str, dest: Path) -> None:
-        """Stream a blob into `dest`, checking its digest before the file is put in place."""
-        r = self._send("GET", f"/v2/{repo}/blobs/{digest}", [_scope(repo, "pull")], ok=(200,), stream=True)
-        h = hashlib.sha256()
-        tmp = dest.with_name(f".{dest.name}.part")
+    def _upload(self, url: str, scopes: list[str], data, size: int, headers: dict) -> None:
+        """A blob's PUT: given time for its size (a deadline of its own, like a download's)."""
+        deadline = time.monotonic() + self.timeout + size / MIN_BLOB_RATE
+        dog = Watchdog(deadline - time.monotonic()).start()
         try:
-            with open(tmp, "wb") as fh:
-                for block in r.iter_content(CHUNK):
-                    h.update(block)
-                    fh.write(block)
-            if "sha256:" + h.hexdigest() != digest:
-                raise RegistryError(f"{repo}@{digest}: the registry sent bytes of another digest")
-            tmp.replace(dest)
+            self._send("PUT", url, scopes, data=data, headers=headers, ok=(201,), deadline=deadline)
         finally:
-            r.close()
-            tmp.unlink(missing_ok=True)
+            dog.stop()
+
+    def get_blob(self, repo: str, digest: str, size: int | None = None) -> bytes:
+        """A small blob (a config, a record) in memory: at most `size` bytes (its descriptor's),
+        else MAX_JSON_BYTES."""
+        cap = MAX_JSON_BYTES if size is None else size
+        chunks: list[bytes] = []
+        self._stream_blob(repo, digest, cap, chunks.append)
+        data = b"".join(chunks)
+        if size is not None and len(data) != size:
+            raise RegistryError(f"{repo}@{digest}: the registry sent {len(data)} bytes, the descriptor says {size}")
+        return data
+
+    def download_blob(self, repo: str, digest: str, size: int, write) -> None:
+        """Stream a blob into `write` (a file's write): never more than its descriptor's `size`
+        bytes, digest checked at the end (the caller puts the file in place only then)."""
+        got = self._stream_blob(repo, digest, size, write)
+        if got != size:
+            raise RegistryError(f"{repo}@{digest}: the registry sent {got} bytes, the descriptor says {size}")
+
+    def _stream_blob(self, repo: str, digest: str, cap: int, write) -> int:
+        deadline = time.monotonic() + self.timeout + cap / MIN_BLOB_RATE
+        dog = Watchdog(deadline - time.monotonic()).start()
+        try:
+            r = self._send("GET", f"/v2/{repo}/blobs/{digest}", [_scope(repo, "pull")], ok=(200,), stream=True,
+                           deadline=deadline)
+            h, got = hashlib.sha256(), 0
+            try:
+                for block in _chunks(r, cap, deadline, f"{repo}@{digest}", self.host):
+                    h.update(block)
+                    got += len(block)
+                    write(block)
+            finally:
+                r.close()
+        finally:
+            dog.stop()
+        if "sha256:" + h.hexdigest() != digest:
+            raise RegistryError(f"{repo}@{digest}: the registry sent bytes of another digest")
+        return got
 
     # -------------------------------------------------------------- manifests
     def get_manifest(self, repo: str, ref: str) -> Manifest:
         r = self._send("GET", f"/v2/{repo}/manifests/{ref}", [_scope(repo, "pull")], ok=(200, 404),
-                       headers={"Accept": ", ".join(MANIFEST_TYPES)})
+                       headers={"Accept": ", ".join(MANIFEST_TYPES)}, cap=MAX_MANIFEST_BYTES,
+                       what=f"the manifest {repo}:{ref}")
         if r.status_code == 404:
             sep = "@" if ref.startswith("sha256:") else ":"
             raise RegistryError(f"{self.host}/{repo}{sep}{ref}: no such artifact in the registry")
-        if len(r.content) > MAX_MANIFEST_BYTES:
-            raise RegistryError(f"{repo}:{ref}: the manifest is over {MAX_MANIFEST_BYTES} bytes")
         digest = sha256_digest(r.content)
         if ref.startswith("sha256:") and digest != ref:
             raise RegistryError(f"{repo}@{ref}: the registry sent a manifest of another digest")
         media_type = r.headers.get("Content-Type", "").split(";")[0].strip()
         try:
-            media_type = json.loads(r.content).get("mediaType") or media_type
+            data = json.loads(r.content)
         except ValueError:
             raise RegistryError(f"{repo}:{ref}: the manifest is not JSON") from None
-        return Manifest(r.content, media_type, digest)
+        if not isinstance(data, dict):
+            raise RegistryError(f"{repo}:{ref}: the manifest is not a JSON object")
+        declared = data.get("mediaType")
+        if declared is not None and not isinstance(declared, str):
+            raise RegistryError(f"{repo}:{ref}: the manifest's mediaType is not a string")
+        return Manifest(r.content, printable(declared or media_type, 200), digest)
 
     def manifest_digest(self, repo: str, ref: str) -> str | None:
         """The digest `ref` points to now, or None when there is no such tag/manifest."""
@@ -257,11 +375,12 @@ class Registry:
         r = self._send("GET", f"/v2/{repo}/tags/list?n=1000", [_scope(repo, "pull")], ok=(200, 404))
         if r.status_code == 404:
             return []
-        return sorted((_json(r).get("tags") or []))
+        # Names the registry lists reach a terminal: only well-formed ones are kept.
+        return sorted(t for t in _json_list(r, "tags") if _TAG.fullmatch(t))
 
     def catalog(self) -> list[str]:
         r = self._send("GET", "/v2/_catalog?n=1000", ["registry:catalog:*"], ok=(200,))
-        return sorted(_json(r).get("repositories") or [])
+        return sorted(x for x in _json_list(r, "repositories") if len(x) <= 255 and _REPO.fullmatch(x))
 
     # -------------------------------------------------------------- referrers
     def referrers(self, repo: str, digest: str) -> tuple[list[dict], str]:
@@ -270,9 +389,16 @@ class Registry:
         r = self._send("GET", f"/v2/{repo}/referrers/{digest}", [_scope(repo, "pull")], ok=(200, 404),
                        headers={"Accept": INDEX_OCI})
         if r.status_code == 200 and r.headers.get("Content-Type", "").startswith(INDEX_OCI):
-            return list(_json(r).get("manifests") or []), "api"
+            found = _json(r)
+            manifests = found.get("manifests") if isinstance(found, dict) else None
+            if not isinstance(manifests, list):
+                raise RegistryError(f"{repo}@{digest}: the referrers answer has no list of manifests")
+            return [m for m in manifests if isinstance(m, dict)], "api"
         index = self.fallback_index(repo, digest)
-        return (list(index.json.get("manifests") or []) if index else []), "tag"
+        manifests = index.json.get("manifests") if index else []
+        if not isinstance(manifests, list):
+            raise RegistryError(f"{repo}:{fallback_tag(digest)}: the referrers index has no list of manifests")
+        return [m for m in manifests if isinstance(m, dict)], "tag"
 
     def fallback_index(self, repo: str, digest: str) -> Manifest | None:
         tag = fallback_tag(digest)
@@ -290,40 +416,83 @@ class Registry:
             raise RegistryError(f"{self.url}: an upload answer without a Location")
         return urljoin(self.url + "/", location)
 
-    def _send(self, method: str, path: str, scopes: list[str], ok: Iterable[int], **kw):
-        import requests
-
+    def _send(self, method: str, path: str, scopes: list[str], ok: Iterable[int], *, stream: bool = False,
+              cap: int = MAX_JSON_BYTES, what: str = "the answer", deadline: float | None = None, **kw):
+        """One request: the 401 challenge answered once, redirects followed by hand (credentials
+        go to this registry's host only, never to a redirect's other host), the body read whole
+        (at most `cap` bytes) unless `stream`, all within one overall deadline."""
+        if deadline is None:          # a request of its own: its own watchdog
+            deadline = time.monotonic() + self.timeout
+            dog = Watchdog(self.timeout).start()
+            try:
+                return self._send(method, path, scopes, ok, stream=stream, cap=cap, what=what, deadline=deadline,
+                                  **kw)
+            finally:
+                dog.stop()
         url = path if path.startswith(("http://", "https://")) else self.url + path
         headers = dict(kw.pop("headers", {}))
         body = kw.get("data")
         for attempt in (0, 1):
             auth = self._auth_header(scopes)
-            if auth:
-                headers["Authorization"] = auth
-            try:
-                r = self._session.request(method, url, headers=headers, timeout=self.timeout,
-                                          allow_redirects=True, **kw)
-            except requests.RequestException as e:
-                raise RegistryError(f"cannot reach the registry at {self.url}: {describe(e)}") from None
+            r = self._request(method, url, headers, auth, deadline, **kw)
             if r.status_code == 401 and attempt == 0:
+                challenge = r.headers.get("WWW-Authenticate", "")
                 r.close()
-                self._answer_challenge(r.headers.get("WWW-Authenticate", ""), scopes)
+                self._answer_challenge(challenge, scopes, deadline)
                 if hasattr(body, "seek"):
                     body.seek(0)
                 continue
             break
-        if r.status_code in ok:
-            return r
-        raise RegistryError(self._failure(method, path, r))
+        if r.status_code not in ok:
+            _read(r, MAX_JSON_BYTES, deadline, "an error answer", self.host, tolerate_cap=True)
+            raise RegistryError(self._failure(method, path, r))
+        if not stream:
+            _read(r, cap, deadline, what, self.host)
+        return r
+
+    def _request(self, method: str, url: str, headers: dict, auth: str | None, deadline: float, **kw):
+        import requests
+
+        for _ in range(MAX_REDIRECTS + 1):
+            parts = urlsplit(url)
+            send = dict(headers)
+            if auth and parts.netloc == self.host and parts.scheme == urlsplit(self.url).scheme:
+                send["Authorization"] = auth
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RegistryError(f"the registry {self.host} did not answer within {self.timeout:g} s "
+                                    f"(${ENV_TIMEOUT})")
+            try:
+                r = self._session.request(method, url, headers=send, timeout=min(remaining, self.timeout),
+                                          allow_redirects=False, stream=True, **kw)
+            except requests.RequestException as e:
+                if time.monotonic() >= deadline:
+                    raise RegistryError(f"the registry {self.host} did not answer within {self.timeout:g} s "
+                                        f"(${ENV_TIMEOUT})") from None
+                raise RegistryError(f"cannot reach the registry at {self.url}: {describe(e)}") from None
+            if r.status_code not in (301, 302, 303, 307, 308) or not r.headers.get("Location"):
+                return r
+            r.close()
+            target = urljoin(url, r.headers["Location"])
+            scheme, host = urlsplit(target).scheme, urlsplit(target).hostname or ""
+            if scheme not in ("http", "https") or (scheme == "http" and not is_loopback(host)
+                                                    and urlsplit(self.url).scheme == "https"):
+                raise RegistryError(f"the registry {self.host} redirected to {printable(target, 120)!r}: "
+                                    f"not https; refused")
+            if r.status_code == 303:
+                method, kw = "GET", {k: v for k, v in kw.items() if k != "data"}
+            url = target
+        raise RegistryError(f"the registry {self.host} redirected more than {MAX_REDIRECTS} times")
 
     def _failure(self, method: str, path: str, r) -> str:
         what = f"{method} {urlsplit(path).path if '://' in path else path.split('?')[0]}"
         detail = ""
         try:
             errors = r.json().get("errors") or []
-            if errors:
-                detail = f": {errors[0].get('code', '')} {errors[0].get('message', '')}".rstrip()
-        except ValueError:
+            if errors and isinstance(errors[0], dict):
+                detail = f": {printable(errors[0].get('code', ''), 60)} {printable(errors[0].get('message', ''), 200)}"
+                detail = detail.rstrip()
+        except (ValueError, AttributeError, TypeError):
             pass
         if r.status_code == 401:
             who = str(self.credentials) if self.credentials else "no credentials (docker login, or set " \
@@ -340,9 +509,12 @@ class Registry:
         token = self._tokens.get(tuple(sorted(scopes)))
         return f"Bearer {token}" if token else None
 
-    def _answer_challenge(self, header: str, scopes: list[str]) -> None:
+    def _answer_challenge(self, header: str, scopes: list[str], deadline: float) -> None:
         scheme, _, params = header.partition(" ")
         if scheme.lower() == "basic":
+            if self.credentials is not None and urlsplit(self.url).scheme != "https" \
+                    and not is_loopback(self.hostname):
+                raise RegistryError(f"the registry {self.host} asks for a password over plain http; not sent")
             self._basic = True
             return
         if scheme.lower() != "bearer":
@@ -351,6 +523,15 @@ class Registry:
         realm = fields.get("realm")
         if not realm:
             raise RegistryError(f"the registry {self.host} asked for a bearer token without a realm")
+        realm_parts = urlsplit(realm)
+        realm_host = realm_parts.hostname or ""
+        if realm_parts.scheme not in ("http", "https") or not realm_host:
+            raise RegistryError(f"the registry {self.host} names a token service that is not an http(s) URL")
+        secure = realm_parts.scheme == "https" or is_loopback(realm_host)
+        if self.credentials is not None and (realm_host != self.hostname or not secure):
+            why = "another host" if realm_host != self.hostname else "plain http"
+            raise RegistryError(f"the registry {self.host} sends for a token to {printable(realm_host, 100)} "
+                                f"({why}); the credentials configured for {self.host} are not sent there")
         query: list[tuple[str, str]] = []
         if fields.get("service"):
             query.append(("service", fields["service"]))
@@ -358,26 +539,81 @@ class Registry:
             query.append(("scope", scope))
         auth = None
         if self.credentials is not None and not self.credentials.token:
-            auth = (self.credentials.username, self.credentials.secret)
+            raw = f"{self.credentials.username}:{self.credentials.secret}".encode()
+            auth = "Basic " + base64.b64encode(raw).decode()
         import requests
 
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RegistryError(f"the token service of {self.host} did not answer within {self.timeout:g} s")
         try:
             if self.credentials is not None and self.credentials.token:
                 r = self._session.post(realm, data={"grant_type": "refresh_token", "client_id": "trainer",
                                                     "refresh_token": self.credentials.secret,
-                                                    **dict(query[:1])}, timeout=self.timeout)
+                                                    **dict(query[:1])}, timeout=min(remaining, self.timeout),
+                                       allow_redirects=False, stream=True)
             else:
-                r = self._session.get(realm, params=query, auth=auth, timeout=self.timeout)
+                r = self._session.get(realm, params=query, headers={"Authorization": auth} if auth else {},
+                                      timeout=min(remaining, self.timeout), allow_redirects=False, stream=True)
         except requests.RequestException as e:
             raise RegistryError(f"cannot reach the token service of {self.host}: {describe(e)}") from None
+        try:
+            _read(r, MAX_JSON_BYTES, deadline, "the token answer", self.host)
+        finally:
+            r.close()
         if r.status_code != 200:
             raise RegistryError(f"the token service of {self.host} refused a token ({r.status_code}) with "
                                 f"{self.credentials or 'no credentials'}")
         data = _json(r)
-        token = data.get("token") or data.get("access_token")
-        if not token:
+        token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
+        if not token or not isinstance(token, str):
             raise RegistryError(f"the token service of {self.host} answered without a token")
         self._tokens[tuple(sorted(scopes))] = token
+
+
+def _chunks(r, cap: int, deadline: float, what: str, host: str):
+    """The body of a streamed answer, block by block as they arrive; RegistryError past `cap`
+    bytes or past the deadline (checked after every socket read, so a trickle cannot stretch it)."""
+    import requests
+    import urllib3
+
+    got = 0
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise RegistryError(f"the registry {host} is sending {what} too slowly: not done within the "
+                                    f"deadline (${ENV_TIMEOUT})")
+            block = r.raw.read1(CHUNK) if hasattr(r.raw, "read1") else r.raw.read(CHUNK)
+            if not block:
+                if time.monotonic() >= deadline:      # the watchdog ended it
+                    raise RegistryError(f"the registry {host} is sending {what} too slowly: not done within "
+                                        f"the deadline (${ENV_TIMEOUT})")
+                return
+            got += len(block)
+            if got > cap:
+                raise RegistryError(f"the registry {host} sent more than {cap} bytes for {what}; refused")
+            yield block
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+        if time.monotonic() >= deadline:
+            raise RegistryError(f"the registry {host} is sending {what} too slowly: not done within the "
+                                f"deadline (${ENV_TIMEOUT})") from None
+        raise RegistryError(f"the registry {host} broke off {what}: {describe(e)}") from None
+
+
+def _read(r, cap: int, deadline: float, what: str, host: str, tolerate_cap: bool = False) -> bytes:
+    """Read a whole (small) answer into `r._content` so r.content / r.json() work, bounded."""
+    chunks: list[bytes] = []
+    try:
+        for block in _chunks(r, cap, deadline, what, host):
+            chunks.append(block)
+    except RegistryError:
+        if not tolerate_cap:
+            raise
+    finally:
+        r.close()
+    r._content = b"".join(chunks)
+    r._content_consumed = True
+    return r._content
 
 
 def fallback_tag(digest: str) -> str:
@@ -395,3 +631,14 @@ def _json(r) -> Any:
         return r.json()
     except ValueError:
         raise RegistryError(f"the registry answered something that is not JSON ({r.status_code})") from None
+
+
+def _json_list(r, key: str) -> list[str]:
+    data = _json(r)
+    items = data.get(key) if isinstance(data, dict) else None
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise RegistryError(f"the registry's {key} answer is not a list")
+    return [x for x in items if isinstance(x, str)]
+
