@@ -12,6 +12,8 @@ import psutil
 import pytest
 import requests
 
+from trainer.cluster import processes
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
@@ -73,8 +75,9 @@ def test_down_leaves_a_process_with_a_recycled_pid_alone(home):
     (home / "monitor").mkdir(parents=True)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        record = {"pid": other.pid, "started": psutil.Process(other.pid).create_time() - 100}
-        (home / "monitor" / "state.json").write_text(json.dumps({"prometheus": record, "exporter": record}))
+        record = {"pid": other.pid, "start_ticks": processes.start_ticks(other.pid) - 100,
+                  "token": processes.new_token()}
+        processes.write_private_json(home / "monitor" / "state.json", {"prometheus": record, "exporter": record})
         assert json.loads(cli(home, "down", "--output", "json").stdout)["stopped_processes"] == 0
         assert other.poll() is None
     finally:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import stat
 import subprocess
@@ -241,22 +240,7 @@ class LocalCluster:
                            f"{START_TIMEOUT_S}s (logs: {self.log_dir})")
 
     def _stop_processes(self, owner: dict[str, str]) -> int:
-        import psutil
-
-        victims = {p.pid: p for p in processes.marked_processes(owner[processes.ENV_OWNER])}
-        for p in victims.values():
-            try:
-                p.send_signal(signal.SIGTERM)
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(list(victims.values()), timeout=8)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(alive, timeout=5)
-        return len(victims)
+        return processes.terminate(processes.marked_processes(owner[processes.ENV_OWNER]))
 
 
 # `ray start` keeps a loopback --node-ip-address only when this says Ray runs single-host (its

@@ -138,16 +138,70 @@ def read_private_json(path: Path, error: type[TrainerError]) -> dict | None:
     return data
 
 
-def write_private_json(path: Path, data: dict) -> None:
-    """Write `data` to `path` as a new 0600 file: written to a temporary file in the same folder,
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` as a new 0600 file: written to a temporary file in the same folder,
     then renamed over `path` (a link there is replaced, never followed)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)   # 0600
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_private_json(path: Path, data: dict) -> None:
+    write_private(path, json.dumps(data, indent=2))
+
+
+def start_marked(cmd: list[str], log: Path, folder: Path, env: dict[str, str] | None = None):
+    """Start `cmd` in a session of its own (output to `log`), marked as started from the home's
+    `folder`; returns (the Popen, its record for a state file: {pid, start_ticks, token})."""
+    import subprocess
+
+    token = new_token()
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True, env={**(env or os.environ), **owner_env(token, folder)})
+    return proc, {"pid": proc.pid, "start_ticks": start_ticks(proc.pid) or 0, "token": token}
+
+
+def live(record: dict, folder: Path, path: Path, error: type[TrainerError]):
+    """The psutil.Process a state file's record names when it is still the one started from
+    `folder` (same pid, start time and owner token), else None. A malformed record: `error`."""
+    import psutil
+
+    recorded = Recorded.parse(record if isinstance(record, dict) else {}, path, error)
+    if not recorded.is_ours(folder):
+        return None
+    try:
+        return psutil.Process(recorded.pid)
+    except psutil.Error:
+        return None
+
+
+def terminate(procs: list, grace_s: float = 8.0) -> int:
+    """SIGTERM each psutil.Process, SIGKILL what is still alive after `grace_s`; returns how many
+    were signalled (ones that ended meanwhile are not an error)."""
+    import signal
+
+    import psutil
+
+    signalled = []
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGTERM)
+            signalled.append(p)
+        except psutil.NoSuchProcess:
+            continue          # ended on its own: nothing left to stop
+    _, alive = psutil.wait_procs(signalled, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(alive, timeout=5)
+    return len(signalled)

@@ -11,14 +11,13 @@ Locally: the Debian `prometheus` binary on 127.0.0.1 (9090 when free), its confi
 $TRAINER_HOME/monitor (0700), scraping every node of the local cluster through the service
 discovery file Ray's head writes into its temp dir (so a cluster started later, or restarted, is
 found), and trainer's exporter (trainer.monitoring.exporter) on another 127.0.0.1 port. The state
-file (0600) records each process's pid and start time: `down` stops exactly those processes.
+file (0600, never through a link) records each process's pid, start time and owner token
+(trainer.cluster.processes): `down` stops exactly those processes.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from trainer.cluster import processes
 from trainer.errors import ClusterError, RuntimeNotInstalledError, UsageError
 from trainer.home import trainer_home
 from trainer.telemetry import catalog
@@ -137,15 +137,6 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write `text` to `path`, readable by this user only (0600), replacing it atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def prometheus_binary() -> str:
     found = shutil.which("prometheus")
     if found is None:
@@ -163,36 +154,30 @@ def _free_port(preferred: int | None = None) -> int:
         return s.getsockname()[1]
 
 
-def _process(record: dict):
-    """The live process a state record names (same pid and start time), or None."""
-    import psutil
+def _process(record: dict, folder: Path):
+    """The live process a state record names (same pid, start time and owner token), or None."""
+    return processes.live(record, folder, folder / STATE_FILE, ClusterError)
 
-    try:
-        p = psutil.Process(record["pid"])
-        return p if abs(p.create_time() - record["started"]) < 1.0 else None
-    except (psutil.Error, KeyError, TypeError):
-        return None
+
+def _read_state_file(folder: Path) -> dict | None:
+    """The state file's object, or None when there is none (a link, a file not ours or writable by
+    others, a malformed record: ClusterError, one line)."""
+    return processes.read_private_json(folder / STATE_FILE, ClusterError)
 
 
 def read_state(home: Path | None = None) -> dict | None:
     """The running monitor's state, or None (a state file whose processes are gone is stale)."""
-    path = monitor_dir(home) / STATE_FILE
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if _process(state.get("prometheus", {})) is None:
+    folder = monitor_dir(home)
+    state = _read_state_file(folder)
+    if state is None or _process(state.get("prometheus"), folder) is None:
         return None
     return state
 
 
-def _spawn(cmd: list[str], log: Path, env: dict | None = None) -> dict:
-    import psutil
-
-    with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
-    return {"pid": proc.pid, "started": psutil.Process(proc.pid).create_time(), "log": str(log)}
+def _spawn(cmd: list[str], log: Path, folder: Path, env: dict | None = None) -> dict:
+    log.unlink(missing_ok=True)
+    _, record = processes.start_marked(cmd, log, folder, env)
+    return {**record, "log": str(log)}
 
 
 def _ready(url: str, timeout: float = 2.0) -> bool:
@@ -227,7 +212,7 @@ def up(home: Path | None = None, *, port: int | None = None, rules: Path | None 
     if not rules.is_file():
         raise UsageError(f"--rules {rules}: no such file")
     folder = _private_dir(monitor_dir(home))
-    _stop_recorded(folder / STATE_FILE)    # leftovers of a crashed monitor
+    _stop_recorded(folder)    # leftovers of a crashed monitor
     data = _private_dir(folder / "data")
     port = port or _free_port(9090)
     exporter_port = _free_port()
@@ -235,7 +220,7 @@ def up(home: Path | None = None, *, port: int | None = None, rules: Path | None 
     # trainer.cluster.local.private_temp_dir.
     sd_file = cluster_dir(home or trainer_home()) / "ray" / RAY_SD_FILE
     config = folder / "prometheus.yml"
-    _write_private(config, _dump(local_config(sd_file, exporter_port, rules, interval_s)))
+    processes.write_private(config, _dump(local_config(sd_file, exporter_port, rules, interval_s)))
     env = {**os.environ, "TRAINER_HOME": str(home or trainer_home())}
     state = {"url": f"http://127.0.0.1:{port}", "exporter_url": f"http://127.0.0.1:{exporter_port}/metrics",
              "config": str(config), "data": str(data), "rules": str(rules), "started_at": time.time()}
@@ -243,20 +228,20 @@ def up(home: Path | None = None, *, port: int | None = None, rules: Path | None 
         if progress:
             progress(f"starting trainer's exporter on 127.0.0.1:{exporter_port}")
         state["exporter"] = _spawn([sys.executable, "-m", "trainer.monitoring.exporter", "--port", str(exporter_port)],
-                                   folder / "exporter.log", env)
+                                   folder / "exporter.log", folder, env)
         if progress:
             progress(f"starting Prometheus on 127.0.0.1:{port}")
         state["prometheus"] = _spawn([binary, f"--config.file={config}", f"--storage.tsdb.path={data}",
                                       f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=7d"],
-                                     folder / "prometheus.log")
-        _write_private(folder / STATE_FILE, json.dumps(state, indent=2))
+                                     folder / "prometheus.log", folder)
+        processes.write_private_json(folder / STATE_FILE, state)
         deadline = time.monotonic() + START_TIMEOUT_S
         # Ready: Prometheus answers, the exporter answers, and Prometheus lists the exporter as a
         # target (scrape discovery runs after /-/ready): `status` right after `up` shows it.
         while not (_ready(f"{state['url']}/-/ready") and _ready(state["exporter_url"], timeout=10)
                    and _knows_exporter(state["url"])):
             for name in ("prometheus", "exporter"):
-                if _process(state[name]) is None:
+                if _process(state[name], folder) is None:
                     raise ClusterError(f"{name} exited at start: {_last_line(Path(state[name]['log']))} "
                                        f"(log: {state[name]['log']})")
             if time.monotonic() > deadline:
@@ -264,39 +249,26 @@ def up(home: Path | None = None, *, port: int | None = None, rules: Path | None 
                                    f"(log: {folder / 'prometheus.log'})")
             time.sleep(0.3)
     except BaseException:
-        _stop_recorded(folder / STATE_FILE, state)
+        _stop_recorded(folder, state)
         raise
     return state, True
 
 
 def down(home: Path | None = None) -> int:
     """Stop the local Prometheus and exporter (only the processes recorded). Returns how many."""
-    return _stop_recorded(monitor_dir(home) / STATE_FILE)
+    return _stop_recorded(monitor_dir(home))
 
 
-def _stop_recorded(path: Path, state: dict | None = None) -> int:
-    import psutil
-
+def _stop_recorded(folder: Path, state: dict | None = None) -> int:
     if state is None:
-        try:
-            state = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return 0
-    procs = [p for p in (_process(state.get(n, {})) for n in ("prometheus", "exporter")) if p is not None]
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGTERM)
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-    path.unlink(missing_ok=True)
-    return len(procs)
+        state = _read_state_file(folder)
+    if state is None:
+        return 0
+    procs = [p for p in (_process(state.get(n), folder) for n in ("prometheus", "exporter") if n in state)
+             if p is not None]
+    stopped = processes.terminate(procs, grace_s=10)
+    (folder / STATE_FILE).unlink(missing_ok=True)
+    return stopped
 
 
 def status(home: Path | None = None) -> dict:

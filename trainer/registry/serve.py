@@ -3,7 +3,8 @@ on 127.0.0.1 with htpasswd auth, for a single box or a small team: the default r
 the embedded cluster and the SQLite MLflow store are the local defaults.
 
 Everything lives in `$TRAINER_HOME/registry/`: `config.yml`, `htpasswd` (bcrypt, 0600), `data/`
-(the blobs), `registry.log`, `state.json` (pid + address) and `config.json`, the Docker-format
+(the blobs), `registry.log`, `state.json` (0600: pid, start time and owner token, address; see
+trainer.cluster.processes: `stop` signals only the process this home started) and `config.json`, the Docker-format
 login trainer's own clients read (0600; `DOCKER_CONFIG=$TRAINER_HOME/registry docker pull ...`
 uses it too). The password is generated unless given in $TRAINER_REGISTRY_PASSWORD; it is never
 printed.
@@ -14,12 +15,12 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+from trainer.cluster import processes
 from trainer.errors import RegistryError
 from trainer.registry.auth import ENV_PASSWORD, own_config_dir, write_login
 
@@ -47,14 +48,15 @@ auth:
 
 
 def state() -> dict | None:
-    """The running local registry ({pid, address, user}), or None."""
-    path = own_config_dir() / "state.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    """The running local registry ({pid, address, user, ...}), or None. A state file that is a
+    link, not ours, or malformed is refused (RegistryError, one line)."""
+    folder = own_config_dir()
+    path = folder / "state.json"
+    data = processes.read_private_json(path, RegistryError)
+    if data is None or processes.live(data, folder, path, RegistryError) is None:
         return None
-    if not isinstance(data, dict) or not _is_ours(int(data.get("pid", 0)), str(path.parent / "config.yml")):
-        return None
+    if not isinstance(data.get("address"), str):
+        raise RegistryError(f"{path} names no registry address: refusing to trust it; remove it")
     return data
 
 
@@ -80,34 +82,30 @@ def start(port: int = DEFAULT_PORT, user: str = DEFAULT_USER, password: str | No
     address = f"127.0.0.1:{port}"
     write_login(folder / "config.json", address, user, password)
     config = folder / "config.yml"
-    config.write_text(CONFIG.format(data=json.dumps(str(folder / "data")), port=port,
-                                    htpasswd=json.dumps(str(folder / "htpasswd"))))
-    log = open(folder / "registry.log", "ab")
-    try:
-        proc = subprocess.Popen([exe, "serve", str(config)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True)
-    finally:
-        log.close()
+    processes.write_private(config, CONFIG.format(data=json.dumps(str(folder / "data")), port=port,
+                                                  htpasswd=json.dumps(str(folder / "htpasswd"))))
+    proc, record = processes.start_marked([exe, "serve", str(config)], folder / "registry.log", folder)
     if not _wait_ready(address, proc):
-        _terminate(proc.pid)
+        proc.kill()
+        proc.wait()
         tail = (folder / "registry.log").read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
         raise RegistryError(f"docker-registry did not start on {address}: {tail[0][:300]} "
                             f"(log: {folder / 'registry.log'})")
-    data = {"pid": proc.pid, "address": address, "user": user, "started": time.time()}
-    (folder / "state.json").write_text(json.dumps(data))
+    data = {**record, "address": address, "user": user, "started": time.time()}
+    processes.write_private_json(folder / "state.json", data)
     return data, True
 
 
 def stop() -> bool:
     """Stop the local registry (only the process `start` recorded); its data stays."""
-    running = state()
-    path = own_config_dir() / "state.json"
-    if running is None:
-        path.unlink(missing_ok=True)
-        return False
-    _terminate(int(running["pid"]))
+    folder = own_config_dir()
+    path = folder / "state.json"
+    data = processes.read_private_json(path, RegistryError)
+    proc = processes.live(data, folder, path, RegistryError) if data is not None else None
+    if proc is not None:
+        processes.terminate([proc])
     path.unlink(missing_ok=True)
-    return True
+    return proc is not None
 
 
 def configured_address(explicit: str | None = None) -> tuple[str | None, str]:
@@ -170,34 +168,3 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _is_ours(pid: int, config: str) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return any(part.endswith(b"docker-registry") for part in cmdline[:1]) and config.encode() in cmdline
-
-
-def _terminate(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    for _ in range(100):
-        try:
-            waited, _ = os.waitpid(pid, os.WNOHANG)
-            if waited == pid:
-                return
-        except ChildProcessError:      # not our child (started by another trainer process)
-            if not Path(f"/proc/{pid}").exists():
-                return
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass
