@@ -283,19 +283,26 @@ def status(job_id: str, address: Optional[str] = AddressOpt, output: str = Outpu
 
 
 def logs(job_id: str, follow: bool = typer.Option(False, "--follow", "-f"),
+         verbose: bool = typer.Option(False, "--verbose", "-v", help="Everything the job printed, as Ray "
+                                      "recorded it (protocol lines, Ray's and MLflow's logs, colour codes)."),
          address: Optional[str] = AddressOpt, output: str = OutputOpt):
-    """The job's driver and worker output (with --output json: one document once the logs are read)."""
+    """The job's output: the training code's lines and trainer's, without Ray's and MLflow's log
+    lines, trainer's machine-readable lines, lines Ray forwarded twice, or colour codes when not
+    on a terminal (-v: all of it, raw). With --output json: one document once the logs are read."""
     p = Printer(output)
     job = api.Job.get(job_id, address)
+    shown = (lambda text: text) if verbose else api.LogFilter(keep_ansi=sys.stdout.isatty()).text
     if p.json:
         if follow:
             job.wait()
-        p.emit({"job_id": job_id, "logs": job.logs()})
+        p.emit({"job_id": job_id, "logs": shown(job.logs())})
     elif follow:
+        keep = None if verbose else api.LogFilter(keep_ansi=sys.stdout.isatty())
         for line in job.follow():
-            print(line, flush=True)
+            if keep is None or (line := keep.feed(line)) is not None:
+                print(line, flush=True)
     else:
-        sys.stdout.write(job.logs())
+        sys.stdout.write(shown(job.logs()))
 
 
 def list_(address: Optional[str] = AddressOpt, output: str = OutputOpt):
