@@ -80,6 +80,21 @@ def progress_line(step: int, metrics: dict, time: float) -> str:
     return PROGRESS_PREFIX + json.dumps({"step": step, "metrics": metrics, "time": time})
 
 
+# The Ray Train controller, when a worker group failed and will be restarted (a person's line,
+# kept by `LogFilter` and shown by `submit --wait`): "trainer: attempt 2 of 3: ValueError: ...".
+RETRY_PREFIX = "trainer: attempt "
+
+
+def retry_line(attempt: int, attempts: int, reason: str) -> str:
+    return f"{RETRY_PREFIX}{attempt} of {attempts}: {reason}"
+
+
+def parse_retry(line: str) -> str | None:
+    """"attempt 2 of 3: <reason>" from a retry line of the job's log (behind Ray's prefix), or None."""
+    idx = line.find(RETRY_PREFIX)
+    return None if idx < 0 else line[idx + len("trainer: "):].strip()
+
+
 def parse_progress(line: str) -> dict | None:
     """The event in a rank-0 progress line of the job's logs, or None."""
     return _after(line, PROGRESS_PREFIX)
@@ -176,6 +191,8 @@ class LogFilter:
         if text.startswith(PROTOCOL_PREFIXES):
             return None
         actor = source.split(" ", 1)[0] if source else None
+        if text.startswith("trainer: "):
+            return line if self.keep_ansi else plain      # ours, wherever it runs (the controller's retry line)
         if actor in RAY_ACTORS or RAY_TRAIN_NOTES.match(text):
             return None
         if DEPENDENCY_LINE.match(text):

@@ -19,7 +19,7 @@ from trainer.api.k8s import read_raycluster
 from trainer.credentials import redact
 from trainer.errors import JobError, PreflightError, TrainerError, first_line
 from trainer.protocol import (META_NAME, META_RUN_ID, META_SPEC, META_TRACKING_URI, UPLOAD_EXCLUDES, driver_entrypoint,
-                              failure_from_logs, job_runtime_env, parse_progress)
+                              failure_from_logs, job_runtime_env, parse_progress, parse_retry)
 from trainer.spec import JobSpec
 from trainer.state import JobState
 
@@ -86,6 +86,11 @@ class Job:
         if out["start_time"]:
             out["wall_time_s"] = round((out["end_time"] or time.time()) - out["start_time"], 1)
         if self.run_id and store_reachable(self._store()):
+            from trainer.tracking.runs import run_url
+
+            url = run_url(self._store(), self.run_id)
+            if url:
+                out["mlflow_url"] = url
             try:
                 out["metrics"] = last_metrics(self._store(), self.run_id)
             except TrainerError as e:
@@ -144,10 +149,15 @@ class Job:
                 return
             time.sleep(poll_s)
 
-    def progress(self, poll_s: float = 0.5) -> Iterator[dict]:
-        """Progress events ({"step", "metrics", "time"}) printed by rank 0, until the job ends."""
+    def progress(self, poll_s: float = 0.5, on_retry: Callable[[str], None] | None = None) -> Iterator[dict]:
+        """Progress events ({"step", "metrics", "time"}) printed by rank 0, until the job ends;
+        `on_retry` gets "attempt 2 of 3: <reason>" when Ray Train restarts the worker group."""
         last = 0.0
         for line in self.follow(poll_s):
+            retry = parse_retry(line) if on_retry else None
+            if retry:
+                on_retry(retry)
+                continue
             event = parse_progress(line)
             # Several Ray nodes on one host can forward the same worker line twice.
             if event is not None and event.get("time", 0) > last:
@@ -417,10 +427,24 @@ def list_jobs(address: str | None = None) -> list[dict]:
     out = []
     for info in listed:
         meta = info.metadata or {}
-        out.append({"job_id": info.submission_id, "name": meta.get(META_NAME),
-                    "status": JobState.from_ray(info.status).value, "run_id": meta.get(META_RUN_ID),
-                    "start_time": seconds(info.start_time), "end_time": seconds(info.end_time)})
+        job = {"job_id": info.submission_id, "name": meta.get(META_NAME),
+               "status": JobState.from_ray(info.status).value, "run_id": meta.get(META_RUN_ID),
+               "start_time": seconds(info.start_time), "end_time": seconds(info.end_time)}
+        url = _run_page(meta)
+        if url:
+            job["mlflow_url"] = url
+        out.append(job)
     return sorted(out, key=lambda j: j["start_time"] or 0)
+
+
+def _run_page(meta: dict) -> str | None:
+    """The job's run in a running MLflow UI, or None (no run, no UI, the store does not answer)."""
+    from trainer.tracking.runs import run_url
+
+    uri = client_uri(meta.get(META_TRACKING_URI))
+    if not meta.get(META_RUN_ID) or not uri or not store_reachable(uri):
+        return None
+    return run_url(uri, meta[META_RUN_ID])
 
 
 @dataclass
