@@ -224,7 +224,11 @@ def convert_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str 
         telemetry.converted(spec.convert.targets, getattr(e, "report", None))
         raise
     telemetry.converted(spec.convert.targets, report)
-    print(report.to_markdown(), flush=True)
+    # One line: the report itself is a file (and in the run); the summary shows its table.
+    where = f"{report.out_dir}/{report.files['markdown']}" if report.out_dir and report.files.get("markdown") else ""
+    print(f"conversion {'PASSED' if report.passed else 'FAILED'}: "
+          + ", ".join(f"{r.target} {'pass' if r.passed else 'FAIL'}" for r in report.rows)
+          + (f"; report: {where}" if where else ""), flush=True)
 
 
 def register_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str | None) -> None:
