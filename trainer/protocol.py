@@ -222,3 +222,44 @@ class LogFilter:
         """A whole log, filtered."""
         kept = [shown for shown in map(self.feed, text.splitlines()) if shown is not None]
         return "".join(f"{shown}\n" for shown in kept)
+
+
+# ---------------------------------------------------------------- what the model needs on a device
+
+# `ctx.save_model(..., preprocessing=, class_names=)` logs them to the run as this artifact; the
+# converters carry them into an edge bundle's manifest (`preprocessing`, `labels`), whose runner
+# applies the preprocessing (`run.py --preprocess`) and names its top-k classes.
+MODEL_INFO_ARTIFACT = "model_info/model_info.json"
+PREPROCESSING_KEYS = ("scale", "mean", "std", "channel_axis")
+
+
+def model_info(preprocessing: dict | None = None, class_names=None, *, what: str = "ctx.save_model") -> dict:
+    """{"preprocessing": ..., "class_names": ...} checked (ValueError naming what is wrong):
+    preprocessing {scale: number, mean/std: number or list of numbers, channel_axis: int}, what a
+    bundle's runner applies as `(x * scale - mean) / std`; class_names a list of strings, index =
+    the model's output class."""
+    if preprocessing is not None:
+        if not isinstance(preprocessing, dict) or not preprocessing:
+            raise ValueError(f"{what}: preprocessing must be a dict like {{'scale': 1/16}}, got {preprocessing!r}")
+        unknown = sorted(set(preprocessing) - set(PREPROCESSING_KEYS))
+        if unknown:
+            raise ValueError(f"{what}: preprocessing keys are {', '.join(PREPROCESSING_KEYS)}; "
+                             f"unknown: {', '.join(map(str, unknown))}")
+        out = {}
+        for key, value in preprocessing.items():
+            values = value if isinstance(value, (list, tuple)) and key in ("mean", "std") else [value]
+            number = (int,) if key == "channel_axis" else (int, float)
+            if not values or not all(isinstance(v, number) and not isinstance(v, bool) and v == v
+                                     and abs(v) != float("inf") for v in values):
+                raise ValueError(f"{what}: preprocessing {key} must be "
+                                 f"{'an int' if key == 'channel_axis' else 'a finite number (or a list of them)'}, "
+                                 f"got {value!r}")
+            out[key] = list(values) if isinstance(value, (list, tuple)) else value
+        preprocessing = out
+    if class_names is not None:
+        names = list(class_names) if isinstance(class_names, (list, tuple)) else None
+        if not names or not all(isinstance(n, str) and n and len(n) <= 200 for n in names):
+            raise ValueError(f"{what}: class_names must be a non-empty list of strings (index = class), "
+                             f"got {class_names!r:.100}")
+        class_names = names
+    return {"preprocessing": preprocessing, "class_names": class_names}
