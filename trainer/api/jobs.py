@@ -19,7 +19,7 @@ from trainer.api.k8s import read_raycluster
 from trainer.credentials import redact
 from trainer.errors import JobError, PreflightError, TrainerError, first_line
 from trainer.protocol import (META_NAME, META_RUN_ID, META_SPEC, META_TRACKING_URI, UPLOAD_EXCLUDES, driver_entrypoint,
-                              failure_from_logs, job_runtime_env, parse_progress, parse_retry)
+                              PROTOCOL_PREFIXES, failure_from_logs, job_runtime_env, parse_progress, parse_retry)
 from trainer.spec import JobSpec
 from trainer.state import JobState
 
@@ -456,8 +456,50 @@ class LocalRun:
     summary: dict = field(default_factory=dict)   # run_summary: MLflow URL, headline metrics, conversion
 
 
-def run_local(spec: str | Path | dict | JobSpec, *, set: list[str] | None = None, **overrides) -> LocalRun:
-    """Run the job's function in this process (world size 1, no Ray), tracked in MLflow."""
+class _ProtocolFilter:
+    """While `run_local` trains in this process: stdout without the driver's and rank 0's
+    machine-readable lines (a notebook shows what a terminal would); progress events go to
+    `progress`. Everything else passes through to the stdout it replaced."""
+
+    def __init__(self, progress: Callable[[dict], None] | None):
+        self.progress, self.buffer = progress, ""
+
+    def __enter__(self):
+        self.real, sys.stdout = sys.stdout, self
+        return self
+
+    def __exit__(self, *exc):
+        if self.buffer:
+            self._line(self.buffer)
+        sys.stdout = self.real
+
+    def write(self, text: str) -> int:
+        self.buffer += text
+        while "\n" in self.buffer:
+            line, self.buffer = self.buffer.split("\n", 1)
+            self._line(line)
+        return len(text)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def _line(self, line: str) -> None:
+        if not line.startswith(PROTOCOL_PREFIXES):
+            self.real.write(line + "\n")
+            return
+        event = parse_progress(line)
+        if event is not None and self.progress is not None:
+            self.progress(event)
+
+
+def run_local(spec: str | Path | dict | JobSpec, *, set: list[str] | None = None,
+              progress: Callable[[dict], None] | None = None, **overrides) -> LocalRun:
+    """Run the job's function in this process (world size 1, no Ray), tracked in MLflow.
+    Rank 0's progress events ({"step", "metrics", "time"}) go to `progress` (none shown without
+    it); the training function's own output goes to stdout."""
     from trainer.home import trainer_home
     from trainer.runners.job import run_in_process
     from trainer.runtimes import python_for
@@ -473,7 +515,8 @@ def run_local(spec: str | Path | dict | JobSpec, *, set: list[str] | None = None
     job_id = "local-" + new_job_id(spec_obj.name)
     run_id = runs.start_run(spec_obj, job_id, uri, "local", checked.fingerprint)
     started = time.monotonic()
-    run_in_process(spec_obj, workdir, run_id, uri, trainer_home() / "local" / job_id, job_id=job_id)
+    with _ProtocolFilter(progress):
+        run_in_process(spec_obj, workdir, run_id, uri, trainer_home() / "local" / job_id, job_id=job_id)
     metrics = dict(runs.client(uri).get_run(run_id).data.metrics)
     return LocalRun(run_id, uri, round(time.monotonic() - started, 1), metrics, run_summary(uri, run_id))
 
@@ -489,8 +532,11 @@ def _run_local_in(interpreter: Path, spec: JobSpec, workdir: Path) -> LocalRun:
     code = ("import dataclasses, json, sys\n"
             "from trainer.api import run_local\n"
             "from trainer.errors import TrainerError\n"
+            "from trainer.protocol import progress_line\n"
+            "def echo(e):\n"
+            "    print(progress_line(e['step'], e['metrics'], e['time']), file=sys.__stdout__, flush=True)\n"
             "try:\n"
-            "    result = run_local(json.loads(open(sys.argv[1]).read()))\n"
+            "    result = run_local(json.loads(open(sys.argv[1]).read()), progress=echo)\n"
             "except TrainerError as e:\n"
             "    print(f'error: {e}', file=sys.stderr)\n"
             "    sys.exit(e.exit_code)\n"

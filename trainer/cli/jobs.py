@@ -208,8 +208,8 @@ def run(spec: str = typer.Argument(..., help="Job spec YAML."),
     if not local:
         raise UsageError("trainer run executes in this process only: pass --local (or use trainer submit)")
     try:
-        with _LocalProgress(p):
-            result = api.run_local(spec, set=set_)
+        with _LocalProgress(p) as local:
+            result = api.run_local(spec, set=set_, progress=local.event)
     except JobError as e:
         failure = e.fields.get("failure")
         if failure and not p.json:
@@ -260,6 +260,9 @@ class _LocalProgress:
         if event is None:
             (sys.stderr if self.p.json else self.real).write(line + "\n")
             return
+        self.event(event)
+
+    def event(self, event: dict) -> None:
         if self.p.json:
             return
         label, done, shown = _progress_fields(event)
