@@ -487,12 +487,19 @@ class _ProtocolFilter:
         return False
 
     def _line(self, line: str) -> None:
-        if not line.startswith(PROTOCOL_PREFIXES):
+        at = min((i for i in (line.find(p) for p in PROTOCOL_PREFIXES) if i >= 0), default=-1)
+        if at < 0:
             self.real.write(line + "\n")
             return
-        event = parse_progress(line)
+        if at > 0:      # after text printed without a newline (a progress line updated in place)
+            self.real.write(line[:at])
+        event = parse_progress(line[at:])
         if event is not None and self.progress is not None:
-            self.progress(event)
+            sys.stdout = self.real          # what the callback prints goes straight out
+            try:
+                self.progress(event)
+            finally:
+                sys.stdout = self
 
 
 def run_local(spec: str | Path | dict | JobSpec, *, set: list[str] | None = None,
