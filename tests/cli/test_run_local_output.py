@@ -26,3 +26,4 @@ def test_run_local_prints_the_summary_not_the_report(tmp_path):
     report = next(ln.split("report: ", 1)[1] for ln in out.splitlines() if "; report: " in ln)
     assert report.endswith("report.md") and Path(report).is_file()
     assert "summary" in out and "MLflow run" in out
+    assert "browse the run: trainer ui" in proc.stderr      # no MLflow UI runs: how to open one

@@ -217,6 +217,8 @@ def run(spec: str = typer.Argument(..., help="Job spec YAML."),
         raise
     summary = {"run_id": result.run_id, "status": "SUCCEEDED", "wall_time_s": result.wall_time_s, **result.summary}
     p.emit(summary, lambda s: render_summary(p, {**s, "mlflow_run_id": s["run_id"]}))
+    if not p.json and "mlflow_url" not in summary:
+        _render_run_page(p, summary)
 
 
 class _LocalProgress:
