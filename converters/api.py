@@ -26,12 +26,14 @@ from converters import registry
 from converters.parity import (TASKS, ConversionReport, Row, Tolerance, compare, latencies, resolve_task,
                                write_report)
 from converters.sources import (Calibration, check_shape, fmt_shape, frontend_for, load_calibration,
-                                resolve_model, run_calibration, split)
+                                model_digest, resolve_model, run_calibration, run_model_info, split)
 from trainer.errors import ConversionError, ParityError, TrainerError, UnknownNameError, UsageError, first_line
 from trainer.home import resolve_tracking_uri, trainer_home
 
 DEFAULT_MAX_FLOAT_FRACTION = 0.5   # int8 repair: at most half the weights may stay float
-EDGE_SAMPLES = 64          # emulated aarch64 is ~20-50x slower; a batch this size is plenty
+# Emulated aarch64 is ~20-50x slower: with --edge every row (x86 and ARM alike, so their figures
+# compare) is judged on at most this many held-out samples.
+EDGE_SAMPLES = 256
 EDGE_FORMATS = (".onnx", ".tflite")
 TAG_TRUST_PICKLE = "trainer.convert.trust_pickle"   # set on the source run when --trust-pickle was given
 __all__ = ["convert", "convert_run", "ConversionReport", "Tolerance"]
@@ -206,6 +208,11 @@ def _convert(model: str, source: str | None, targets: list[str], calib, edge: li
         if any(o.precision == "int8" for o in target_objs.values()):
             raise UsageError("int8 targets need real calibration samples: pass --calib DATA (.npy/.npz)")
 
+    if edge and len(eval_set.x) > EDGE_SAMPLES:
+        eval_set = Calibration(eval_set.x[:EDGE_SAMPLES], None if eval_set.y is None else eval_set.y[:EDGE_SAMPLES],
+                               eval_set.origin)
+        notes.append(f"--edge: every target judged on the same first {EDGE_SAMPLES} held-out samples "
+                     "(emulated aarch64 is slow)")
     export = frontend.export(path, work / "export", cal_set.x[:2])
     notes += [f"export: {n}" for n in export.notes]
     native_run = frontend.runner(path)
@@ -233,7 +240,11 @@ def _convert(model: str, source: str | None, targets: list[str], calib, edge: li
                           work / f"repair-{name}", checks.max_float_fraction)
         rows.append(row)
     if edge:
-        rows += _edge_rows(edge, artifacts, target_objs, export, eval_set, native_out, tol, staging)
+        info = run_model_info(run_id, tracking_uri) if run_id else {}
+        source_of = {"model": model, "run_id": run_id, "model_version": _model_version(model),
+                     "model_digest": model_digest(path)}
+        rows += _edge_rows(edge, artifacts, target_objs, export, eval_set, native_out, tol, staging,
+                           source=source_of, info=info)
 
     task, task_how = resolve_task(tol.task, native_out, eval_set.y)
     return ConversionReport(
@@ -326,17 +337,26 @@ def _repair(name: str, target, export, built, row: Row, cal_x: np.ndarray, eval_
     return new
 
 
+def _model_version(model: str) -> str | None:
+    """The registered version a `models:/NAME/VERSION` (or `models:/NAME@ALIAS`) URI names, else None."""
+    if not model.startswith("models:/"):
+        return None
+    return model[len("models:/"):]
+
+
 def _edge_rows(cpus: list[str], artifacts: dict[str, Path], target_objs: dict, export, eval_set: Calibration,
-               native_out: np.ndarray, tol: Tolerance, staging: Path) -> list[Row]:
+               native_out: np.ndarray, tol: Tolerance, staging: Path, source: dict | None = None,
+               info: dict | None = None) -> list[Row]:
     from converters.edge.bundle import write_bundle
     from converters.edge.qemu import run_bundle
 
     models = {n: p for n, p in artifacts.items() if p.suffix in EDGE_FORMATS}
     if not models:
         raise UsageError("--edge needs at least one of the onnx, onnx-int8 or tflite targets in --to")
-    bundle = write_bundle(staging / "edge", models=models, inputs=export.inputs)
-    x = eval_set.x[:EDGE_SAMPLES]
-    y = None if eval_set.y is None else eval_set.y[:EDGE_SAMPLES]
+    info = info or {}
+    bundle = write_bundle(staging / "edge", models=models, inputs=export.inputs, labels=info.get("class_names"),
+                          preprocessing=info.get("preprocessing"), source=source)
+    x, y = eval_set.x, eval_set.y      # the samples the x86 rows were judged on (see _convert)
     rows = []
     for cpu in cpus:
         t0 = time.perf_counter()

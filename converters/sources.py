@@ -195,3 +195,46 @@ def _as_labels(y: np.ndarray, n: int, path: Path) -> np.ndarray:
         return y.astype(np.float64)
     raise UsageError(f"{path.name}: labels must be integer classes of shape ({n},) or finite float targets "
                      f"of shape ({n}, ...), got dtype {y.dtype} shape {tuple(y.shape)}")
+
+
+def run_model_info(run_id: str, tracking_uri: str) -> dict:
+    """What `ctx.save_model(preprocessing=, class_names=)` recorded in the run, checked again (the
+    run's artifact is data: a wrong one is a ConversionError naming it); {} when it has none."""
+    import json
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from trainer.protocol import MODEL_INFO_ARTIFACT, model_info
+
+    client = MlflowClient(tracking_uri)
+    folder, name = MODEL_INFO_ARTIFACT.rsplit("/", 1)
+    try:
+        if name not in {Path(f.path).name for f in client.list_artifacts(run_id, folder)}:
+            return {}
+        with tempfile.TemporaryDirectory() as tmp:
+            found = json.loads(Path(client.download_artifacts(run_id, MODEL_INFO_ARTIFACT, tmp)).read_text())
+    except MlflowException as err:
+        raise UsageError(f"cannot read {MODEL_INFO_ARTIFACT} of run {run_id}: {first_line(err)}") from err
+    except ValueError as err:
+        raise ConversionError(f"runs:/{run_id}/{MODEL_INFO_ARTIFACT} is not JSON: {err}") from None
+    if not isinstance(found, dict):
+        raise ConversionError(f"runs:/{run_id}/{MODEL_INFO_ARTIFACT} is not a JSON object")
+    try:
+        return model_info(found.get("preprocessing"), found.get("class_names"), what=f"runs:/{run_id}/{MODEL_INFO_ARTIFACT}")
+    except ValueError as err:
+        raise ConversionError(str(err)) from None
+
+
+def model_digest(path: Path) -> str:
+    """sha256 of a model file; of a model folder, sha256 over its files' relative paths and digests."""
+    import hashlib
+
+    path = Path(path)
+    if path.is_file():
+        digest = hashlib.sha256(path.read_bytes())
+    else:
+        digest = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{f.relative_to(path).as_posix()}\0{hashlib.sha256(f.read_bytes()).hexdigest()}\n".encode())
+    return "sha256:" + digest.hexdigest()

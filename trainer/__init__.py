@@ -6,9 +6,10 @@
 """
 from trainer.api import Job, cluster_down, cluster_status, cluster_up, list_jobs, run_local, submit
 from trainer.errors import TrainerError
+from trainer.logs import quiet
 from trainer.spec import JobSpec, load_spec
 from trainer.state import JobState
 
 __all__ = ["submit", "run_local", "Job", "JobState", "JobSpec", "load_spec", "list_jobs",
-           "cluster_up", "cluster_down", "cluster_status", "TrainerError"]
+           "cluster_up", "cluster_down", "cluster_status", "TrainerError", "quiet"]
 __version__ = "0.1.0"

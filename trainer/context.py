@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from trainer import telemetry
-from trainer.protocol import PROGRESS_PREFIX, progress_line  # noqa: F401 - PROGRESS_PREFIX: read here by tests
+from trainer.protocol import MODEL_INFO_ARTIFACT, PROGRESS_PREFIX, model_info, progress_line  # noqa: F401 - PROGRESS_PREFIX: read here by tests
 from trainer.spec import JobSpec
 
 PROGRESS_INTERVAL_S = 1.0
@@ -170,16 +170,22 @@ class Context:
         self._checkpoints_seen = int(counters.get("checkpoints_seen", self._checkpoints_seen))
         return state
 
-    def save_model(self, model, example_input, labels=None) -> None:
+    def save_model(self, model, example_input, labels=None, *, preprocessing: dict | None = None,
+                   class_names=None) -> None:
         """Log the trained model to the run (rank 0), in the native format the converters read.
 
         `example_input` is a batch of real inputs: it becomes the model's input example and the
         calibration set of `convert:`; `labels` (optional, same length) let conversion report the
         accuracy delta: integer class labels (N,), or float targets (N, ...) for a regression
-        model (conversion then judges the change in RMSE / MAE). Both are checked here, when
-        called, so a wrong argument fails at once instead of after conversion.
+        model (conversion then judges the change in RMSE / MAE). What a device must do with raw
+        inputs and what the outputs mean go with the model (the run's
+        `model_info/model_info.json`) into an edge bundle's manifest: `preprocessing`
+        ({"scale": 1/16} or {"scale", "mean", "std", "channel_axis"}: `(x * scale - mean) / std`)
+        and `class_names` (index = output class). All are checked here, when called, so a wrong
+        argument fails at once instead of after conversion.
         """
         x, y = _model_sample(example_input, labels)
+        info = model_info(preprocessing, class_names)
         if self.rank != 0:
             return
         self._log_model(model, example_input)
@@ -193,6 +199,8 @@ class Context:
                 if y is not None:
                     np.save(Path(tmp) / "labels.npy", y)
                 client(self._tracking_uri).log_artifacts(self.run_id, tmp, "calibration")
+            if preprocessing is not None or class_names is not None:
+                client(self._tracking_uri).log_dict(self.run_id, info, MODEL_INFO_ARTIFACT)
 
     # ------------------------------------------------------------------ internals
     def _persist(self, values: dict[str, float], state: dict, step: int) -> None:

@@ -6,6 +6,7 @@
                       aarch64 runtime (python/numpy/onnxruntime) the runner is checked with
       <name>.onnx     one file per model (`fp32.onnx`, `int8.onnx`, ...; `.tflite` also works)
       run.py          a copy of converters/edge/runner.py: numpy + onnxruntime only, for boards
+      README.md       for the person at the board: what to copy, how to run it, what it prints
 
 The folder is written next to its final place and renamed into it, so a failed write leaves
 nothing behind. `load_bundle` treats a bundle as untrusted input: every name and path in the
@@ -32,6 +33,7 @@ FORMAT = runner.FORMAT
 FORMAT_VERSION = 1
 MODEL_KINDS = {".onnx": "onnx", ".tflite": "tflite"}
 RUNNER_NAME = "run.py"
+README_NAME = runner.README_FILE
 MANIFEST_NAME = "manifest.json"
 _MODEL_NAME = runner.MODEL_NAME
 
@@ -113,13 +115,60 @@ def _input_entry(i: ModelInput) -> dict:
             "layout": i.layout, "dtype": i.dtype}
 
 
+def _readme(models: dict, inputs: list[ModelInput], labels: list[str] | None, preprocessing: dict | None,
+            source: dict | None) -> str:
+    """The bundle's README.md: what to copy to the device, how to run it, what comes out."""
+    i = inputs[0]
+    shape = "(" + ", ".join("N" if d is None else str(d) for d in i.shape) + ")"
+    src = source or {}
+    lines = ["# Edge bundle", ""]
+    if src:
+        lines += ["Converted from " + ", ".join(f"{k.replace('_', ' ')} `{v}`" for k, v in src.items() if v) + ".", ""]
+    lines += [
+        "## Copy to the device",
+        "",
+        "The whole folder: `manifest.json`, `run.py`, " + ", ".join(f"`{m['file']}`" for m in models.values())
+        + ". `run.py` needs Python 3.9+, numpy and onnxruntime (`pip install numpy onnxruntime`); "
+        "it checks every file against the sha256 in `manifest.json` before loading anything.",
+        "",
+        "## Run",
+        "",
+        f"Save the input batch as a `.npy` array, shape {shape} ({i.layout}), dtype {i.dtype}, then:",
+        "",
+        "    python3 run.py --input x.npy" + (" --preprocess" if preprocessing else "") + "   # every model; "
+        "results in results/",
+        "    python3 run.py --input x.npy --model " + next(iter(models)) + " --repeat 50   # one model, "
+        "+ batch-1 latency",
+        "",
+    ]
+    if preprocessing:
+        lines += [f"`--preprocess` applies the model's preprocessing to raw inputs first: `{json.dumps(preprocessing)}` "
+                  "as `(x * scale - mean) / std`. Without it, give inputs already preprocessed.", ""]
+    lines += [
+        "## Output",
+        "",
+        "For each model, the top classes of the first samples are printed"
+        + (" with their names (the manifest's `labels`, index = class)" if labels else " (class indices: the "
+           "model has no class names)") + ", and written to `results/`: `<model>.npy` (the model's raw "
+        "outputs, one row per input), `result.json` (top-k per sample, timings, versions, machine). "
+        "Scores are the model's raw outputs (logits unless the model ends in a softmax).",
+        "",
+        "Exit codes: 0 ok, 2 bad arguments or input, 3 corrupt bundle, 4 runtime missing or failed.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def write_bundle(out_dir: Path, models: dict[str, Path], inputs: list[ModelInput],
-                 labels: list[str] | None = None, preprocessing: dict | None = None) -> Path:
+                 labels: list[str] | None = None, preprocessing: dict | None = None,
+                 source: dict | None = None) -> Path:
     """Write an edge bundle for `models` (name -> .onnx/.tflite file) into `out_dir`.
 
     `out_dir` may be missing, empty, or an older bundle (replaced); anything else is refused.
     `preprocessing` is stored as given (JSON); the runner applies `scale`, `mean`, `std`,
-    `channel_axis` on request (`run.py --preprocess`). Returns `out_dir`.
+    `channel_axis` on request (`run.py --preprocess`). `labels` name the model's output classes.
+    `source` names where the models came from (run id, model URI, model version, model digest).
+    Returns `out_dir`.
     """
     out_dir = Path(out_dir)
     if not models:
@@ -158,6 +207,7 @@ def write_bundle(out_dir: Path, models: dict[str, Path], inputs: list[ModelInput
                 shutil.copyfile(path, staging / file)
             entries[name] = {"file": file, "kind": kind}
         shutil.copyfile(runner.__file__, staging / RUNNER_NAME)
+        (staging / README_NAME).write_text(_readme(entries, inputs, labels, preprocessing, source))
         files = {f.name: {"sha256": _sha256(f), "size": f.stat().st_size}
                  for f in sorted(staging.iterdir())}
         manifest = {
@@ -166,12 +216,14 @@ def write_bundle(out_dir: Path, models: dict[str, Path], inputs: list[ModelInput
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "models": entries,
             "inputs": [_input_entry(i) for i in inputs],
+            "source": {k: v for k, v in (source or {}).items() if v is not None} or None,
             "preprocessing": preprocessing,
             "labels": labels,
             "files": files,
             "runner": {"file": RUNNER_NAME, "needs": ["python>=3.9", "numpy", "onnxruntime"]
                        + (["ai-edge-litert"] if any(e["kind"] == "tflite" for e in entries.values()) else []),
-                       "usage": "python3 run.py --input x.npy --out results/"},
+                       "usage": "python3 run.py --input x.npy" + (" --preprocess" if preprocessing else "")
+                       + "   (results in results/; see README.md)"},
             # The aarch64 runtime `trainer edge run` checks bundles with (qemu-user, Debian arm64).
             "checked_with": {"python": PYTHON.removeprefix("python"), "numpy": NUMPY_VERSION,
                              "onnxruntime": ONNXRUNTIME_VERSION, "platform": WHEEL_PLATFORM},

@@ -4,14 +4,16 @@ It must run on the board itself, so it needs only Python 3.9+, numpy and onnxrun
 (`ai_edge_litert` too, for `.tflite` models) - never `trainer`. It checks the manifest's shape
 (every file name plain - no path, no `..`, a known kind - every file a regular file, not a link,
 in the bundle folder), every file against its sha256 before loading anything, the input against
-the manifest, runs each model and writes `<out>/<model>.npy` (first output; more outputs as
-`<model>.<i>.npy`) plus `<out>/result.json` (timings, versions, machine) - nothing outside `<out>`.
+the manifest, runs each model, prints the top classes of the first samples (named by the manifest's `labels`)
+and writes `<out>/<model>.npy` (first output; more outputs as `<model>.<i>.npy`) plus
+`<out>/result.json` (top-k per sample, timings, versions, machine) - nothing outside `<out>`
+(default `results/`).
 
 `trainer edge run` runs this file from the installed project with `--bundle`, never a bundle's
 own copy: the copy is for people who deploy the bundle, and its checksum, written by whoever
 wrote the bundle, proves nothing about what it does.
 
-    python3 run.py --input x.npy --out results/            # all models in the bundle
+    python3 run.py --input x.npy                           # all models; results in results/
     python3 run.py --input x.npy --model int8 --repeat 50  # + batch-1 latency p50 over 50 runs
     python3 run.py --input raw.npy --preprocess            # apply the manifest's preprocessing
 
@@ -33,6 +35,7 @@ from pathlib import Path
 FORMAT = "trainer-edge-bundle"
 FORMAT_VERSIONS = (1,)
 RUNNER_FILE = "run.py"
+README_FILE = "README.md"
 MODEL_EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite"}
 DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64")
 # Model names become output file names (<name>.npy): letters, digits, _ . - only, no "..".
@@ -92,9 +95,9 @@ def check_manifest(bundle: Path, manifest: dict) -> None:
         if not _plain_file_name(name):
             raise BundleError(f"unsafe bundle: file name {name!r} is not a plain file name (letters, digits, "
                               f"_ . -; no folders, no '..')", 3)
-        if name != RUNNER_FILE and not name.endswith(tuple(MODEL_EXTENSIONS.values())):
+        if name not in (RUNNER_FILE, README_FILE) and not name.endswith(tuple(MODEL_EXTENSIONS.values())):
             raise BundleError(f"unsafe bundle: {name!r} is not a kind of file a bundle holds "
-                              f"({RUNNER_FILE}, {', '.join('*' + e for e in MODEL_EXTENSIONS.values())})", 3)
+                              f"({RUNNER_FILE}, {README_FILE}, {', '.join('*' + e for e in MODEL_EXTENSIONS.values())})", 3)
         if not isinstance(entry, dict) or not isinstance(entry.get("size"), int) or \
                 not re.fullmatch(r"[0-9a-f]{64}", str(entry.get("sha256", ""))):
             raise BundleError(f"corrupt bundle: manifest entry of {name} lacks its size or sha256", 3)
@@ -222,7 +225,7 @@ def versions() -> dict:
 
 
 def run(bundle: Path, x, out: Path | None, models: list[str] | None, threads: int, repeat: int,
-        verify: bool, apply_preprocessing: bool) -> dict:
+        verify: bool, apply_preprocessing: bool, k: int = 3) -> dict:
     import numpy as np
 
     manifest = load_manifest(bundle, verify)
@@ -256,6 +259,13 @@ def run(bundle: Path, x, out: Path | None, models: list[str] | None, threads: in
                 times.append(time.perf_counter() - t)
             info["latency_ms_p50"] = 1000 * sorted(times)[len(times) // 2]
             info["latency_runs"] = repeat
+        top = top_k(outputs[0], k, manifest.get("labels"))
+        if top is not None:
+            info["top_k"] = top
+            for i, row in enumerate(top[:SHOWN_SAMPLES]):
+                print(f"{name}: sample {i}: " + ", ".join(f"{c['label']} ({c['score']:.3g})" for c in row))
+            if len(top) > SHOWN_SAMPLES:
+                print(f"{name}: ... {len(top) - SHOWN_SAMPLES} more samples" + (f" in {out / 'result.json'}" if out else ""))
         if out is not None:
             files = []
             for i, o in enumerate(outputs):
@@ -264,14 +274,29 @@ def run(bundle: Path, x, out: Path | None, models: list[str] | None, threads: in
                 files.append(file)
             info["files"] = files
         result["models"][name] = info
-        labels = manifest.get("labels")
-        if out is None:
-            top = np.asarray(outputs[0]).argmax(axis=-1)[:10].tolist()
-            shown = [labels[i] for i in top] if labels else top
-            print(f"{name}: top-1 of the first {len(shown)}: {shown}")
     if out is not None:
         (out / "result.json").write_text(json.dumps(result, indent=2))
+        print(f"results: {out / 'result.json'} (top-{k} per sample, timings) and {out}/<model>.npy (raw outputs)")
     return result
+
+
+SHOWN_SAMPLES = 5
+
+
+def top_k(output, k: int, labels: list[str] | None) -> list[list[dict]] | None:
+    """Per sample, the k highest-scoring classes of a (N, classes) output, best first:
+    {"class": index, "label": name (the index when the bundle has no labels), "score": raw output}.
+    None for outputs that are not one score per class."""
+    import numpy as np
+
+    y = np.asarray(output)
+    if y.ndim != 2 or y.shape[1] < 2 or k < 1:
+        return None
+    if labels is not None and len(labels) != y.shape[1]:
+        labels = None     # names for another head: indices say less, but nothing wrong
+    best = np.argsort(-y, axis=1, kind="stable")[:, :k]
+    return [[{"class": int(c), "label": labels[c] if labels else str(int(c)), "score": float(y[i, c])} for c in row]
+            for i, row in enumerate(best)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parent,
                         help="bundle folder (default: the folder this script is in)")
     parser.add_argument("--input", type=Path, required=True, help=".npy file with the input batch")
-    parser.add_argument("--out", type=Path, help="folder for <model>.npy outputs and result.json")
+    parser.add_argument("--out", type=Path, default=Path("results"),
+                        help="folder for <model>.npy outputs and result.json (default: results)")
+    parser.add_argument("--top-k", type=int, default=3, help="classes shown and saved per sample (default 3)")
     parser.add_argument("--model", action="append", help="run only this model (repeatable)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=0, help="time this many batch-1 runs")
@@ -295,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as e:
             raise BundleError(f"cannot read input {args.input}: {e}", 2) from None
         run(args.bundle, x, args.out, args.model, args.threads, args.repeat,
-            not args.no_verify, args.preprocess)
+            not args.no_verify, args.preprocess, args.top_k)
     except BundleError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.code

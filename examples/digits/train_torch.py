@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from digits_data import load_digits  # the shared data + split (same folder)
+from digits_data import CLASS_NAMES, PREPROCESSING, load_digits  # the shared data + split (same folder)
 
 
 class DigitsCNN(nn.Module):
@@ -70,4 +70,5 @@ def train(ctx):
             checkpoint={"model": plain.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch})
 
     ctx.report({"step": cfg.get("epochs", 10), "test_accuracy": evaluate(model, x_eval, y_eval)})
-    ctx.save_model(plain, torch.from_numpy(x_test[:256]), labels=y_test[:256])
+    ctx.save_model(plain, torch.from_numpy(x_test[:256]), labels=y_test[:256],
+                   preprocessing=PREPROCESSING, class_names=CLASS_NAMES)

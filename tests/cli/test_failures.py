@@ -3,6 +3,7 @@ the user's own code, the rank and node, the last epoch reported - on the termina
 `status --output json` and on the MLflow run (tags + failure/failure.json). `run --local` here;
 a 2-worker Ray job (the failing rank is 1) in the integration test."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,58 @@ def test_ray_job_failure_in_the_users_terms(cluster, tmp_path):
     assert status["status"] == "FAILED" and (failure["type"], failure["where"], failure["rank"], failure["epoch"]) == \
         ("ValueError", "train.py:11", 1, 1)
     _check_run(status["tracking_uri"], status["run_id"], rank=1)
+    # `status` reports (exit 0 once it read the state); `wait` judges (exit 5 unless SUCCEEDED).
+    shown = subprocess.run([TRAINER, "status", job_id], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "COLUMNS": "80"})
+    assert shown.returncode == 0 and shown.stdout.startswith("FAILED\n"), shown.stdout + shown.stderr
+    assert "failed: ValueError: bad batch shape (32, 7) at epoch 2" in shown.stdout
+    assert "browse the run: trainer ui" in shown.stderr         # no MLflow UI runs: how to open one
+    waited = subprocess.run([TRAINER, "wait", job_id], capture_output=True, text=True, timeout=120)
+    assert waited.returncode == 5 and "FAILED" in waited.stdout, waited.stdout + waited.stderr
+    # The log for a person: the user's and our lines, no protocol lines, no Ray/MLflow log lines,
+    # no colour codes into a pipe; -v shows it raw.
+    logs = subprocess.run([TRAINER, "logs", job_id], capture_output=True, text=True, timeout=120, check=True).stdout
+    raw = subprocess.run([TRAINER, "logs", job_id, "-v"], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    assert f"job {job_id}: 2 torch worker(s) on cpu nodes" in logs and "ValueError: bad batch shape" in logs
+    for noise in ("TRAINER_FAILURE", "TRAINER_TIMING", "\x1b[", "INFO worker.py", "(TrainController"):
+        assert noise not in logs, noise
+    assert "TRAINER_TIMING" in raw and "INFO worker.py" in raw
+    # With the MLflow UI running, status and list show the run's page.
+    from trainer.tracking import server
+
+    subprocess.run([TRAINER, "ui"], capture_output=True, text=True, timeout=180, check=True)
+    try:
+        page = json.loads(subprocess.run([TRAINER, "status", job_id, "-o", "json"], capture_output=True, text=True,
+                                         timeout=120, check=True).stdout)["mlflow_url"]
+        assert page.startswith(server.find().url) and page.endswith(f"/runs/{status['run_id']}?workflowType=machine_learning")
+        shown = subprocess.run([TRAINER, "status", job_id], capture_output=True, text=True, timeout=120, check=True)
+        assert f"run page: {page}" in shown.stdout
+        listed = json.loads(subprocess.run([TRAINER, "list", "-o", "json"], capture_output=True, text=True,
+                                           timeout=120, check=True).stdout)
+        assert {j["job_id"]: j.get("mlflow_url") for j in listed}[job_id] == page
+    finally:
+        server.stop()
+
+
+@pytest.mark.integration
+def test_retries_say_which_attempt_and_why(cluster, tmp_path):
+    """A deterministic bug with failure.max_failures 2: Ray Train restarts the group twice; the job
+    log and the terminal of `submit --wait` say "attempt 2 of 3: <reason>" and "attempt 3 of 3"."""
+    root = tmp_path / "retry"
+    root.mkdir()
+    (root / "pyproject.toml").write_text("")
+    (root / "train.py").write_text("def train(ctx):\n    raise KeyError('label column missing')\n")
+    (root / "job.yaml").write_text("name: retry\nframework: torch\nentrypoint: train.py:train\nworkers: 1\n"
+                                   "resources: {accelerator: cpu, cpus_per_worker: 1}\nfailure: {max_failures: 2}\n")
+    proc = subprocess.run([TRAINER, "submit", "job.yaml", "--wait"], cwd=root, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "COLUMNS": "80"})
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+    assert "attempt 2 of 3: KeyError: 'label column missing'" in proc.stdout, proc.stdout
+    assert "attempt 3 of 3: KeyError: 'label column missing'" in proc.stdout
+    assert "attempt 4" not in proc.stdout
+    job_id = proc.stderr.split("error: job ")[1].split()[0]
+    logs = subprocess.run([TRAINER, "logs", job_id], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert [ln.split(") ", 1)[-1] for ln in logs.splitlines() if "attempt " in ln] == [
+        "trainer: attempt 2 of 3: KeyError: 'label column missing'",
+        "trainer: attempt 3 of 3: KeyError: 'label column missing'"], logs

@@ -26,12 +26,28 @@ def test_outputs_are_stripped_in_git(name):
     assert set(nb["metadata"]) <= {"kernelspec", "language_info"}, nb["metadata"].keys()
 
 
+def _model_versions() -> list[tuple[str, str]]:
+    """Every registered model version (and every alias) in the store the notebooks use."""
+    from trainer.home import resolve_tracking_uri
+    from trainer.tracking.runs import client
+
+    mlc = client(resolve_tracking_uri())
+    versions = [(v.name, v.version) for v in mlc.search_model_versions()]
+    aliases = [(m.name, str(sorted(m.aliases.items()))) for m in mlc.search_registered_models()]
+    return sorted(versions + aliases)
+
+
 def _execute(name: str, epochs: int = 2, timeout: int = 900) -> list[str]:
     """Run the notebook; returns every cell's text output. A first cell (added here, never saved)
-    records the kernel's interpreter: it must be this .venv's python."""
+    records the kernel's interpreter: it must be this .venv's python. A notebook registers no
+    model and moves no alias (the example spec's `register:` is overridden in a cell the user
+    sees); its output is as quiet as the CLI: no protocol lines, no Ray/MLflow log lines."""
     import nbformat
     from nbclient import NotebookClient
 
+    from trainer.protocol import DEPENDENCY_LINE, PROTOCOL_PREFIXES
+
+    registered = _model_versions()
     before = sorted(NOTEBOOKS.iterdir())
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     nb.cells.insert(0, nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
@@ -44,6 +60,10 @@ def _execute(name: str, epochs: int = 2, timeout: int = 900) -> list[str]:
     assert sorted(NOTEBOOKS.iterdir()) == before, "the notebook wrote beside itself (./mlflow.db, ./mlruns?)"
     images = [o for cell in nb.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert images, f"{name}.ipynb drew no plot"
+    assert _model_versions() == registered, f"{name}.ipynb registered a model or moved an alias"
+    for line in "".join(texts).replace("\r", "\n").splitlines():
+        assert not any(p.strip() in line for p in PROTOCOL_PREFIXES), f"{name}.ipynb shows a protocol line: {line}"
+        assert not DEPENDENCY_LINE.match(line.strip()), f"{name}.ipynb shows a dependency's log line: {line}"
     return texts
 
 

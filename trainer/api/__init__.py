@@ -19,13 +19,13 @@ from trainer.api.promotion import Retrain, promote, promotion_history, retrain
 from trainer.api.registry import (registry_copy, registry_ls, registry_pull, registry_push, registry_serve,
                                   registry_stop)
 from trainer.api.ui import ui, versions
-from trainer.protocol import failure_from_logs, parse_progress
+from trainer.protocol import LogFilter, failure_from_logs, parse_progress
 
 __all__ = [
     "ENV_ADDRESS", "resolve_address",
     "cluster_up", "cluster_down", "cluster_status", "cluster_join", "node_labels",
     "JobHandle", "close_run", "Job", "LocalRun", "submit", "list_jobs", "run_local", "reconcile_runs", "run_summary",
-    "parse_progress", "failure_from_logs", "RECONCILE_GRACE_S", "SUMMARY_METRICS",
+    "parse_progress", "failure_from_logs", "LogFilter", "RECONCILE_GRACE_S", "SUMMARY_METRICS",
     "K8sJob", "render_k8s", "submit_k8s", "read_raycluster",
     "monitor_up", "monitor_down", "monitor_status",
     "Retrain", "promote", "promotion_history", "retrain",

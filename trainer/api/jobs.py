@@ -19,7 +19,7 @@ from trainer.api.k8s import read_raycluster
 from trainer.credentials import redact
 from trainer.errors import JobError, PreflightError, TrainerError, first_line
 from trainer.protocol import (META_NAME, META_RUN_ID, META_SPEC, META_TRACKING_URI, UPLOAD_EXCLUDES, driver_entrypoint,
-                              failure_from_logs, job_runtime_env, parse_progress)
+                              PROTOCOL_PREFIXES, failure_from_logs, job_runtime_env, parse_progress, parse_retry)
 from trainer.spec import JobSpec
 from trainer.state import JobState
 
@@ -86,6 +86,11 @@ class Job:
         if out["start_time"]:
             out["wall_time_s"] = round((out["end_time"] or time.time()) - out["start_time"], 1)
         if self.run_id and store_reachable(self._store()):
+            from trainer.tracking.runs import run_url
+
+            url = run_url(self._store(), self.run_id)
+            if url:
+                out["mlflow_url"] = url
             try:
                 out["metrics"] = last_metrics(self._store(), self.run_id)
             except TrainerError as e:
@@ -144,10 +149,15 @@ class Job:
                 return
             time.sleep(poll_s)
 
-    def progress(self, poll_s: float = 0.5) -> Iterator[dict]:
-        """Progress events ({"step", "metrics", "time"}) printed by rank 0, until the job ends."""
+    def progress(self, poll_s: float = 0.5, on_retry: Callable[[str], None] | None = None) -> Iterator[dict]:
+        """Progress events ({"step", "metrics", "time"}) printed by rank 0, until the job ends;
+        `on_retry` gets "attempt 2 of 3: <reason>" when Ray Train restarts the worker group."""
         last = 0.0
         for line in self.follow(poll_s):
+            retry = parse_retry(line) if on_retry else None
+            if retry:
+                on_retry(retry)
+                continue
             event = parse_progress(line)
             # Several Ray nodes on one host can forward the same worker line twice.
             if event is not None and event.get("time", 0) > last:
@@ -417,10 +427,24 @@ def list_jobs(address: str | None = None) -> list[dict]:
     out = []
     for info in listed:
         meta = info.metadata or {}
-        out.append({"job_id": info.submission_id, "name": meta.get(META_NAME),
-                    "status": JobState.from_ray(info.status).value, "run_id": meta.get(META_RUN_ID),
-                    "start_time": seconds(info.start_time), "end_time": seconds(info.end_time)})
+        job = {"job_id": info.submission_id, "name": meta.get(META_NAME),
+               "status": JobState.from_ray(info.status).value, "run_id": meta.get(META_RUN_ID),
+               "start_time": seconds(info.start_time), "end_time": seconds(info.end_time)}
+        url = _run_page(meta)
+        if url:
+            job["mlflow_url"] = url
+        out.append(job)
     return sorted(out, key=lambda j: j["start_time"] or 0)
+
+
+def _run_page(meta: dict) -> str | None:
+    """The job's run in a running MLflow UI, or None (no run, no UI, the store does not answer)."""
+    from trainer.tracking.runs import run_url
+
+    uri = client_uri(meta.get(META_TRACKING_URI))
+    if not meta.get(META_RUN_ID) or not uri or not store_reachable(uri):
+        return None
+    return run_url(uri, meta[META_RUN_ID])
 
 
 @dataclass
@@ -432,8 +456,57 @@ class LocalRun:
     summary: dict = field(default_factory=dict)   # run_summary: MLflow URL, headline metrics, conversion
 
 
-def run_local(spec: str | Path | dict | JobSpec, *, set: list[str] | None = None, **overrides) -> LocalRun:
-    """Run the job's function in this process (world size 1, no Ray), tracked in MLflow."""
+class _ProtocolFilter:
+    """While `run_local` trains in this process: stdout without the driver's and rank 0's
+    machine-readable lines (a notebook shows what a terminal would); progress events go to
+    `progress`. Everything else passes through to the stdout it replaced."""
+
+    def __init__(self, progress: Callable[[dict], None] | None):
+        self.progress, self.buffer = progress, ""
+
+    def __enter__(self):
+        self.real, sys.stdout = sys.stdout, self
+        return self
+
+    def __exit__(self, *exc):
+        if self.buffer:
+            self._line(self.buffer)
+        sys.stdout = self.real
+
+    def write(self, text: str) -> int:
+        self.buffer += text
+        while "\n" in self.buffer:
+            line, self.buffer = self.buffer.split("\n", 1)
+            self._line(line)
+        return len(text)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def _line(self, line: str) -> None:
+        at = min((i for i in (line.find(p) for p in PROTOCOL_PREFIXES) if i >= 0), default=-1)
+        if at < 0:
+            self.real.write(line + "\n")
+            return
+        if at > 0:      # after text printed without a newline (a progress line updated in place)
+            self.real.write(line[:at])
+        event = parse_progress(line[at:])
+        if event is not None and self.progress is not None:
+            sys.stdout = self.real          # what the callback prints goes straight out
+            try:
+                self.progress(event)
+            finally:
+                sys.stdout = self
+
+
+def run_local(spec: str | Path | dict | JobSpec, *, set: list[str] | None = None,
+              progress: Callable[[dict], None] | None = None, **overrides) -> LocalRun:
+    """Run the job's function in this process (world size 1, no Ray), tracked in MLflow.
+    Rank 0's progress events ({"step", "metrics", "time"}) go to `progress` (none shown without
+    it); the training function's own output goes to stdout."""
     from trainer.home import trainer_home
     from trainer.runners.job import run_in_process
     from trainer.runtimes import python_for
@@ -449,7 +522,8 @@ def run_local(spec: str | Path | dict | JobSpec, *, set: list[str] | None = None
     job_id = "local-" + new_job_id(spec_obj.name)
     run_id = runs.start_run(spec_obj, job_id, uri, "local", checked.fingerprint)
     started = time.monotonic()
-    run_in_process(spec_obj, workdir, run_id, uri, trainer_home() / "local" / job_id, job_id=job_id)
+    with _ProtocolFilter(progress):
+        run_in_process(spec_obj, workdir, run_id, uri, trainer_home() / "local" / job_id, job_id=job_id)
     metrics = dict(runs.client(uri).get_run(run_id).data.metrics)
     return LocalRun(run_id, uri, round(time.monotonic() - started, 1), metrics, run_summary(uri, run_id))
 
@@ -465,8 +539,11 @@ def _run_local_in(interpreter: Path, spec: JobSpec, workdir: Path) -> LocalRun:
     code = ("import dataclasses, json, sys\n"
             "from trainer.api import run_local\n"
             "from trainer.errors import TrainerError\n"
+            "from trainer.protocol import progress_line\n"
+            "def echo(e):\n"
+            "    print(progress_line(e['step'], e['metrics'], e['time']), file=sys.__stdout__, flush=True)\n"
             "try:\n"
-            "    result = run_local(json.loads(open(sys.argv[1]).read()))\n"
+            "    result = run_local(json.loads(open(sys.argv[1]).read()), progress=echo)\n"
             "except TrainerError as e:\n"
             "    print(f'error: {e}', file=sys.stderr)\n"
             "    sys.exit(e.exit_code)\n"

@@ -59,23 +59,33 @@ def run(bundle: Path = typer.Argument(..., help="Bundle folder (has manifest.jso
         x = np.load(inputs, allow_pickle=False)
     except (OSError, ValueError, EOFError, MemoryError) as e:
         raise UsageError(f"--inputs {inputs}: cannot read it as .npy ({first_line(e)})") from None
+    from converters.edge.bundle import load_bundle
+
+    labels = load_bundle(bundle).labels
     result = run_bundle_detailed(bundle, x, cpu, repeat=repeat)
     models = {}
     for name, y in result.outputs.items():
         info = result.models[name]
-        models[name] = {"output_shape": list(y.shape), "top1_first10": y.argmax(axis=-1)[:10].tolist() if y.ndim >= 2 else [],
+        top = y.argmax(axis=-1)[:10].tolist() if y.ndim >= 2 else []
+        models[name] = {"output_shape": list(y.shape), "top1_first10": top,
+                        "top1_first10_labels": [labels[i] for i in top] if labels and y.shape[-1] == len(labels) else None,
                         "batch_s": info["batch_s"], "latency_ms_p50": info.get("latency_ms_p50")}
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             np.save(out / f"{name}.npy", y)
-    p.emit({"bundle": str(bundle), "cpu": cpu, "machine": result.machine, "versions": result.versions,
-            "wall_s": result.wall_s, "models": models},
-           lambda _: p.table(["model", "output shape", "top-1 of first 10", "batch s", "latency p50 ms"],
-                             [[name, str(tuple(m["output_shape"])), str(m["top1_first10"]), f"{m['batch_s']:.3f}",
-                               "-" if m["latency_ms_p50"] is None else f"{m['latency_ms_p50']:.2f}"]
-                              for name, m in models.items()],
-                             title=f"{bundle} on emulated {cpu} ({result.machine}, onnxruntime "
-                                   f"{result.versions.get('onnxruntime', '?')}, {result.wall_s:.1f} s)"))
+    caveat = (f"emulated: latency under qemu -cpu {cpu} on this host, not the board's; time it on the device "
+              "with: python3 run.py --input x.npy --repeat 50")
+
+    def render(_):
+        p.table(["model", "output shape", "top-1 of first 10", "batch s", "emulated p50 ms"],
+                [[name, str(tuple(m["output_shape"])), " ".join(map(str, m["top1_first10_labels"] or m["top1_first10"])),
+                  f"{m['batch_s']:.3f}", "-" if m["latency_ms_p50"] is None else f"{m['latency_ms_p50']:.2f}"]
+                 for name, m in models.items()],
+                title=f"{bundle} on emulated {cpu} ({result.machine}, onnxruntime "
+                      f"{result.versions.get('onnxruntime', '?')}, {result.wall_s:.1f} s)")
+        p.note(caveat)
+    p.emit({"bundle": str(bundle), "cpu": cpu, "emulated": True, "latency_note": caveat, "machine": result.machine,
+            "versions": result.versions, "wall_s": result.wall_s, "models": models}, render)
 
 
 @group.command("verify")

@@ -66,7 +66,7 @@ def submit(spec: str = typer.Argument(..., help="Job spec YAML."),
     summary = job.summary(state, started)
     p.emit(summary, lambda s: render_summary(p, s))
     if not p.json and "mlflow_url" not in summary and job.run_id:
-        p.note("browse the run: trainer ui")
+        _render_run_page(p, summary)
     _raise_unless_succeeded(job, state, summary.get("failure"))
 
 
@@ -105,7 +105,7 @@ def _follow_progress(job: api.Job, p: Printer):
                TimeRemainingColumn()]
     with Progress(*columns, console=p.out, transient=False) as bar:
         task = bar.add_task("epoch", total=total, metrics="starting workers...")
-        for event in job.progress():
+        for event in job.progress(on_retry=lambda text: p.line(text, style="yellow")):
             label, done, shown = _progress_fields(event)
             bar.update(task, description=label, completed=done, metrics=shown)
         state = job.status()
@@ -120,7 +120,7 @@ PLAIN_EVERY_S = 10.0
 def _follow_plain(job: api.Job, p: Printer, total: int | None):
     started = last_shown = time.monotonic()
     pending = None
-    for event in job.progress():
+    for event in job.progress(on_retry=p.line):
         label, done, shown = _progress_fields(event)
         pending = f"{label} {done}/{total or '?'}  {shown}  ({time.monotonic() - started:.0f}s)"
         if time.monotonic() - last_shown >= PLAIN_EVERY_S or (total and done >= total):
@@ -208,8 +208,8 @@ def run(spec: str = typer.Argument(..., help="Job spec YAML."),
     if not local:
         raise UsageError("trainer run executes in this process only: pass --local (or use trainer submit)")
     try:
-        with _LocalProgress(p):
-            result = api.run_local(spec, set=set_)
+        with _LocalProgress(p) as local:
+            result = api.run_local(spec, set=set_, progress=local.event)
     except JobError as e:
         failure = e.fields.get("failure")
         if failure and not p.json:
@@ -217,6 +217,8 @@ def run(spec: str = typer.Argument(..., help="Job spec YAML."),
         raise
     summary = {"run_id": result.run_id, "status": "SUCCEEDED", "wall_time_s": result.wall_time_s, **result.summary}
     p.emit(summary, lambda s: render_summary(p, {**s, "mlflow_run_id": s["run_id"]}))
+    if not p.json and "mlflow_url" not in summary:
+        _render_run_page(p, summary)
 
 
 class _LocalProgress:
@@ -260,6 +262,9 @@ class _LocalProgress:
         if event is None:
             (sys.stderr if self.p.json else self.real).write(line + "\n")
             return
+        self.event(event)
+
+    def event(self, event: dict) -> None:
         if self.p.json:
             return
         label, done, shown = _progress_fields(event)
@@ -271,7 +276,11 @@ class _LocalProgress:
 
 
 def status(job_id: str, address: Optional[str] = AddressOpt, output: str = OutputOpt):
-    """The job's state: PENDING, RUNNING, SUCCEEDED, FAILED or CANCELLED."""
+    """The job's state (PENDING, RUNNING, SUCCEEDED, FAILED or CANCELLED), what failed, and its
+    run's page in the MLflow UI (or how to open it).
+
+    Exits 0 whenever the state could be read, whatever it is: `status` reports, it does not judge.
+    To exit with the job's outcome (5 unless it SUCCEEDED), use `trainer wait JOB` or `submit --wait`."""
     p = Printer(output)
     info = api.Job.get(job_id, address).info()
 
@@ -279,23 +288,39 @@ def status(job_id: str, address: Optional[str] = AddressOpt, output: str = Outpu
         p.line(i["status"])
         if i.get("failure"):
             render_failure(p, i["failure"])
+        _render_run_page(p, i)
     p.emit(info, render)
 
 
+def _render_run_page(p: Printer, s: dict) -> None:
+    """The run's page in a running MLflow UI, else the command that opens one."""
+    if s.get("mlflow_url"):
+        p.line(f"run page: {s['mlflow_url']}", whole=True)
+    elif s.get("run_id") or s.get("mlflow_run_id"):
+        p.note("browse the run: trainer ui")
+
+
 def logs(job_id: str, follow: bool = typer.Option(False, "--follow", "-f"),
+         verbose: bool = typer.Option(False, "--verbose", "-v", help="Everything the job printed, as Ray "
+                                      "recorded it (protocol lines, Ray's and MLflow's logs, colour codes)."),
          address: Optional[str] = AddressOpt, output: str = OutputOpt):
-    """The job's driver and worker output (with --output json: one document once the logs are read)."""
+    """The job's output: the training code's lines and trainer's, without Ray's and MLflow's log
+    lines, trainer's machine-readable lines, lines Ray forwarded twice, or colour codes when not
+    on a terminal (-v: all of it, raw). With --output json: one document once the logs are read."""
     p = Printer(output)
     job = api.Job.get(job_id, address)
+    shown = (lambda text: text) if verbose else api.LogFilter(keep_ansi=sys.stdout.isatty()).text
     if p.json:
         if follow:
             job.wait()
-        p.emit({"job_id": job_id, "logs": job.logs()})
+        p.emit({"job_id": job_id, "logs": shown(job.logs())})
     elif follow:
+        keep = None if verbose else api.LogFilter(keep_ansi=sys.stdout.isatty())
         for line in job.follow():
-            print(line, flush=True)
+            if keep is None or (line := keep.feed(line)) is not None:
+                print(line, flush=True)
     else:
-        sys.stdout.write(job.logs())
+        sys.stdout.write(shown(job.logs()))
 
 
 def list_(address: Optional[str] = AddressOpt, output: str = OutputOpt):
@@ -308,11 +333,19 @@ def list_(address: Optional[str] = AddressOpt, output: str = OutputOpt):
         rows = [[j["job_id"], j["status"],
                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["start_time"])) if j["start_time"] else "",
                  j["run_id"] or ""] for j in jobs]
+        pages = [j.get("mlflow_url") or "" for j in jobs]
+        if any(pages) and p.fits(cols + ["run page"], [r + [u] for r, u in zip(rows, pages)]):
+            return p.table(cols + ["run page"], [r + [u] for r, u in zip(rows, pages)])
         if p.fits(cols, rows):
-            return p.table(cols, rows)
-        # Narrow (80 columns): one row per job still; the run ids are in `status JOB` and -o json.
-        p.table(cols[:3], [r[:3] for r in rows])
-        p.note("MLflow run ids: trainer status JOB, or trainer list -o json")
+            p.table(cols, rows)
+        else:
+            # Narrow (80 columns): one row per job still; the run ids are in `status JOB` and -o json.
+            p.table(cols[:3], [r[:3] for r in rows])
+            p.note("MLflow run ids: trainer status JOB, or trainer list -o json")
+        if any(pages):
+            p.note("run pages: trainer status JOB, or trainer list -o json (mlflow_url)")
+        elif any(j["run_id"] for j in jobs):
+            p.note("browse the runs: trainer ui")
     p.emit(jobs, render)
 
 

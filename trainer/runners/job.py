@@ -19,7 +19,8 @@ from pathlib import Path
 from trainer import telemetry
 from trainer.context import LocalSession, RayTrainSession
 from trainer.errors import ConversionError, JobError, SpecError, TrainerError, first_line
-from trainer.protocol import ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI, FAILURE_PREFIX, TIMING_PREFIX
+from trainer.protocol import (ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI, FAILURE_PREFIX, TIMING_PREFIX,
+                              retry_line)
 from trainer.runners.base import get_runner, tune_ray_train
 from trainer.spec import JobSpec
 from trainer.tracking.runs import failure_line
@@ -243,7 +244,11 @@ def convert_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str 
         telemetry.converted(spec.convert.targets, getattr(e, "report", None))
         raise
     telemetry.converted(spec.convert.targets, report)
-    print(report.to_markdown(), flush=True)
+    # One line: the report itself is a file (and in the run); the summary shows its table.
+    where = f"{report.out_dir}/{report.files['markdown']}" if report.out_dir and report.files.get("markdown") else ""
+    print(f"conversion {'PASSED' if report.passed else 'FAILED'}: "
+          + ", ".join(f"{r.target} {'pass' if r.passed else 'FAIL'}" for r in report.rows)
+          + (f"; report: {where}" if where else ""), flush=True)
 
 
 def register_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str | None) -> None:
@@ -251,6 +256,28 @@ def register_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str
     from trainer.promotion.registration import after_training
 
     after_training(spec, run_id, tracking_uri)
+
+
+def retry_announcer(max_failures: int):
+    """A Ray Train callback (run by the controller) that says, when a worker group failed and is
+    restarted, which attempt comes next and why: "trainer: attempt 2 of 3: ValueError: ..."
+    (the lowest failed rank's error). Nothing after the last attempt: the failure says it all."""
+    from ray.train.v2.api.callback import UserCallback
+
+    class RetryAnnouncer(UserCallback):
+        def __init__(self):
+            self.failures = 0
+
+        def after_exception(self, run_context, worker_exceptions):
+            self.failures += 1
+            if self.failures > max_failures or not worker_exceptions:
+                return
+            err = worker_exceptions[min(worker_exceptions)]
+            err = getattr(err, "_base_exc", err)      # Ray Train's UserExceptionWithTraceback
+            print(retry_line(self.failures + 1, max_failures + 1, f"{type(err).__name__}: {first_line(err)}"),
+                  flush=True)
+
+    return RetryAnnouncer()
 
 
 def main() -> int:
@@ -268,7 +295,8 @@ def main() -> int:
     run_config = RunConfig(
         name=job_id, storage_path=checkpoint_storage(spec),
         failure_config=FailureConfig(max_failures=spec.failure.max_failures),
-        checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep))
+        checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+        callbacks=[retry_announcer(spec.failure.max_failures)] if spec.failure.max_failures else None)
     loop_config = {"spec": spec.model_dump_json(), "run_id": run_id, "tracking_uri": tracking_uri,
                    "workdir": str(workdir), "job_id": job_id, "driver_started": _STARTED}
     status = "FAILED"

@@ -34,8 +34,9 @@ def test_manifest_describes_inputs_labels_and_checksums(tmp_path, tiny_model, ti
     assert manifest["labels"] == LABELS and manifest["preprocessing"] == pre
     assert manifest["models"] == {"fp32": {"file": "fp32.onnx", "kind": "onnx"}}
     assert manifest["checked_with"]["onnxruntime"] == ONNXRUNTIME_VERSION
-    assert sorted(p.name for p in bundle.iterdir()) == ["fp32.onnx", "manifest.json", "run.py"]
-    assert set(manifest["files"]) == {"fp32.onnx", "run.py"}
+    # issue 27: a README for the person at the board, checksummed like every file
+    assert sorted(p.name for p in bundle.iterdir()) == ["README.md", "fp32.onnx", "manifest.json", "run.py"]
+    assert set(manifest["files"]) == {"README.md", "fp32.onnx", "run.py"}
     for name, entry in manifest["files"].items():
         data = (bundle / name).read_bytes()
         assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
@@ -93,10 +94,11 @@ def test_runner_on_host_gives_onnxruntime_outputs(tmp_path, tiny_model, tiny_inp
     for name in ("a", "b"):
         np.testing.assert_array_equal(np.load(tmp_path / "out" / f"{name}.npy"), expected)
 
-    # Without --out it prints top-1 labels.
+    # It prints the top classes by label (issue 27: top-k per sample, best first).
     proc = run_py(bundle, "--input", str(tmp_path / "x.npy"), "--model", "b")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == f"b: top-1 of the first 5: {[LABELS[i] for i in expected.argmax(1)]}"
+    shown = [ln.split(": ", 2)[2].split(" (")[0] for ln in proc.stdout.splitlines() if ln.startswith("b: sample ")]
+    assert shown == [LABELS[i] for i in expected.argmax(1)]
 
 
 def test_runner_rejects_wrong_input_and_unknown_model(tmp_path, tiny_model, tiny_input):
@@ -128,7 +130,7 @@ def test_external_data_is_inlined(tmp_path, make_tiny, tiny_input, ort_outputs):
     src = make_tiny(tmp_path / "src" / "ext.onnx", external_data=True)
     assert (tmp_path / "src" / "ext.onnx.data").is_file()
     bundle = write_bundle(tmp_path / "b", {"fp32": src}, [tiny_input])
-    assert sorted(p.name for p in bundle.iterdir()) == ["fp32.onnx", "manifest.json", "run.py"]
+    assert sorted(p.name for p in bundle.iterdir()) == ["README.md", "fp32.onnx", "manifest.json", "run.py"]
     x = np.ones((3, 4), np.float32)
     np.save(tmp_path / "x.npy", x)
     proc = run_py(bundle, "--input", str(tmp_path / "x.npy"), "--out", str(tmp_path / "out"))
@@ -163,7 +165,7 @@ def test_bad_arguments_leave_nothing_behind(tmp_path, tiny_model, tiny_input):
 def test_rewriting_a_bundle_replaces_it(tmp_path, tiny_model, tiny_input):
     bundle = write_bundle(tmp_path / "b", {"fp32": tiny_model, "int8": tiny_model}, [tiny_input])
     write_bundle(bundle, {"only": tiny_model}, [tiny_input])
-    assert sorted(p.name for p in bundle.iterdir()) == ["manifest.json", "only.onnx", "run.py"]
+    assert sorted(p.name for p in bundle.iterdir()) == ["README.md", "manifest.json", "only.onnx", "run.py"]
     assert list(load_bundle(bundle).models) == ["only"]
 
 
@@ -176,7 +178,7 @@ def test_cli_verify_and_its_errors(tmp_path, tiny_model, tiny_input):
     bundle = write_bundle(tmp_path / "b", {"fp32": tiny_model}, [tiny_input])
     proc = trainer_cli("edge", "verify", str(bundle))
     assert proc.returncode == 0, proc.stderr
-    assert "ok, 2 files verified; models fp32; input x [None, 4] NC float32" in proc.stdout
+    assert "ok, 3 files verified; models fp32; input x [None, 4] NC float32" in proc.stdout   # + README.md
     (bundle / "fp32.onnx").write_bytes(b"not a model")
     proc = trainer_cli("edge", "verify", str(bundle))
     assert proc.returncode == ConversionError.exit_code
@@ -186,3 +188,36 @@ def test_cli_verify_and_its_errors(tmp_path, tiny_model, tiny_input):
     proc = trainer_cli("edge", "run", str(bundle), "--inputs", str(tmp_path / "x.npy"), "--cpu", "cortex-a99")
     assert proc.returncode == UsageError.exit_code
     assert "unknown aarch64 CPU model 'cortex-a99'; valid:" in proc.stderr
+
+
+def test_bundle_names_its_source_and_explains_itself(tmp_path, tiny_model, tiny_input):
+    source = {"model": "runs:/abc123/model", "run_id": "abc123", "model_version": None,
+              "model_digest": "sha256:" + "0" * 64}
+    bundle = write_bundle(tmp_path / "b", {"fp32": tiny_model}, [tiny_input], LABELS, {"scale": 0.0625},
+                          source=source)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["source"] == {"model": "runs:/abc123/model", "run_id": "abc123",
+                                  "model_digest": "sha256:" + "0" * 64}
+    readme = (bundle / "README.md").read_text()
+    assert "run id `abc123`" in readme and "`fp32.onnx`" in readme and "`run.py`" in readme
+    assert "python3 run.py --input x.npy --preprocess" in readme and "shape (N, 4) (NC), dtype float32" in readme
+    assert "with their names" in readme and "results/" in readme and "result.json" in readme
+    assert "python3 run.py --input x.npy --preprocess" in manifest["runner"]["usage"]
+
+
+def test_run_py_prints_top_k_with_labels_and_writes_results(tmp_path, tiny_model, tiny_input, ort_outputs):
+    bundle = write_bundle(tmp_path / "b", {"fp32": tiny_model}, [tiny_input], LABELS)
+    x = np.random.default_rng(0).standard_normal((7, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    proc = run_py(bundle, "--input", str(tmp_path / "x.npy"), "--top-k", "2")     # no --out: results/
+    assert proc.returncode == 0, proc.stderr
+    expected = ort_outputs(tiny_model, x)
+    best = np.argsort(-expected, axis=1, kind="stable")[:, :2]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("fp32: sample ")]
+    assert len(lines) == 5 and "fp32: ... 2 more samples" in proc.stdout
+    assert lines[0] == "fp32: sample 0: " + ", ".join(f"{LABELS[c]} ({expected[0, c]:.3g})" for c in best[0])
+    result = json.loads((tmp_path / "results" / "result.json").read_text())     # run_py's cwd is tmp_path
+    top = result["models"]["fp32"]["top_k"]
+    assert [[c["label"] for c in row] for row in top] == [[LABELS[c] for c in row] for row in best]
+    np.testing.assert_allclose(np.load(tmp_path / "results" / "fp32.npy"), expected, rtol=1e-5)
+    assert "results: " in proc.stdout

@@ -23,3 +23,5 @@ def test_edge_rows_agree_with_native(cli, tmp_path, digits_cnn):
     assert rows["onnx@cortex-a72"]["passed"] and rows["onnx@cortex-a72"]["max_abs_diff"] < 1e-4
     assert rows["onnx-int8@cortex-a72"]["top1_agreement"] >= 0.98
     assert (out / "edge" / "manifest.json").is_file()
+    # issue 27: x86 and emulated aarch64 rows judged on the same samples
+    assert len({r["n_samples"] for r in rows.values()}) == 1, {t: r["n_samples"] for t, r in rows.items()}

@@ -118,5 +118,8 @@ def test_cli_edge_run_saves_outputs(tmp_path, edge_root, digits_models, ort_outp
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "emulated cortex-a53 (aarch64, onnxruntime" in proc.stdout
+    # issue 27: emulated latency says it is emulated, and how to time it on the board
+    assert "emulated p50 ms" in proc.stdout
+    assert "emulated: latency under qemu -cpu cortex-a53 on this host, not the board's" in proc.stderr
     np.testing.assert_allclose(np.load(tmp_path / "out" / "fp32.npy"), ort_outputs(m.fp32, m.x_test[:8]),
                                rtol=1e-4, atol=1e-4)
