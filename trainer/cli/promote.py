@@ -1,6 +1,6 @@
 """`trainer promote | promote history | retrain`: gated promotion and retraining on data change.
 
-Exit codes: promote 0 promoted, 10 a check failed (gate, order, approval; nothing changed), 11
+Exit codes: promote 0 promoted or already there (`changed: false` in its JSON), 10 a check failed (gate, order, approval; nothing changed), 11
 a registry error; retrain 0 retrained, 10 unchanged (nothing submitted), other non-zero failed.
 """
 from __future__ import annotations
@@ -66,8 +66,12 @@ def promote(model: str = typer.Argument(..., help="Registered model name."),
         raise UsageError(f"--version must be a version number, got {version!r}")
     record = api.promote(model, to, version, approve=approve, tracking_uri=tracking_uri, registry=registry,
                          progress=p.note)
-    p.emit(record, lambda r: p.line(f"promoted {r['model']} version {r['version']} to {r['to']}"
-                                    + (f": {r['target']} {r['digest']}" if r["digest"] else " (MLflow only)")))
+    def render(r):
+        if not r["changed"]:
+            return p.line(f"{r['reason']}: nothing changed" + (f" ({r['target']} {r['digest']})" if r["digest"] else ""))
+        p.line(f"promoted {r['model']} version {r['version']} to {r['to']}"
+               + (f": {r['target']} {r['digest']}" if r["digest"] else " (MLflow only)"))
+    p.emit(record, render)
 
 
 def history(model: str = typer.Argument(..., help="Registered model name."),

@@ -12,6 +12,10 @@
 4. A failure in 3 undoes what 3 did (tags put back to their previous digests or removed, the
    alias put back) and raises; what 2 left is untagged and invisible, and a retry reuses it.
 
+The returned record says `changed`: a promotion of the version the environment already holds is a
+no-op (`changed: False`, nothing read beyond the aliases, nothing written), so a pipeline run twice
+succeeds twice; only a failed check (GateError, exit 10) stops it.
+
 Records are append-only: a new `trainer.promotion.<NNNN>` version tag per promotion (a key is
 never rewritten) and a new referrer per promotion in the registry (an index only gains entries).
 
@@ -85,6 +89,13 @@ def _promote(model: str, to: str, version: str | None, approve: bool, uri: str, 
         version = str(mv.version)
         run = mlc.get_run(mv.run_id) if mv.run_id else None
         current = _alias_version(mlc, model, to)
+    if current == version:
+        # Already there: nothing to do, and not a failure (a pipeline's second run, or the loser
+        # of two concurrent promotions of one version: the lock makes it see the winner's alias).
+        say(f"{model} version {version} is already in {to}: nothing changed")
+        return {"model": model, "version": version, "to": to, "changed": False,
+                "digest": mv.tags.get(tag_digest(to)), "target": mv.tags.get(tag_ref(to)),
+                "reason": f"{model} version {version} is already in {to}"}
     if to == "production":
         in_staging = _alias_version(mlc, model, "staging")
         if in_staging != version:
@@ -92,8 +103,6 @@ def _promote(model: str, to: str, version: str | None, approve: bool, uri: str, 
                             f"{'version ' + in_staging if in_staging else 'nothing'}): promote it to staging first")
         if not approve:
             raise GateError(f"promoting {model} version {version} to production needs an explicit approval: --approve")
-    if current == version:
-        raise GateError(f"{model} version {version} is already in {to}")
     try:
         gates = gates_from_tag(mv.tags.get(TAG_GATES), to)
     except ValueError as e:
@@ -137,7 +146,7 @@ def _promote(model: str, to: str, version: str | None, approve: bool, uri: str, 
         raise
     say(f"{model} version {version} is in {to}" + (f": {record['target']} ({record['digest'][:19]})"
                                                      if record["digest"] else " (MLflow alias)"))
-    return record
+    return {**record, "changed": True}
 
 
 def _checked_address(model: str, version: str, registry: str | None, recorded: str | None) -> str:
