@@ -190,9 +190,32 @@ def test_a_failed_promotion_prints_one_json_document_on_stdout(oci_registry):
     parses it); the human line stays on stderr."""
     model = "json-fail"
     _registered(model, oci_registry["address"])
-    done = subprocess.run([TRAINER, "promote", model, "--to", "production", "-o", "json"],
+    done = subprocess.run([TRAINER, "promote", model, "--version", "1", "--to", "production", "-o", "json"],
                           capture_output=True, text=True)
     assert done.returncode == 10, done.stderr
     doc = json.loads(done.stdout)
     assert doc["exit_code"] == 10 and doc["kind"] == "GateError" and "not in staging" in doc["error"]
     assert "error:" in done.stderr and "not in staging" in done.stderr
+
+
+def test_a_dry_run_says_whether_promoting_would_change_anything(oci_registry):
+    """What the Jenkinsfile asks before its approval step: `changed` without the approval, and
+    nothing written; once production holds the version, changed: false."""
+    model = "dry-promo"
+    _registered(model, oci_registry["address"])
+
+    def dry():
+        done = subprocess.run([TRAINER, "promote", model, "--version", "1", "--to", "production", "--dry-run",
+                               "-o", "json"],
+                              capture_output=True, text=True)
+        return done.returncode, json.loads(done.stdout) if done.stdout else done.stderr
+    code, doc = dry()
+    assert code == 10 and doc["kind"] == "GateError" and "not in staging" in doc["error"]     # order still checked
+    promote(model, "staging")
+    before = _tags(model)
+    code, doc = dry()
+    assert code == 0 and doc["changed"] is True and doc["dry_run"] is True, doc
+    assert _tags(model) == before
+    promote(model, "production", approve=True)
+    code, doc = dry()
+    assert code == 0 and doc["changed"] is False, doc

@@ -52,6 +52,8 @@ def promote(model: str = typer.Argument(..., help="Registered model name."),
             version: Optional[str] = typer.Option(None, "--version", help="Model version; default the one in "
                                                   "the previous environment (dev for staging, staging for production)."),
             approve: bool = typer.Option(False, "--approve", help="The explicit approval production needs."),
+            dry_run: bool = typer.Option(False, "--dry-run", help="Check only (gates, order; not the approval) "
+                                         "and say whether promoting would change anything (JSON: changed)."),
             registry: Optional[str] = RegistryOpt, tracking_uri: Optional[str] = TrackingOpt,
             output: str = OutputOpt):
     """Promote MODEL --to staging|production: check the gates, then copy the artifact (same
@@ -65,8 +67,10 @@ def promote(model: str = typer.Argument(..., help="Registered model name."),
     if version is not None and not (version.isascii() and version.isdigit()):
         raise UsageError(f"--version must be a version number, got {version!r}")
     record = api.promote(model, to, version, approve=approve, tracking_uri=tracking_uri, registry=registry,
-                         progress=p.note)
+                         progress=p.note, dry_run=dry_run)
     def render(r):
+        if r.get("dry_run"):
+            return p.line(f"{r['reason']}: nothing changed (--dry-run)")
         if not r["changed"]:
             return p.line(f"{r['reason']}: nothing changed" + (f" ({r['target']} {r['digest']})" if r["digest"] else ""))
         p.line(f"promoted {r['model']} version {r['version']} to {r['to']}"

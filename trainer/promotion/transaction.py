@@ -62,8 +62,11 @@ def promoter() -> str:
 
 def promote(model: str, to: str, version: str | None = None, *, approve: bool = False,
             tracking_uri: str | None = None, registry: str | None = None,
-            progress: Callable[[str], None] | None = None, _fail_after: str | None = None) -> dict:
-    """Promote `model` (version, default the one in the source environment) to `to`; returns the record."""
+            progress: Callable[[str], None] | None = None, dry_run: bool = False,
+            _fail_after: str | None = None) -> dict:
+    """Promote `model` (version, default the one in the source environment) to `to`; returns the
+    record, with `changed`. `dry_run`: every check but the approval, nothing written; `changed`
+    says whether the promotion would change anything (a pipeline asks before its approval step)."""
     from trainer.home import resolve_tracking_uri
 
     say = progress or (lambda _: None)
@@ -77,11 +80,11 @@ def promote(model: str, to: str, version: str | None = None, *, approve: bool = 
         registry_url(registry)          # a malformed --registry fails here, before MLflow is read
     uri = resolve_tracking_uri(tracking_uri)
     with promotion_lock(uri, model, say):
-        return _promote(model, to, version, approve, uri, registry, say, _fail_after)
+        return _promote(model, to, version, approve, uri, registry, say, _fail_after, dry_run)
 
 
 def _promote(model: str, to: str, version: str | None, approve: bool, uri: str, registry: str | None,
-             say: Callable[[str], None], _fail_after: str | None) -> dict:
+             say: Callable[[str], None], _fail_after: str | None, dry_run: bool = False) -> dict:
     mlc = client(uri)
     source_env = SOURCE[to]
     with _mlflow(f"cannot read model {model!r} from the MLflow registry"):
@@ -101,7 +104,7 @@ def _promote(model: str, to: str, version: str | None, approve: bool, uri: str, 
         if in_staging != version:
             raise GateError(f"{model} version {version} is not in staging (staging holds "
                             f"{'version ' + in_staging if in_staging else 'nothing'}): promote it to staging first")
-        if not approve:
+        if not approve and not dry_run:
             raise GateError(f"promoting {model} version {version} to production needs an explicit approval: --approve")
     try:
         gates = gates_from_tag(mv.tags.get(TAG_GATES), to)
@@ -113,6 +116,10 @@ def _promote(model: str, to: str, version: str | None, approve: bool, uri: str, 
         raise GateError(f"{model} version {version} fails its {to} gates: "
                         + "; ".join(r.describe() for r in failed) + "; nothing was changed")
     say(f"gates for {to}: " + ("; ".join(r.describe() for r in results) if results else "none set"))
+    if dry_run:
+        return {"model": model, "version": version, "to": to, "changed": True, "dry_run": True,
+                "digest": mv.tags.get(tag_digest(source_env)), "target": None,
+                "reason": f"{model} version {version} would be promoted to {to} (its checks pass)"}
 
     record = {"model": model, "version": version, "from": source_env, "to": to, "by": promoter(),
               "at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9 // 10**6:03d}Z",
