@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from trainer.cli import app
@@ -22,6 +23,7 @@ def test_the_registry_and_mlflow_default_to_different_ports():
     assert f"[default: {REGISTRY_PORT}]" in helps["registry"] and "[default: 5000]" in helps["mlflow"]
 
 
+@pytest.mark.integration
 def test_a_taken_port_names_trainers_server_or_another_program(oci_registry):
     port = int(oci_registry["address"].rsplit(":", 1)[1])
     done = subprocess.run([TRAINER, "mlflow", "serve", "--port", str(port)], capture_output=True, text=True,
