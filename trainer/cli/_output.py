@@ -8,7 +8,8 @@
   as `key: value` records instead, so no cell is ever cut to `onnx-i…`.
 - `fail(err)`: a TrainerError becomes one red `error: ...` line and the exit code of its class
   (TRAINER_DEBUG=1 adds the traceback); under `--output json` stdout also gets one JSON document
-  `{"error": ..., "exit_code": N, "kind": "GateError"}`. `ErrorHandlingGroup` applies it to every
+  `{"error": ..., "exit_code": N, "kind": "GateError"}`, unless the command already printed its
+  own (convert's failed-parity report: one document on stdout, always). `ErrorHandlingGroup` applies it to every
   command.
 """
 from __future__ import annotations
@@ -60,6 +61,10 @@ def error_line(e: BaseException) -> str:
     return text
 
 
+# Whether this command already printed its one JSON document (a failure then prints no second one).
+_emitted = [False]
+
+
 def wants_json(args: Sequence[str]) -> bool:
     """Whether the command line asked for `--output json` (`-o json`, `--output=json`, `-ojson`),
     read from the words themselves: an error can come before any option was parsed."""
@@ -77,7 +82,7 @@ def wants_json(args: Sequence[str]) -> bool:
 def fail(e: TrainerError, as_json: bool = False) -> None:
     """One red line on stderr and the class's exit code; with `as_json` also one JSON document
     on stdout, `{"error", "exit_code", "kind"}` (a CI step parses stdout, a person reads stderr)."""
-    if as_json:
+    if as_json and not _emitted[0]:     # a command that printed its document (convert's report) keeps it
         print(json.dumps({"error": error_line(e), "exit_code": e.exit_code, "kind": type(e).__name__}, indent=2))
     console = stderr()
     if os.environ.get("TRAINER_DEBUG"):
@@ -101,6 +106,7 @@ class ErrorHandlingGroup(TyperGroup):
 
     def make_context(self, info_name, args, parent=None, **extra):
         self._json = wants_json(args)
+        _emitted[0] = False
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except ClickUsageError as e:
@@ -136,12 +142,19 @@ class Printer:
         """The command's result: one JSON document, or drawn for a person."""
         if self.json:
             print(json.dumps(data, indent=2, default=str))
+            _emitted[0] = True
         elif render is not None:
             render(data)
         elif isinstance(data, dict):
             self.kv(title, data)
         else:
             self.line(str(data))
+
+    def document(self, text: str) -> None:
+        """A result already serialized as one JSON document (json mode only)."""
+        if self.json:
+            print(text)
+            _emitted[0] = True
 
     def line(self, text: str, style: str | None = None, *, whole: bool = False, wrap: bool = False) -> None:
         """A plain line for a person (never in json mode: a JSON document is the whole stdout).
