@@ -20,7 +20,10 @@ from typing import Callable, Iterator
 
 
 class TrainerError(Exception):
-    """Base class. `exit_code` is what the CLI exits with."""
+    """Any other failure (a failed subprocess, a promotion that could not be fully undone).
+
+    The base class: `exit_code` is what the CLI exits with; README's exit code table is
+    generated from these classes (tests/docs/test_exit_codes.py)."""
 
     exit_code = 1
 

@@ -1,8 +1,10 @@
 """The Jenkinsfile: parsed by Groovy (Jenkins itself cannot run here), and its stages' commands
-run in order, as a develop build then a main build, against the local cluster, MLflow store and
-a real OCI registry; then retraining: unchanged data exits 10 and submits nothing, changed data
-submits exactly one job."""
+run in order, as a develop build then a main build, TWICE in a row with unchanged data (the
+second pair succeeds and changes nothing: issue 27's idempotent pipeline), against the local
+cluster, MLflow store and a real OCI registry; then retraining: unchanged data exits 10 and
+submits nothing, changed data submits exactly one job."""
 import gzip
+import json
 import os
 import re
 import shutil
@@ -36,25 +38,48 @@ def test_jenkinsfile_parses_and_a_broken_one_does_not(tmp_path):
     assert broken.returncode != 0 and "parsed" not in broken.stdout
 
 
-def stages(text: str) -> list[tuple[str, list[str], str | None]]:
-    """(stage name, its `sh` commands, the branch its `when` needs) in file order."""
+def stages(text: str) -> list[tuple[str, list[str], str | None, dict[str, str]]]:
+    """(stage name, its `sh` commands, the branch its `when` needs, the env values its `when`
+    needs) in file order."""
     found = []
     parts = re.split(r"\n\s*stage\('([^']+)'\)", text)
     for name, body in zip(parts[1::2], parts[2::2]):
         commands = re.findall(r"sh(?:\(script:)? '([^']+)'", body)
         branch = re.search(r"branch '([^']+)'", body)
-        found.append((name, commands, branch.group(1) if branch else None))
+        needs = dict(re.findall(r"environment name: '(\w+)', value: '(\w+)'", body))
+        found.append((name, commands, branch.group(1) if branch else None, needs))
     return found
 
 
 def test_every_stage_is_one_trainer_command_or_an_approval():
     text = JENKINSFILE.read_text()
     names = [s[0] for s in stages(text)]
-    assert names == ["Test", "Retrain if data changed", "Convert", "Promote to staging", "Approve production",
-                     "Promote to production"]
-    for name, commands, _ in stages(text):
-        assert (commands and all(c.startswith("trainer ") for c in commands)) or "input message" in text
+    assert names == ["Test", "Retrain if data changed", "Convert", "Promote to staging", "Check production",
+                     "Approve production", "Promote to production"]
+    for name, commands, _, _ in stages(text):
+        assert (commands and all(c.startswith("trainer ") for c in commands if not c.startswith("python -m pytest"))) \
+            or "input(message" in text
     assert "httpRequest(" in text and re.search(r"post \{[^}]*notify", text)
+
+
+def test_the_jenkinsfile_takes_address_and_logins_from_credentials_and_tests_for_real():
+    """Issue 27: retraining never starts a Ray cluster on the agent; MLflow and the registry get
+    their logins from Jenkins credentials; the Test stage runs the quick test tier; who promoted
+    is recorded (the build, and the approver for production); production runs only when the
+    dry run says it would change something."""
+    text = JENKINSFILE.read_text()
+    for variable in ("TRAINER_ADDRESS", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                     "TRAINER_REGISTRY_USERNAME", "TRAINER_REGISTRY_PASSWORD"):
+        assert re.search(rf"\n\s*{variable} = credentials\('[\w-]+'\)", text), variable
+    test_stage = next(s for s in stages(text) if s[0] == "Test")
+    assert any(c.startswith("python -m pytest") and "not integration" in c for c in test_stage[1])
+    assert re.search(r"TRAINER_PROMOTED_BY = \"\$\{env\.BUILD_TAG\}\"", text)
+    assert "submitterParameter: 'APPROVER'" in text and "env.TRAINER_PROMOTED_BY = \"${approver}" in text
+    by_name = {s[0]: s for s in stages(text)}
+    assert by_name["Approve production"][3] == by_name["Promote to production"][3] == {"PRODUCTION_CHANGES": "true"}
+    assert "--dry-run -o json" in by_name["Check production"][1][0] and "plan.changed" in text
+    # --to production vs the registry's prod/ project: said where a CI engineer reads it
+    assert "`--to production`\n// -> `prod/<model>`" in text
 
 
 @pytest.fixture
@@ -82,25 +107,61 @@ def _run(command: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def _build(branch: str, project: Path, env: dict) -> dict[str, int]:
-    """One pipeline build on `branch`: the stages whose `when` allows it, their commands in order
-    (the `input` approval is given); returns each command's exit code."""
+_TESTS_COLLECTED: dict[str, int] = {}
+
+
+def _test_tier(command: str) -> int:
+    """The Test stage's pytest command, in this repository: collected (not run: this is the quick
+    loop itself, run by CI beside this test), once; it must select tests and exit 0."""
+    if command not in _TESTS_COLLECTED:
+        done = subprocess.run(["bash", "-c", command.replace("python ", f"{sys.executable} ", 1) + " --collect-only"],
+                              cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        _TESTS_COLLECTED[command] = int(re.search(r"(\d+)(?:/\d+)? tests? (?:collected|selected)", done.stdout).group(1))
+    return _TESTS_COLLECTED[command]
+
+
+def _build(branch: str, project: Path, env: dict) -> tuple[dict[str, int], dict[str, str]]:
+    """One pipeline build on `branch`: the stages whose `when` allows it (branch, and the env
+    values earlier stages set the way the Jenkinsfile's script blocks do), their commands in order
+    (the `input` approval is given); returns each stage's exit code and stdout."""
     codes: dict[str, int] = {}
-    retrained = None
-    for name, commands, needs_branch in stages(JENKINSFILE.read_text()):
+    outputs: dict[str, str] = {}
+    build_env: dict[str, str] = {}
+    for name, commands, needs_branch, needs in stages(JENKINSFILE.read_text()):
         if needs_branch and needs_branch != branch:
             continue
-        if name in ("Convert", "Promote to staging") and retrained is False:
+        if any(build_env.get(k) != v for k, v in needs.items()):
             continue
         for command in commands:
+            if command.startswith("python -m pytest"):
+                assert _test_tier(command) > 100
+                codes[name] = 0
+                continue
             done = _run(command, project, env)
-            codes[name] = done.returncode
+            codes[name], outputs[name] = done.returncode, done.stdout
             if name == "Retrain if data changed":
                 assert done.returncode in (0, 10), done.stderr[-2000:]
-                retrained = done.returncode == 0
+                build_env["RETRAINED"] = "true" if done.returncode == 0 else "false"
             else:
                 assert done.returncode == 0, f"{name}: {done.stderr[-2000:]}"
-    return codes
+            if name == "Check production":
+                build_env["PRODUCTION_CHANGES"] = "true" if json.loads(done.stdout)["changed"] else "false"
+    return codes, outputs
+
+
+def _state(env: dict, registry: str) -> dict:
+    """What a build could change: the model's versions with their tags and aliases, and the
+    registry's tags of each project."""
+    from trainer.registry.client import Registry
+    from trainer.tracking.runs import client
+
+    mlc = client(f"sqlite:///{env['TRAINER_HOME']}/mlflow.db")
+    versions = {mv.version: dict(mv.tags) for mv in mlc.search_model_versions("name = 'digits-ci'")}
+    aliases = dict(mlc.get_registered_model("digits-ci").aliases)
+    reg = Registry(registry)
+    tags = {project: reg.tags(f"{project}/digits-ci") for project in ("dev", "staging", "prod")}
+    return {"versions": versions, "aliases": aliases, "registry": tags}
 
 
 def _runs(env: dict) -> int:
@@ -124,14 +185,31 @@ def test_the_pipeline_chain_then_retrain_on_data_change(cluster, project, traine
                "MLFLOW_TRACKING_URI": f"sqlite:///{trainer_home}/mlflow.db"}
         env.pop("TRAINER_REGISTRY_USERNAME", None)
         env.pop("TRAINER_REGISTRY_PASSWORD", None)
-        develop = _build("develop", project, env)
+        develop, out = _build("develop", project, env)
         assert develop["Retrain if data changed"] == 0 and "Promote to staging" in develop
+        assert "registered: digits-ci version 1 " in out["Retrain if data changed"]
+        assert "no production version yet" in out["Retrain if data changed"]
         assert (project / "build/converted/report.json").is_file()
-        main = _build("main", project, env)
-        assert main["Retrain if data changed"] == 10 and "Convert" not in main
+        main, out = _build("main", project, env)
+        # No production version yet: the data counts as changed (issue 27), so main retrains too;
+        # production gets the version staging holds (the develop build's).
+        assert main["Retrain if data changed"] == 0 and "no production version yet" in out["Retrain if data changed"]
         assert main["Promote to production"] == 0
         history = _run('trainer promote history "$MODEL" -o json', project, env)
-        assert [r["to"] for r in __import__("json").loads(history.stdout)] == ["staging", "production"]
+        assert [r["to"] for r in json.loads(history.stdout)] == ["staging", "production"]
+        assert [r["by"] for r in json.loads(history.stdout)] == ["jenkins-test", "jenkins-test"]
+
+        # The same builds again, data unchanged: both succeed and change nothing.
+        runs, before = _runs(env), _state(env, state["address"])
+        develop, out = _build("develop", project, env)
+        assert develop == {"Test": 0, "Retrain if data changed": 10}, develop
+        assert "data unchanged" in out["Retrain if data changed"]
+        main, out = _build("main", project, env)
+        assert main == {"Test": 0, "Retrain if data changed": 10, "Check production": 0}, main
+        assert "already in production" in out["Check production"]
+        assert _runs(env) == runs and _state(env, state["address"]) == before
+        history = _run('trainer promote history "$MODEL" -o json', project, env)
+        assert [r["to"] for r in json.loads(history.stdout)] == ["staging", "production"]
 
         runs = _runs(env)
         same = _run('trainer retrain "$SPEC" --if-data-changed', project, env)

@@ -68,3 +68,25 @@ def test_error_text_is_not_rich_markup(tmp_path):
     result = RUNNER.invoke(app, ["spec", "validate", str(tmp_path / "job.yaml")])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error:") and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, code, kind", [
+    (["promote", "m", "--to", "nowhere"], 2, "UsageError"),                  # the API's check
+    (["spec", "validate", "does-not-exist.yaml"], 2, None),                   # a command's own error
+    (["status"], 2, "UsageError"),                                            # click's: missing argument
+    (["promote", "m", "--to", "staging", "--version", "x"], 2, "UsageError"),
+], ids=lambda a: " ".join(a) if isinstance(a, list) else str(a))
+def test_a_failure_under_output_json_is_one_json_document_on_stdout(args, code, kind):
+    """Issue 27: a CI step parsing stdout gets the error too; stderr keeps the red line."""
+    for flag in (["--output", "json"], ["-o", "json"], ["--output=json"]):
+        result = RUNNER.invoke(app, [*args, *flag])
+        assert result.exit_code == code, result.output
+        doc = json.loads(result.stdout)
+        assert set(doc) == {"error", "exit_code", "kind"} and doc["exit_code"] == code
+        assert kind is None or doc["kind"] == kind
+        assert result.stderr.startswith("error: ") and doc["error"] in result.stderr.replace("\n", " ")
+
+
+def test_a_failure_without_json_prints_nothing_on_stdout():
+    result = RUNNER.invoke(app, ["promote", "m", "--to", "nowhere"])
+    assert result.exit_code == 2 and result.stdout == "" and result.stderr.startswith("error: ")

@@ -61,10 +61,14 @@ def test_three_concurrent_promotions_promote_once(oci_registry):
     digest = _registered(model, oci_registry["address"])
     procs = [subprocess.Popen([TRAINER, "promote", model, "--to", "staging"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(3)]
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    results = [(p.wait(timeout=300), p.stdout.read()) for p in procs]
     codes = sorted(code for code, _ in results)
-    assert codes == [0, 10, 10], results
-    assert all("already in staging" in err for code, err in results if code == 10)
+    # Issue 27: the losers find the version already there, a no-op that says so and exits 0
+    # (was exit 10); still exactly one promotion happened (one record below).
+    assert codes == [0, 0, 0], results
+    outputs = [out for _, out in results]
+    assert sum("already in staging" in out for out in outputs) == 2, results
+    assert sum(out.startswith("promoted ") for out in outputs) == 1, results
     records = [k for k in _tags(model) if k.startswith(TAG_RECORD_PREFIX)]
     assert records == [f"{TAG_RECORD_PREFIX}0001"]
     in_registry = read_records(Registry(oci_registry["address"]), f"staging/{model}", digest)
@@ -130,10 +134,8 @@ def test_promotions_that_all_passed_their_checks_at_once_still_promote_once(oci_
     outcomes = []
 
     def one():
-        try:
-            outcomes.append(promote(model, "staging")["seq"])
-        except GateError as e:
-            outcomes.append(str(e))
+        record = promote(model, "staging")
+        outcomes.append(record["seq"] if record["changed"] else record["reason"])
     threads = [threading.Thread(target=one) for _ in range(3)]
     for t in threads:
         t.start()
@@ -161,3 +163,59 @@ def test_hand_edited_promotion_records_are_shown_cleanly(oci_registry):
                               env={**os.environ, "COLUMNS": "80"})
         assert done.returncode == 0, done.stderr
         assert "\x1b" not in done.stdout and "Traceback" not in done.stderr
+
+
+def test_promoting_what_is_already_there_is_a_no_op_that_exits_0(oci_registry):
+    """Issue 27: a pipeline's second run promotes nothing and succeeds (was exit 10 "already in
+    staging"); its JSON says changed: false; nothing is written to MLflow or the registry."""
+    model = "noop-promo"
+    digest = _registered(model, oci_registry["address"])
+    first = subprocess.run([TRAINER, "promote", model, "--to", "staging", "-o", "json"], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["changed"] is True
+    before = _tags(model)
+    again = subprocess.run([TRAINER, "promote", model, "--to", "staging", "-o", "json"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    doc = json.loads(again.stdout)
+    assert doc["changed"] is False and doc["version"] == "1" and doc["digest"] == digest
+    assert "already in staging" in doc["reason"]
+    table = subprocess.run([TRAINER, "promote", model, "--to", "staging"], capture_output=True, text=True)
+    assert table.returncode == 0 and "already in staging: nothing changed" in table.stdout, table
+    assert _tags(model) == before
+    assert len(read_records(Registry(oci_registry["address"]), f"staging/{model}", digest)) == 1
+
+
+def test_a_failed_promotion_prints_one_json_document_on_stdout(oci_registry):
+    """Issue 27: `--output json` of a failure: {"error", "exit_code", "kind"} on stdout (a CI step
+    parses it); the human line stays on stderr."""
+    model = "json-fail"
+    _registered(model, oci_registry["address"])
+    done = subprocess.run([TRAINER, "promote", model, "--version", "1", "--to", "production", "-o", "json"],
+                          capture_output=True, text=True)
+    assert done.returncode == 10, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["exit_code"] == 10 and doc["kind"] == "GateError" and "not in staging" in doc["error"]
+    assert "error:" in done.stderr and "not in staging" in done.stderr
+
+
+def test_a_dry_run_says_whether_promoting_would_change_anything(oci_registry):
+    """What the Jenkinsfile asks before its approval step: `changed` without the approval, and
+    nothing written; once production holds the version, changed: false."""
+    model = "dry-promo"
+    _registered(model, oci_registry["address"])
+
+    def dry():
+        done = subprocess.run([TRAINER, "promote", model, "--version", "1", "--to", "production", "--dry-run",
+                               "-o", "json"],
+                              capture_output=True, text=True)
+        return done.returncode, json.loads(done.stdout) if done.stdout else done.stderr
+    code, doc = dry()
+    assert code == 10 and doc["kind"] == "GateError" and "not in staging" in doc["error"]     # order still checked
+    promote(model, "staging")
+    before = _tags(model)
+    code, doc = dry()
+    assert code == 0 and doc["changed"] is True and doc["dry_run"] is True, doc
+    assert _tags(model) == before
+    promote(model, "production", approve=True)
+    code, doc = dry()
+    assert code == 0 and doc["changed"] is False, doc

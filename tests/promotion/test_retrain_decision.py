@@ -22,7 +22,14 @@ def test_changed_until_recorded_then_production_decides(isolated_home, tmp_path)
     run_id = start_run(spec, "r-1", uri, "local", first)
     assert decide(spec, first.digest, uri).changed           # a run that did not finish does not count
     finish_run(uri, run_id, "FINISHED")
-    same = decide(spec, first.digest, uri)
+    # Issue 27: a spec that registers a model compares with production only; none yet: changed,
+    # and it says why (a finished run, a notebook's or a branch build's, does not stand for it).
+    none_yet = decide(spec, first.digest, uri)
+    assert none_yet.changed and none_yet.recorded is None
+    assert none_yet.describe() == "data treated as changed: r has no production version yet; retraining"
+    # A spec without register: has only its experiment's runs to compare with.
+    unregistered, _ = load_spec(tmp_path / "spec.yaml", ["register=null"])
+    same = decide(unregistered, first.digest, uri)
     assert not same.changed and same.recorded == first.digest and run_id in same.against
 
     data.write_text("1,3\n")

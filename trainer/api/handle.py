@@ -107,8 +107,9 @@ SUMMARY_METRICS = ("test_accuracy", "accuracy", "loss")
 
 def run_summary(uri: str, run_id: str) -> dict:
     """From a run: its page in a running MLflow UI, the last value of every metric it logged
-    (`metrics`, by the user's own names; the headline ones also at the top level), and the
-    conversion outcome (`trainer.runners.job.conversion_summary`). Best effort: what cannot be
+    (`metrics`, by the user's own names; the headline ones also at the top level), the
+    conversion outcome (`trainer.runners.job.conversion_summary`), and the model version it
+    registered (`registered`: model, version, reference, digest). Best effort: what cannot be
     read is left out."""
     from trainer.runners.job import conversion_summary
     from trainer.tracking.runs import conversion_report, run_url
@@ -127,4 +128,20 @@ def run_summary(uri: str, run_id: str) -> dict:
         conversion = None
     if conversion:
         out["conversion"] = conversion
+    try:
+        registered = registered_version(uri, run_id)
+    except TrainerError:
+        registered = None
+    if registered:
+        out["registered"] = registered
     return out
+
+
+def registered_version(uri: str, run_id: str) -> dict | None:
+    """The model version the run registered: {model, version, reference, digest} (reference and
+    digest of its `dev/` registry artifact, None in MLflow only), or None."""
+    from trainer.promotion.registration import client, registered_version as find
+
+    with translate(TrackingError, f"cannot read the model version of MLflow run {run_id} in {redact(uri)}",
+                   redact=redact_text):
+        return find(client(uri), run_id)

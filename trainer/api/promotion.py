@@ -11,13 +11,15 @@ from trainer.spec import JobSpec
 
 def promote(model: str, to: str, version: str | int | None = None, *, approve: bool = False,
             tracking_uri: str | None = None, registry: str | None = None,
-            progress: Callable[[str], None] | None = None) -> dict:
+            progress: Callable[[str], None] | None = None, dry_run: bool = False) -> dict:
     """Promote a registered model version to staging or production (gates, registry copy, alias:
-    one transaction); returns the promotion record. See trainer.promotion.transaction."""
+    one transaction); returns the promotion record (`changed`: False when it was already there).
+    `dry_run`: the checks only (not the approval), and whether a promotion would change anything.
+    See trainer.promotion.transaction."""
     from trainer.promotion.transaction import promote as _promote
 
     return _promote(model, to, None if version is None else str(version), approve=approve,
-                    tracking_uri=tracking_uri, registry=registry, progress=progress)
+                    tracking_uri=tracking_uri, registry=registry, progress=progress, dry_run=dry_run)
 
 
 def promotion_history(model: str, tracking_uri: str | None = None) -> list[dict]:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from trainer.errors import RegistryError, UsageError
 
-def registry_serve(port: int = 5000, user: str = "trainer") -> tuple[dict, bool]:
+def registry_serve(port: int = 5050, user: str = "trainer") -> tuple[dict, bool]:
     """Start the local OCI registry (docker-registry, htpasswd auth, 127.0.0.1) unless it runs."""
     from trainer.registry import serve
 

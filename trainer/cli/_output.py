@@ -7,7 +7,10 @@
   when its longest words cannot fit side by side (80 columns in a CI log), the rows are printed
   as `key: value` records instead, so no cell is ever cut to `onnx-i…`.
 - `fail(err)`: a TrainerError becomes one red `error: ...` line and the exit code of its class
-  (TRAINER_DEBUG=1 adds the traceback). `ErrorHandlingGroup` applies it to every command.
+  (TRAINER_DEBUG=1 adds the traceback); under `--output json` stdout also gets one JSON document
+  `{"error": ..., "exit_code": N, "kind": "GateError"}`, unless the command already printed its
+  own (convert's failed-parity report: one document on stdout, always). `ErrorHandlingGroup` applies it to every
+  command.
 """
 from __future__ import annotations
 
@@ -58,7 +61,29 @@ def error_line(e: BaseException) -> str:
     return text
 
 
-def fail(e: TrainerError) -> None:
+# Whether this command already printed its one JSON document (a failure then prints no second one).
+_emitted = [False]
+
+
+def wants_json(args: Sequence[str]) -> bool:
+    """Whether the command line asked for `--output json` (`-o json`, `--output=json`, `-ojson`),
+    read from the words themselves: an error can come before any option was parsed."""
+    args = list(args)
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg in ("--output", "-o") and i + 1 < len(args) and args[i + 1] == "json":
+            return True
+        if arg in ("--output=json", "-ojson", "-o=json"):
+            return True
+    return False
+
+
+def fail(e: TrainerError, as_json: bool = False) -> None:
+    """One red line on stderr and the class's exit code; with `as_json` also one JSON document
+    on stdout, `{"error", "exit_code", "kind"}` (a CI step parses stdout, a person reads stderr)."""
+    if as_json and not _emitted[0]:     # a command that printed its document (convert's report) keeps it
+        print(json.dumps({"error": error_line(e), "exit_code": e.exit_code, "kind": type(e).__name__}, indent=2))
     console = stderr()
     if os.environ.get("TRAINER_DEBUG"):
         console.print_exception()
@@ -80,18 +105,21 @@ class ErrorHandlingGroup(TyperGroup):
     130 with one word."""
 
     def make_context(self, info_name, args, parent=None, **extra):
+        self._json = wants_json(args)
+        _emitted[0] = False
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except ClickUsageError as e:
-            fail(_usage_error(e))
+            fail(_usage_error(e), self._json)
 
     def invoke(self, ctx):
+        as_json = getattr(self, "_json", False)
         try:
             return super().invoke(ctx)
         except TrainerError as e:
-            fail(e)
+            fail(e, as_json)
         except ClickUsageError as e:
-            fail(_usage_error(e))
+            fail(_usage_error(e), as_json)
         except KeyboardInterrupt:
             stderr().print("interrupted")
             raise typer.Exit(130)
@@ -114,12 +142,19 @@ class Printer:
         """The command's result: one JSON document, or drawn for a person."""
         if self.json:
             print(json.dumps(data, indent=2, default=str))
+            _emitted[0] = True
         elif render is not None:
             render(data)
         elif isinstance(data, dict):
             self.kv(title, data)
         else:
             self.line(str(data))
+
+    def document(self, text: str) -> None:
+        """A result already serialized as one JSON document (json mode only)."""
+        if self.json:
+            print(text)
+            _emitted[0] = True
 
     def line(self, text: str, style: str | None = None, *, whole: bool = False, wrap: bool = False) -> None:
         """A plain line for a person (never in json mode: a JSON document is the whole stdout).

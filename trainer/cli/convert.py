@@ -170,7 +170,7 @@ def _print_report(p: Printer, report) -> None:
     from converters.parity import criterion_words, fmt_ms, fmt_size, key_figure
 
     if p.json:
-        print(report.to_json())
+        p.document(report.to_json())
         return
     nat = report.native_latency_ms
     p.table(["target", "result", "size", "judged figure", "p50 b1 ms (native: " + fmt_ms(nat.get("b1")) + ")"],

@@ -173,6 +173,11 @@ def render_summary(p: Printer, s: dict) -> None:
         run_id = s.get("mlflow_run_id") or s.get("run_id")
         if conversion.get("report_uri") and run_id:
             p.line(f"in MLflow: runs:/{run_id}/conversion", whole=True)
+    registered = s.get("registered")
+    if registered:
+        p.line(f"registered: {registered['model']} version {registered['version']}"
+               + (f" {registered['reference']} {registered['digest']}" if registered.get("reference")
+                  else " (MLflow only)"), whole=True)
     if s.get("mlflow_url"):
         p.line(f"run page: {s['mlflow_url']}", whole=True)
     if s.get("failure"):

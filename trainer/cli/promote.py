@@ -1,6 +1,6 @@
 """`trainer promote | promote history | retrain`: gated promotion and retraining on data change.
 
-Exit codes: promote 0 promoted, 10 a check failed (gate, order, approval; nothing changed), 11
+Exit codes: promote 0 promoted or already there (`changed: false` in its JSON), 10 a check failed (gate, order, approval; nothing changed), 11
 a registry error; retrain 0 retrained, 10 unchanged (nothing submitted), other non-zero failed.
 """
 from __future__ import annotations
@@ -52,6 +52,8 @@ def promote(model: str = typer.Argument(..., help="Registered model name."),
             version: Optional[str] = typer.Option(None, "--version", help="Model version; default the one in "
                                                   "the previous environment (dev for staging, staging for production)."),
             approve: bool = typer.Option(False, "--approve", help="The explicit approval production needs."),
+            dry_run: bool = typer.Option(False, "--dry-run", help="Check only (gates, order; not the approval) "
+                                         "and say whether promoting would change anything (JSON: changed)."),
             registry: Optional[str] = RegistryOpt, tracking_uri: Optional[str] = TrackingOpt,
             output: str = OutputOpt):
     """Promote MODEL --to staging|production: check the gates, then copy the artifact (same
@@ -65,9 +67,15 @@ def promote(model: str = typer.Argument(..., help="Registered model name."),
     if version is not None and not (version.isascii() and version.isdigit()):
         raise UsageError(f"--version must be a version number, got {version!r}")
     record = api.promote(model, to, version, approve=approve, tracking_uri=tracking_uri, registry=registry,
-                         progress=p.note)
-    p.emit(record, lambda r: p.line(f"promoted {r['model']} version {r['version']} to {r['to']}"
-                                    + (f": {r['target']} {r['digest']}" if r["digest"] else " (MLflow only)")))
+                         progress=p.note, dry_run=dry_run)
+    def render(r):
+        if r.get("dry_run"):
+            return p.line(f"{r['reason']}: nothing changed (--dry-run)")
+        if not r["changed"]:
+            return p.line(f"{r['reason']}: nothing changed" + (f" ({r['target']} {r['digest']})" if r["digest"] else ""))
+        p.line(f"promoted {r['model']} version {r['version']} to {r['to']}"
+               + (f": {r['target']} {r['digest']}" if r["digest"] else " (MLflow only)"))
+    p.emit(record, render)
 
 
 def history(model: str = typer.Argument(..., help="Registered model name."),
@@ -98,13 +106,21 @@ def retrain(spec: str = typer.Argument(..., help="Job spec YAML."),
     p = Printer(output)
     result = api.retrain(spec, if_data_changed=if_data_changed, address=address, set=set_, progress=p.note)
     d = result.decision
+    state = result.job.status() if result.job else None
     data = {"decision": "retrained" if result.job else "unchanged", "data_sha256": d.current,
             "recorded_sha256": d.recorded, "compared_with": d.against,
             "job_id": result.job.id if result.job else None, "run_id": result.job.run_id if result.job else None,
-            "status": result.job.status().value if result.job else None}
-    p.emit(data, lambda x: p.line(f"{x['decision']}: {d.describe()}" + (f"; job {x['job_id']} {x['status']}"
-                                                                         if x["job_id"] else "")))
+            "status": state.value if state else None,
+            # the model version the job registered (its summary's block), for the next stage
+            "registered": result.job.summary(state).get("registered") if result.job else None}
+    def render(x):
+        p.line(f"{x['decision']}: {d.describe()}" + (f"; job {x['job_id']} {x['status']}" if x["job_id"] else ""))
+        r = x["registered"]
+        if r:
+            p.line(f"registered: {r['model']} version {r['version']}"
+                   + (f" {r['reference']} {r['digest']}" if r.get("reference") else " (MLflow only)"), whole=True)
+    p.emit(data, render)
     if result.job is not None:
-        _raise_unless_succeeded(result.job, result.job.status())
+        _raise_unless_succeeded(result.job, state)
     else:
         raise typer.Exit(EXIT_UNCHANGED)

@@ -9,6 +9,7 @@ import typer
 from trainer import api
 from trainer.cli._flags import RegistryOpt
 from trainer.cli._output import OutputOpt, Printer
+from trainer.registry.serve import DEFAULT_PORT
 
 group = typer.Typer(no_args_is_help=True, help="OCI registry: the local one, and models/images as artifacts.")
 
@@ -18,7 +19,8 @@ def register(app: typer.Typer) -> None:
 
 
 @group.command("serve")
-def serve(port: int = typer.Option(5000, "--port", help="Port on 127.0.0.1 (0: any free port)."),
+def serve(port: int = typer.Option(DEFAULT_PORT, "--port", help="Port on 127.0.0.1 (0: any free port; the "
+                                   "default is not MLflow's 5000)."),
           user: str = typer.Option("trainer", "--user", help="The htpasswd user."),
           output: str = OutputOpt):
     """Start a local OCI registry (Debian's docker-registry) on 127.0.0.1 with htpasswd auth, in

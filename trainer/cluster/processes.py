@@ -66,6 +66,48 @@ def has_marker(pid: int, marker: str) -> bool:
     return f"{ENV_OWNER}={marker}".encode() in environ.split(b"\0")
 
 
+# What trainer starts that listens on a port, by a word of its command line: the command that
+# starts it (named when it runs with TRAINER_OWNER, i.e. trainer started it), else what it is.
+_SERVERS = (("docker-registry", "trainer registry serve", "a docker-registry"),
+            ("mlflow", "trainer mlflow serve", "an MLflow server"),
+            ("prometheus", "trainer monitor up", "a Prometheus"))
+
+
+def port_owner(port: int) -> str:
+    """Who listens on 127.0.0.1/any `port`, for a "port N is taken by ..." line: `trainer mlflow
+    serve (pid N)`, `trainer registry serve (pid N)`, `another program (nginx, pid N)`, or
+    `another program` when the listener cannot be seen (another user's)."""
+    import psutil
+
+    try:
+        pids = [c.pid for c in psutil.net_connections("tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid]
+    except (psutil.Error, OSError):
+        pids = []
+    if not pids:
+        return "another program"
+    try:
+        proc = psutil.Process(pids[0])
+        chain = [proc, *proc.parents()]
+        ours = any(_has_owner(p.pid) for p in chain)
+        for p in chain:
+            command = " ".join(p.cmdline())
+            for word, trainer_command, what in _SERVERS:
+                if word in command:
+                    return f"{trainer_command if ours else what} (pid {p.pid})"
+        return f"another program ({proc.name()}, pid {proc.pid})"
+    except psutil.Error:
+        return f"another program (pid {pids[0]})"
+
+
+def _has_owner(pid: int) -> bool:
+    try:
+        environ = Path(f"/proc/{int(pid)}/environ").read_bytes()
+    except (OSError, ValueError):
+        return False
+    return any(item.startswith(f"{ENV_OWNER}=".encode()) for item in environ.split(b"\0"))
+
+
 @dataclass(frozen=True)
 class Recorded:
     """One process as its state file records it."""

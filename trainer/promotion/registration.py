@@ -84,6 +84,23 @@ def logged_model_id(mlc, run) -> str:
     return max(models, key=lambda m: m.creation_timestamp or 0).model_id
 
 
+def registered_version(mlc, run_id: str) -> dict | None:
+    """What registering `run_id` recorded: {model, version, reference, digest} of the newest model
+    version made from it (reference and digest: its `dev/` artifact; None when it lives in MLflow
+    only), or None when the run registered nothing."""
+    import re
+
+    if not re.fullmatch(r"[0-9A-Za-z_-]{1,64}", run_id or ""):    # it goes into a filter string
+        return None
+    found = mlc.search_model_versions(f"run_id = '{run_id}'", max_results=50)
+    if not found:
+        return None
+    mv = max(found, key=lambda v: int(v.version))
+    tags = mv.tags or {}
+    return {"model": mv.name, "version": str(mv.version), "reference": tags.get(tag_ref("dev")),
+            "digest": tags.get(tag_digest("dev"))}
+
+
 def register_run(spec: JobSpec, run_id: str, tracking_uri: str, echo: Callable[[str], None] = print) -> dict:
     """Register the run's model per `spec.register`; returns {model, version, model_id, registry, digest}."""
     from trainer.registry.serve import configured_address

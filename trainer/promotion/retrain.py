@@ -2,8 +2,11 @@
 first build in Jenkins has an empty changeset; a data folder outside git has none at all).
 
 The spec's data digest now (the same sha256 `trainer submit` records as the run's dataset) is
-compared with the one recorded on the `production` model version of `register.model`, else on
-the newest run of the spec's experiment that recorded one. Nothing recorded yet: changed.
+compared with the one recorded on the `production` model version of `register.model`. A spec that
+registers a model and has no production version yet: changed, and the decision says so (any other
+run of the experiment, a notebook's or a branch build's, says nothing about what production was
+trained on). A spec with no `register:` section: the newest finished run of its experiment that
+recorded a digest. Nothing recorded yet: changed.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ class Decision:
         if self.current is None:
             return "the spec has no data: section, so there is no digest to compare; retraining"
         if self.recorded is None:
-            return f"no data digest recorded yet ({self.against}); retraining"
+            return f"data treated as changed: {self.against}; retraining"
         verdict = "changed" if self.changed else "unchanged"
         return f"data {verdict}: {self.current[:12]} now, {self.recorded[:12]} on {self.against}"
 
@@ -39,8 +42,9 @@ def decide(spec: JobSpec, current: str | None, tracking_uri: str) -> Decision:
         return Decision(True, None, None, "nothing")
     mlc = client(tracking_uri)
     with _mlflow("cannot read the recorded data digest from MLflow"):
-        recorded, against = _production_digest(mlc, spec)
-        if recorded is None:
+        if spec.register is not None:
+            recorded, against = _production_digest(mlc, spec)
+        else:
             recorded, against = _newest_run_digest(mlc, spec)
     return Decision(recorded is None or recorded != current, current, recorded, against)
 
@@ -48,13 +52,12 @@ def decide(spec: JobSpec, current: str | None, tracking_uri: str) -> Decision:
 def _production_digest(mlc, spec: JobSpec) -> tuple[str | None, str]:
     from mlflow.exceptions import MlflowException
 
-    if spec.register is None:
-        return None, "no register: section"
     try:
         mv = mlc.get_model_version_by_alias(spec.register.model, "production")
     except MlflowException:
-        return None, f"no production version of {spec.register.model}"
-    return mv.tags.get(TAG_DATA), f"{spec.register.model} version {mv.version} (production)"
+        return None, f"{spec.register.model} has no production version yet"
+    against = f"{spec.register.model} version {mv.version} (production)"
+    return mv.tags.get(TAG_DATA), against if mv.tags.get(TAG_DATA) else f"{against}, which recorded none"
 
 
 def _newest_run_digest(mlc, spec: JobSpec) -> tuple[str | None, str]:

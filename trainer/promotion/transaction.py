@@ -12,6 +12,10 @@
 4. A failure in 3 undoes what 3 did (tags put back to their previous digests or removed, the
    alias put back) and raises; what 2 left is untagged and invisible, and a retry reuses it.
 
+The returned record says `changed`: a promotion of the version the environment already holds is a
+no-op (`changed: False`, nothing read beyond the aliases, nothing written), so a pipeline run twice
+succeeds twice; only a failed check (GateError, exit 10) stops it.
+
 Records are append-only: a new `trainer.promotion.<NNNN>` version tag per promotion (a key is
 never rewritten) and a new referrer per promotion in the registry (an index only gains entries).
 
@@ -58,8 +62,11 @@ def promoter() -> str:
 
 def promote(model: str, to: str, version: str | None = None, *, approve: bool = False,
             tracking_uri: str | None = None, registry: str | None = None,
-            progress: Callable[[str], None] | None = None, _fail_after: str | None = None) -> dict:
-    """Promote `model` (version, default the one in the source environment) to `to`; returns the record."""
+            progress: Callable[[str], None] | None = None, dry_run: bool = False,
+            _fail_after: str | None = None) -> dict:
+    """Promote `model` (version, default the one in the source environment) to `to`; returns the
+    record, with `changed`. `dry_run`: every check but the approval, nothing written; `changed`
+    says whether the promotion would change anything (a pipeline asks before its approval step)."""
     from trainer.home import resolve_tracking_uri
 
     say = progress or (lambda _: None)
@@ -73,11 +80,11 @@ def promote(model: str, to: str, version: str | None = None, *, approve: bool = 
         registry_url(registry)          # a malformed --registry fails here, before MLflow is read
     uri = resolve_tracking_uri(tracking_uri)
     with promotion_lock(uri, model, say):
-        return _promote(model, to, version, approve, uri, registry, say, _fail_after)
+        return _promote(model, to, version, approve, uri, registry, say, _fail_after, dry_run)
 
 
 def _promote(model: str, to: str, version: str | None, approve: bool, uri: str, registry: str | None,
-             say: Callable[[str], None], _fail_after: str | None) -> dict:
+             say: Callable[[str], None], _fail_after: str | None, dry_run: bool = False) -> dict:
     mlc = client(uri)
     source_env = SOURCE[to]
     with _mlflow(f"cannot read model {model!r} from the MLflow registry"):
@@ -85,15 +92,20 @@ def _promote(model: str, to: str, version: str | None, approve: bool, uri: str, 
         version = str(mv.version)
         run = mlc.get_run(mv.run_id) if mv.run_id else None
         current = _alias_version(mlc, model, to)
+    if current == version:
+        # Already there: nothing to do, and not a failure (a pipeline's second run, or the loser
+        # of two concurrent promotions of one version: the lock makes it see the winner's alias).
+        say(f"{model} version {version} is already in {to}: nothing changed")
+        return {"model": model, "version": version, "to": to, "changed": False,
+                "digest": mv.tags.get(tag_digest(to)), "target": mv.tags.get(tag_ref(to)),
+                "reason": f"{model} version {version} is already in {to}"}
     if to == "production":
         in_staging = _alias_version(mlc, model, "staging")
         if in_staging != version:
             raise GateError(f"{model} version {version} is not in staging (staging holds "
                             f"{'version ' + in_staging if in_staging else 'nothing'}): promote it to staging first")
-        if not approve:
+        if not approve and not dry_run:
             raise GateError(f"promoting {model} version {version} to production needs an explicit approval: --approve")
-    if current == version:
-        raise GateError(f"{model} version {version} is already in {to}")
     try:
         gates = gates_from_tag(mv.tags.get(TAG_GATES), to)
     except ValueError as e:
@@ -104,6 +116,10 @@ def _promote(model: str, to: str, version: str | None, approve: bool, uri: str, 
         raise GateError(f"{model} version {version} fails its {to} gates: "
                         + "; ".join(r.describe() for r in failed) + "; nothing was changed")
     say(f"gates for {to}: " + ("; ".join(r.describe() for r in results) if results else "none set"))
+    if dry_run:
+        return {"model": model, "version": version, "to": to, "changed": True, "dry_run": True,
+                "digest": mv.tags.get(tag_digest(source_env)), "target": None,
+                "reason": f"{model} version {version} would be promoted to {to} (its checks pass)"}
 
     record = {"model": model, "version": version, "from": source_env, "to": to, "by": promoter(),
               "at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9 // 10**6:03d}Z",
@@ -137,7 +153,7 @@ def _promote(model: str, to: str, version: str | None, approve: bool, uri: str, 
         raise
     say(f"{model} version {version} is in {to}" + (f": {record['target']} ({record['digest'][:19]})"
                                                      if record["digest"] else " (MLflow alias)"))
-    return record
+    return {**record, "changed": True}
 
 
 def _checked_address(model: str, version: str, registry: str | None, recorded: str | None) -> str:

@@ -24,7 +24,7 @@ from trainer.cluster import processes
 from trainer.errors import RegistryError
 from trainer.registry.auth import ENV_PASSWORD, own_config_dir, write_login
 
-DEFAULT_PORT = 5000
+DEFAULT_PORT = 5050      # MLflow's server and `trainer ui` take 5000
 DEFAULT_USER = "trainer"
 READY_TIMEOUT_S = 15
 ENV_REGISTRY = "TRAINER_REGISTRY"
@@ -73,7 +73,8 @@ def start(port: int = DEFAULT_PORT, user: str = DEFAULT_USER, password: str | No
     if port == 0:
         port = _free_port()
     elif not _free(port):
-        raise RegistryError(f"port {port} on 127.0.0.1 is in use; pick another with --port (0: any free port)")
+        raise RegistryError(f"port {port} on 127.0.0.1 is taken by {processes.port_owner(port)}; pick another "
+                            f"with --port (0: any free port)")
     folder = own_config_dir()
     (folder / "data").mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)

@@ -188,8 +188,8 @@ def serve(port: int | None = DEFAULT_PORT, *, home: Path | None = None, timeout:
         if not port:
             port = _free_port()
         elif not _port_free(port):
-            raise TrackingError(f"port {HOST}:{port} is in use by another program; pick another with --port "
-                                f"(0 picks a free one)")
+            raise TrackingError(f"port {HOST}:{port} is taken by {processes.port_owner(port)}; pick another "
+                                f"with --port (0 picks a free one)")
         root = home or trainer_home()
         folder = server_dir(home)
         artifacts = root / "mlartifacts"
