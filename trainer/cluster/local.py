@@ -97,7 +97,11 @@ class LocalCluster:
     def state(self) -> ClusterState | None:
         """The running cluster, or None (a stale state file from a dead cluster is ignored)."""
         state = self._recorded()
-        return state if state is not None and _dashboard_alive(state.dashboard_url, state.headers) else None
+        # Both: after its GCS dies the head's dashboard still answers until it gives up on the GCS
+        # (a minute), and `cluster up` then would reuse a cluster that has lost every job.
+        alive = state is not None and _gcs_alive(state.gcs_address) and _dashboard_alive(state.dashboard_url,
+                                                                                            state.headers)
+        return state if alive else None
 
     def _recorded(self) -> ClusterState | None:
         """What state.json records (alive or not); a state file that is a link, not ours or
@@ -135,7 +139,10 @@ class LocalCluster:
         nodes = nodes or default_nodes()
         leftover = self._recorded()
         if leftover is not None and leftover.owner_token:
-            self._stop_processes(self.owner_env(leftover))  # leftovers of a crashed cluster
+            # Leftovers of a crashed cluster, killed outright: a job driver asked to stop would end
+            # its run KILLED, as if cancelled; left RUNNING, `trainer status` closes it FAILED as
+            # lost to this restart (trainer.api.jobs).
+            self._stop_processes(self.owner_env(leftover), hard=True)
         auth.private_dir(self.dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         temp_dir = self._temp_dir(create=True)
@@ -239,8 +246,8 @@ class LocalCluster:
         raise ClusterError(f"the local cluster did not report {count} alive nodes within "
                            f"{START_TIMEOUT_S}s (logs: {self.log_dir})")
 
-    def _stop_processes(self, owner: dict[str, str]) -> int:
-        return processes.terminate(processes.marked_processes(owner[processes.ENV_OWNER]))
+    def _stop_processes(self, owner: dict[str, str], hard: bool = False) -> int:
+        return processes.terminate(processes.marked_processes(owner[processes.ENV_OWNER]), hard=hard)
 
 
 # `ray start` keeps a loopback --node-ip-address only when this says Ray runs single-host (its
@@ -407,6 +414,18 @@ def _dashboard_alive(url: str, headers: dict[str, str]) -> bool:
     try:
         return requests.get(f"{url}/api/version", headers=headers, timeout=2).status_code == 200
     except requests.RequestException:
+        return False
+
+
+def _gcs_alive(address: str) -> bool:
+    """Whether the head's GCS accepts connections (a killed GCS's port refuses at once)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return False
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except OSError:
         return False
 
 

@@ -225,9 +225,9 @@ def live(record: dict, folder: Path, path: Path, error: type[TrainerError]):
         return None
 
 
-def terminate(procs: list, grace_s: float = 8.0) -> int:
-    """SIGTERM each psutil.Process, SIGKILL what is still alive after `grace_s`; returns how many
-    were signalled (ones that ended meanwhile are not an error)."""
+def terminate(procs: list, grace_s: float = 8.0, hard: bool = False) -> int:
+    """SIGTERM each psutil.Process, SIGKILL what is still alive after `grace_s` (`hard`: SIGKILL at
+    once); returns how many were signalled (ones that ended meanwhile are not an error)."""
     import signal
 
     import psutil
@@ -235,7 +235,7 @@ def terminate(procs: list, grace_s: float = 8.0) -> int:
     signalled = []
     for p in procs:
         try:
-            p.send_signal(signal.SIGTERM)
+            p.send_signal(signal.SIGKILL if hard else signal.SIGTERM)
             signalled.append(p)
         except psutil.NoSuchProcess:
             continue          # ended on its own: nothing left to stop
