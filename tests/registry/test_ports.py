@@ -25,11 +25,15 @@ def test_the_registry_and_mlflow_default_to_different_ports():
 
 @pytest.mark.integration
 def test_a_taken_port_names_trainers_server_or_another_program(oci_registry):
+    from trainer.registry import serve
+
     port = int(oci_registry["address"].rsplit(":", 1)[1])
+    # The session's registry as it runs now: tests/promotion stops and restarts it on the same port.
+    pid = serve.state()["pid"]
     done = subprocess.run([TRAINER, "mlflow", "serve", "--port", str(port)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 9, done.stderr
-    assert f"port 127.0.0.1:{port} is taken by trainer registry serve (pid {oci_registry['pid']})" in done.stderr
+    assert f"port 127.0.0.1:{port} is taken by trainer registry serve (pid {pid})" in done.stderr
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
