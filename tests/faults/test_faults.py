@@ -232,6 +232,9 @@ def head_restart(tmp: Path) -> dict:
     head's GCS is SIGKILLed, `trainer cluster up` starts the cluster again."""
     home = tmp / "head-home"
     env = {**os.environ, "TRAINER_HOME": str(home), "RAY_AUTH_TOKEN_PATH": str(home / "cluster" / "auth_token")}
+    # Its own store too: an earlier test's in-process model logging (mlflow.set_tracking_uri) can
+    # leave $MLFLOW_TRACKING_URI set in this process, and the job and `status` would use that one.
+    env.pop("MLFLOW_TRACKING_URI", None)
     cli("cluster", "up", "--node", "cpu:1", env=env, timeout=300)
     out: dict = {"env": env}
     try:
