@@ -47,6 +47,22 @@ def pytest_unconfigure(config):
         shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_store_not_carried_over():
+    """A test that points MLflow's process-wide store somewhere (mlflow.set_tracking_uri also sets
+    $MLFLOW_TRACKING_URI) does not hand it to the next test and the processes that one starts.
+    trainer's own code never leaves it set (tests/tracking/test_global_store.py)."""
+    from mlflow.tracking._tracking_service import utils
+
+    saved_uri, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    utils._tracking_uri = saved_uri
+    if saved_env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
 @pytest.fixture(scope="session")
 def trainer_home() -> Path:
     return Path(os.environ["TRAINER_HOME"])

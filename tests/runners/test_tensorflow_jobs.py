@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from _jobs import convert_and_check_parity, kill_a_worker_and_check_resume, submit_example_and_check_run
-from trainer.tracking.runs import client, tracking_uri
+from trainer.tracking.runs import client, global_store, tracking_uri
 
 pytestmark = [pytest.mark.integration, pytest.mark.tensorflow]
 
@@ -24,14 +24,12 @@ def test_tensorflow_digits_end_to_end(cluster, tmp_path):
     assert "Started training worker group of size 2" in job.logs()
 
     # The model: an MLflow tensorflow-flavor model with data/model.keras, plus calibration data.
-    import mlflow
-
-    mlflow.set_tracking_uri(job.tracking_uri)  # runs:/ model artifacts resolve through the global URI
-    mlc = client(job.tracking_uri)
-    model_files = {a.path for a in mlc.list_artifacts(job.run_id, "model/data")}
-    assert "model/data/model.keras" in model_files
-    # ... which the keras converter frontend reads: numerical parity with ONNX Runtime.
-    convert_and_check_parity(job, "keras", [None, 8, 8, 1], tmp_path)
+    with global_store(job.tracking_uri):     # runs:/ model artifacts resolve through the global store
+        mlc = client(job.tracking_uri)
+        model_files = {a.path for a in mlc.list_artifacts(job.run_id, "model/data")}
+        assert "model/data/model.keras" in model_files
+        # ... which the keras converter frontend reads: numerical parity with ONNX Runtime.
+        convert_and_check_parity(job, "keras", [None, 8, 8, 1], tmp_path)
 
 
 def test_tensorflow_killed_worker_resumes_from_last_checkpoint(cluster):

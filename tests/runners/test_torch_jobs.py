@@ -9,7 +9,7 @@ import pytest
 
 import trainer
 from _jobs import kill_a_worker_and_check_resume, steps, submit_example_and_check_run, train_workers
-from trainer.tracking.runs import client
+from trainer.tracking.runs import client, global_store
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +25,8 @@ def test_digits_end_to_end(cluster):
     import mlflow.pytorch
     import torch
 
-    mlflow.set_tracking_uri(job.tracking_uri)
-    model = mlflow.pytorch.load_model(f"runs:/{job.run_id}/model")
+    with global_store(job.tracking_uri):     # runs:/ model URIs resolve through the global store
+        model = mlflow.pytorch.load_model(f"runs:/{job.run_id}/model")
     assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
     artifacts = {a.path for a in client(job.tracking_uri).list_artifacts(job.run_id, "calibration")}
     assert artifacts == {"calibration/inputs.npy", "calibration/labels.npy"}

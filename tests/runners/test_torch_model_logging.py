@@ -8,7 +8,7 @@ import torch
 
 from trainer.runners.torch import TAG_MODEL_FORMAT, TorchContext
 from trainer.spec import JobSpec
-from trainer.tracking.runs import client
+from trainer.tracking.runs import client, global_store
 
 
 class NoSession:
@@ -32,7 +32,9 @@ def context(tmp_path):
 def model_files(ctx) -> set[str]:
     import mlflow
 
-    local = mlflow.artifacts.download_artifacts(f"runs:/{ctx.run_id}/model", tracking_uri=ctx._tracking_uri)
+    # MLflow 3 resolves a runs:/ model URI (a logged model's own artifacts) through the global store.
+    with global_store(ctx._tracking_uri):
+        local = mlflow.artifacts.download_artifacts(f"runs:/{ctx.run_id}/model", tracking_uri=ctx._tracking_uri)
     return {p.name for p in Path(local, "data").iterdir()}
 
 

@@ -36,7 +36,7 @@ def test_serve_find_write_through_and_stop(tmp_path):
         assert list((home / "mlartifacts").rglob("note.txt"))
 
         # Its port is taken now: a second home asking for that port gets one clear line.
-        with pytest.raises(TrackingError, match=f"port 127.0.0.1:{state.port} is in use"):
+        with pytest.raises(TrackingError, match=f"port 127.0.0.1:{state.port} is taken by trainer mlflow serve \\(pid {state.pid}\\)"):
             server.serve(state.port, home=tmp_path / "other", timeout=5)
     finally:
         stopped = server.stop(home)

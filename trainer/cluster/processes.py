@@ -90,7 +90,7 @@ def port_owner(port: int) -> str:
         proc = psutil.Process(pids[0])
         chain = [proc, *proc.parents()]
         ours = any(_has_owner(p.pid) for p in chain)
-        for p in chain:
+        for p in reversed(chain):      # the server itself, not the worker it forked to listen
             command = " ".join(p.cmdline())
             for word, trainer_command, what in _SERVERS:
                 if word in command:

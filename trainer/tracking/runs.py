@@ -7,6 +7,7 @@ and every error message here go through `trainer.credentials.redact`."""
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator
 
@@ -142,25 +143,36 @@ def logging_into(uri: str, run_id: str) -> Iterator[None]:
     from mlflow.tracking import fluent
 
     saved_experiment = fluent._active_experiment_id
-    mlflow.set_tracking_uri(uri)
-    fluent._active_experiment_id = client(uri).get_run(run_id).info.experiment_id
-    try:
-        with mlflow.start_run(run_id=run_id):
-            yield
-        client(uri).update_run(run_id, status="RUNNING")
-    finally:
-        fluent._active_experiment_id = saved_experiment
+    with global_store(uri):
+        fluent._active_experiment_id = client(uri).get_run(run_id).info.experiment_id
+        try:
+            with mlflow.start_run(run_id=run_id):
+                yield
+            client(uri).update_run(run_id, status="RUNNING")
+        finally:
+            fluent._active_experiment_id = saved_experiment
 
 
 @contextmanager
 def global_store(uri: str) -> Iterator[None]:
     """MLflow's process-wide tracking URI set to `uri` for the block: MLflow 3 resolves `models:/`
     and `runs:/` URIs in some calls (`create_model_version`'s source, `download_artifacts`) with it,
-    whatever URI their client was given. The caller's URI is put back after."""
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+    whatever URI their client was given. The caller's URI and $MLFLOW_TRACKING_URI are put back
+    exactly after: `mlflow.set_tracking_uri` also writes the variable (for subprocesses), and
+    MLflow's own `_use_tracking_uri` unsets one it did not set. A URI left behind would send every
+    later command of the process, and every process it starts, to this store."""
+    from mlflow.tracking._tracking_service import utils
 
-    with _use_tracking_uri(uri):
+    saved_uri, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    utils.set_tracking_uri(uri)
+    try:
         yield
+    finally:
+        utils.set_tracking_uri(saved_uri)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 def finish_run(uri: str, run_id: str, status: str) -> None:
