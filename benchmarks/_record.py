@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "benchmarks" / "README.md"
 PYTHON = sys.executable
+# A figure counts only from a quiet machine: a record whose 1-minute load average was above this at
+# its start is written to --out marked noisy, and never replaces a README record.
+QUIET_LOAD = 2.0
 
 
 def machine() -> dict:
@@ -111,7 +114,8 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 def header(title: str, record: dict, quick: bool) -> str:
     m = record["machine"]
     date = datetime.fromtimestamp(record["started"], timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"### {title} ({date}{', --quick: not a measurement' if quick else ''})", "",
+    lines = [f"### {title} ({date}{', --quick: not a measurement' if quick else ''}"
+             f"{', NOISY: ' + record['noisy'] if record.get('noisy') else ''})", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; GPU: {m['gpu']}. "
              f"Python {m['python']}, torch {m['torch']}, ray {m['ray']}, mlflow {m['mlflow']}. "
              f"Load average (1/5/15 min) {record['load_before']} before, {record['load_after']} after: "
@@ -120,12 +124,24 @@ def header(title: str, record: dict, quick: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def noisy(record: dict) -> str | None:
+    """Why `record` is not a figure (the machine was busy when it started), or None."""
+    start = (record.get("load_before") or [record.get("machine", {}).get("load_avg_start", 0.0)])[0]
+    if start > QUIET_LOAD:
+        return f"1-minute load {start} at the start (a record needs <= {QUIET_LOAD}: nothing else running)"
+    return None
+
+
 def write(name: str, title: str, record: dict, markdown: str, plot, out: Path, quick: bool,
           readme: bool) -> list[Path]:
-    """`out`/NAME.json, NAME.md, NAME.png; and the README section when `readme`."""
+    """`out`/NAME.json, NAME.md, NAME.png; and the README section when `readme` and the machine
+    was quiet (a noisy record says so in its files and leaves the README's record as it was)."""
+    record["noisy"] = noisy(record)
     text = header(title, record, quick) + markdown.strip() + "\n"
     paths = write_files(name, out, record, text, lambda path: _plot(plot, path, title, record))
-    if readme:
+    if readme and record["noisy"]:
+        print(f"benchmarks/README.md kept: this run is noise, not a result: {record['noisy']}", file=sys.stderr)
+    elif readme:
         update_readme(name, text, f"results/{name}.png")
     return paths
 

@@ -221,7 +221,9 @@ def plot(r: dict, path: Path) -> None:
 
 
 def write(r: dict, out: Path, name: str) -> list[Path]:
-    return R.write_files(name, out, r, markdown(r), lambda path: plot(r, path))
+    r["noisy"] = R.noisy(r)
+    text = (f"NOISY, not a result: {r['noisy']}\n\n" if r["noisy"] else "") + markdown(r)
+    return R.write_files(name, out, r, text, lambda path: plot(r, path))
 
 
 def main(argv=None) -> int:

@@ -50,3 +50,16 @@ def test_write_files_writes_the_three(tmp_path):
 
     paths = R.write_files("x", tmp_path, {"a": 1}, "# x\n", draw)
     assert [p.name for p in paths] == ["x.json", "x.md", "x.png"] and all(p.stat().st_size for p in paths)
+
+
+def test_a_record_from_a_busy_machine_never_replaces_the_readmes(tmp_path, monkeypatch):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmarks\n\n<!-- bench:runner -->\nthe quiet record\n<!-- /bench:runner -->\n")
+    monkeypatch.setattr(R, "README", readme)
+    busy = {"started": 0.0, "load_before": [7.5, 6.0, 5.0], "load_after": [8.0, 6.0, 5.0], "machine": R.machine()}
+    R.write("runner", "Runner", busy, "| a |", lambda ax: ax.plot([0, 1]), tmp_path / "out", False, readme=True)
+    assert "the quiet record" in readme.read_text()
+    assert "NOISY: 1-minute load 7.5" in (tmp_path / "out" / "runner.md").read_text()
+    quiet = {**busy, "load_before": [0.4, 1.0, 1.0]}
+    R.write("runner", "Runner", quiet, "| b |", lambda ax: ax.plot([0, 1]), tmp_path / "out", False, readme=True)
+    assert "the quiet record" not in readme.read_text() and "| b |" in readme.read_text()
