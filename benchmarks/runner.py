@@ -14,7 +14,7 @@ to a step (how long the checkpoint call blocked the loop), accuracy, and the fix
 submit -> entrypoint, driver connect, worker-group start, first step, model logging, conversion,
 run close, driver exit and the client's notice.
 
-    flock /tmp/bench.lock python benchmarks/runner.py [--repeats 2] [--quick] [--out DIR]
+    flock /tmp/bench.lock python -m benchmarks.runner [--repeats 2] [--quick] [--out DIR]
 
 --quick: 2 epochs, one repeat, a short step-rate check, results in a temp folder unless --out is
 given and README untouched: a smoke run (tests/benchmarks), not a measurement.
@@ -31,9 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import _record as R  # noqa: E402
+from benchmarks import _record as R
 
 SPEC = "benchmarks/jobs/digits.yaml"
 RAW = "benchmarks/jobs/raw_ray_train.py"

@@ -10,7 +10,7 @@ and noticing the end.
 Cold start: a fresh $TRAINER_HOME with no cluster -> `trainer submit noop.yaml --wait` done (the
 local cluster is started by the submit), then `trainer cluster down` (not timed).
 
-    flock /tmp/bench.lock python benchmarks/submit.py [--jobs 30] [--cold 1] [--quick] [--out DIR]
+    flock /tmp/bench.lock python -m benchmarks.submit [--jobs 30] [--cold 1] [--quick] [--out DIR]
 
 --quick: one job each, no cold start, results in a temp folder, README untouched (a smoke run).
 """
@@ -24,10 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import _record as R  # noqa: E402
-from benchmarks.runner import TRAINER, _env, warm_cluster  # noqa: E402
+from benchmarks import _record as R
+from benchmarks.runner import TRAINER, _env, warm_cluster
 
 SPEC = "benchmarks/jobs/noop.yaml"
 

@@ -7,7 +7,7 @@ the batched channel of trainer.tracking.metrics, with `failure.max_failures` 2 -
 with checkpoints or the 10,000-value / 30 s bound - and 0 - every report committed at once),
 interleaved rounds; then it counts the points MLflow holds for each tracked run.
 
-    flock /tmp/bench.lock python benchmarks/tracking.py [--reports 10000] [--rounds 3] [--quick] [--out DIR]
+    flock /tmp/bench.lock python -m benchmarks.tracking [--reports 10000] [--rounds 3] [--quick] [--out DIR]
 
 --quick: 300 reports, one round, results in a temp folder, README untouched (a smoke run).
 """
@@ -22,10 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import _record as R  # noqa: E402
-from benchmarks.runner import SPEC, data_path  # noqa: E402
+from benchmarks import _record as R
+from benchmarks.runner import SPEC, data_path
 
 VARIANTS = [("tracking off", None), ("MLflow, max_failures 2", 2), ("MLflow, max_failures 0", 0)]
 

@@ -2,7 +2,6 @@
 not the code's): each writes its JSON record, Markdown table and PNG with the machine and
 versions, touches nothing under benchmarks/, and the figures it reports are there."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +13,8 @@ README = REPO / "benchmarks" / "README.md"
 
 
 def run_quick(script: str, out: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, f"benchmarks/{script}.py", "--quick", "--out", str(out)], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{script}", "--quick", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     record = json.loads((out / f"{script}.json").read_text())
     md = (out / f"{script}.md").read_text()

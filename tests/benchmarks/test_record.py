@@ -26,8 +26,9 @@ def test_percentiles_and_tables():
 
 
 def test_soak_and_scale_record_through_record_py():
-    """One machine(), one percentile, one writer: soak and scale define none of their own and edit
-    no sys.path (run as `python -m benchmarks.soak`); their job functions live in benchmarks/jobs."""
+    """One machine(), one percentile, one writer: soak and scale define none of their own; no
+    benchmark edits sys.path (each runs as `python -m benchmarks.<name>`); soak's and scale's job
+    functions live in benchmarks/jobs."""
     import ast
     import subprocess
 
@@ -37,7 +38,10 @@ def test_soak_and_scale_record_through_record_py():
         defined = {n.name for n in ast.parse(source).body if isinstance(n, ast.FunctionDef)}
         assert not defined & {"machine", "percentile", "pct"}, name
         assert "sys.path" not in source and "benchmarks/jobs/fleet.py:" in source, name
-    proc = subprocess.run([sys.executable, "-c", "import benchmarks.soak, benchmarks.scale, benchmarks.jobs.fleet"],
+    for name in ("runner", "submit", "tracking"):
+        assert "sys.path" not in (root / "benchmarks" / f"{name}.py").read_text(), name
+    proc = subprocess.run([sys.executable, "-c", "import benchmarks.soak, benchmarks.scale, benchmarks.jobs.fleet, "
+                           "benchmarks.runner, benchmarks.submit, benchmarks.tracking"],
                           cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     m = R.machine()
