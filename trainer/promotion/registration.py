@@ -30,6 +30,7 @@ TAG_GATES = "trainer.gates"
 TAG_PARITY = "trainer.parity"
 TAG_REGISTRY = "trainer.registry"
 TAG_RECORD_PREFIX = "trainer.promotion."
+TAG_ATTESTATIONS = "trainer.attestations"     # {signed_by, signature, provenance, bom}: referrer digests
 # Registry projects of the environments (Harbor projects dev/, staging/, prod/).
 PROJECTS = {"dev": "dev", "staging": "staging", "production": "prod"}
 
@@ -128,7 +129,9 @@ def register_run(spec: JobSpec, run_id: str, tracking_uri: str, echo: Callable[[
         echo(f"registered {reg_spec.model} version {version} in MLflow only: {why}")
     else:
         try:
-            manifest, ref = _push(address, reg_spec.model, str(version), model_id, run_id, data, tracking_uri)
+            facts = _facts(spec, run, str(version), data, echo)
+            manifest, ref, attested = _push(address, reg_spec.model, str(version), model_id, run_id, data,
+                                            tracking_uri, facts)
         except BaseException as e:
             _forget(mlc, reg_spec.model, str(version))
             if isinstance(e, TrainerError):
@@ -138,6 +141,9 @@ def register_run(spec: JobSpec, run_id: str, tracking_uri: str, echo: Callable[[
             mlc.set_model_version_tag(reg_spec.model, str(version), TAG_REGISTRY, address)
             mlc.set_model_version_tag(reg_spec.model, str(version), tag_digest("dev"), manifest.digest)
             mlc.set_model_version_tag(reg_spec.model, str(version), tag_ref("dev"), ref)
+            if attested:
+                mlc.set_model_version_tag(reg_spec.model, str(version), TAG_ATTESTATIONS,
+                                          json.dumps(attested, sort_keys=True))
         result.update(registry=address, digest=manifest.digest)
         echo(f"registered {reg_spec.model} version {version} and pushed {ref} ({manifest.digest[:19]})")
     with _mlflow(f"cannot set the dev alias of {reg_spec.model}"):
@@ -146,7 +152,7 @@ def register_run(spec: JobSpec, run_id: str, tracking_uri: str, echo: Callable[[
 
 
 def _push(address: str, model: str, version: str, model_id: str, run_id: str, data: str | None,
-          tracking_uri: str):
+          tracking_uri: str, facts: dict | None = None):
     from trainer.registry.artifacts import ANN_DATA, ANN_MODEL_ID, ANN_RUN_ID, ANN_VERSION, push_model
     from trainer.registry.client import Registry
 
@@ -160,7 +166,22 @@ def _push(address: str, model: str, version: str, model_id: str, run_id: str, da
             annotations[ANN_DATA] = data
         manifest = push_model(reg, repo, version_tag(version), root, name=model, version=version,
                               annotations=annotations)
-    return manifest, f"{reg.host}/{repo}:{version_tag(version)}"
+        attested = _attest(reg, repo, root, manifest, facts) if facts is not None else None
+    return manifest, f"{reg.host}/{repo}:{version_tag(version)}", attested
+
+
+def _facts(spec: JobSpec, run, version: str, data: str | None, echo: Callable[[str], None]) -> dict | None:
+    """What the provenance attests about the run (None: no signing key, the artifact goes unsigned)."""
+    from trainer.signing.provenance import run_facts
+
+    return run_facts(spec, run, version, data, echo)
+
+
+def _attest(reg, repo: str, root: Path, manifest, facts: dict) -> dict:
+    """Sign every file the artifact holds and push signature, provenance and ML-BOM as its referrers."""
+    from trainer.signing.artifact import attest_artifact
+
+    return attest_artifact(reg, repo, root, manifest, facts)
 
 
 def _download(tracking_uri: str, model_id: str, run_id: str, root: Path) -> None:
