@@ -161,6 +161,8 @@ def _push(address: str, model: str, version: str, model_id: str, run_id: str, da
     with tempfile.TemporaryDirectory(prefix="trainer-register-") as tmp:
         root = Path(tmp) / "artifact"
         _download(tracking_uri, model_id, run_id, root)
+        if facts is not None:
+            _sign_bundles(root)
         annotations = {ANN_MODEL_ID: model_id, ANN_VERSION: version, ANN_RUN_ID: run_id}
         if data:
             annotations[ANN_DATA] = data
@@ -175,6 +177,15 @@ def _facts(spec: JobSpec, run, version: str, data: str | None, echo: Callable[[s
     from trainer.signing.provenance import run_facts
 
     return run_facts(spec, run, version, data, echo)
+
+
+def _sign_bundles(root: Path) -> None:
+    """Every edge bundle in the artifact carries its own signature (manifest.sig), pushed with it."""
+    from trainer.signing import keys
+    from trainer.signing.bundles import sign_bundles
+
+    with tempfile.TemporaryDirectory(prefix="trainer-key-") as tmp:
+        sign_bundles(root, keys.private_key_file(Path(tmp)))
 
 
 def _attest(reg, repo: str, root: Path, manifest, facts: dict) -> dict:
