@@ -1,7 +1,8 @@
 """Issue 22 end to end on the digits model: the job driver's own registration (run_local, 1
 epoch, width 4, ONNX) signs and attests the artifact; `verify` passes; a later change to the
 run's metrics (what an ad-hoc `trainer convert models:/...` did to parity.passed) does not change
-what the staging gate reads: it reads the signed provenance. Prints the sign/verify timings."""
+what the staging gate reads: it reads the signed provenance; and an ad-hoc conversion of the
+registered version now logs to a run of its own. Prints the sign/verify timings."""
 import json
 import time
 from pathlib import Path
@@ -61,3 +62,18 @@ def test_registration_signs_and_gates_read_the_attested_evidence(oci_registry, t
     record = promote(MODEL, "staging", version)
     assert record["changed"] and record["digest"] == mlc.get_model_version(MODEL, version).tags[tag_digest("dev")]
     assert {g["gate"]: g["value"] for g in record["gates"]}["parity"] == 1.0
+
+    # an ad-hoc conversion of the registered version logs to a run of its own, never over the
+    # registered run's conversion/ and parity.* (the issue's repro: --atol 1e-9)
+    from converters.api import TAG_CONVERSION_OF, convert
+    from trainer.errors import ParityError
+
+    before = [m.value for m in mlc.get_metric_history(run.run_id, "parity.passed")]
+    try:
+        report = convert(f"models:/{MODEL}@staging", None, ["onnx"], atol=1e-9, rtol=0.0,
+                         out_dir=tmp_path / "adhoc", tracking_uri=run.tracking_uri)
+    except ParityError as err:
+        report = err.report
+    assert report.run_id != run.run_id
+    assert mlc.get_run(report.run_id).data.tags[TAG_CONVERSION_OF] == run.run_id
+    assert [m.value for m in mlc.get_metric_history(run.run_id, "parity.passed")] == before
