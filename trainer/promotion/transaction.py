@@ -279,10 +279,10 @@ def _copy_attestations(reg, src_repo: str, digest: str, dst_repo: str) -> list[d
 
 def _sign_record(record: dict) -> None:
     """The promoter's signature over the record (who, when, gates, digest), when they have a key."""
-    from trainer.signing import keys
+    from trainer.signing import keys, libraries
     from trainer.signing.records import sign_record
 
-    if keys.has_signing_key():
+    if keys.has_signing_key() and not libraries.missing():
         sign_record(record)
 
 

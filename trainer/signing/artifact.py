@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.errors import RegistryError, VerifyError
-from trainer.signing import attest, keys
+from trainer.signing import attest, keys, libraries
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ def attest_artifact(reg, repo: str, root: Path, manifest, facts: dict) -> dict:
     parity, metrics, frameworks."""
     from trainer.registry.artifacts import attach_referrers, push_referrer
 
+    libraries.require("signing the artifact")
     created = manifest.json.get("annotations", {}).get("org.opencontainers.image.created", "")
     with tempfile.TemporaryDirectory(prefix="trainer-key-") as tmp:
         key_file = keys.private_key_file(Path(tmp))
@@ -135,6 +136,7 @@ def verify_artifact(reg, repo: str, ref: str, env: str, *, expect_digest: str | 
     """Every check of the module docstring on `repo:ref`, against the keys `env` trusts."""
     from trainer.registry.artifacts import layer_paths, referrer_blob
 
+    libraries.require("verifying the artifact")
     trusted = keys.trusted(env) if trusted is None else trusted
     where = f"{reg.host}/{repo}:{ref}" if not ref.startswith("sha256:") else f"{reg.host}/{repo}@{ref}"
     manifest = reg.get_manifest(repo, ref)

@@ -8,7 +8,7 @@ import subprocess
 from importlib import metadata
 from typing import Callable
 
-from trainer.signing import keys
+from trainer.signing import keys, libraries
 
 FRAMEWORK_PACKAGES = {"torch": ["torch"], "tensorflow": ["tensorflow"], "mxnet": ["mxnet"]}
 ALWAYS = ["onnx", "onnxruntime", "mlflow", "ray"]
@@ -21,6 +21,10 @@ def run_facts(spec, run, version: str, data: str | None, echo: Callable[[str], N
 
     if not keys.has_signing_key():
         echo("not signed: no signing key (trainer keys init, or $TRAINER_SIGNING_KEY in CI)")
+        return None
+    if libraries.missing():
+        echo(f"not signed: this runtime lacks {', '.join(libraries.missing())} ({libraries.INSTALL}); an "
+             f"environment that trusts keys will refuse to promote it")
         return None
     tags = run.data.tags or {}
     metrics = dict(run.data.metrics or {})

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from trainer.errors import VerifyError
-from trainer.signing import attest, keys
+from trainer.signing import attest, keys, libraries
 
 PAYLOAD_TYPE = "application/vnd.trainer.promotion.v1+json"
 
@@ -31,6 +31,8 @@ def check_record(record: dict) -> str:
     sig = record.get("signature")
     if not isinstance(sig, dict):
         return "unsigned"
+    if libraries.missing():
+        return f"not checked ({libraries.INSTALL})"
     env = record.get("to") if record.get("to") in keys.ENVIRONMENTS else "production"
     envelope = {"payload": attest.b64(_payload(record)), "payloadType": PAYLOAD_TYPE, "signatures": [sig]}
     try:
