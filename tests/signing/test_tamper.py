@@ -117,14 +117,19 @@ def test_untampered_version_verifies_promotes_and_its_staging_copy_verifies(oci_
     assert record["signature"]["keyid"]
     staged = verify(f"{oci_registry['address']}/staging/{model}:v1")
     assert staged["ok"], staged["failures"]
-    [row] = promotion_history(model)
-    assert row["signatures"].startswith("ok "), row
+    prod = promote(model, "production", approve=True)
+    assert prod["changed"] and prod["digest"] == made["digest"]
+    assert verify(f"{oci_registry['address']}/prod/{model}:v1")["ok"]
+    assert verify(f"{model}@1", env="production")["ok"]      # the version's prod/ copy, prod's keys
+    rows = promotion_history(model)
+    assert [r["signatures"][:3] for r in rows] == ["ok ", "ok "], rows
+    row = rows[0]
     # the promoter's key no longer trusted: the record's signature no longer verifies today
     from trainer.signing import keys
 
     keys.untrust(row["signature"]["keyid"][:16], "staging")
-    [row] = promotion_history(model)
-    assert row["signatures"].startswith("BAD"), row
+    rows = promotion_history(model)
+    assert rows[0]["signatures"].startswith("BAD") and rows[1]["signatures"].startswith("ok "), rows
 
 
 def _tamper_blob(model, made, address, trainer_home, tmp_path):
