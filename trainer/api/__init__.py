@@ -6,8 +6,8 @@
     job.metrics()          # pandas DataFrame from MLflow
 
 This module only re-exports; each subsystem's face is a module of its own: `jobs` (Ray jobs and
-local runs), `k8s` (KubeRay), `cluster`, `monitoring`, `promotion`, `registry`, `ui`, `verify` (keys and signatures). A test fails when a
-definition is added here (tests/architecture/test_api_facade.py).
+local runs), `k8s` (KubeRay), `cluster`, `monitoring`, `promotion`, `registry`, `ui`, `verify` (keys,
+signatures). A test fails when a definition is added here (tests/architecture/test_api_facade.py).
 """
 from trainer.api._common import ENV_ADDRESS, resolve_address
 from trainer.api.cluster import cluster_down, cluster_join, cluster_status, cluster_up, node_labels

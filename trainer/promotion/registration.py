@@ -7,6 +7,12 @@ Order: the MLflow version first (it gives the version number), then the push; a 
 deletes the new version again, so a job never leaves a version that says it is in dev/ while the
 registry has nothing. With no registry configured the version lives in MLflow only, and the job
 log says so.
+
+With a signing key (trainer.signing.keys) every edge bundle in the artifact is signed before the
+push (`manifest.sig`), and after it the artifact's files are signed (OpenSSF model signing) and
+its SLSA provenance and ML-BOM pushed as referrers (trainer.signing.artifact); their digests
+are recorded on the version (`trainer.attestations`). Without one the version is unsigned, and
+the job log says so.
 """
 from __future__ import annotations
 

@@ -1,11 +1,15 @@
 """One promotion: dev -> staging -> production, as a transaction over MLflow and the registry.
 
 1. Checks, changing nothing: the environment order (production only from the version in
-   staging, and only with `approve`), the version's gates for the target against its run's
-   metrics. A failed check raises GateError; nothing was touched.
+   staging, and only with `approve`); where the target environment trusts signing keys, the
+   artifact verified (trainer.signing.artifact: signature, every file's bytes, provenance for
+   this digest; VerifyError, exit 13); the version's gates for the target against the evidence
+   its signed provenance froze (its run's metrics when nothing is verified). A failed check
+   raises; nothing was touched.
 2. Staging, invisible to users: the artifact's blobs mounted into the target project, its
-   manifest PUT by digest (untagged, the same bytes, so the same digest), the promotion record
-   pushed as a referrer of it (untagged).
+   manifest PUT by digest (untagged, the same bytes, so the same digest), its signature,
+   provenance and ML-BOM copied beside it, the promotion record (signed by the promoter's key
+   when there is one) pushed as a referrer of it (untagged).
 3. Commit: the registry's referrers index tag (tag-schema fallback) and the version tag
    `v<N>` in the target project, then MLflow: the record as a version tag, the target digest,
    and the alias last.
