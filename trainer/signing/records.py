@@ -34,9 +34,12 @@ def check_record(record: dict) -> str:
     if libraries.missing():
         return f"not checked ({libraries.INSTALL})"
     env = record.get("to") if record.get("to") in keys.ENVIRONMENTS else "production"
+    trusted = keys.trusted(env)
+    if not trusted:
+        return f"not checked (no key trusted for {env})"
     envelope = {"payload": attest.b64(_payload(record)), "payloadType": PAYLOAD_TYPE, "signatures": [sig]}
     try:
-        _, key = attest.verify_envelope(envelope, keys.trusted(env), "record")
+        _, key = attest.verify_envelope(envelope, trusted, "record")
     except VerifyError as e:
         return "BAD: " + str(e).removeprefix("record: ")
     return f"ok {key[:12]}"
