@@ -103,7 +103,7 @@ def _blob_file(trainer_home: Path, digest: str) -> Path:
     return trainer_home / "registry" / "data" / "docker" / "registry" / "v2" / "blobs" / "sha256" / hex_[:2] / hex_ / "data"
 
 
-def test_untampered_version_verifies_promotes_and_its_staging_copy_verifies(oci_registry, keys_dir):
+def test_untampered_version_verifies_promotes_and_its_staging_copy_verifies(oci_registry, keys_dir, tmp_path):
     from trainer.api import promotion_history, verify
     from trainer.promotion.transaction import promote
 
@@ -127,6 +127,13 @@ def test_untampered_version_verifies_promotes_and_its_staging_copy_verifies(oci_
     # the promoter's key no longer trusted: the record's signature no longer verifies today
     from trainer.signing import keys
 
+    # staging now trusts another key only: the record's signature no longer verifies today
+    from cryptography.hazmat.primitives import serialization
+
+    other = keys.load_private(_other_key(tmp_path))
+    (tmp_path / "other.pub").write_bytes(other.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    keys.trust(tmp_path / "other.pub", "staging")
     keys.untrust(row["signature"]["keyid"][:16], "staging")
     rows = promotion_history(model)
     assert rows[0]["signatures"].startswith("BAD") and rows[1]["signatures"].startswith("ok "), rows
