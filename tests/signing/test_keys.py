@@ -63,3 +63,18 @@ def test_ci_key_from_a_file_or_the_environment_wins_and_trust_is_per_environment
         keys.trusted("prod")
     with pytest.raises(UsageError, match="not a readable PEM public key"):
         keys.trust(tmp_path / "ci.pub.missing", "staging")
+
+
+def test_a_runtime_without_the_signing_libraries_registers_unsigned_and_says_so(keys_dir, monkeypatch):
+    from trainer.signing import keys, libraries, provenance
+
+    keys.init()
+    monkeypatch.setattr(libraries, "missing", lambda: ["model_signing"])
+    said = []
+    assert provenance.run_facts(None, None, "1", None, said.append) is None
+    assert said == ["not signed: this runtime lacks model_signing (pip install 'trainer[signing]'); an environment "
+                    "that trusts keys will refuse to promote it"]
+    with pytest.raises(Exception, match=r"verifying the artifact needs model_signing, not installed here: pip "
+                                        r"install 'trainer\[signing\]'") as err:
+        libraries.require("verifying the artifact")
+    assert err.value.exit_code == 6

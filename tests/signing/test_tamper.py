@@ -237,3 +237,16 @@ def test_cli_verify_and_promote_exit_13_naming_the_file(oci_registry, keys_dir, 
     assert promoted.returncode == 13, (promoted.stdout, promoted.stderr)
     assert "conversion/model.onnx" in promoted.stderr and "nothing was changed" in promoted.stderr
     _nothing_promoted(model, oci_registry["address"], made["digest"])
+
+
+def test_a_reference_retagged_to_another_version_names_the_version(oci_registry, keys_dir, trainer_home, tmp_path):
+    """Without MLflow (a plain reference), the signed provenance still says which version it is."""
+    from trainer.api import verify
+
+    model = "sig-ref-retag"
+    made = _registered(model, oci_registry["address"])
+    ref = f"{oci_registry['address']}/dev/{model}:v1"
+    assert verify(ref)["ok"]
+    _retag(model, made, oci_registry["address"], trainer_home, tmp_path)
+    verdict = verify(ref)
+    assert verdict["failures"] == ["provenance is for version 2, not 1"], verdict
