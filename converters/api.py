@@ -9,10 +9,13 @@ every target is within tolerance. When parity fails, only the report (JSON, Mark
 saying FAILED) lands in `out_dir`, and ParityError (carrying the report) is raised after it is
 written; on any other error nothing is left behind. When the model came from an MLflow run (or
 `run_id` is given) the output folder is logged to that run under `conversion/`, with the parity
-metrics (`parity.<target>.max_abs_diff`, ...) in one log_batch.
+metrics (`parity.<target>.max_abs_diff`, ...) in one log_batch; a model whose run trainer already
+registered as a model version is logged to a new run of its own instead (tagged
+`trainer.convert.source_run`), so a registered version's evidence is never written over.
 """
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import time
@@ -36,6 +39,10 @@ DEFAULT_MAX_FLOAT_FRACTION = 0.5   # int8 repair: at most half the weights may s
 EDGE_SAMPLES = 256
 EDGE_FORMATS = (".onnx", ".tflite")
 TAG_TRUST_PICKLE = "trainer.convert.trust_pickle"   # set on the source run when --trust-pickle was given
+# An ad-hoc conversion of a registered version's model logs to a run of its own, tagged with the
+# source run: the registered version's evidence (its run's conversion/ and parity.* metrics) is
+# what its signed provenance froze, and nothing later writes over it (issue 22).
+TAG_CONVERSION_OF = "trainer.convert.source_run"
 __all__ = ["convert", "convert_run", "ConversionReport", "Tolerance"]
 
 
@@ -122,7 +129,12 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if log_to_mlflow and report.run_id:
+        own_run = run_id is None and _registered(report.run_id, tracking_uri)
+        if own_run:
+            report.run_id = _conversion_run(report.run_id, str(model), tracking_uri)
         _log_to_run(report, out_dir, tracking_uri)
+        if own_run:
+            _end_run(report.run_id, tracking_uri)
     if not report.passed:
         failed = ", ".join(f"{r.target} ({r.criterion})" for r in report.failed_rows)
         where = next((f"; {r.target}: {r.diagnosis['summary']}" for r in report.failed_rows
@@ -458,6 +470,48 @@ def _written_here(out_dir: Path) -> bool:
         return False
     return (isinstance(data, dict) and data.get("out_dir") == str(out_dir)
             and isinstance(data.get("rows"), list) and data.get("status") in ("PASSED", "FAILED"))
+
+
+# The tag trainer's registration puts on the versions it makes (trainer.promotion.registration
+# TAG_RUN; converters may not import trainer.promotion): their gates read frozen evidence.
+_TAG_REGISTERED_RUN = "trainer.run_id"
+
+
+def _registered(run_id: str, tracking_uri: str) -> bool:
+    """Whether trainer registered a model version from `run_id` (its evidence is then frozen; a
+    version registered by hand, with MLflow alone, is not gated by trainer and keeps its run)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    if not re.fullmatch(r"[0-9A-Za-z_-]{1,64}", run_id):
+        return False
+    try:
+        found = MlflowClient(tracking_uri, registry_uri=tracking_uri).search_model_versions(
+            f"run_id = '{run_id}'", max_results=50)
+    except MlflowException as err:
+        raise ConversionError(f"cannot read MLflow's model versions of run {run_id}: {first_line(err)}") from err
+    return any((mv.tags or {}).get(_TAG_REGISTERED_RUN) == run_id for mv in found)
+
+
+def _conversion_run(source_run: str, model: str, tracking_uri: str) -> str:
+    """A new run, in the source run's experiment, for an ad-hoc conversion of a registered model."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    try:
+        experiment = client.get_run(source_run).info.experiment_id
+        run = client.create_run(experiment, tags={TAG_CONVERSION_OF: source_run, "trainer.convert.model": model[:500],
+                                                  "mlflow.runName": f"convert-{source_run[:8]}"})
+    except MlflowException as err:
+        raise ConversionError(f"cannot open a conversion run beside {source_run}: {first_line(err)}") from err
+    return run.info.run_id
+
+
+def _end_run(run_id: str, tracking_uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri).set_terminated(run_id)
 
 
 def _log_to_run(report: ConversionReport, out_dir: Path, tracking_uri: str) -> None:

@@ -10,7 +10,7 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 .venv/bin/python -m pip install -q --upgrade pip
 # torch==2.13.0 in the lock takes the CPU wheel that ships on developer machines.
 .venv/bin/python -m pip install -q -r images/torch/requirements.lock
-.venv/bin/python -m pip install -q -e ".[torch,convert,k8s,dev]"
+.venv/bin/python -m pip install -q -e ".[torch,convert,k8s,dev,signing]"
 # onnx2torch (the `pytorch` conversion target) declares torchvision, whose PyPI wheel is a CUDA
 # build that does not import beside the CPU torch: install it without its dependencies.
 .venv/bin/python -m pip install -q --no-deps onnx2torch==1.5.15

@@ -108,6 +108,12 @@ class RegistryError(TrainerError):
     exit_code = 11
 
 
+class VerifyError(TrainerError):
+    """A signature, file digest or provenance claim does not hold (tampered, unsigned, untrusted); nothing changed."""
+
+    exit_code = 13
+
+
 class ParityError(ConversionError):
     """A converted model does not give the same answers as the native one within tolerance."""
 

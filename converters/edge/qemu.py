@@ -72,10 +72,17 @@ def check_cpu(cpu: str) -> str:
 
 def run_bundle_detailed(bundle_dir: Path, inputs: np.ndarray, cpu: str = DEFAULT_CPU,
                         models: list[str] | None = None, threads: int = 1, repeat: int = 0,
-                        timeout_s: float = DEFAULT_TIMEOUT_S) -> EdgeRun:
+                        timeout_s: float = DEFAULT_TIMEOUT_S, public_keys: list[Path] | None = None) -> EdgeRun:
     """Run the bundle's models on `inputs` under emulated `cpu`; `repeat` > 0 also times that
-    many batch-1 inferences per model (p50 in `models[name]["latency_ms_p50"]`)."""
+    many batch-1 inferences per model (p50 in `models[name]["latency_ms_p50"]`). With
+    `public_keys` (PEM files) the bundle must be signed by one of them: checked here, and again by
+    the runner on the device before it loads any model file."""
     check_cpu(cpu)
+    if public_keys:
+        try:
+            runner.load_manifest(Path(bundle_dir), True, [Path(k).read_bytes() for k in public_keys])
+        except runner.BundleError as e:
+            raise ConversionError(f"edge run of {bundle_dir}: {e}") from None
     bundle = load_bundle(bundle_dir)
     spec = bundle.inputs[0]
     x = np.asarray(inputs)
@@ -96,6 +103,8 @@ def run_bundle_detailed(bundle_dir: Path, inputs: np.ndarray, cpu: str = DEFAULT
         cmd = [*argv, str(Path(runner.__file__).resolve()), "--bundle", str(bundle.path.resolve()),
                "--input", str(tmp / "inputs.npy"), "--out", str(tmp / "out"),
                "--threads", str(threads), "--repeat", str(repeat)]
+        for key in public_keys or []:
+            cmd += ["--public-key", str(Path(key).resolve())]
         for name in models or []:
             cmd += ["--model", name]
         t0 = time.perf_counter()

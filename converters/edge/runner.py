@@ -17,7 +17,15 @@ wrote the bundle, proves nothing about what it does.
     python3 run.py --input x.npy --model int8 --repeat 50  # + batch-1 latency p50 over 50 runs
     python3 run.py --input raw.npy --preprocess            # apply the manifest's preprocessing
 
-Exit codes: 0 ok, 2 bad arguments or input, 3 corrupt bundle, 4 runtime missing or failed.
+    python3 run.py --input x.npy --public-key trusted.pub  # refuse unless a trusted key signed it
+
+Signed bundles (issue 22): registration signs `manifest.json` (which holds every file's
+sha256) into `manifest.sig` ({keyid, alg: ecdsa-p256-sha256, sig: base64 DER}). With
+`--public-key` (repeatable) the runner checks that signature against those keys before it reads
+anything else, through the board's own OpenSSL (libcrypto by ctypes: no Python package beyond
+numpy and onnxruntime), then every file against the signed checksums.
+
+Exit codes: 0 ok, 2 bad arguments or input, 3 corrupt, unsigned or untrusted bundle, 4 runtime missing or failed.
 """
 from __future__ import annotations
 
@@ -56,12 +64,19 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_manifest(bundle: Path, verify: bool = True) -> dict:
+def load_manifest(bundle: Path, verify: bool = True, public_keys: list[bytes] | None = None) -> dict:
+    """The checked manifest; with `public_keys` (PEM) its signature must verify with one of them
+    first (the bytes checked are the bytes parsed)."""
     path = bundle / "manifest.json"
     try:
-        manifest = json.loads(path.read_text())
+        raw = _read_regular(path)
+        if public_keys:
+            verify_signature(bundle, raw, public_keys)
+        manifest = json.loads(raw)
     except FileNotFoundError:
         raise BundleError(f"no manifest.json in {bundle}: not an edge bundle", 3) from None
+    except OSError as e:
+        raise BundleError(f"cannot read {bundle}/manifest.json ({e.strerror}; a symlink is not followed)", 3) from None
     except ValueError as e:
         raise BundleError(f"corrupt bundle: manifest.json is not valid JSON ({e})", 3) from None
     if not isinstance(manifest, dict):
@@ -83,6 +98,86 @@ def load_manifest(bundle: Path, verify: bool = True) -> dict:
             if sha256_of(file) != entry["sha256"]:
                 raise BundleError(f"corrupt bundle: {name} sha256 does not match the manifest", 3)
     return manifest
+
+
+def _read_regular(path: Path, cap: int = 16 << 20) -> bytes:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise BundleError(f"unsafe bundle: {path.name} is not a regular file", 3)
+        data = fh.read(cap + 1)
+    if len(data) > cap:
+        raise BundleError(f"corrupt bundle: {path.name} is over {cap} bytes", 3)
+    return data
+
+
+SIGNATURE_FILE = "manifest.sig"
+SIGNATURE_ALG = "ecdsa-p256-sha256"
+
+
+def verify_signature(bundle: Path, manifest_bytes: bytes, public_keys: list[bytes]) -> str:
+    """The id of the key (sha256 of its PEM) whose signature of `manifest_bytes` is in
+    `manifest.sig`; BundleError (3) when the bundle is unsigned or no given key signed it."""
+    import base64
+
+    try:
+        found = json.loads(_read_regular(bundle / SIGNATURE_FILE, 64 << 10))
+        sig = base64.b64decode(found["sig"], validate=True)
+        if found.get("alg") != SIGNATURE_ALG:
+            raise ValueError(found.get("alg"))
+    except FileNotFoundError:
+        raise BundleError(f"unsigned bundle: no {SIGNATURE_FILE} in {bundle}; refused (a trusted key is "
+                          f"required)", 3) from None
+    except (ValueError, KeyError, TypeError, OSError):
+        raise BundleError(f"corrupt bundle: {SIGNATURE_FILE} is not a {SIGNATURE_ALG} signature", 3) from None
+    for pem in public_keys:
+        if _openssl_verify(pem, manifest_bytes, sig):
+            return hashlib.sha256(pem).hexdigest()
+    raise BundleError(f"untrusted bundle: manifest.json's signature (key {str(found.get('keyid'))[:16]}) does "
+                      f"not verify with any trusted key; refused before loading any model", 3)
+
+
+def _libcrypto():
+    import ctypes
+    import ctypes.util
+
+    names = [n for n in (ctypes.util.find_library("crypto"),) if n] + ["libcrypto.so.3", "libcrypto.so.1.1",
+                                                                       "libcrypto.so"]
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        vp = ctypes.c_void_p
+        for fn, res, args in (("BIO_new_mem_buf", vp, [ctypes.c_char_p, ctypes.c_int]),
+                              ("PEM_read_bio_PUBKEY", vp, [vp, vp, vp, vp]),
+                              ("EVP_MD_CTX_new", vp, []), ("EVP_sha256", vp, []),
+                              ("EVP_DigestVerifyInit", ctypes.c_int, [vp, vp, vp, vp, vp]),
+                              ("EVP_DigestVerify", ctypes.c_int, [vp, ctypes.c_char_p, ctypes.c_size_t,
+                                                                  ctypes.c_char_p, ctypes.c_size_t]),
+                              ("EVP_MD_CTX_free", None, [vp]), ("EVP_PKEY_free", None, [vp]),
+                              ("BIO_free", ctypes.c_int, [vp])):
+            f = getattr(lib, fn)
+            f.restype, f.argtypes = res, args
+        return lib
+    raise BundleError("cannot verify the bundle's signature: no libcrypto (OpenSSL) on this machine", 4)
+
+
+def _openssl_verify(pem: bytes, data: bytes, sig: bytes) -> bool:
+    lib = _libcrypto()
+    bio = lib.BIO_new_mem_buf(pem, len(pem))
+    key = lib.PEM_read_bio_PUBKEY(bio, None, None, None)
+    lib.BIO_free(bio)
+    if not key:
+        raise BundleError("a --public-key is not a PEM public key", 2)
+    ctx = lib.EVP_MD_CTX_new()
+    try:
+        if lib.EVP_DigestVerifyInit(ctx, None, lib.EVP_sha256(), None, key) != 1:
+            return False
+        return lib.EVP_DigestVerify(ctx, sig, len(sig), data, len(data)) == 1
+    finally:
+        lib.EVP_MD_CTX_free(ctx)
+        lib.EVP_PKEY_free(key)
 
 
 def check_manifest(bundle: Path, manifest: dict) -> None:
@@ -225,10 +320,10 @@ def versions() -> dict:
 
 
 def run(bundle: Path, x, out: Path | None, models: list[str] | None, threads: int, repeat: int,
-        verify: bool, apply_preprocessing: bool, k: int = 3) -> dict:
+        verify: bool, apply_preprocessing: bool, k: int = 3, public_keys: list[bytes] | None = None) -> dict:
     import numpy as np
 
-    manifest = load_manifest(bundle, verify)
+    manifest = load_manifest(bundle, verify or bool(public_keys), public_keys)
     if apply_preprocessing:
         x = preprocess(x, manifest.get("preprocessing"))
     check_input(x, manifest["inputs"][0])
@@ -313,16 +408,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preprocess", action="store_true",
                         help="apply the manifest's preprocessing to a raw input first")
     parser.add_argument("--no-verify", action="store_true", help="skip the sha256 checks")
+    parser.add_argument("--public-key", type=Path, action="append", default=[],
+                        help="a trusted PEM public key (repeatable): the bundle must be signed by one of them")
     args = parser.parse_args(argv)
     try:
         import numpy as np
+
+        keys = []
+        for path in args.public_key:
+            try:
+                keys.append(path.read_bytes())
+            except OSError as e:
+                raise BundleError(f"cannot read --public-key {path}: {e.strerror}", 2) from None
+        if keys:
+            load_manifest(args.bundle, True, keys)     # before the input is even read
 
         try:
             x = np.load(args.input, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise BundleError(f"cannot read input {args.input}: {e}", 2) from None
         run(args.bundle, x, args.out, args.model, args.threads, args.repeat,
-            not args.no_verify, args.preprocess, args.top_k)
+            not args.no_verify, args.preprocess, args.top_k, keys)
     except BundleError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.code

@@ -6,8 +6,8 @@
     job.metrics()          # pandas DataFrame from MLflow
 
 This module only re-exports; each subsystem's face is a module of its own: `jobs` (Ray jobs and
-local runs), `k8s` (KubeRay), `cluster`, `monitoring`, `promotion`, `registry`, `ui`. A test fails when a
-definition is added here (tests/architecture/test_api_facade.py).
+local runs), `k8s` (KubeRay), `cluster`, `monitoring`, `promotion`, `registry`, `ui`, `verify` (keys,
+signatures). A test fails when a definition is added here (tests/architecture/test_api_facade.py).
 """
 from trainer.api._common import ENV_ADDRESS, resolve_address
 from trainer.api.cluster import cluster_down, cluster_join, cluster_status, cluster_up, node_labels
@@ -19,6 +19,7 @@ from trainer.api.promotion import Retrain, promote, promotion_history, retrain
 from trainer.api.registry import (registry_copy, registry_ls, registry_pull, registry_push, registry_serve,
                                   registry_stop)
 from trainer.api.ui import ui, versions
+from trainer.api.verify import keys_init, keys_list, keys_trust, keys_untrust, verify
 from trainer.protocol import LogFilter, failure_from_logs, parse_progress
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "Retrain", "promote", "promotion_history", "retrain",
     "registry_serve", "registry_stop", "registry_push", "registry_pull", "registry_ls", "registry_copy",
     "ui", "versions",
+    "keys_init", "keys_trust", "keys_untrust", "keys_list", "verify",
 ]

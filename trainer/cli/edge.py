@@ -6,7 +6,7 @@ bundle's `run.py`."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -42,6 +42,9 @@ def run(bundle: Path = typer.Argument(..., help="Bundle folder (has manifest.jso
         out: Optional[Path] = typer.Option(None, "--out", help="Save <model>.npy outputs here."),
         repeat: int = typer.Option(0, "--repeat", help="Also time this many batch-1 inferences per model.",
                                    callback=number("--repeat", 0, 100_000)),
+        public_key: Optional[List[Path]] = typer.Option(None, "--public-key", help="A trusted PEM public key "
+                                                        "(repeatable); default the keys production trusts "
+                                                        "(trainer keys ls). With any, the bundle must be signed."),
         output: str = OutputOpt):
     """Run BUNDLE's models on emulated aarch64 with this trainer's runner (never the bundle's
     run.py) and print what each produced."""
@@ -61,8 +64,11 @@ def run(bundle: Path = typer.Argument(..., help="Bundle folder (has manifest.jso
         raise UsageError(f"--inputs {inputs}: cannot read it as .npy ({first_line(e)})") from None
     from converters.edge.bundle import load_bundle
 
+    keys = _trusted_key_files(public_key)
+    if not keys:
+        p.note("not verified: no key is trusted for production (trainer keys init) and no --public-key")
+    result = run_bundle_detailed(bundle, x, cpu, repeat=repeat, public_keys=keys)
     labels = load_bundle(bundle).labels
-    result = run_bundle_detailed(bundle, x, cpu, repeat=repeat)
     models = {}
     for name, y in result.outputs.items():
         info = result.models[name]
@@ -105,3 +111,14 @@ def verify(bundle: Path = typer.Argument(..., help="Bundle folder."), output: st
            lambda _: p.line(f"{bundle}: ok, {len(b.files)} files verified; models {', '.join(b.models)}; "
                             f"input {spec.name} {list(spec.shape)} {spec.layout} {spec.dtype}; "
                             f"{RUNNER_NAME}: {runner} (trainer never runs it)"))
+
+
+def _trusted_key_files(given: Optional[List[Path]]) -> list[Path]:
+    """The PEM files the device checks the bundle's signature with: --public-key, else production's."""
+    from trainer.api import keys_list
+
+    if given:
+        for path in given:
+            regular_file("--public-key", path)
+        return list(given)
+    return [Path(k["file"]) for k in keys_list() if k["env"] == "production"]

@@ -1,7 +1,7 @@
 """`trainer promote | promote history | retrain`: gated promotion and retraining on data change.
 
 Exit codes: promote 0 promoted or already there (`changed: false` in its JSON), 10 a check failed (gate, order, approval; nothing changed), 11
-a registry error; retrain 0 retrained, 10 unchanged (nothing submitted), other non-zero failed.
+a registry error, 13 the artifact does not verify (signature, file digests, provenance; nothing changed); retrain 0 retrained, 10 unchanged (nothing submitted), other non-zero failed.
 """
 from __future__ import annotations
 
@@ -87,11 +87,12 @@ def history(model: str = typer.Argument(..., help="Registered model name."),
     def render(rows):
         if not rows:
             return p.line(f"{model}: no promotions yet")
-        p.table(["when (UTC)", "version", "from -> to", "by", "digest", "gates", "registry"],
+        p.table(["when (UTC)", "version", "from -> to", "by", "digest", "gates", "registry", "signed"],
                 [[r["at"][:19].replace("T", " "), r["version"], f"{r['from']} -> {r['to']}", r["by"],
                   (r["digest"] or "-")[:19], ", ".join(f"{g['gate']}={g['value']:.4g}" if g["value"] is not None
                                                       else f"{g['gate']}=?" for g in r["gates"]) or "-",
-                  {True: "attached", False: "MISSING", None: "-"}.get(r["in_registry"], str(r["in_registry"]))]
+                  {True: "attached", False: "MISSING", None: "-"}.get(r["in_registry"], str(r["in_registry"])),
+                  r.get("signatures") or "-"]
                  for r in rows], title=f"promotions of {model}")
     p.emit(records, render)
 

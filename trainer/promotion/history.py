@@ -1,12 +1,15 @@
 """`promote history`: every promotion of a model, oldest first, from the records MLflow keeps as
 version tags; with a registry, each record is also looked up among the referrers of the promoted
-artifact (`in_registry`), so a record in one store and not the other shows."""
+artifact (`in_registry`), so a record in one store and not the other shows; `signatures` says
+whether the promoter's signature over the record verifies today against the keys its target
+environment trusts ("ok <key>", "unsigned", "BAD: ...")."""
 from __future__ import annotations
 
 import json
 
 from trainer.errors import UsageError
 from trainer.promotion.registration import TAG_RECORD_PREFIX, TAG_REGISTRY, _mlflow, client, repository
+from trainer.signing.records import check_record
 
 
 def history(model: str, tracking_uri: str | None = None, *, check_registry: bool = True) -> list[dict]:
@@ -27,6 +30,7 @@ def history(model: str, tracking_uri: str | None = None, *, check_registry: bool
                     continue
                 record = _record(found)
                 if record is not None:
+                    record["signatures"] = check_record(found)
                     records.append(record)
     records.sort(key=lambda r: (str(r.get("at", "")), _number(r.get("version")), _number(r.get("seq"))))
     if check_registry:

@@ -7,6 +7,12 @@ Order: the MLflow version first (it gives the version number), then the push; a 
 deletes the new version again, so a job never leaves a version that says it is in dev/ while the
 registry has nothing. With no registry configured the version lives in MLflow only, and the job
 log says so.
+
+With a signing key (trainer.signing.keys) every edge bundle in the artifact is signed before the
+push (`manifest.sig`), and after it the artifact's files are signed (OpenSSF model signing) and
+its SLSA provenance and ML-BOM pushed as referrers (trainer.signing.artifact); their digests
+are recorded on the version (`trainer.attestations`). Without one the version is unsigned, and
+the job log says so.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ TAG_GATES = "trainer.gates"
 TAG_PARITY = "trainer.parity"
 TAG_REGISTRY = "trainer.registry"
 TAG_RECORD_PREFIX = "trainer.promotion."
+TAG_ATTESTATIONS = "trainer.attestations"     # {signed_by, signature, provenance, bom}: referrer digests
 # Registry projects of the environments (Harbor projects dev/, staging/, prod/).
 PROJECTS = {"dev": "dev", "staging": "staging", "production": "prod"}
 
@@ -128,7 +135,9 @@ def register_run(spec: JobSpec, run_id: str, tracking_uri: str, echo: Callable[[
         echo(f"registered {reg_spec.model} version {version} in MLflow only: {why}")
     else:
         try:
-            manifest, ref = _push(address, reg_spec.model, str(version), model_id, run_id, data, tracking_uri)
+            facts = _facts(spec, run, str(version), data, echo)
+            manifest, ref, attested = _push(address, reg_spec.model, str(version), model_id, run_id, data,
+                                            tracking_uri, facts)
         except BaseException as e:
             _forget(mlc, reg_spec.model, str(version))
             if isinstance(e, TrainerError):
@@ -138,6 +147,9 @@ def register_run(spec: JobSpec, run_id: str, tracking_uri: str, echo: Callable[[
             mlc.set_model_version_tag(reg_spec.model, str(version), TAG_REGISTRY, address)
             mlc.set_model_version_tag(reg_spec.model, str(version), tag_digest("dev"), manifest.digest)
             mlc.set_model_version_tag(reg_spec.model, str(version), tag_ref("dev"), ref)
+            if attested:
+                mlc.set_model_version_tag(reg_spec.model, str(version), TAG_ATTESTATIONS,
+                                          json.dumps(attested, sort_keys=True))
         result.update(registry=address, digest=manifest.digest)
         echo(f"registered {reg_spec.model} version {version} and pushed {ref} ({manifest.digest[:19]})")
     with _mlflow(f"cannot set the dev alias of {reg_spec.model}"):
@@ -146,7 +158,7 @@ def register_run(spec: JobSpec, run_id: str, tracking_uri: str, echo: Callable[[
 
 
 def _push(address: str, model: str, version: str, model_id: str, run_id: str, data: str | None,
-          tracking_uri: str):
+          tracking_uri: str, facts: dict | None = None):
     from trainer.registry.artifacts import ANN_DATA, ANN_MODEL_ID, ANN_RUN_ID, ANN_VERSION, push_model
     from trainer.registry.client import Registry
 
@@ -155,12 +167,38 @@ def _push(address: str, model: str, version: str, model_id: str, run_id: str, da
     with tempfile.TemporaryDirectory(prefix="trainer-register-") as tmp:
         root = Path(tmp) / "artifact"
         _download(tracking_uri, model_id, run_id, root)
+        if facts is not None:
+            _sign_bundles(root)
         annotations = {ANN_MODEL_ID: model_id, ANN_VERSION: version, ANN_RUN_ID: run_id}
         if data:
             annotations[ANN_DATA] = data
         manifest = push_model(reg, repo, version_tag(version), root, name=model, version=version,
                               annotations=annotations)
-    return manifest, f"{reg.host}/{repo}:{version_tag(version)}"
+        attested = _attest(reg, repo, root, manifest, facts) if facts is not None else None
+    return manifest, f"{reg.host}/{repo}:{version_tag(version)}", attested
+
+
+def _facts(spec: JobSpec, run, version: str, data: str | None, echo: Callable[[str], None]) -> dict | None:
+    """What the provenance attests about the run (None: no signing key, the artifact goes unsigned)."""
+    from trainer.signing.provenance import run_facts
+
+    return run_facts(spec, run, version, data, echo)
+
+
+def _sign_bundles(root: Path) -> None:
+    """Every edge bundle in the artifact carries its own signature (manifest.sig), pushed with it."""
+    from trainer.signing import keys
+    from trainer.signing.bundles import sign_bundles
+
+    with tempfile.TemporaryDirectory(prefix="trainer-key-") as tmp:
+        sign_bundles(root, keys.private_key_file(Path(tmp)))
+
+
+def _attest(reg, repo: str, root: Path, manifest, facts: dict) -> dict:
+    """Sign every file the artifact holds and push signature, provenance and ML-BOM as its referrers."""
+    from trainer.signing.artifact import attest_artifact
+
+    return attest_artifact(reg, repo, root, manifest, facts)
 
 
 def _download(tracking_uri: str, model_id: str, run_id: str, root: Path) -> None:

@@ -1,11 +1,15 @@
 """One promotion: dev -> staging -> production, as a transaction over MLflow and the registry.
 
 1. Checks, changing nothing: the environment order (production only from the version in
-   staging, and only with `approve`), the version's gates for the target against its run's
-   metrics. A failed check raises GateError; nothing was touched.
+   staging, and only with `approve`); where the target environment trusts signing keys, the
+   artifact verified (trainer.signing.artifact: signature, every file's bytes, provenance for
+   this digest; VerifyError, exit 13); the version's gates for the target against the evidence
+   its signed provenance froze (its run's metrics when nothing is verified). A failed check
+   raises; nothing was touched.
 2. Staging, invisible to users: the artifact's blobs mounted into the target project, its
-   manifest PUT by digest (untagged, the same bytes, so the same digest), the promotion record
-   pushed as a referrer of it (untagged).
+   manifest PUT by digest (untagged, the same bytes, so the same digest), its signature,
+   provenance and ML-BOM copied beside it, the promotion record (signed by the promoter's key
+   when there is one) pushed as a referrer of it (untagged).
 3. Commit: the registry's referrers index tag (tag-schema fallback) and the version tag
    `v<N>` in the target project, then MLflow: the record as a version tag, the target digest,
    and the alias last.
@@ -36,7 +40,7 @@ import socket
 import time
 from typing import Callable
 
-from trainer.errors import GateError, TrainerError, UsageError
+from trainer.errors import GateError, TrainerError, UsageError, VerifyError
 from trainer.promotion.gates import evaluate, gates_from_tag
 from trainer.promotion.lock import promotion_lock
 from trainer.promotion.registration import (PROJECTS, TAG_DATA, TAG_GATES, TAG_PARITY, TAG_RECORD_PREFIX, TAG_REGISTRY,
@@ -106,11 +110,15 @@ def _promote(model: str, to: str, version: str | None, approve: bool, uri: str, 
                             f"{'version ' + in_staging if in_staging else 'nothing'}): promote it to staging first")
         if not approve and not dry_run:
             raise GateError(f"promoting {model} version {version} to production needs an explicit approval: --approve")
+    verdict = _verify(model, version, source_env, to, registry, mv, say)
     try:
         gates = gates_from_tag(mv.tags.get(TAG_GATES), to)
     except ValueError as e:
         raise GateError(f"{model} version {version}: its {TAG_GATES} tag {e}; nothing was changed") from None
-    results = evaluate(gates, dict(run.data.metrics) if run else {})
+    # The gates read the evidence frozen in the signed provenance when there is one: a later
+    # `trainer convert` of the run cannot change what an already registered version is judged by.
+    metrics = verdict.evidence["metrics"] if verdict and verdict.evidence else (dict(run.data.metrics) if run else {})
+    results = evaluate(gates, metrics)
     failed = [r for r in results if not r.passed]
     if failed:
         raise GateError(f"{model} version {version} fails its {to} gates: "
@@ -144,6 +152,7 @@ def _promote(model: str, to: str, version: str | None, approve: bool, uri: str, 
         else:
             record["registry"] = "none (registered in MLflow only)"
             say(f"{model} version {version} has no registry artifact: promoting in MLflow only")
+            _sign_record(record)
         _mlflow_part(mlc, model, version, to, current, record, seq, undo, _fail_after)
     except BaseException as e:
         errors = _undo(undo)
@@ -221,12 +230,14 @@ def _registry_part(address, model, version, source_env, to, src_digest, record, 
     say(f"copied {len(how)} blob(s) to {dst_repo} ({', '.join(sorted(set(how.values())))}), manifest {src_digest[:19]}")
     if fail_after == "copy":
         raise TrainerError("injected failure after the copy")
+    attestations = _copy_attestations(reg, src_repo, src_digest, dst_repo)
     _, method = reg.referrers(dst_repo, src_digest)
     record["registry"] = "referrers API" if method == "api" else "referrers tag schema (sha256-<hex> index)"
+    _sign_record(record)
     descriptor = push_record(reg, dst_repo, manifest, record)
     # 3. commit: the index (fallback registries), then the version tag
     if method == "tag":
-        body, old = fallback_index_with(reg, dst_repo, src_digest, descriptor)
+        body, old = fallback_index_with(reg, dst_repo, src_digest, *attestations, descriptor)
         new_index = put_fallback_index(reg, dst_repo, src_digest, body)
         undo.append(lambda: _restore_tag(reg, dst_repo, fallback_tag(src_digest), old, new_index))
     digest = reg.put_manifest(dst_repo, tag, manifest.body, manifest.media_type)
@@ -236,6 +247,47 @@ def _registry_part(address, model, version, source_env, to, src_digest, record, 
     undo.append(lambda: _restore_version_tag(reg, dst_repo, tag, old_tag, src_digest, had_manifest))
     if fail_after == "registry":
         raise TrainerError("injected failure after the registry commit")
+
+
+def _verify(model: str, version: str, source_env: str, to: str, registry: str | None, mv, say):
+    """The version's artifact verified against the keys `to` trusts (trainer.signing.artifact),
+    before anything is copied: a failure raises VerifyError naming each file or claim. With no key
+    trusted for `to`, nothing is verified (said) and None is returned."""
+    from trainer.registry.client import Reference, Registry
+    from trainer.signing import keys
+    from trainer.signing.artifact import verify_artifact
+
+    trusted = keys.trusted(to)
+    src_digest = mv.tags.get(tag_digest(source_env))
+    if not trusted:
+        say(f"not verified: no key is trusted for {to} (trainer keys init)")
+        return None
+    if not src_digest:
+        raise VerifyError(f"{model} version {version} has no registry artifact to verify, and {to} trusts "
+                          f"signing keys; nothing was changed")
+    address = _checked_address(model, version, registry, mv.tags.get(TAG_REGISTRY))
+    reg = Registry(address)
+    verdict = verify_artifact(reg, repository(source_env, model), version_tag(version), to,
+                              expect_digest=src_digest, expect_version=version, trusted=trusted)
+    verdict.raise_for_failures("; nothing was changed")
+    say(f"verified {verdict.reference}: {verdict.files} file(s) signed by {verdict.signed_by[:16]}, "
+        f"provenance names {verdict.digest[:19]}")
+    return verdict
+
+
+def _copy_attestations(reg, src_repo: str, digest: str, dst_repo: str) -> list[dict]:
+    from trainer.signing.artifact import copy_attestations
+
+    return copy_attestations(reg, src_repo, digest, dst_repo)
+
+
+def _sign_record(record: dict) -> None:
+    """The promoter's signature over the record (who, when, gates, digest), when they have a key."""
+    from trainer.signing import keys, libraries
+    from trainer.signing.records import sign_record
+
+    if keys.has_signing_key() and not libraries.missing():
+        sign_record(record)
 
 
 def _mlflow_part(mlc, model, version, to, current, record, seq, undo, fail_after) -> None:

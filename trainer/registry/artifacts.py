@@ -413,29 +413,59 @@ def push_record(reg: Registry, repo: str, subject: Manifest, record: dict) -> di
     """Push `record` (JSON) as an artifact whose `subject` is the promoted manifest, by digest
     (untagged); returns its descriptor for the referrers index."""
     blob = json.dumps(record, sort_keys=True).encode()
+    return push_referrer(reg, repo, subject, PROMOTION, PROMOTION, blob, str(record.get("at", "")))
+
+
+def push_referrer(reg: Registry, repo: str, subject: Manifest, artifact_type: str, layer_type: str, blob: bytes,
+                  created: str) -> dict:
+    """Push `blob` as a one-layer artifact whose `subject` is `subject`, by digest (untagged);
+    returns its descriptor for the referrers index."""
     layer = reg.push_blob(repo, blob)
     empty = reg.push_blob(repo, EMPTY)
-    created = str(record.get("at", ""))
-    manifest = {"schemaVersion": 2, "mediaType": MANIFEST_OCI, "artifactType": PROMOTION,
+    manifest = {"schemaVersion": 2, "mediaType": MANIFEST_OCI, "artifactType": artifact_type,
                 "config": {"mediaType": EMPTY_JSON, **empty},
-                "layers": [{"mediaType": PROMOTION, **layer}],
+                "layers": [{"mediaType": layer_type, **layer}],
                 "subject": {"mediaType": subject.media_type, "digest": subject.digest, "size": len(subject.body)},
                 "annotations": {ANN_CREATED: created}}
     body = json.dumps(manifest, sort_keys=True).encode()
     digest = reg.put_manifest(repo, sha256_digest(body), body, MANIFEST_OCI)
-    return {"mediaType": MANIFEST_OCI, "digest": digest, "size": len(body), "artifactType": PROMOTION,
+    return {"mediaType": MANIFEST_OCI, "digest": digest, "size": len(body), "artifactType": artifact_type,
             "annotations": {ANN_CREATED: created}}
 
 
-def fallback_index_with(reg: Registry, repo: str, subject_digest: str, descriptor: dict) -> tuple[bytes, Manifest | None]:
-    """The tag-schema referrers index of `subject_digest` with `descriptor` appended (records are
+def referrer_blob(reg: Registry, repo: str, descriptor: dict, layer_type: str, cap: int = 4 << 20) -> bytes | None:
+    """The bytes of the `layer_type` layer of the referrer `descriptor` names (None: it has none)."""
+    where = f"{repo}: a referrer"
+    manifest = reg.get_manifest(repo, descriptor_digest(descriptor, where)).json
+    layers = manifest.get("layers", [])
+    for layer in layers if isinstance(layers, list) else []:
+        if isinstance(layer, dict) and layer.get("mediaType") == layer_type:
+            size = descriptor_size(layer, where)
+            if size > cap:
+                raise RegistryError(f"{where}: a {layer_type} layer of {size} bytes (at most {cap})")
+            return reg.get_blob(repo, descriptor_digest(layer, where), size)
+    return None
+
+
+def attach_referrers(reg: Registry, repo: str, subject_digest: str, descriptors: list[dict]) -> None:
+    """Make pushed referrers findable: nothing to do where the registry has the referrers API,
+    else `descriptors` added to the tag-schema index of `subject_digest`."""
+    _, method = reg.referrers(repo, subject_digest)
+    if method == "tag" and descriptors:
+        body, _ = fallback_index_with(reg, repo, subject_digest, *descriptors)
+        put_fallback_index(reg, repo, subject_digest, body)
+
+
+def fallback_index_with(reg: Registry, repo: str, subject_digest: str, *descriptors: dict) -> tuple[bytes, Manifest | None]:
+    """The tag-schema referrers index of `subject_digest` with `descriptors` appended (records are
     only ever added), and the index it replaces (None when there was none)."""
     old = reg.fallback_index(repo, subject_digest)
     manifests = old.json.get("manifests") or [] if old else []
     if not isinstance(manifests, list):
         raise RegistryError(f"{repo}:{fallback_tag(subject_digest)}: the referrers index has no list of manifests")
-    if not any(m.get("digest") == descriptor["digest"] for m in manifests):
-        manifests.append(descriptor)
+    for descriptor in descriptors:
+        if not any(m.get("digest") == descriptor["digest"] for m in manifests):
+            manifests.append(descriptor)
     index = {"schemaVersion": 2, "mediaType": INDEX_OCI, "manifests": manifests}
     return json.dumps(index, sort_keys=True).encode(), old
 
