@@ -6,8 +6,8 @@
 
 Everything is written into a temporary folder next to `out_dir` and moved into place only when
 every target is within tolerance. When parity fails, only the report (JSON, Markdown, PNG, all
-saying FAILED) lands in `out_dir`, and ParityError (carrying the report) is raised after it is
-written; on any other error nothing is left behind. When the model came from an MLflow run (or
+saying FAILED) lands in `out_dir` (with `keep_passed`, also the targets that passed: the report's
+`kept` names them), and ParityError (carrying the report) is raised after it is written; on any other error nothing is left behind. When the model came from an MLflow run (or
 `run_id` is given) the output folder is logged to that run under `conversion/`, with the parity
 metrics (`parity.<target>.max_abs_diff`, ...) in one log_batch.
 """
@@ -57,7 +57,8 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
             int8_repair: bool = False, max_float_fraction: float = DEFAULT_MAX_FLOAT_FRACTION,
             task: str = "auto", max_metric_increase: float = 0.02, max_error_ratio: float = 0.25,
             min_cosine: float = 0.99, int8_scale_tol: float = 0.05,
-            output_tolerances: dict[str, dict[str, float]] | None = None) -> ConversionReport:
+            output_tolerances: dict[str, dict[str, float]] | None = None,
+            keep_passed: bool = False) -> ConversionReport:
     """Convert `model` (a file/folder or `runs:/...` / `models:/name@alias`) from the `source`
     framework (None: from the MLflow model's flavor) into each of `targets`, judge parity on the
     calibration samples (held-out half), optionally bundle for and run on emulated ARM `edge`
@@ -75,7 +76,10 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
     `int8_repair`: an int8 target that misses its gate is rebuilt with the nodes the diagnosis
     blames kept in float, fewest first, until it passes or more than `max_float_fraction` of the
     weights would stay float; the passing rebuild replaces it, with `Row.repair` saying what was
-    kept in float and what it cost."""
+    kept in float and what it cost.
+
+    `keep_passed`: when some target misses its gate, the targets that passed are published
+    (and logged) all the same, next to the report; the edge bundle only when every row passed."""
     targets = _names(targets)
     edge = _names(edge)
     if not targets:
@@ -109,8 +113,9 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
     try:
         report = _convert(str(model), source, targets, calib, edge, tol, staging, work, run_id, out_dir, tracking_uri,
                           trust_pickle, checks)
+        report.kept = _kept(report, keep_passed)
         write_report(report, staging)
-        _publish(staging, out_dir, keep_all=report.passed)
+        _publish(staging, out_dir, None if report.passed else report.kept)
     except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
         for p in created:  # folders this call made, innermost first; only if still empty
@@ -142,7 +147,8 @@ def convert_run(run_id: str, targets: Sequence[str] | str, edge: Iterable[str] =
                 int8_repair: bool = False, max_float_fraction: float = DEFAULT_MAX_FLOAT_FRACTION,
                 task: str = "auto", max_metric_increase: float = 0.02, max_error_ratio: float = 0.25,
                 min_cosine: float = 0.99, int8_scale_tol: float = 0.05,
-            output_tolerances: dict[str, dict[str, float]] | None = None) -> ConversionReport:
+            output_tolerances: dict[str, dict[str, float]] | None = None,
+            keep_passed: bool = False) -> ConversionReport:
     """Convert `runs:/<run_id>/<artifact_path>` with the run's logged calibration samples and
     log everything back into that run (what a job with a `convert:` section does after training).
     Output goes to `$TRAINER_HOME/conversions/<run_id>` unless `out_dir` is given."""
@@ -154,7 +160,7 @@ def convert_run(run_id: str, targets: Sequence[str] | str, edge: Iterable[str] =
                    trust_pickle=trust_pickle, diagnose=diagnose, int8_repair=int8_repair,
                    max_float_fraction=max_float_fraction, task=task, max_metric_increase=max_metric_increase,
                    max_error_ratio=max_error_ratio, min_cosine=min_cosine, int8_scale_tol=int8_scale_tol,
-                   output_tolerances=output_tolerances)
+                   output_tolerances=output_tolerances, keep_passed=keep_passed)
 
 
 # -- the steps -------------------------------------------------------------------------------
@@ -405,12 +411,21 @@ def _calibration(calib, run_id: str | None, tracking_uri: str) -> Calibration | 
     return None
 
 
-def _publish(staging: Path, out_dir: Path, keep_all: bool) -> None:
-    """Move the staged output into place (only the report when parity failed)."""
-    if not keep_all:
-        keep = {"report.json", "report.md", "report.png"}
+def _kept(report: ConversionReport, keep_passed: bool) -> list[str]:
+    """The targets whose output is published: every one when all passed; when some failed, the
+    x86 targets that passed if `keep_passed` (an edge row is a check of a bundle, not an output)."""
+    if report.passed or keep_passed:
+        return [r.target for r in report.rows if r.passed and "@" not in r.target]
+    return []
+
+
+def _publish(staging: Path, out_dir: Path, keep: list[str] | None) -> None:
+    """Move the staged output into place: all of it (`keep` None), else the report and the
+    target folders named in `keep`."""
+    if keep is not None:
+        keep_names = {"report.json", "report.md", "report.png", *keep}
         for p in list(staging.iterdir()):
-            if p.name not in keep:
+            if p.name not in keep_names:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
     old = None
     if out_dir.exists():

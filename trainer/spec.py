@@ -174,6 +174,10 @@ class Register(_Strict):
         default_factory=dict, description="Per environment, metric -> condition checked before promotion: "
         "accuracy: '>=0.95', parity: passed, parity.onnx-int8.top1_agreement: '>=0.99'. A metric is the "
         "run's latest value; parity is the conversion report's verdict.")
+    if_conversion_fails: Literal["skip", "register"] = Field(
+        "skip", description="When the job's conversion misses its parity gate (the job still succeeds): skip "
+        "registration, or register all the same (the version's trainer.parity tag says failed, and only the "
+        "targets that passed go into its artifact).")
 
     @field_validator("registry")
     @classmethod

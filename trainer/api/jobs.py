@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 from trainer.api._common import (client_uri, is_loopback, load_job_spec, local_address,
                                  new_job_id, resolve_address, say, seconds, store_reachable)
 from trainer.api.cluster import cluster_address
-from trainer.api.handle import close_run, last_metrics, run_summary
+from trainer.api.handle import close_run, conversion_of, last_metrics, run_summary
 from trainer.api.k8s import read_raycluster
 from trainer.credentials import redact
 from trainer.errors import JobError, PreflightError, TrainerError, first_line
@@ -95,6 +95,8 @@ class Job:
                 out["metrics"] = last_metrics(self._store(), self.run_id)
             except TrainerError as e:
                 self._warn(f"warning: the metrics of MLflow run {self.run_id} could not be read: {first_line(e)}")
+            if state is JobState.SUCCEEDED:
+                out.update(conversion_of(self._store(), self.run_id, self._warn))
         if state is JobState.FAILED:
             out["failure"] = self.failure()
         if self.warnings:

@@ -201,9 +201,15 @@ def _mlflow(message: str):
     return translate(TrackingError, message)
 
 
-def after_training(spec: JobSpec, run_id: str | None, tracking_uri: str | None) -> None:
-    """The job driver's step after conversion: register when the spec has `register:`."""
+def after_training(spec: JobSpec, run_id: str | None, tracking_uri: str | None,
+                   conversion_failed: bool = False) -> None:
+    """The job driver's step after conversion: register when the spec has `register:`; after a
+    conversion that missed its parity gate only when `register.if_conversion_fails: register`."""
     if spec.register is None or run_id is None:
+        return
+    if conversion_failed and spec.register.if_conversion_fails == "skip":
+        print(f"not registered: the conversion FAILED its parity gate (register.if_conversion_fails: skip; "
+              f"set it to 'register' to register {spec.register.model} all the same)", flush=True)
         return
     from trainer.home import resolve_tracking_uri
 
