@@ -237,8 +237,8 @@ def run(spec: str = typer.Argument(..., help="Job spec YAML."),
     if not local:
         raise UsageError("trainer run executes in this process only: pass --local (or use trainer submit)")
     try:
-        with _LocalProgress(p) as local:
-            result = api.run_local(spec, set=set_, progress=local.event)
+        # With --output json stdout is the one JSON document: the training's own lines go to stderr.
+        result = api.run_local(spec, set=set_, progress=_LocalProgress(p), stdout=sys.stderr if p.json else None)
     except JobError as e:
         failure = e.fields.get("failure")
         if failure and not p.json:
@@ -254,57 +254,25 @@ def run(spec: str = typer.Argument(..., help="Job spec YAML."),
 
 
 class _LocalProgress:
-    """While `run --local` trains in this process: rank 0's machine-readable progress lines on
-    stdout become `epoch 3/12  loss ...` lines (at most one every LOCAL_EVERY_S seconds, and the
-    last epoch); the training function's own output passes through (to stderr with --output json,
-    whose stdout is the one JSON document)."""
+    """While `run --local` trains in this process: rank 0's progress events (what run_local's
+    stdout filter parsed) as `epoch 3  loss ...` lines, at most one every LOCAL_EVERY_S seconds;
+    nothing with --output json."""
 
     LOCAL_EVERY_S = 2.0
 
     def __init__(self, p: Printer):
         self.p = p
-        self.buffer = ""
         self.last = 0.0
 
-    def __enter__(self):
-        self.real = sys.stdout
-        sys.stdout = self
-        return self
-
-    def __exit__(self, *exc):
-        if self.buffer:
-            self._line(self.buffer)
-        sys.stdout = self.real
-
-    def write(self, text: str) -> int:
-        self.buffer += text
-        while "\n" in self.buffer:
-            line, self.buffer = self.buffer.split("\n", 1)
-            self._line(line)
-        return len(text)
-
-    def flush(self) -> None:
-        self.real.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-    def _line(self, line: str) -> None:
-        event = api.parse_progress(line)
-        if event is None:
-            (sys.stderr if self.p.json else self.real).write(line + "\n")
-            return
-        self.event(event)
-
-    def event(self, event: dict) -> None:
+    def __call__(self, event: dict) -> None:
         if self.p.json:
             return
         label, done, shown = _progress_fields(event)
         now = time.monotonic()
         if now - self.last >= self.LOCAL_EVERY_S:
             self.last = now
-            self.real.write(f"{label} {done}  {shown}\n")
-            self.real.flush()
+            sys.stdout.write(f"{label} {done}  {shown}\n")
+            sys.stdout.flush()
 
 
 def status(job_id: str, address: Optional[str] = AddressOpt, output: str = OutputOpt):
