@@ -154,7 +154,7 @@ def _push(address: str, model: str, version: str, model_id: str, run_id: str, da
     repo = repository("dev", model)
     with tempfile.TemporaryDirectory(prefix="trainer-register-") as tmp:
         root = Path(tmp) / "artifact"
-        _download(tracking_uri, model_id, run_id, root)
+        artifact_files(tracking_uri, model_id, run_id, root, model, version)
         annotations = {ANN_MODEL_ID: model_id, ANN_VERSION: version, ANN_RUN_ID: run_id}
         if data:
             annotations[ANN_DATA] = data
@@ -163,9 +163,12 @@ def _push(address: str, model: str, version: str, model_id: str, run_id: str, da
     return manifest, f"{reg.host}/{repo}:{version_tag(version)}"
 
 
-def _download(tracking_uri: str, model_id: str, run_id: str, root: Path) -> None:
-    """The native model (MLflow's model folder) under model/, the conversion output (ONNX, int8,
-    TFLite, edge bundle, parity report) under conversion/ when the run has it."""
+def artifact_files(tracking_uri: str, model_id: str, run_id: str, root: Path, model: str, version: str) -> None:
+    """What goes into a registered model's artifact, under `root`: the native model (MLflow's
+    model folder) under model/; the run's conversion output under conversion/ when it has one
+    (the report and the targets it kept: ONNX, int8, TFLite, and the edge bundle when the spec's
+    conversion made one, whose manifest and README then name this model version too: the job
+    converted before the version existed)."""
     import mlflow.artifacts
 
     mlc = client(tracking_uri)
@@ -175,6 +178,11 @@ def _download(tracking_uri: str, model_id: str, run_id: str, root: Path) -> None
                                             tracking_uri=tracking_uri)
         if any(a.path == "conversion" for a in mlc.list_artifacts(run_id)):
             mlc.download_artifacts(run_id, "conversion", str(root))
+    bundle = root / "conversion" / "edge"
+    if (bundle / "manifest.json").is_file():
+        from converters.edge.bundle import name_source
+
+        name_source(bundle, model_version=f"{model}/{version}")
 
 
 def _ensure_registered_model(mlc, name: str) -> None:
