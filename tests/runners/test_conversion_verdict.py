@@ -66,6 +66,7 @@ def test_run_local_succeeds_with_the_conversion_verdict_failed(tmp_path):
     _check(summary, default_tracking_uri())
 
 
+@pytest.mark.slow
 def test_a_job_succeeds_with_the_conversion_verdict_failed(cluster):
     proc = subprocess.run([TRAINER, "submit", "examples/digits/torch.yaml", *_sets(), "--wait", "--output", "json"],
                           cwd=REPO, capture_output=True, text=True, timeout=900)
