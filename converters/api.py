@@ -369,19 +369,34 @@ def _edge_rows(cpus: list[str], artifacts: dict[str, Path], target_objs: dict, e
         outputs = run_bundle(bundle, x, cpu)
         wall = time.perf_counter() - t0
         for name, out in outputs.items():
-            precision = target_objs[name].precision
-            m = compare(name, precision, native_out[:len(x)], out, y, tol)
-            rows.append(Row(target=f"{name}@{cpu}", precision=precision,
-                            artifact=str((Path(bundle) / models[name].name).relative_to(staging))
-                            if (Path(bundle) / models[name].name).exists() else str(Path(bundle).relative_to(staging)),
-                            size_bytes=_size(models[name]), n_samples=len(x),
-                            max_abs_diff=m["max_abs_diff"], max_rel_diff=m["max_rel_diff"],
-                            top1_agreement=m["top1_agreement"], accuracy=m["accuracy"],
-                            accuracy_delta=m["accuracy_delta"], latency_ms={"b1": None, "b64": None},
-                            passed=m["passed"], criterion=m["criterion"], limit_ratio=m["limit_ratio"],
-                            task=m["task"], task_metrics=m["task_metrics"], notes=[f"emulated aarch64 (qemu -cpu {cpu}), {len(x)} samples, "
-                                   f"bundle run took {wall:.1f} s wall"]))
+            in_bundle = Path(bundle) / models[name].name
+            rows.append(_edge_row(f"{name}@{cpu}", target_objs[name].precision, native_out[:len(x)], out, y, tol,
+                                  artifact=str((in_bundle if in_bundle.exists() else Path(bundle)).relative_to(staging)),
+                                  size_bytes=_size(models[name]),
+                                  note=f"emulated aarch64 (qemu -cpu {cpu}), {len(x)} samples, "
+                                       f"bundle run took {wall:.1f} s wall"))
     return rows
+
+
+def _edge_row(target: str, precision: str, native_out: np.ndarray, out: np.ndarray, y: np.ndarray | None,
+              tol: Tolerance, *, artifact: str, size_bytes: int, note: str) -> Row:
+    """One model of the bundle as run on one emulated CPU, judged against the native outputs;
+    a miss is diagnosed by the output that differs (which element, by how much): the device
+    gives outputs only, no layer to look into."""
+    from converters.diagnose import output_diagnosis
+
+    m = compare(target, precision, native_out, out, y, tol)
+    row = Row(target=target, precision=precision, artifact=artifact, size_bytes=size_bytes, n_samples=len(out),
+              max_abs_diff=m["max_abs_diff"], max_rel_diff=m["max_rel_diff"],
+              top1_agreement=m["top1_agreement"], accuracy=m["accuracy"],
+              accuracy_delta=m["accuracy_delta"], latency_ms={"b1": None, "b64": None},
+              passed=m["passed"], criterion=m["criterion"], limit_ratio=m["limit_ratio"],
+              task=m["task"], task_metrics=m["task_metrics"], notes=[note])
+    if not row.passed:
+        t0 = time.perf_counter()
+        row.diagnosis = output_diagnosis(native_out, out, tol.atol, tol.rtol)
+        row.diagnosis["seconds"] = round(time.perf_counter() - t0, 3)
+    return row
 
 
 def _output_tolerances(given: dict | None) -> dict[str, dict[str, float]]:
