@@ -152,24 +152,11 @@ def test_spec_sets_diagnosis_and_repair():
 def test_fp32_diagnosis_names_the_perturbed_onnx_node(tmp_path, digits_cnn, monkeypatch):
     """One weight of `features.5` nudged in the exported ONNX (an exporter that maps a conv
     wrongly looks like this): the diagnosis must name that node and module, not a later one."""
-    from onnx import numpy_helper
-
+    from _perturb import nudging
     from converters.frontends.torch import TorchFrontend
 
     model_path, calib, _ = digits_cnn
-    export = TorchFrontend.export
-
-    def perturbed(self, model, out_dir, sample):
-        result = export(self, model, out_dir, sample)
-        m = onnx.load(str(result.onnx_path))
-        init = next(i for i in m.graph.initializer if i.name == "features.5.weight")
-        w = numpy_helper.to_array(init).copy()
-        w[0] += 0.05
-        init.CopyFrom(numpy_helper.from_array(w, init.name))
-        onnx.save(m, str(result.onnx_path))
-        return result
-
-    monkeypatch.setattr(TorchFrontend, "export", perturbed)
+    monkeypatch.setattr(TorchFrontend, "export", nudging(TorchFrontend.export, lambda i: i.name == "features.5.weight"))
     with pytest.raises(ParityError) as caught:
         convert(model_path, "torch", "onnx", calib=calib, out_dir=tmp_path / "out", log_to_mlflow=False)
     d = caught.value.report.rows[0].diagnosis

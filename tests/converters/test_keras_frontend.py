@@ -159,27 +159,14 @@ def test_fp32_diagnosis_names_the_keras_layer_of_a_perturbed_onnx_node(models, d
     ONNX (an exporter that maps a layer wrongly looks like this). Keras layer names survive
     tf2onnx, so the diagnosis compares layer by layer with the native model (its NHWC
     activations against ONNX's NCHW ones) and names that layer, not a later one."""
-    import onnx
-    from onnx import numpy_helper
-
+    from _perturb import nudging
     from converters.api import convert
     from converters.frontends.keras import KerasFrontend
     from trainer.errors import ParityError
 
-    export = KerasFrontend.export
-
-    def perturbed(self, model, out_dir, sample):
-        result = export(self, model, out_dir, sample)
-        m = onnx.load(str(result.onnx_path))
-        init = next(i for i in m.graph.initializer if len(i.dims) == 4 and i.dims[0] == 32)   # the 2nd conv
-        w = numpy_helper.to_array(init).copy()
-        w[0] += 0.05
-        init.CopyFrom(numpy_helper.from_array(w, init.name))
-        onnx.save(m, str(result.onnx_path))
-        return result
-
     np.savez(tmp_path / "calib.npz", x=digits["x_test"][:200], y=digits["y_test"][:200])
-    monkeypatch.setattr(KerasFrontend, "export", perturbed)
+    second_conv = nudging(KerasFrontend.export, lambda i: len(i.dims) == 4 and i.dims[0] == 32)
+    monkeypatch.setattr(KerasFrontend, "export", second_conv)
     with pytest.raises(ParityError) as caught:
         convert(models / "digits_cnn.keras", "keras", "onnx", calib=tmp_path / "calib.npz", out_dir=tmp_path / "out",
                 log_to_mlflow=False)
