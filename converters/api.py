@@ -6,8 +6,8 @@
 
 Everything is written into a temporary folder next to `out_dir` and moved into place only when
 every target is within tolerance. When parity fails, only the report (JSON, Markdown, PNG, all
-saying FAILED) lands in `out_dir`, and ParityError (carrying the report) is raised after it is
-written; on any other error nothing is left behind. When the model came from an MLflow run (or
+saying FAILED) lands in `out_dir` (with `keep_passed`, also the targets that passed: the report's
+`kept` names them), and ParityError (carrying the report) is raised after it is written; on any other error nothing is left behind. When the model came from an MLflow run (or
 `run_id` is given) the output folder is logged to that run under `conversion/`, with the parity
 metrics (`parity.<target>.max_abs_diff`, ...) in one log_batch; a model whose run trainer already
 registered as a model version is logged to a new run of its own instead (tagged
@@ -64,7 +64,8 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
             int8_repair: bool = False, max_float_fraction: float = DEFAULT_MAX_FLOAT_FRACTION,
             task: str = "auto", max_metric_increase: float = 0.02, max_error_ratio: float = 0.25,
             min_cosine: float = 0.99, int8_scale_tol: float = 0.05,
-            output_tolerances: dict[str, dict[str, float]] | None = None) -> ConversionReport:
+            output_tolerances: dict[str, dict[str, float]] | None = None,
+            keep_passed: bool = False) -> ConversionReport:
     """Convert `model` (a file/folder or `runs:/...` / `models:/name@alias`) from the `source`
     framework (None: from the MLflow model's flavor) into each of `targets`, judge parity on the
     calibration samples (held-out half), optionally bundle for and run on emulated ARM `edge`
@@ -82,7 +83,10 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
     `int8_repair`: an int8 target that misses its gate is rebuilt with the nodes the diagnosis
     blames kept in float, fewest first, until it passes or more than `max_float_fraction` of the
     weights would stay float; the passing rebuild replaces it, with `Row.repair` saying what was
-    kept in float and what it cost."""
+    kept in float and what it cost.
+
+    `keep_passed`: when some target misses its gate, the targets that passed are published
+    (and logged) all the same, next to the report; the edge bundle only when every row passed."""
     targets = _names(targets)
     edge = _names(edge)
     if not targets:
@@ -116,8 +120,9 @@ def convert(model: str | Path, source: str | None, targets: Sequence[str] | str,
     try:
         report = _convert(str(model), source, targets, calib, edge, tol, staging, work, run_id, out_dir, tracking_uri,
                           trust_pickle, checks)
+        report.kept = _kept(report, keep_passed)
         write_report(report, staging)
-        _publish(staging, out_dir, keep_all=report.passed)
+        _publish(staging, out_dir, None if report.passed else report.kept)
     except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
         for p in created:  # folders this call made, innermost first; only if still empty
@@ -154,7 +159,8 @@ def convert_run(run_id: str, targets: Sequence[str] | str, edge: Iterable[str] =
                 int8_repair: bool = False, max_float_fraction: float = DEFAULT_MAX_FLOAT_FRACTION,
                 task: str = "auto", max_metric_increase: float = 0.02, max_error_ratio: float = 0.25,
                 min_cosine: float = 0.99, int8_scale_tol: float = 0.05,
-            output_tolerances: dict[str, dict[str, float]] | None = None) -> ConversionReport:
+            output_tolerances: dict[str, dict[str, float]] | None = None,
+            keep_passed: bool = False) -> ConversionReport:
     """Convert `runs:/<run_id>/<artifact_path>` with the run's logged calibration samples and
     log everything back into that run (what a job with a `convert:` section does after training).
     Output goes to `$TRAINER_HOME/conversions/<run_id>` unless `out_dir` is given."""
@@ -166,7 +172,7 @@ def convert_run(run_id: str, targets: Sequence[str] | str, edge: Iterable[str] =
                    trust_pickle=trust_pickle, diagnose=diagnose, int8_repair=int8_repair,
                    max_float_fraction=max_float_fraction, task=task, max_metric_increase=max_metric_increase,
                    max_error_ratio=max_error_ratio, min_cosine=min_cosine, int8_scale_tol=int8_scale_tol,
-                   output_tolerances=output_tolerances)
+                   output_tolerances=output_tolerances, keep_passed=keep_passed)
 
 
 # -- the steps -------------------------------------------------------------------------------
@@ -375,19 +381,34 @@ def _edge_rows(cpus: list[str], artifacts: dict[str, Path], target_objs: dict, e
         outputs = run_bundle(bundle, x, cpu)
         wall = time.perf_counter() - t0
         for name, out in outputs.items():
-            precision = target_objs[name].precision
-            m = compare(name, precision, native_out[:len(x)], out, y, tol)
-            rows.append(Row(target=f"{name}@{cpu}", precision=precision,
-                            artifact=str((Path(bundle) / models[name].name).relative_to(staging))
-                            if (Path(bundle) / models[name].name).exists() else str(Path(bundle).relative_to(staging)),
-                            size_bytes=_size(models[name]), n_samples=len(x),
-                            max_abs_diff=m["max_abs_diff"], max_rel_diff=m["max_rel_diff"],
-                            top1_agreement=m["top1_agreement"], accuracy=m["accuracy"],
-                            accuracy_delta=m["accuracy_delta"], latency_ms={"b1": None, "b64": None},
-                            passed=m["passed"], criterion=m["criterion"], limit_ratio=m["limit_ratio"],
-                            task=m["task"], task_metrics=m["task_metrics"], notes=[f"emulated aarch64 (qemu -cpu {cpu}), {len(x)} samples, "
-                                   f"bundle run took {wall:.1f} s wall"]))
+            in_bundle = Path(bundle) / models[name].name
+            rows.append(_edge_row(f"{name}@{cpu}", target_objs[name].precision, native_out[:len(x)], out, y, tol,
+                                  artifact=str((in_bundle if in_bundle.exists() else Path(bundle)).relative_to(staging)),
+                                  size_bytes=_size(models[name]),
+                                  note=f"emulated aarch64 (qemu -cpu {cpu}), {len(x)} samples, "
+                                       f"bundle run took {wall:.1f} s wall"))
     return rows
+
+
+def _edge_row(target: str, precision: str, native_out: np.ndarray, out: np.ndarray, y: np.ndarray | None,
+              tol: Tolerance, *, artifact: str, size_bytes: int, note: str) -> Row:
+    """One model of the bundle as run on one emulated CPU, judged against the native outputs;
+    a miss is diagnosed by the output that differs (which element, by how much): the device
+    gives outputs only, no layer to look into."""
+    from converters.diagnose import output_diagnosis
+
+    m = compare(target, precision, native_out, out, y, tol)
+    row = Row(target=target, precision=precision, artifact=artifact, size_bytes=size_bytes, n_samples=len(out),
+              max_abs_diff=m["max_abs_diff"], max_rel_diff=m["max_rel_diff"],
+              top1_agreement=m["top1_agreement"], accuracy=m["accuracy"],
+              accuracy_delta=m["accuracy_delta"], latency_ms={"b1": None, "b64": None},
+              passed=m["passed"], criterion=m["criterion"], limit_ratio=m["limit_ratio"],
+              task=m["task"], task_metrics=m["task_metrics"], notes=[note])
+    if not row.passed:
+        t0 = time.perf_counter()
+        row.diagnosis = output_diagnosis(native_out, out, tol.atol, tol.rtol)
+        row.diagnosis["seconds"] = round(time.perf_counter() - t0, 3)
+    return row
 
 
 def _output_tolerances(given: dict | None) -> dict[str, dict[str, float]]:
@@ -417,12 +438,21 @@ def _calibration(calib, run_id: str | None, tracking_uri: str) -> Calibration | 
     return None
 
 
-def _publish(staging: Path, out_dir: Path, keep_all: bool) -> None:
-    """Move the staged output into place (only the report when parity failed)."""
-    if not keep_all:
-        keep = {"report.json", "report.md", "report.png"}
+def _kept(report: ConversionReport, keep_passed: bool) -> list[str]:
+    """The targets whose output is published: every one when all passed; when some failed, the
+    x86 targets that passed if `keep_passed` (an edge row is a check of a bundle, not an output)."""
+    if report.passed or keep_passed:
+        return [r.target for r in report.rows if r.passed and "@" not in r.target]
+    return []
+
+
+def _publish(staging: Path, out_dir: Path, keep: list[str] | None) -> None:
+    """Move the staged output into place: all of it (`keep` None), else the report and the
+    target folders named in `keep`."""
+    if keep is not None:
+        keep_names = {"report.json", "report.md", "report.png", *keep}
         for p in list(staging.iterdir()):
-            if p.name not in keep:
+            if p.name not in keep_names:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
     old = None
     if out_dir.exists():

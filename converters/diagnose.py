@@ -306,8 +306,10 @@ def repair_candidates(float_model: Path, diagnosis: dict) -> list[dict]:
 # -- fp32: the exported graph against the native model, layer by layer -------------------------
 
 def scope_of(node) -> str | None:
-    """The torch module a node was exported from (the dynamo exporter's `name_scopes`: the
-    module path, then the op), or None."""
+    """The native layer a node was exported from, or None: the torch module (the dynamo
+    exporter's `name_scopes`: the module path, then the op), else tf2onnx's name scope (its
+    node names are the TensorFlow op names: `sequential_1/conv2d_1/BiasAdd` -> `sequential_1/conv2d_1`,
+    the Keras layer's name last)."""
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":
             try:
@@ -316,7 +318,19 @@ def scope_of(node) -> str | None:
                 return None
             if isinstance(scopes, list) and len(scopes) >= 2 and isinstance(scopes[-2], str) and scopes[-2]:
                 return scopes[-2]
+            return None
+    name = node.name or ""
+    if "/" in name and not name.startswith("/"):      # the torchscript exporter's names start with '/'
+        return name.rsplit("/", 1)[0]
     return None
+
+
+def _as_native(b: np.ndarray, shape: tuple) -> np.ndarray:
+    """An ONNX activation in the native layer's layout: tf2onnx computes NHWC convolutions in
+    NCHW, so a 4-d activation whose NHWC transpose has the native shape is compared transposed."""
+    if b.shape != shape and b.ndim == 4 and b.transpose(0, 2, 3, 1).shape == shape:
+        return b.transpose(0, 2, 3, 1)
+    return b
 
 
 def fp32_diagnosis(onnx_path: Path, x: np.ndarray, input_name: str, reference, atol: float, rtol: float) -> dict | None:
@@ -331,6 +345,7 @@ def fp32_diagnosis(onnx_path: Path, x: np.ndarray, input_name: str, reference, a
     x = x[:MAX_SAMPLES]
     model = onnx.load(str(onnx_path))
     g = _graph(model)
+    shaped = onnx.shape_inference.infer_shapes(model)    # each activation's shape (they come flattened)
     last: dict[str, object] = {}
     for node in model.graph.node:
         scope = scope_of(node)
@@ -341,6 +356,7 @@ def fp32_diagnosis(onnx_path: Path, x: np.ndarray, input_name: str, reference, a
     ref = reference(list(last), x)
     if not ref:
         return None
+    layer_names = getattr(ref, "layer_names", None) or {}     # a frontend whose scopes are not its layers' names
     with tempfile.TemporaryDirectory(prefix="trainer-diagnose-") as tmp:
         aug = Path(tmp) / "fp32.aug.onnx"
         qdbg.modify_model_output_intermediate_tensors(str(onnx_path), str(aug))
@@ -352,15 +368,16 @@ def fp32_diagnosis(onnx_path: Path, x: np.ndarray, input_name: str, reference, a
         if scope not in ref or out not in acts:
             continue
         a = np.asarray(ref[scope], np.float64)
-        b = np.concatenate([np.ravel(v) for v in acts[out]]).astype(np.float64)
+        b = _restore(acts[out], reader.sizes, _shape_of(shaped, out)).astype(np.float64)
         if a.size != b.size:
             continue
+        b = _as_native(b, a.shape).reshape(-1)
         a = a.reshape(-1)
         diff = np.abs(a - b)
         allowance = atol + rtol * np.abs(a)
         bad = ~(diff <= allowance)
         inputs = [i for i in node.input if i and i not in g.initializers]
-        layers.append(dict(module=scope, node=node.name, op_type=node.op_type, tensor=out,
+        layers.append(dict(module=scope, layer=layer_names.get(scope), node=node.name, op_type=node.op_type, tensor=out,
                            max_abs_diff=float(diff.max()) if diff.size else 0.0,
                            out_of_tolerance=float(bad.mean()) if bad.size else 0.0,
                            passed=not bool(bad.any()),
@@ -373,8 +390,9 @@ def fp32_diagnosis(onnx_path: Path, x: np.ndarray, input_name: str, reference, a
                    f"model's (largest max abs diff {max(e['max_abs_diff'] for e in layers):.2g})")
     else:
         src = f" from {', '.join(first['came_from'])}" if first["came_from"] else ""
+        layer = f", layer {first['layer']}" if first.get("layer") else ""
         summary = (f"fp32 output first leaves the tolerance at {first['node']} ({first['op_type']}, module "
-                   f"{first['module']}){src}: max abs diff {first['max_abs_diff']:.3g}, "
+                   f"{first['module']}{layer}){src}: max abs diff {first['max_abs_diff']:.3g}, "
                    f"{first['out_of_tolerance']:.1%} of its elements out of tolerance")
     return dict(kind="fp32", samples=int(len(x)), tolerance=dict(atol=atol, rtol=rtol),
                 metric="per layer: max |native - onnx| and the share of elements outside atol + rtol |native|",

@@ -112,6 +112,9 @@ class ConversionReport:
     trust_pickle: bool = False   # --trust-pickle was given: the model's format may have run code
     task: str | None = None      # the task parity judged int8 by, and how it was decided
     task_how: str = ""
+    # The targets whose output is in out_dir: all of them when every one passed, the passing
+    # x86 targets when the caller asked to keep those (a job's convert: step), else none.
+    kept: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:

@@ -115,7 +115,10 @@ class VerifyError(TrainerError):
 
 
 class ParityError(ConversionError):
-    """A converted model does not give the same answers as the native one within tolerance."""
+    """A converted model does not give the same answers as the native one within tolerance (after a job: it succeeded, its conversion did not).
+
+    A job's `convert:` step that misses its gate leaves the job SUCCEEDED with the conversion
+    verdict FAILED; `submit --wait`, `wait` and `run --local` exit with this code for it."""
 
     exit_code = 8
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import operator
 import os
 import re
 import stat
@@ -142,9 +143,13 @@ class Convert(_Strict):
 
 ENVIRONMENTS = ("dev", "staging", "production")
 GATED_ENVIRONMENTS = ("staging", "production")
-GATE_OPERATORS = (">=", "<=", "==", "!=", ">", "<")
+# A gate's comparisons and what each means (trainer.promotion.gates applies them); two-character
+# ones first, so the pattern reads '>=' before '>'.
+GATE_OPERATORS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne,
+                  ">": operator.gt, "<": operator.lt}
 _GATE_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,199}")
-_GATE_NUMBER = re.compile(r"\s*(>=|<=|==|!=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*")
+_GATE_NUMBER = re.compile(r"\s*(" + "|".join(map(re.escape, GATE_OPERATORS))
+                          + r")\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*")
 GATE_RULE = "'passed', 'failed', or a comparison with a number such as '>=0.95'"
 
 
@@ -157,6 +162,21 @@ def parse_gate(condition: str) -> tuple[str, float | None]:
     if m is None or not math.isfinite(float(m.group(2))):
         raise ValueError(f"must be {GATE_RULE}, got {shown(condition)}")
     return m.group(1), float(m.group(2))
+
+
+def check_gates(gates: dict, where: str) -> None:
+    """One environment's gates, from a spec or a version's gates tag: every key a metric name and
+    every condition one `parse_gate` reads; ValueError naming `where`.key otherwise."""
+    for key, condition in gates.items():
+        if not isinstance(key, str) or not _GATE_KEY.fullmatch(key):
+            raise ValueError(f"{where}: {shown(key)} is not a metric name")
+        if not isinstance(condition, str):
+            raise ValueError(f"{where}.{key}: the condition is not a string, got {shown(condition)} "
+                             f"(write it quoted: '>=0.95')")
+        try:
+            parse_gate(condition)
+        except ValueError as e:
+            raise ValueError(f"{where}.{key}: {e}") from None
 
 
 class Register(_Strict):
@@ -174,6 +194,10 @@ class Register(_Strict):
         default_factory=dict, description="Per environment, metric -> condition checked before promotion: "
         "accuracy: '>=0.95', parity: passed, parity.onnx-int8.top1_agreement: '>=0.99'. A metric is the "
         "run's latest value; parity is the conversion report's verdict.")
+    if_conversion_fails: Literal["skip", "register"] = Field(
+        "skip", description="When the job's conversion misses its parity gate (the job still succeeds): skip "
+        "registration, or register all the same (the version's trainer.parity tag says failed, and only the "
+        "targets that passed go into its artifact).")
 
     @field_validator("registry")
     @classmethod
@@ -191,13 +215,7 @@ class Register(_Strict):
     @classmethod
     def _gates(cls, v: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
         for env, gates in v.items():
-            for key, condition in gates.items():
-                if not _GATE_KEY.fullmatch(key):
-                    raise ValueError(f"{env}: {shown(key)} is not a metric name")
-                try:
-                    parse_gate(condition)
-                except ValueError as e:
-                    raise ValueError(f"{env}.{key}: {e}") from None
+            check_gates(gates, env)
         return v
 
 

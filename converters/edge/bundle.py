@@ -115,15 +115,22 @@ def _input_entry(i: ModelInput) -> dict:
             "layout": i.layout, "dtype": i.dtype}
 
 
+_SOURCE_LINE = "Converted from "
+
+
+def _source_line(source: dict) -> str:
+    """The README's line naming where the models came from (run, model, version, digest)."""
+    return _SOURCE_LINE + ", ".join(f"{k.replace('_', ' ')} `{v}`" for k, v in source.items() if v) + "."
+
+
 def _readme(models: dict, inputs: list[ModelInput], labels: list[str] | None, preprocessing: dict | None,
             source: dict | None) -> str:
     """The bundle's README.md: what to copy to the device, how to run it, what comes out."""
     i = inputs[0]
     shape = "(" + ", ".join("N" if d is None else str(d) for d in i.shape) + ")"
-    src = source or {}
     lines = ["# Edge bundle", ""]
-    if src:
-        lines += ["Converted from " + ", ".join(f"{k.replace('_', ' ')} `{v}`" for k, v in src.items() if v) + ".", ""]
+    if source:
+        lines += [_source_line(source), ""]
     lines += [
         "## Copy to the device",
         "",
@@ -237,6 +244,28 @@ def write_bundle(out_dir: Path, models: dict[str, Path], inputs: list[ModelInput
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def name_source(bundle_dir: Path, **fields: str | None) -> dict:
+    """Add to a written bundle's source what was only known later (the model version a job
+    registered after its conversion wrote the bundle): the manifest's `source` and the README's
+    line, whose checksum is updated with it. The bundle is checked first. Returns the new source."""
+    bundle = load_bundle(bundle_dir)
+    manifest = dict(bundle.manifest)
+    source = {**(manifest.get("source") or {}), **{k: v for k, v in fields.items() if v is not None}}
+    readme = Path(bundle_dir) / README_NAME
+    if readme.name in bundle.files:
+        lines = readme.read_text().split("\n")
+        at = next((i for i, line in enumerate(lines) if line.startswith(_SOURCE_LINE)), None)
+        if at is None:
+            lines[2:2] = [_source_line(source), ""]
+        else:
+            lines[at] = _source_line(source)
+        readme.write_text("\n".join(lines))
+        manifest["files"] = {**bundle.files, readme.name: {"sha256": _sha256(readme), "size": readme.stat().st_size}}
+    manifest["source"] = source
+    (Path(bundle_dir) / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    return source
 
 
 def _host_versions() -> dict:

@@ -139,6 +139,28 @@ class KerasFrontend(Frontend):
         source = resolve_source(model)
         return self.worker.predict("keras-predict", _as_batch(inputs, "inputs"), who=self.name, model=source)
 
+    def layer_outputs(self, model: Path, inputs: np.ndarray, names: list[str]) -> dict[str, np.ndarray] | None:
+        """The named Keras layers' outputs (tf2onnx keeps the layer names in its node names:
+        `sequential_1/conv2d_1/Relu` is layer `conv2d_1`); None for a SavedModel (no layers)."""
+        source = resolve_source(model)
+        with tempfile.TemporaryDirectory(prefix="trainer-keras-layers-") as tmp:
+            out = Path(tmp) / "layers.npz"
+            info = self.worker.call("keras-layer-outputs", who=self.name, model=source, layers=list(names),
+                                    inputs=save_array(tmp, "x", _as_batch(inputs, "inputs")), out=out)
+            if not info.get("layers"):
+                return None
+            with np.load(out) as found:       # arrays only: allow_pickle stays off
+                outputs = LayerOutputs({name: found[f"l{i}"] for i, name in enumerate(info["layers"])})
+        outputs.layer_names = dict(info.get("names") or {})
+        return outputs
+
+
+class LayerOutputs(dict):
+    """Layer outputs by tf2onnx scope, with `layer_names`: the Keras layer each scope is (the
+    scope carries TensorFlow's uniquifying suffixes: `conv2d_1_2` is layer `conv2d_1`)."""
+
+    layer_names: dict[str, str]
+
 
 def _as_batch(x: np.ndarray, what: str) -> np.ndarray:
     x = np.asarray(x)

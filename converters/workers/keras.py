@@ -1,4 +1,5 @@
-"""Keras / TensorFlow -> ONNX, inside the tensorflow runtime: `keras-export` and `keras-predict`.
+"""Keras / TensorFlow -> ONNX, inside the tensorflow runtime: `keras-export`, `keras-predict` and
+`keras-layer-outputs` (the fp32 diagnosis' per-layer reference).
 
 The native model (tf_native) is wrapped in a dynamic-batch `tf.function` and converted with
 `tf2onnx.convert.from_function` (Keras 3 breaks `from_keras` on Sequential models); every op
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from converters.workers.server import WorkerError, command, error_line, report_versions
-from converters.workers.tf_native import load_native, model_function, quiet_tensorflow
+from converters.workers.tf_native import PREDICT_BATCH, load_native, model_function, quiet_tensorflow
 
 ONNX_OPSET = 17
 
@@ -96,3 +97,42 @@ def cmd_keras_predict(model: str, inputs: str, out: str) -> dict:
     np.save(out, y)
     return {"shape": list(y.shape)}
 
+
+
+@command("keras-layer-outputs")
+def cmd_keras_layer_outputs(model: str, inputs: str, layers: list, out: str) -> dict:
+    """The outputs of the layers named by tf2onnx scopes (`sequential_1/conv2d_1_2`, in graph
+    order) on `inputs`, written to `out` (.npz, `l<i>` for the i-th scope answered in `layers`,
+    with `names`: the Keras layer of each). TensorFlow makes scope names unique with `_<n>`
+    suffixes, so a scope is matched to a layer by order among the layers of the same base name
+    (`conv2d_1_2` is the second `conv2d*` scope: the second `conv2d*` layer). Only a top-level
+    layer of a Keras model is matched (not a nested model's, nor a SavedModel: no layers)."""
+    import keras
+
+    native = load_native(model)
+    x = np.load(inputs).astype(np.float32)
+    by_base: dict[str, list] = {}
+    for layer in getattr(native.model, "layers", []) if native.kind == "keras" else []:
+        by_base.setdefault(_base_name(layer.name), []).append(layer)
+    found, seen = {}, {}
+    for scope in layers:
+        parts = scope.split("/")
+        if len(parts) != 2:
+            continue
+        base = _base_name(parts[1])
+        k = seen[base] = seen.get(base, -1) + 1
+        if k < len(by_base.get(base, [])):
+            found[scope] = by_base[base][k]
+    if not found:
+        np.savez(out)
+        return {"layers": []}
+    probe = keras.Model(inputs=native.model.inputs, outputs=[layer.output for layer in found.values()])
+    ys = probe.predict(x, batch_size=PREDICT_BATCH, verbose=0)
+    ys = ys if isinstance(ys, (list, tuple)) else [ys]
+    np.savez(out, **{f"l{i}": np.asarray(y, np.float32) for i, y in enumerate(ys)})
+    return {"layers": list(found), "names": {scope: layer.name for scope, layer in found.items()}}
+
+
+def _base_name(name: str) -> str:
+    """A layer or scope name without the `_<n>` suffixes that make it unique (`conv2d_1_2` -> `conv2d`)."""
+    return re.sub(r"(_\d+)+$", "", name)

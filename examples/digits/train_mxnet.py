@@ -12,7 +12,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from digits_data import load_digits  # the shared data + split (same folder)
+from digits_data import CLASS_NAMES, PREPROCESSING, load_digits  # the shared data + split (same folder)
 
 
 def digits_cnn(width=16):
@@ -86,4 +86,5 @@ def train(ctx):
             checkpoint={"params": ctx.params_of(net), "trainer": trainer_states(trainer), "epoch": epoch})
 
     ctx.report({"step": cfg.get("epochs", 10), "test_accuracy": evaluate(net, x_eval, y_test)})
-    ctx.save_model(net, x_test[:256], labels=y_test[:256])
+    ctx.save_model(net, x_test[:256], labels=y_test[:256],
+                   preprocessing=PREPROCESSING, class_names=CLASS_NAMES)

@@ -8,7 +8,7 @@ NHWC layout (Keras' default).
 
 import numpy as np
 
-from digits_data import load_digits  # the shared data + split (same folder)
+from digits_data import CLASS_NAMES, PREPROCESSING, load_digits  # the shared data + split (same folder)
 
 
 def digits_cnn(width=16):
@@ -85,4 +85,5 @@ def train(ctx):
             checkpoint={"weights": model.get_weights(), "optimizer": list(optimizer.variables), "epoch": epoch})
 
     ctx.report({"step": epochs, "test_accuracy": evaluate(model, x_test, y_test)})
-    ctx.save_model(model, x_test[:256], labels=y_test[:256])
+    ctx.save_model(model, x_test[:256], labels=y_test[:256],
+                   preprocessing=PREPROCESSING, class_names=CLASS_NAMES)

@@ -59,3 +59,22 @@ def test_below_the_cli_errors_name_the_argument_and_the_cli_names_the_flag(tmp_p
     assert error_line(UsageError("address: none given", argument="address")) == "--address: none given"
     assert error_line(UsageError("addressee: x", argument="address")) == "addressee: x"
     assert error_line(UsageError("cluster_spec x: y")) == "cluster_spec x: y"
+
+
+def test_convert_parity_flags_are_the_specs_settings():
+    """`trainer convert --min-agreement ...` and a job's `convert.parity.min_agreement` are one
+    setting: the flag's default, bounds and help come from trainer.spec.Parity (they were written
+    twice, and once more per flag)."""
+    import typer.main
+
+    from trainer.spec import Parity
+
+    params = {p.name: p for p in typer.main.get_command(app).commands["convert"].params}
+    floats = [n for n, f in Parity.model_fields.items() if f.annotation is float and n not in ("atol", "rtol")]
+    assert len(floats) == 7
+    for name in floats:
+        field = Parity.model_fields[name]
+        assert (params[name].default, params[name].help) == (field.default, field.description), name
+    over = max(getattr(m, "le") for m in Parity.model_fields["max_error_ratio"].metadata if hasattr(m, "le")) + 1
+    result = CliRunner().invoke(app, ["convert", "m.onnx", "--max-error-ratio", str(over)])
+    assert result.exit_code == 2 and "--max-error-ratio must be >= 0 and <= 10" in result.output

@@ -152,24 +152,11 @@ def test_spec_sets_diagnosis_and_repair():
 def test_fp32_diagnosis_names_the_perturbed_onnx_node(tmp_path, digits_cnn, monkeypatch):
     """One weight of `features.5` nudged in the exported ONNX (an exporter that maps a conv
     wrongly looks like this): the diagnosis must name that node and module, not a later one."""
-    from onnx import numpy_helper
-
+    from _perturb import nudging
     from converters.frontends.torch import TorchFrontend
 
     model_path, calib, _ = digits_cnn
-    export = TorchFrontend.export
-
-    def perturbed(self, model, out_dir, sample):
-        result = export(self, model, out_dir, sample)
-        m = onnx.load(str(result.onnx_path))
-        init = next(i for i in m.graph.initializer if i.name == "features.5.weight")
-        w = numpy_helper.to_array(init).copy()
-        w[0] += 0.05
-        init.CopyFrom(numpy_helper.from_array(w, init.name))
-        onnx.save(m, str(result.onnx_path))
-        return result
-
-    monkeypatch.setattr(TorchFrontend, "export", perturbed)
+    monkeypatch.setattr(TorchFrontend, "export", nudging(TorchFrontend.export, lambda i: i.name == "features.5.weight"))
     with pytest.raises(ParityError) as caught:
         convert(model_path, "torch", "onnx", calib=calib, out_dir=tmp_path / "out", log_to_mlflow=False)
     d = caught.value.report.rows[0].diagnosis
@@ -227,3 +214,23 @@ def test_plot_shows_every_targets_bar_and_the_failing_layer(tmp_path, outlier_cn
     first = report.rows[1].diagnosis["first_jump"]
     red_index = [i for i, p in enumerate(layers.patches) if p in red][0]
     assert labels[red_index] == first["module"] == "head.1"
+
+
+def test_an_edge_row_that_misses_says_which_output_differs_and_by_how_much():
+    """Issue 25 on the edge rows: a model that gives other answers on the emulated ARM CPU is
+    diagnosed by its output (the device runs the bundle, no layer to look into): the element that
+    differs most, native vs device, and the share out of tolerance. A passing row costs nothing."""
+    from converters.api import _edge_row
+    from converters.parity import Tolerance
+
+    native = np.random.default_rng(0).standard_normal((8, 10)).astype(np.float32)
+    device = native.copy()
+    device[3, 7] += 0.5
+    row = _edge_row("onnx@cortex-a53", "fp32", native, device, None, Tolerance(), artifact="edge/onnx.onnx",
+                    size_bytes=1, note="emulated")
+    assert not row.passed and row.diagnosis["worst_index"] == [3, 7]
+    assert abs(row.diagnosis["converted"] - row.diagnosis["native"] - 0.5) < 1e-5
+    assert "(3, 7)" in row.diagnosis["summary"] and "1.2% of elements" in row.diagnosis["summary"]
+    ok = _edge_row("onnx@cortex-a53", "fp32", native, native.copy(), None, Tolerance(), artifact="edge/onnx.onnx",
+                   size_bytes=1, note="emulated")
+    assert ok.passed and ok.diagnosis is None

@@ -152,3 +152,27 @@ def test_a_keras_lambda_layer_is_refused_not_run(tmp_path):
         FRONTEND.export(tmp_path / "lambda.keras", tmp_path / "out", np.zeros((2, 4), np.float32))
     assert "lambda.keras" in str(err.value) and "safe_mode" in str(err.value) and "\n" not in str(err.value)
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_fp32_diagnosis_names_the_keras_layer_of_a_perturbed_onnx_node(models, digits, tmp_path, monkeypatch):
+    """Issue 25 for the Keras frontend: one weight of the second Conv2D nudged in the exported
+    ONNX (an exporter that maps a layer wrongly looks like this). Keras layer names survive
+    tf2onnx, so the diagnosis compares layer by layer with the native model (its NHWC
+    activations against ONNX's NCHW ones) and names that layer, not a later one."""
+    from _perturb import nudging
+    from converters.api import convert
+    from converters.frontends.keras import KerasFrontend
+    from trainer.errors import ParityError
+
+    np.savez(tmp_path / "calib.npz", x=digits["x_test"][:200], y=digits["y_test"][:200])
+    second_conv = nudging(KerasFrontend.export, lambda i: len(i.dims) == 4 and i.dims[0] == 32)
+    monkeypatch.setattr(KerasFrontend, "export", second_conv)
+    with pytest.raises(ParityError) as caught:
+        convert(models / "digits_cnn.keras", "keras", "onnx", calib=tmp_path / "calib.npz", out_dir=tmp_path / "out",
+                log_to_mlflow=False)
+    d = caught.value.report.rows[0].diagnosis
+    first = d["first_divergence"]
+    assert d["kind"] == "fp32" and first["layer"] == "conv2d_1" and first["op_type"] == "Relu"
+    by_layer = {e["layer"]: e for e in d["layers"]}
+    assert by_layer["conv2d"]["passed"] and by_layer["max_pooling2d"]["passed"]     # upstream intact
+    assert "layer conv2d_1" in str(caught.value)

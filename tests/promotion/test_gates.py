@@ -48,6 +48,8 @@ def test_non_finite_metrics_fail_every_gate():
 @pytest.mark.parametrize("tag, message", [
     ("{not json", "not JSON"), ('["staging"]', "not a JSON object"), ('{"staging": 3}', "not a JSON object"),
     ('{"staging": {"accuracy": 0.9}}', "not a string"), ('{"staging": {"accuracy": ">=x"}}', "comparison"),
+    # the spec's own rule for a gate's key, not a looser one of the tag's (was accepted)
+    ('{"staging": {"acc uracy": ">=0.9"}}', '"acc uracy" is not a metric name'),
 ])
 def test_a_malformed_gates_tag_is_a_value_error(tag, message):
     from trainer.promotion.gates import gates_from_tag

@@ -111,8 +111,7 @@ def run_summary(uri: str, run_id: str) -> dict:
     conversion outcome (`trainer.runners.job.conversion_summary`), and the model version it
     registered (`registered`: model, version, reference, digest). Best effort: what cannot be
     read is left out."""
-    from trainer.runners.job import conversion_summary
-    from trainer.tracking.runs import conversion_report, run_url
+    from trainer.tracking.runs import run_url
 
     out: dict = {}
     url = run_url(uri, run_id)
@@ -120,14 +119,12 @@ def run_summary(uri: str, run_id: str) -> dict:
         out["mlflow_url"] = url
     try:
         metrics = last_metrics(uri, run_id)
-        out.update({k: metrics[k] for k in SUMMARY_METRICS if k in metrics})
-        if metrics:
-            out["metrics"] = metrics
-        conversion = conversion_summary(conversion_report(uri, run_id))
     except TrainerError:
-        conversion = None
-    if conversion:
-        out["conversion"] = conversion
+        metrics = {}        # best effort, as documented: the summary goes without them
+    out.update({k: metrics[k] for k in SUMMARY_METRICS if k in metrics})
+    if metrics:
+        out["metrics"] = metrics
+    out.update(conversion_of(uri, run_id))
     try:
         registered = registered_version(uri, run_id)
     except TrainerError:
@@ -135,6 +132,20 @@ def run_summary(uri: str, run_id: str) -> dict:
     if registered:
         out["registered"] = registered
     return out
+
+
+def conversion_of(uri: str, run_id: str, warn: Callable[[str], None] | None = None) -> dict:
+    """{"conversion": the run's conversion outcome (`trainer.runners.job.conversion_summary`)},
+    or {} when it has none or it cannot be read (said through `warn`)."""
+    from trainer.runners.job import conversion_summary
+    from trainer.tracking.runs import conversion_report
+
+    try:
+        conversion = conversion_summary(conversion_report(uri, run_id))
+    except TrainerError as e:
+        say(warn, f"warning: the conversion report of MLflow run {run_id} could not be read: {first_line(e)}")
+        return {}
+    return {"conversion": conversion} if conversion else {}
 
 
 def registered_version(uri: str, run_id: str) -> dict | None:

@@ -9,12 +9,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TextIO
 
 from trainer.api._common import (client_uri, is_loopback, load_job_spec, local_address,
                                  new_job_id, resolve_address, say, seconds, store_reachable)
 from trainer.api.cluster import cluster_address
-from trainer.api.handle import close_run, last_metrics, run_summary
+from trainer.api.handle import close_run, conversion_of, last_metrics, run_summary
 from trainer.api.k8s import read_raycluster
 from trainer.credentials import redact
 from trainer.errors import JobError, PreflightError, TrainerError, first_line
@@ -95,6 +95,8 @@ class Job:
                 out["metrics"] = last_metrics(self._store(), self.run_id)
             except TrainerError as e:
                 self._warn(f"warning: the metrics of MLflow run {self.run_id} could not be read: {first_line(e)}")
+            if state is JobState.SUCCEEDED:
+                out.update(conversion_of(self._store(), self.run_id, self._warn))
         if state is JobState.FAILED:
             out["failure"] = self.failure()
         if self.warnings:
@@ -459,13 +461,15 @@ class LocalRun:
 class _ProtocolFilter:
     """While `run_local` trains in this process: stdout without the driver's and rank 0's
     machine-readable lines (a notebook shows what a terminal would); progress events go to
-    `progress`. Everything else passes through to the stdout it replaced."""
+    `progress`. Everything else passes through to `out` (default: the stdout it replaced), a
+    line at a time. The one line buffer over stdout: the CLI's `run --local` uses it too."""
 
-    def __init__(self, progress: Callable[[dict], None] | None):
-        self.progress, self.buffer = progress, ""
+    def __init__(self, progress: Callable[[dict], None] | None, out: TextIO | None = None):
+        self.progress, self.out, self.buffer = progress, out, ""
 
     def __enter__(self):
         self.real, sys.stdout = sys.stdout, self
+        self.out = self.out or self.real
         return self
 
     def __exit__(self, *exc):
@@ -481,7 +485,7 @@ class _ProtocolFilter:
         return len(text)
 
     def flush(self) -> None:
-        self.real.flush()
+        self.out.flush()
 
     def isatty(self) -> bool:
         return False
@@ -489,10 +493,10 @@ class _ProtocolFilter:
     def _line(self, line: str) -> None:
         at = min((i for i in (line.find(p) for p in PROTOCOL_PREFIXES) if i >= 0), default=-1)
         if at < 0:
-            self.real.write(line + "\n")
+            self.out.write(line + "\n")
             return
         if at > 0:      # after text printed without a newline (a progress line updated in place)
-            self.real.write(line[:at])
+            self.out.write(line[:at])
         event = parse_progress(line[at:])
         if event is not None and self.progress is not None:
             sys.stdout = self.real          # what the callback prints goes straight out
@@ -503,10 +507,11 @@ class _ProtocolFilter:
 
 
 def run_local(spec: str | Path | dict | JobSpec, *, set: list[str] | None = None,
-              progress: Callable[[dict], None] | None = None, **overrides) -> LocalRun:
+              progress: Callable[[dict], None] | None = None, stdout: TextIO | None = None,
+              **overrides) -> LocalRun:
     """Run the job's function in this process (world size 1, no Ray), tracked in MLflow.
     Rank 0's progress events ({"step", "metrics", "time"}) go to `progress` (none shown without
-    it); the training function's own output goes to stdout."""
+    it); the training function's own output goes to `stdout` (default: sys.stdout)."""
     from trainer.home import trainer_home
     from trainer.runners.job import run_in_process
     from trainer.runtimes import python_for
@@ -517,20 +522,21 @@ def run_local(spec: str | Path | dict | JobSpec, *, set: list[str] | None = None
     checked = check_spec(spec_obj, workdir)
     interpreter = python_for(spec_obj.runtime_name)
     if interpreter.parent.parent.resolve() != Path(sys.prefix).resolve():
-        return _run_local_in(interpreter, spec_obj, workdir)
+        return _run_local_in(interpreter, spec_obj, workdir, _ProtocolFilter(progress, stdout))
     uri = runs.tracking_uri(spec_obj)
     job_id = "local-" + new_job_id(spec_obj.name)
     run_id = runs.start_run(spec_obj, job_id, uri, "local", checked.fingerprint)
     started = time.monotonic()
-    with _ProtocolFilter(progress):
+    with _ProtocolFilter(progress, stdout):
         run_in_process(spec_obj, workdir, run_id, uri, trainer_home() / "local" / job_id, job_id=job_id)
     metrics = dict(runs.client(uri).get_run(run_id).data.metrics)
     return LocalRun(run_id, uri, round(time.monotonic() - started, 1), metrics, run_summary(uri, run_id))
 
 
-def _run_local_in(interpreter: Path, spec: JobSpec, workdir: Path) -> LocalRun:
+def _run_local_in(interpreter: Path, spec: JobSpec, workdir: Path, lines: _ProtocolFilter) -> LocalRun:
     """`run_local` under another runtime's interpreter (the job's framework is not installed in
-    this one, e.g. tensorflow from the main venv): the child's output streams through."""
+    this one, e.g. tensorflow from the main venv): the child's stdout streams through `lines`
+    (its progress lines become events, as in this process); its stderr passes through."""
     import subprocess
     import tempfile
 
@@ -557,8 +563,10 @@ def _run_local_in(interpreter: Path, spec: JobSpec, workdir: Path) -> LocalRun:
         spec_file = Path(tmp) / "spec.json"
         spec_file.write_text(spec.model_dump_json(exclude_none=True))
         # cwd = the workdir: a spec given as a dict is resolved against the cwd.
-        proc = subprocess.run([str(interpreter), "-c", code, str(spec_file), str(result)],
-                              cwd=workdir, env=env)
+        with lines, subprocess.Popen([str(interpreter), "-c", code, str(spec_file), str(result)],
+                                     cwd=workdir, env=env, stdout=subprocess.PIPE, text=True) as proc:
+            for line in proc.stdout:
+                sys.stdout.write(line)
         if proc.returncode != 0 or not result.is_file():
             raise JobError(f"local run in the {spec.runtime_name} runtime ({interpreter}) failed with exit code "
                            f"{proc.returncode}; its output is above")

@@ -9,6 +9,7 @@ import typer
 from trainer.cli._args import file_or_folder, number, regular_file
 from trainer.cli._output import OutputOpt, Printer
 from trainer.errors import ParityError, UsageError
+from trainer.spec import Parity
 
 
 TOLERANCE_WHY = "a tolerance above 1 passes models that give other answers"
@@ -39,6 +40,17 @@ def _tolerances(flag: str):
     return parse
 
 
+def _parity_option(name: str, why: str):
+    """The --flag of a spec `convert.parity` setting: its default, bounds and help are the spec's
+    (trainer.spec.Parity), so `trainer convert` and a job's `convert:` judge alike."""
+    field = Parity.model_fields[name]
+    bound = {a: getattr(m, a) for m in field.metadata for a in ("gt", "ge", "le") if hasattr(m, a)}
+    flag = "--" + name.replace("_", "-")
+    return typer.Option(field.default, flag, help=field.description,
+                        callback=number(flag, bound.get("gt", bound.get("ge")), bound["le"],
+                                        low_open="gt" in bound, why=why))
+
+
 def register(app: typer.Typer) -> None:
     app.command("convert", help="Convert a model to ONNX / int8 / TFLite / PyTorch / edge bundles, "
                                 "with a parity report that gates it.")(convert)
@@ -59,34 +71,20 @@ def convert(
                                    callback=_tolerances("--atol")),
     rtol: List[str] = typer.Option(["1e-3"], "--rtol", help="fp32 targets: relative tolerance (0 < rtol <= 1); "
                                    "NAME=VALUE for one output (repeat).", callback=_tolerances("--rtol")),
-    min_agreement: float = typer.Option(0.98, "--min-agreement", help="int8 targets: min top-1 agreement (0-1).",
-                                        callback=number("--min-agreement", 0, 1, why="a fraction of samples")),
-    max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop",
-                                            help="int8 targets: max accuracy loss vs native (0-1).",
-                                            callback=number("--max-accuracy-drop", 0, 1, why="a fraction")),
+    min_agreement: float = _parity_option("min_agreement", "a fraction of samples"),
+    max_accuracy_drop: float = _parity_option("max_accuracy_drop", "a fraction"),
     task: str = typer.Option("auto", "--task", help="What int8 parity judges: classification (top-1 agreement, "
                              "accuracy), regression (RMSE/MAE change), embedding (cosine); auto: from the "
                              "labels (int: classification, float: regression) and outputs."),
-    max_metric_increase: float = typer.Option(0.02, "--max-metric-increase", help="int8 regression: RMSE and "
-                                              "MAE may grow by at most this share of the native model's.",
-                                              callback=number("--max-metric-increase", 0, 10, why="a share")),
-    max_error_ratio: float = typer.Option(0.25, "--max-error-ratio", help="int8 regression: output error "
-                                          "RMS(int8 - native) at most this x the native model's own RMSE.",
-                                          callback=number("--max-error-ratio", 0, 10, why="a ratio")),
-    min_cosine: float = typer.Option(0.99, "--min-cosine", help="int8 embedding: lowest per-sample cosine "
-                                     "similarity to the native output.",
-                                     callback=number("--min-cosine", 0, 1, why="a cosine similarity")),
-    int8_scale_tol: float = typer.Option(0.05, "--int8-scale-tol", help="int8 regression without labels: max "
-                                         "abs diff at most this x the largest native output.",
-                                         callback=number("--int8-scale-tol", 0, 10, why="a share of the output")),
+    max_metric_increase: float = _parity_option("max_metric_increase", "a share"),
+    max_error_ratio: float = _parity_option("max_error_ratio", "a ratio"),
+    min_cosine: float = _parity_option("min_cosine", "a cosine similarity"),
+    int8_scale_tol: float = _parity_option("int8_scale_tol", "a share of the output"),
     diagnose: bool = typer.Option(False, "--diagnose", help="Per-layer diagnosis of passing targets too "
                                   "(a failing target is always diagnosed)."),
     int8_repair: bool = typer.Option(False, "--int8-repair", help="int8 that misses its gate: keep the nodes "
                                      "the diagnosis blames in float, fewest first, until it passes."),
-    max_float_fraction: float = typer.Option(0.5, "--max-float-fraction",
-                                             help="--int8-repair: largest share of the weights kept in float (0-1].",
-                                             callback=number("--max-float-fraction", 0, 1, low_open=True,
-                                                             why="a share of the weights")),
+    max_float_fraction: float = _parity_option("max_float_fraction", "a share of the weights"),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Load a pickled or TorchScript torch model "
                                       "(it runs code from the file); only for models from a source you trust."),
     output: str = OutputOpt,

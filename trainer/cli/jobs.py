@@ -13,7 +13,7 @@ from trainer.cli._args import number
 from trainer.cli._flags import AddressOpt, CodeUriOpt, ContextOpt, NamespaceOpt, OverlayOpt, SetOpt
 from trainer.cli._output import OutputOpt, Printer
 from trainer.credentials import redact
-from trainer.errors import JobError, UsageError
+from trainer.errors import JobError, ParityError, UsageError
 
 
 
@@ -67,12 +67,18 @@ def submit(spec: str = typer.Argument(..., help="Job spec YAML."),
     p.emit(summary, lambda s: render_summary(p, s))
     if not p.json and "mlflow_url" not in summary and job.run_id:
         _render_run_page(p, summary)
-    _raise_unless_succeeded(job, state, summary.get("failure"))
+    _raise_unless_succeeded(job, state, summary.get("failure"), summary.get("conversion"))
 
 
-def _raise_unless_succeeded(job: JobHandle, state, failure: dict | None = None) -> None:
-    """Exit non-zero unless the job SUCCEEDED, naming what failed (the handle's `failure()`)."""
+def _raise_unless_succeeded(job: JobHandle, state, failure: dict | None = None,
+                            conversion: dict | None = None) -> None:
+    """Exit non-zero unless the job SUCCEEDED, naming what failed (the handle's `failure()`); a
+    job that succeeded but whose conversion missed its parity gate exits with ParityError's code,
+    so a pipeline stops there too."""
     if state.value == "SUCCEEDED":
+        missed = conversion_failure(conversion)
+        if missed:
+            raise ParityError(f"job {job.job_id} succeeded, but its conversion FAILED: {missed}")
         return
     if state.value == "FAILED":
         failure = failure or job.failure()
@@ -80,6 +86,21 @@ def _raise_unless_succeeded(job: JobHandle, state, failure: dict | None = None) 
         raise JobError(f"job {job.job_id} {state.value}: {failure.get('summary') or failure.get('message')}; "
                        f"full log: {job.logs_command}")
     raise JobError(f"job {job.job_id} {state.value}; see: {job.logs_command}")
+
+
+def conversion_failure(conversion: dict | None) -> str | None:
+    """A failed conversion (the summary's `conversion`) in one line: the failing targets with
+    their figures and where the first one broke, what was kept, the report; None if it passed."""
+    if not conversion or conversion.get("status") != "FAILED":
+        return None
+    failed = [t for t in conversion["targets"] if t["verdict"] != "pass"]
+    text = ", ".join(f"{t['target']} ({t['figure']})" for t in failed)
+    text += next((f"; {t['target']}: {t['diagnosis']}" for t in failed if t.get("diagnosis")), "")
+    kept = [t["target"] for t in conversion["targets"] if t.get("path") or t.get("uri")]
+    text += f"; kept: {', '.join(kept)}" if kept else "; no target kept"
+    if conversion.get("report"):
+        text += f"; report: {conversion['report']}"
+    return text
 
 
 def _follow(job: JobHandle, p: Printer):
@@ -165,6 +186,9 @@ def render_summary(p: Printer, s: dict) -> None:
         p.table(["target", "result", "size", "parity (judged figure)"],
                 [[t["target"], t["verdict"], fmt_size(t["size_bytes"]), t["figure"]] for t in conversion["targets"]],
                 title=f"conversion {conversion['status']}")
+        for t in conversion["targets"]:
+            if t.get("diagnosis"):
+                p.line(f"{t['target']}: {t['diagnosis']}", wrap=True)
         if conversion.get("output"):
             p.line(f"output: {conversion['output']}", whole=True)
             files = [(conversion.get("report") or "").rsplit("/", 1)[-1]]
@@ -213,8 +237,8 @@ def run(spec: str = typer.Argument(..., help="Job spec YAML."),
     if not local:
         raise UsageError("trainer run executes in this process only: pass --local (or use trainer submit)")
     try:
-        with _LocalProgress(p) as local:
-            result = api.run_local(spec, set=set_, progress=local.event)
+        # With --output json stdout is the one JSON document: the training's own lines go to stderr.
+        result = api.run_local(spec, set=set_, progress=_LocalProgress(p), stdout=sys.stderr if p.json else None)
     except JobError as e:
         failure = e.fields.get("failure")
         if failure and not p.json:
@@ -224,73 +248,51 @@ def run(spec: str = typer.Argument(..., help="Job spec YAML."),
     p.emit(summary, lambda s: render_summary(p, {**s, "mlflow_run_id": s["run_id"]}))
     if not p.json and "mlflow_url" not in summary:
         _render_run_page(p, summary)
+    missed = conversion_failure(summary.get("conversion"))
+    if missed:
+        raise ParityError(f"run {result.run_id} succeeded, but its conversion FAILED: {missed}")
 
 
 class _LocalProgress:
-    """While `run --local` trains in this process: rank 0's machine-readable progress lines on
-    stdout become `epoch 3/12  loss ...` lines (at most one every LOCAL_EVERY_S seconds, and the
-    last epoch); the training function's own output passes through (to stderr with --output json,
-    whose stdout is the one JSON document)."""
+    """While `run --local` trains in this process: rank 0's progress events (what run_local's
+    stdout filter parsed) as `epoch 3  loss ...` lines, at most one every LOCAL_EVERY_S seconds;
+    nothing with --output json."""
 
     LOCAL_EVERY_S = 2.0
 
     def __init__(self, p: Printer):
         self.p = p
-        self.buffer = ""
         self.last = 0.0
 
-    def __enter__(self):
-        self.real = sys.stdout
-        sys.stdout = self
-        return self
-
-    def __exit__(self, *exc):
-        if self.buffer:
-            self._line(self.buffer)
-        sys.stdout = self.real
-
-    def write(self, text: str) -> int:
-        self.buffer += text
-        while "\n" in self.buffer:
-            line, self.buffer = self.buffer.split("\n", 1)
-            self._line(line)
-        return len(text)
-
-    def flush(self) -> None:
-        self.real.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-    def _line(self, line: str) -> None:
-        event = api.parse_progress(line)
-        if event is None:
-            (sys.stderr if self.p.json else self.real).write(line + "\n")
-            return
-        self.event(event)
-
-    def event(self, event: dict) -> None:
+    def __call__(self, event: dict) -> None:
         if self.p.json:
             return
         label, done, shown = _progress_fields(event)
         now = time.monotonic()
         if now - self.last >= self.LOCAL_EVERY_S:
             self.last = now
-            self.real.write(f"{label} {done}  {shown}\n")
-            self.real.flush()
+            sys.stdout.write(f"{label} {done}  {shown}\n")
+            sys.stdout.flush()
 
 
 def status(job_id: str, address: Optional[str] = AddressOpt, output: str = OutputOpt):
     """The job's state (PENDING, RUNNING, SUCCEEDED, FAILED or CANCELLED), what failed, and its
     run's page in the MLflow UI (or how to open it).
 
+    A job that succeeded but whose conversion missed its parity gate shows
+    "SUCCEEDED, conversion FAILED" and what failed.
+
     Exits 0 whenever the state could be read, whatever it is: `status` reports, it does not judge.
-    To exit with the job's outcome (5 unless it SUCCEEDED), use `trainer wait JOB` or `submit --wait`."""
+    To exit with the job's outcome (5 unless it SUCCEEDED, 8 if its conversion failed), use
+    `trainer wait JOB` or `submit --wait`."""
     p = Printer(output)
     info = api.Job.get(job_id, address).info()
 
     def render(i):
-        p.line(i["status"])
+        missed = conversion_failure(i.get("conversion"))
+        p.line(f"{i['status']}, conversion FAILED" if missed else i["status"])
+        if missed:
+            p.line(f"  {missed}", wrap=True)
         if i.get("failure"):
             render_failure(p, i["failure"])
         _render_run_page(p, i)
@@ -364,9 +366,13 @@ def cancel(job_id: str, address: Optional[str] = AddressOpt, output: str = Outpu
 def wait(job_id: str, timeout: Optional[float] = typer.Option(None, help="Seconds.",
                                                                callback=number("--timeout", 0)),
          address: Optional[str] = AddressOpt, output: str = OutputOpt):
-    """Block until the job ends; exit 0 only if it SUCCEEDED."""
+    """Block until the job ends; exit 0 only if it SUCCEEDED (and its conversion, if any, passed)."""
     p = Printer(output)
     job = api.Job.get(job_id, address)
     state = job.wait(timeout=timeout)
-    p.emit({"job_id": job_id, "status": state.value}, lambda d: p.line(d["status"]))
-    _raise_unless_succeeded(job, state)
+    conversion = job.summary(state).get("conversion") if state.value == "SUCCEEDED" else None
+    shown = {"job_id": job_id, "status": state.value}
+    if conversion:
+        shown["conversion"] = conversion["status"]
+    p.emit(shown, lambda d: p.line(d["status"] + (", conversion FAILED" if d.get("conversion") == "FAILED" else "")))
+    _raise_unless_succeeded(job, state, conversion=conversion)

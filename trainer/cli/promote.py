@@ -108,12 +108,14 @@ def retrain(spec: str = typer.Argument(..., help="Job spec YAML."),
     result = api.retrain(spec, if_data_changed=if_data_changed, address=address, set=set_, progress=p.note)
     d = result.decision
     state = result.job.status() if result.job else None
+    summary = result.job.summary(state) if result.job else {}
     data = {"decision": "retrained" if result.job else "unchanged", "data_sha256": d.current,
             "recorded_sha256": d.recorded, "compared_with": d.against,
             "job_id": result.job.id if result.job else None, "run_id": result.job.run_id if result.job else None,
             "status": state.value if state else None,
             # the model version the job registered (its summary's block), for the next stage
-            "registered": result.job.summary(state).get("registered") if result.job else None}
+            "registered": summary.get("registered"),
+            "conversion": (summary.get("conversion") or {}).get("status")}
     def render(x):
         p.line(f"{x['decision']}: {d.describe()}" + (f"; job {x['job_id']} {x['status']}" if x["job_id"] else ""))
         r = x["registered"]
@@ -122,6 +124,6 @@ def retrain(spec: str = typer.Argument(..., help="Job spec YAML."),
                    + (f" {r['reference']} {r['digest']}" if r.get("reference") else " (MLflow only)"), whole=True)
     p.emit(data, render)
     if result.job is not None:
-        _raise_unless_succeeded(result.job, state)
+        _raise_unless_succeeded(result.job, state, conversion=summary.get("conversion"))
     else:
         raise typer.Exit(EXIT_UNCHANGED)

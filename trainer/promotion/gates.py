@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import json
 import math
-import operator
 from dataclasses import asdict, dataclass
 
-from trainer.spec import parse_gate
-
-_OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt}
+from trainer.spec import GATE_OPERATORS, check_gates, parse_gate
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,7 @@ def evaluate(gates: dict[str, str], metrics: dict[str, float]) -> list[GateResul
         elif op == "failed":
             passed = value == 0.0
         else:
-            passed = bool(_OPS[op](float(value), number))
+            passed = bool(GATE_OPERATORS[op](float(value), number))
         results.append(GateResult(key, condition.strip(), metric, None if value is None else float(value), passed))
     return results
 
@@ -72,11 +69,8 @@ def gates_from_tag(text: str | None, environment: str) -> dict[str, str]:
     gates = data.get(environment, {})
     if not isinstance(gates, dict):
         raise ValueError(f"has {environment!r} gates that are not a JSON object")
-    for key, condition in gates.items():
-        if not isinstance(condition, str) or len(key) > 250:
-            raise ValueError(f"has a {environment} gate {key[:60]!r} whose condition is not a string")
-        try:
-            parse_gate(condition)
-        except ValueError as e:
-            raise ValueError(f"has a {environment} gate {key[:60]!r} that {e}") from None
+    try:
+        check_gates(gates, environment)
+    except ValueError as e:
+        raise ValueError(f"has a gate that a spec would refuse: {e}") from None
     return gates

@@ -166,8 +166,8 @@ def _push(address: str, model: str, version: str, model_id: str, run_id: str, da
     repo = repository("dev", model)
     with tempfile.TemporaryDirectory(prefix="trainer-register-") as tmp:
         root = Path(tmp) / "artifact"
-        _download(tracking_uri, model_id, run_id, root)
-        if facts is not None:
+        artifact_files(tracking_uri, model_id, run_id, root, model, version)
+        if facts is not None:      # after artifact_files: the bundle's manifest names the version first
             _sign_bundles(root)
         annotations = {ANN_MODEL_ID: model_id, ANN_VERSION: version, ANN_RUN_ID: run_id}
         if data:
@@ -201,9 +201,12 @@ def _attest(reg, repo: str, root: Path, manifest, facts: dict) -> dict:
     return attest_artifact(reg, repo, root, manifest, facts)
 
 
-def _download(tracking_uri: str, model_id: str, run_id: str, root: Path) -> None:
-    """The native model (MLflow's model folder) under model/, the conversion output (ONNX, int8,
-    TFLite, edge bundle, parity report) under conversion/ when the run has it."""
+def artifact_files(tracking_uri: str, model_id: str, run_id: str, root: Path, model: str, version: str) -> None:
+    """What goes into a registered model's artifact, under `root`: the native model (MLflow's
+    model folder) under model/; the run's conversion output under conversion/ when it has one
+    (the report and the targets it kept: ONNX, int8, TFLite, and the edge bundle when the spec's
+    conversion made one, whose manifest and README then name this model version too: the job
+    converted before the version existed)."""
     import mlflow.artifacts
 
     mlc = client(tracking_uri)
@@ -213,6 +216,11 @@ def _download(tracking_uri: str, model_id: str, run_id: str, root: Path) -> None
                                             tracking_uri=tracking_uri)
         if any(a.path == "conversion" for a in mlc.list_artifacts(run_id)):
             mlc.download_artifacts(run_id, "conversion", str(root))
+    bundle = root / "conversion" / "edge"
+    if (bundle / "manifest.json").is_file():
+        from converters.edge.bundle import name_source
+
+        name_source(bundle, model_version=f"{model}/{version}")
 
 
 def _ensure_registered_model(mlc, name: str) -> None:
@@ -239,9 +247,15 @@ def _mlflow(message: str):
     return translate(TrackingError, message)
 
 
-def after_training(spec: JobSpec, run_id: str | None, tracking_uri: str | None) -> None:
-    """The job driver's step after conversion: register when the spec has `register:`."""
+def after_training(spec: JobSpec, run_id: str | None, tracking_uri: str | None,
+                   conversion_failed: bool = False) -> None:
+    """The job driver's step after conversion: register when the spec has `register:`; after a
+    conversion that missed its parity gate only when `register.if_conversion_fails: register`."""
     if spec.register is None or run_id is None:
+        return
+    if conversion_failed and spec.register.if_conversion_fails == "skip":
+        print(f"not registered: the conversion FAILED its parity gate (register.if_conversion_fails: skip; "
+              f"set it to 'register' to register {spec.register.model} all the same)", flush=True)
         return
     from trainer.home import resolve_tracking_uri
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from trainer import telemetry
 from trainer.context import LocalSession, RayTrainSession
-from trainer.errors import ConversionError, JobError, SpecError, TrainerError, first_line
+from trainer.errors import ConversionError, JobError, ParityError, SpecError, TrainerError, first_line
 from trainer.protocol import (ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI, FAILURE_PREFIX, TIMING_PREFIX,
                               retry_line)
 from trainer.runners.base import get_runner, tune_ray_train
@@ -223,10 +223,14 @@ def checkpoint_storage(spec: JobSpec) -> str:
     return str(trainer_home() / "checkpoints")
 
 
-def convert_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str | None) -> None:
-    """The spec's `convert:` step; a parity miss fails the job (the report is logged first)."""
+def convert_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str | None) -> dict | None:
+    """The spec's `convert:` step. A target that misses its parity gate does not fail the job:
+    the training is done and its model logged, so the job succeeds with the conversion verdict
+    FAILED (in the run, its report and the summary; `submit --wait` exits with ParityError's
+    code) and the targets that passed kept and logged. Returns the report as a dict (None
+    without a `convert:` step); any other conversion error fails the job."""
     if spec.convert is None or run_id is None:
-        return
+        return None
     from converters.api import convert_run
 
     p = spec.convert.parity
@@ -239,23 +243,43 @@ def convert_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str 
                              max_float_fraction=p.max_float_fraction, task=p.task,
                              max_metric_increase=p.max_metric_increase, max_error_ratio=p.max_error_ratio,
                              min_cosine=p.min_cosine, int8_scale_tol=p.int8_scale_tol,
-                             output_tolerances={n: t.model_dump(exclude_none=True) for n, t in p.outputs.items()})
+                             output_tolerances={n: t.model_dump(exclude_none=True) for n, t in p.outputs.items()},
+                             keep_passed=True)
+    except ParityError as e:
+        report = e.fields.get("report")
+        telemetry.converted(spec.convert.targets, report)
+        if report is None:
+            raise
     except Exception as e:
         telemetry.converted(spec.convert.targets, getattr(e, "report", None))
         raise
-    telemetry.converted(spec.convert.targets, report)
-    # One line: the report itself is a file (and in the run); the summary shows its table.
+    else:
+        telemetry.converted(spec.convert.targets, report)
+    print(conversion_line(report), flush=True)
+    return report.to_dict()
+
+
+def conversion_line(report) -> str:
+    """The job log's one line on its conversion: each target's verdict, where the first failing
+    one broke (its diagnosis), what was kept and where the report is."""
     where = f"{report.out_dir}/{report.files['markdown']}" if report.out_dir and report.files.get("markdown") else ""
-    print(f"conversion {'PASSED' if report.passed else 'FAILED'}: "
-          + ", ".join(f"{r.target} {'pass' if r.passed else 'FAIL'}" for r in report.rows)
-          + (f"; report: {where}" if where else ""), flush=True)
+    line = (f"conversion {'PASSED' if report.passed else 'FAILED'}: "
+            + ", ".join(f"{r.target} {'pass' if r.passed else 'FAIL'}" for r in report.rows))
+    if not report.passed:
+        line += next((f"; {r.target}: {r.diagnosis['summary']}" for r in report.failed_rows
+                      if r.diagnosis and r.diagnosis.get("summary")), "")
+        line += f"; kept: {', '.join(report.kept)}" if report.kept else "; nothing kept"
+        line += "; the training succeeded"
+    return line + (f"; report: {where}" if where else "")
 
 
-def register_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str | None) -> None:
-    """The spec's `register:` step (MLflow version + the registry's dev/ project): trainer.promotion."""
+def register_after_training(spec: JobSpec, run_id: str | None, tracking_uri: str | None,
+                            conversion: dict | None = None) -> None:
+    """The spec's `register:` step (MLflow version + the registry's dev/ project): trainer.promotion.
+    `conversion`: the report of the job's conversion, whose verdict registration heeds."""
     from trainer.promotion.registration import after_training
 
-    after_training(spec, run_id, tracking_uri)
+    after_training(spec, run_id, tracking_uri, conversion_failed=bool(conversion) and conversion["status"] != "PASSED")
 
 
 def retry_announcer(max_failures: int):
@@ -320,9 +344,9 @@ def main() -> int:
         timing["fit_done"] = time.time()
         _prune_checkpoints(result, spec.checkpoint.keep)
         _leave_vanished_cwd()
-        convert_after_training(spec, run_id, tracking_uri)
+        conversion = convert_after_training(spec, run_id, tracking_uri)
         timing["converted"] = time.time()
-        register_after_training(spec, run_id, tracking_uri)
+        register_after_training(spec, run_id, tracking_uri, conversion)
         status = "FINISHED"
         return 0
     except TrainerError as e:
@@ -454,12 +478,16 @@ def conversion_summary(report: dict | None) -> dict | None:
 
     out_dir = report.get("out_dir") or ""
     uri = report.get("artifact_uri")
+    passed = report.get("status") == "PASSED"
+    kept = set(report.get("kept") or [])      # a report written before `kept`: all or nothing
     targets = []
     for row in report.get("rows", []):
+        here = passed or row["target"] in kept
         targets.append({"target": row["target"], "verdict": "pass" if row["passed"] else "FAIL",
                         "figure": key_figure(row), "criterion": row["criterion"], "size_bytes": row["size_bytes"],
-                        "path": f"{out_dir}/{row['artifact']}" if out_dir and report.get("status") == "PASSED" else None,
-                        "uri": f"{uri}/{row['artifact']}" if uri and report.get("status") == "PASSED" else None})
+                        "path": f"{out_dir}/{row['artifact']}" if out_dir and here else None,
+                        "uri": f"{uri}/{row['artifact']}" if uri and here else None,
+                        "diagnosis": (row.get("diagnosis") or {}).get("summary") if not row["passed"] else None})
     files = report.get("files") or {}
     return {"status": report.get("status"), "targets": targets, "output": out_dir or None,
             "report": f"{out_dir}/{files.get('markdown', 'report.md')}" if out_dir else None,
@@ -471,13 +499,14 @@ def run_in_process(spec: JobSpec, workdir: Path, run_id: str | None, tracking_ur
                    checkpoint_root: Path, job_id: str | None = None) -> None:
     """`trainer run --local`: the same function, world size 1, no Ray. A failure is recorded on
     the run as for a Ray job and re-raised as a JobError saying what failed in the user's terms
-    (a TrainerError, e.g. a parity miss, is re-raised as it is)."""
+    (a TrainerError is re-raised as it is; a parity miss is the conversion's verdict, not a
+    failure: see convert_after_training)."""
     status = "FAILED"
     failure = None
     try:
         _train(spec, LocalSession(checkpoint_root, spec.checkpoint.keep), workdir, run_id, tracking_uri)
-        convert_after_training(spec, run_id, tracking_uri)
-        register_after_training(spec, run_id, tracking_uri)
+        conversion = convert_after_training(spec, run_id, tracking_uri)
+        register_after_training(spec, run_id, tracking_uri, conversion)
         status = "FINISHED"
     except TrainerError as e:
         failure = driver_failure(e, workdir)
