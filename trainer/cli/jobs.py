@@ -13,7 +13,7 @@ from trainer.cli._args import number
 from trainer.cli._flags import AddressOpt, CodeUriOpt, ContextOpt, NamespaceOpt, OverlayOpt, SetOpt
 from trainer.cli._output import OutputOpt, Printer
 from trainer.credentials import redact
-from trainer.errors import JobError, UsageError
+from trainer.errors import ClusterError, JobError, UsageError, first_line
 
 
 
@@ -287,7 +287,14 @@ def status(job_id: str, address: Optional[str] = AddressOpt, output: str = Outpu
     Exits 0 whenever the state could be read, whatever it is: `status` reports, it does not judge.
     To exit with the job's outcome (5 unless it SUCCEEDED), use `trainer wait JOB` or `submit --wait`."""
     p = Printer(output)
-    info = api.Job.get(job_id, address).info()
+    try:
+        info = api.Job.get(job_id, address).info()
+    except (JobError, ClusterError) as e:
+        info = api.recorded(job_id)
+        if info is None:
+            raise
+        p.note(f"the cluster does not know job {job_id} ({first_line(e)}); from its MLflow record "
+               f"(trainer inspect {job_id}):")
 
     def render(i):
         p.line(i["status"])
@@ -313,8 +320,18 @@ def logs(job_id: str, follow: bool = typer.Option(False, "--follow", "-f"),
     lines, trainer's machine-readable lines, lines Ray forwarded twice, or colour codes when not
     on a terminal (-v: all of it, raw). With --output json: one document once the logs are read."""
     p = Printer(output)
-    job = api.Job.get(job_id, address)
     shown = (lambda text: text) if verbose else api.LogFilter(keep_ansi=sys.stdout.isatty()).text
+    try:
+        job = api.Job.get(job_id, address)
+    except (JobError, ClusterError) as e:
+        text = api.recorded_log(job_id)
+        if text is None:
+            raise
+        p.note(f"the cluster does not know job {job_id} ({first_line(e)}); its log as its MLflow run "
+               f"recorded it:")
+        p.emit({"job_id": job_id, "logs": shown(text), "source": "MLflow record"},
+               lambda d: sys.stdout.write(d["logs"]))
+        return
     if p.json:
         if follow:
             job.wait()
