@@ -474,14 +474,11 @@ def _where(spec: "JobSpec") -> dict:
     """Where the driver runs and with what: host, Python, Ray, the runtime and its lock's digest."""
     out: dict = {"driver": socket.gethostname(), "python": sys.version.split()[0],
                  "runtime": spec.runtime_name, "accelerator": spec.resources.accelerator}
-    try:
-        import ray
-
+    ray = sys.modules.get("ray")          # the driver has it; importing it here would cost seconds
+    if ray is not None:
         out["ray"] = ray.__version__
         if ray.is_initialized():
             out["ray_package"] = (ray.get_runtime_context().runtime_env or {}).get("working_dir")
-    except ImportError:
-        pass
     try:
         from trainer.runtimes import lock_digest
 
