@@ -55,7 +55,7 @@ def inspect_run(ref: str, *, tracking_uri: str | None = None, log_lines: int = L
     out["timeline"] = timeline.get("events", [])
     out["groups"] = timeline.get("groups", [])
     out["where"] = timeline.get("where", {})
-    out["cost"] = _priced(timeline.get("cost"))
+    out["cost"] = record.priced(timeline.get("cost"))
     text = found["log"]
     out["log_tail"] = LogFilter().text(text).splitlines()[-log_lines:] if text else []
     out["log_recorded"] = text is not None
@@ -75,28 +75,6 @@ def inspect_run(ref: str, *, tracking_uri: str | None = None, log_lines: int = L
     if tags.get(record.TAG_RERUN_OF):
         out["rerun_of"] = tags[record.TAG_RERUN_OF]
     return out
-
-
-def _priced(cost: dict | None) -> dict | None:
-    """The cost with money, when $TRAINER_HOME/prices.yaml gives a price per CPU-hour and GPU-hour:
-    `{currency: USD, cpu_hour: 0.04, gpu_hour: 2.5}` (optional)."""
-    if not cost:
-        return cost
-    from trainer.home import trainer_home
-
-    path = trainer_home() / "prices.yaml"
-    if not path.is_file():
-        return cost
-    import yaml
-
-    try:
-        prices = yaml.safe_load(path.read_text()) or {}
-        amount = (cost["cpu_seconds"] * float(prices.get("cpu_hour", 0))
-                  + cost["gpu_seconds"] * float(prices.get("gpu_hour", 0))) / 3600
-    except (yaml.YAMLError, TypeError, ValueError, AttributeError) as e:
-        raise TrackingError(f"{path}: expected a mapping like {{currency: USD, cpu_hour: 0.04, gpu_hour: 2.5}} "
-                            f"({type(e).__name__})") from None
-    return {**cost, "price": round(amount, 4), "currency": str(prices.get("currency", ""))}
 
 
 def find_recorded_run(ref: str, *, tracking_uri: str | None = None) -> str:

@@ -7,11 +7,9 @@ from typing import List, Optional
 import typer
 
 from trainer import api
-from trainer.cli._flags import AddressOpt, SetOpt
+from trainer.cli._flags import AddressOpt, SetOpt, TrackingOpt
 from trainer.cli._output import OutputOpt, Printer
 
-TrackingUriOpt = typer.Option(None, "--tracking-uri", help="The MLflow store to read (default: "
-                              "$MLFLOW_TRACKING_URI, else this machine's).")
 
 
 def register(app: typer.Typer) -> None:
@@ -22,7 +20,7 @@ def register(app: typer.Typer) -> None:
 def inspect(ref: str = typer.Argument(..., help="A job id or an MLflow run id."),
             lines: int = typer.Option(20, "--lines", "-n",
                                       help="How many of the log's last lines to show."),
-            tracking_uri: Optional[str] = TrackingUriOpt, output: str = OutputOpt):
+            tracking_uri: Optional[str] = TrackingOpt, output: str = OutputOpt):
     """What a job's MLflow run recorded: status and why, what failed (exception, file:line, rank,
     node), the timeline, where it ran, its cost, the last log lines, every metric's last value,
     the conversion and the registered version. Reads only MLflow: works with the cluster gone."""
@@ -110,7 +108,7 @@ def rerun(ref: str = typer.Argument(..., help="The MLflow run id (or job id) to 
           allow_data_change: bool = typer.Option(False, "--allow-data-change",
                                                  help="Run even when the data's digest changed since."),
           wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow it to its end and compare."),
-          address: Optional[str] = AddressOpt, tracking_uri: Optional[str] = TrackingUriOpt,
+          address: Optional[str] = AddressOpt, tracking_uri: Optional[str] = TrackingOpt,
           output: str = OutputOpt):
     """Submit a run's recorded spec with its recorded code and data again (a new run, tagged
     trainer.rerun_of); the summary compares the final metrics with the first run's."""

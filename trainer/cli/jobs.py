@@ -157,6 +157,11 @@ def render_summary(p: Printer, s: dict) -> None:
         rows["..."] = f"{len(metrics) - SUMMARY_TABLE_METRICS} more metrics: --output json"
     if s.get("wall_time_s") is not None:
         rows["wall time"] = f"{s['wall_time_s']:.1f} s"
+    cost = s.get("cost")
+    if cost:
+        rows["cost"] = f"{cost['cpu_seconds']:g} CPU-s, {cost['gpu_seconds']:g} GPU-s" + (
+            f" ({cost['price']:.4f} {cost.get('currency', '')})".replace(" )", ")") if cost.get("price") is not None
+            else "")
     p.kv("summary", {k: v for k, v in rows.items() if v is not None})
     conversion = s.get("conversion")
     if conversion:

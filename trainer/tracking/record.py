@@ -346,7 +346,7 @@ class Recorder:
                 self._worker_event(event)
                 return
             retry = parse_retry(line)
-            if retry:
+            if retry and not any(e.get("event") == "restart" and e.get("reason") == retry for e in self.events):
                 self.events.append({"event": "restart", "time": time.time(), "reason": retry})
 
     def _worker_event(self, event: dict) -> None:
@@ -511,6 +511,40 @@ def announce_worker(event: str, rank: int | None, restore_point=None) -> None:
 
 
 # ---------------------------------------------------------------- reading the record
+
+PRICES_FILE = "prices.yaml"
+
+
+def priced(cost: dict | None) -> dict | None:
+    """The cost with money, when $TRAINER_HOME/prices.yaml gives a price per CPU-hour and GPU-hour
+    (optional): `{currency: USD, cpu_hour: 0.04, gpu_hour: 2.5}`."""
+    from trainer.home import trainer_home
+
+    path = trainer_home() / PRICES_FILE
+    if not cost or not path.is_file():
+        return cost
+    import yaml
+
+    try:
+        prices = yaml.safe_load(path.read_text()) or {}
+        amount = (cost["cpu_seconds"] * float(prices.get("cpu_hour", 0))
+                  + cost["gpu_seconds"] * float(prices.get("gpu_hour", 0))) / 3600
+    except (yaml.YAMLError, TypeError, ValueError, AttributeError) as e:
+        raise TrackingError(f"{path}: expected a mapping like {{currency: USD, cpu_hour: 0.04, gpu_hour: 2.5}} "
+                            f"({type(e).__name__})") from None
+    return {**cost, "price": round(amount, 4), "currency": str(prices.get("currency", ""))}
+
+
+def recorded_cost(tags: dict) -> dict | None:
+    """The cost the driver recorded in the run's tags (priced when a price table is set), or None."""
+    if TAG_CPU_SECONDS not in tags:
+        return None
+    try:
+        cost = {"cpu_seconds": float(tags[TAG_CPU_SECONDS]), "gpu_seconds": float(tags.get(TAG_GPU_SECONDS, 0))}
+    except ValueError:
+        return None
+    return priced(cost)
+
 
 def find_run(uri: str, ref: str):
     """The MLflow run `ref` names: a run id, else the run tagged with job id `ref` (the newest),

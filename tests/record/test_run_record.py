@@ -133,6 +133,9 @@ def test_the_recorder_writes_log_timeline_spec_code_and_cost_into_the_run(store,
     assert tl["cost"]["cpu_seconds"] == pytest.approx(5 * 2 * 1.5, abs=0.2)
     tags = runs.client(store).get_run(run_id).data.tags
     assert float(tags[record.TAG_CPU_SECONDS]) == tl["cost"]["cpu_seconds"]
+    from trainer.api import run_summary
+
+    assert run_summary(store, run_id)["cost"] == {"cpu_seconds": tl["cost"]["cpu_seconds"], "gpu_seconds": 0.0}
     assert tags[record.TAG_CODE_DIGEST] == record.code_digest(project)
 
 
