@@ -111,7 +111,7 @@ def test_the_recorder_writes_log_timeline_spec_code_and_cost_into_the_run(store,
         print("(TrainController pid=9) " + retry_line(2, 3, "ValueError: boom"))
         for rank in (0, 1):
             print(event_line(record.WORKER_START, t + 2, rank=rank, group="g2", node=f"10.0.0.{rank}",
-                             restored="checkpoint_000001" if True else None))
+                             restored="checkpoint_000001"))
             print(event_line(record.WORKER_END, t + 5, rank=rank, group="g2"))
         print("a line on stderr", file=sys.stderr)
         print("no newline at the end", end="")
