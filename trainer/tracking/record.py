@@ -378,6 +378,8 @@ class Recorder:
                 n = nodes.setdefault(e["node"], {"node": e["node"], "labels": e.get("labels") or {}, "ranks": []})
                 if e.get("rank") not in n["ranks"]:
                     n["ranks"].append(e.get("rank"))
+        for n in nodes.values():
+            n["ranks"].sort(key=lambda r: -1 if r is None else r)
         timeline = [e for e in events if e.get("event") not in (WORKER_START, WORKER_END)]
         timeline += [{"event": "group_started", "time": g["start"], "group": g["group"], "ranks": g["ranks"],
                       "nodes": g["nodes"]} for g in groups]
