@@ -63,6 +63,9 @@ def job_runtime_env(spec_json: str, *, job_id: str, tracking_uri: str, run_id: s
 PROGRESS_PREFIX = "TRAINER_PROGRESS "   # rank 0, per report: {"step", "metrics", "time"}
 FAILURE_PREFIX = "TRAINER_FAILURE "     # a worker's (or the driver's) failure record
 TIMING_PREFIX = "TRAINER_TIMING "       # the driver, last: where its time went (entrypoint, connected, ...)
+# Every worker, when it starts and ends: {"event": "worker_start"|"worker_end", "time", "rank", "node", "group",
+# ...}; the driver reads them as Ray forwards them and keeps the job's timeline in its run (trainer.tracking.record).
+EVENT_PREFIX = "TRAINER_EVENT "
 
 
 def _after(line: str, prefix: str) -> dict | None:
@@ -74,6 +77,15 @@ def _after(line: str, prefix: str) -> dict | None:
     except ValueError:
         return None
     return found if isinstance(found, dict) else None
+
+
+def event_line(event: str, time: float, **fields) -> str:
+    return EVENT_PREFIX + json.dumps({"event": event, "time": time, **fields}, default=str)
+
+
+def parse_event(line: str) -> dict | None:
+    """The event in a worker's event line (behind Ray's prefix), or None."""
+    return _after(line, EVENT_PREFIX)
 
 
 def progress_line(step: int, metrics: dict, time: float) -> str:
@@ -140,7 +152,7 @@ LABEL_FRAMEWORK = "trainer.io/framework"
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 # Ray's prefix on a line forwarded from a worker process: "(RayTrainWorker pid=123, ip=10.0.0.2) ".
 RAY_SOURCE = re.compile(r"^\((?P<source>[^()]*\bpid=\d+[^()]*)\) ?")
-PROTOCOL_PREFIXES = (PROGRESS_PREFIX, FAILURE_PREFIX, TIMING_PREFIX)
+PROTOCOL_PREFIXES = (PROGRESS_PREFIX, FAILURE_PREFIX, TIMING_PREFIX, EVENT_PREFIX)
 # Our dependencies' log lines, by their formats: Python logging as Ray and MLflow set it up
 # ("2026-12-06 01:58:55,956\tINFO job_manager.py:581 -- ...", "2026/12/06 01:58:55 WARNING mlflow...: ..."),
 # the default "WARNING:absl:...", glog/absl ("W1206 01:58:55.123 123 file.cc:12] ...", Ray's

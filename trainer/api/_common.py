@@ -38,10 +38,14 @@ def say(progress: Callable[[str], None] | None, text: str) -> None:
         progress(text)
 
 
-def load_job_spec(spec: str | Path | dict | JobSpec, set: list[str] | None, overrides: dict) -> tuple[JobSpec, Path]:
+def load_job_spec(spec: str | Path | dict | JobSpec, set: list[str] | None, overrides: dict,
+                  workdir: str | Path | None = None) -> tuple[JobSpec, Path]:
+    """The spec and its project folder: `workdir` when given (a spec given as a dict or JobSpec,
+    e.g. a rerun's, whose code is elsewhere), else the spec file's project (a dict's: the cwd)."""
     if isinstance(spec, JobSpec):
         spec = spec.model_dump(exclude_none=True)
-    spec_obj, workdir = load_spec(spec, set)
+    spec_obj, found = load_spec(spec, set)
+    workdir = Path(workdir) if workdir is not None else found
     if overrides:
         merged = deep_merge(spec_obj.model_dump(exclude_none=True), overrides)
         spec_obj, _ = load_spec(merged)

@@ -107,7 +107,8 @@ SUMMARY_METRICS = ("test_accuracy", "accuracy", "loss")
 
 def run_summary(uri: str, run_id: str) -> dict:
     """From a run: its page in a running MLflow UI, the last value of every metric it logged
-    (`metrics`, by the user's own names; the headline ones also at the top level), the
+    (`metrics`, by the user's own names; the headline ones also at the top level), the cost
+    its driver recorded (`cost`: CPU- and GPU-seconds, priced with a price table), the
     conversion outcome (`trainer.runners.job.conversion_summary`), and the model version it
     registered (`registered`: model, version, reference, digest). Best effort: what cannot be
     read is left out."""
@@ -125,6 +126,16 @@ def run_summary(uri: str, run_id: str) -> dict:
     if metrics:
         out["metrics"] = metrics
     out.update(conversion_of(uri, run_id))
+    try:
+        from trainer.tracking.record import recorded_cost
+        from trainer.tracking.runs import client
+
+        with translate(TrackingError, f"cannot read MLflow run {run_id} in {redact(uri)}", redact=redact_text):
+            cost = recorded_cost(client(uri).get_run(run_id).data.tags)
+    except TrainerError:
+        cost = None
+    if cost:
+        out["cost"] = cost
     try:
         registered = registered_version(uri, run_id)
     except TrainerError:

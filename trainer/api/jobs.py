@@ -213,13 +213,14 @@ class Job:
 
 def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: str | None = None,
            set: list[str] | None = None, progress: Callable[[str], None] | None = None,
-           cluster_spec: str | Path | dict | None = None, **overrides) -> Job:
+           cluster_spec: str | Path | dict | None = None, workdir: str | Path | None = None, **overrides) -> Job:
     """Validate, preflight and submit a job; returns the Job (finished if `wait`).
 
     `set` takes `dotted.key=value` strings (as `--set` on the CLI); keyword overrides are merged
     into the spec (`config={"lr": 0.1}`, `workers=4`). Nothing is submitted when a check fails.
     `cluster_spec` is the target's KubeRay RayCluster (a YAML file, a dict, or `NAMESPACE/NAME` read
     through the Kubernetes API): its worker groups that can still scale up count as capacity.
+    `workdir` is the project folder (the code uploaded) when it is not the spec file's (`rerun`).
     """
     from trainer.cluster.inventory import nodes
     from trainer.credentials import forwarded_env, redact_text, split_credentials
@@ -228,7 +229,7 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
     from trainer.scheduling.ray_jobs import RayJobs
     from trainer.tracking import runs
 
-    spec_obj, workdir = load_job_spec(spec, set, overrides)
+    spec_obj, workdir = load_job_spec(spec, set, overrides, workdir)
     checked = check_spec(spec_obj, workdir)
     interpreter = python_for(spec_obj.runtime_name)
     uri = runs.tracking_uri(spec_obj)            # as given: this client may use credentials in it

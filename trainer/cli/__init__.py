@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import typer
 
-from trainer.cli import (cluster, convert, edge, jobs, k8s, keys, mlflow, monitor, node, promote, registry, runtime, spec,
-                         ui, verify)
+from trainer.cli import (cluster, convert, edge, inspect, jobs, k8s, keys, mlflow, monitor, node, promote, registry,
+                         runtime, spec, ui, verify)
 from trainer.cli._output import ErrorHandlingGroup, Printer
 
-GROUPS = (jobs, cluster, node, k8s, spec, runtime, convert, edge, promote, registry, keys, verify, mlflow, monitor, ui)
+GROUPS = (jobs, inspect, cluster, node, k8s, spec, runtime, convert, edge, promote, registry, keys, verify, mlflow,
+          monitor, ui)
 
 app = typer.Typer(cls=ErrorHandlingGroup, no_args_is_help=True, add_completion=True,
                   pretty_exceptions_enable=False,

@@ -13,7 +13,7 @@ from trainer.cli._args import number
 from trainer.cli._flags import AddressOpt, CodeUriOpt, ContextOpt, NamespaceOpt, OverlayOpt, SetOpt
 from trainer.cli._output import OutputOpt, Printer
 from trainer.credentials import redact
-from trainer.errors import JobError, ParityError, UsageError
+from trainer.errors import ClusterError, JobError, ParityError, UsageError, first_line
 
 
 
@@ -178,6 +178,11 @@ def render_summary(p: Printer, s: dict) -> None:
         rows["..."] = f"{len(metrics) - SUMMARY_TABLE_METRICS} more metrics: --output json"
     if s.get("wall_time_s") is not None:
         rows["wall time"] = f"{s['wall_time_s']:.1f} s"
+    cost = s.get("cost")
+    if cost:
+        rows["cost"] = f"{cost['cpu_seconds']:g} CPU-s, {cost['gpu_seconds']:g} GPU-s" + (
+            f" ({cost['price']:.4f} {cost.get('currency', '')})".replace(" )", ")") if cost.get("price") is not None
+            else "")
     p.kv("summary", {k: v for k, v in rows.items() if v is not None})
     conversion = s.get("conversion")
     if conversion:
@@ -286,7 +291,14 @@ def status(job_id: str, address: Optional[str] = AddressOpt, output: str = Outpu
     To exit with the job's outcome (5 unless it SUCCEEDED, 8 if its conversion failed), use
     `trainer wait JOB` or `submit --wait`."""
     p = Printer(output)
-    info = api.Job.get(job_id, address).info()
+    try:
+        info = api.Job.get(job_id, address).info()
+    except (JobError, ClusterError) as e:
+        info = api.recorded(job_id)
+        if info is None:
+            raise
+        p.note(f"the cluster does not know job {job_id} ({first_line(e)}); from its MLflow record "
+               f"(trainer inspect {job_id}):")
 
     def render(i):
         missed = conversion_failure(i.get("conversion"))
@@ -315,8 +327,18 @@ def logs(job_id: str, follow: bool = typer.Option(False, "--follow", "-f"),
     lines, trainer's machine-readable lines, lines Ray forwarded twice, or colour codes when not
     on a terminal (-v: all of it, raw). With --output json: one document once the logs are read."""
     p = Printer(output)
-    job = api.Job.get(job_id, address)
     shown = (lambda text: text) if verbose else api.LogFilter(keep_ansi=sys.stdout.isatty()).text
+    try:
+        job = api.Job.get(job_id, address)
+    except (JobError, ClusterError) as e:
+        text = api.recorded_log(job_id)
+        if text is None:
+            raise
+        p.note(f"the cluster does not know job {job_id} ({first_line(e)}); its log as its MLflow run "
+               f"recorded it:")
+        p.emit({"job_id": job_id, "logs": shown(text), "source": "MLflow record"},
+               lambda d: sys.stdout.write(d["logs"]))
+        return
     if p.json:
         if follow:
             job.wait()

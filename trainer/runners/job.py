@@ -23,6 +23,7 @@ from trainer.protocol import (ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI
                               retry_line)
 from trainer.runners.base import get_runner, tune_ray_train
 from trainer.spec import JobSpec
+from trainer.tracking import record
 from trainer.tracking.runs import failure_line
 
 _STARTED = time.time()   # the entrypoint's first line (imports above included: they are its cost)
@@ -81,6 +82,8 @@ def _train(spec: JobSpec, session, workdir: Path, run_id: str | None, tracking_u
     try:
         ctx = runner.make_context(spec, session, run_id=run_id, tracking_uri=tracking_uri,
                                   data_path=Path(data_path) if data_path else _data_path(spec, workdir))
+        if isinstance(session, RayTrainSession):
+            record.announce_worker(record.WORKER_START, session.rank, session.restore_point)
         fn = load_function(spec, workdir)
         fn(ctx)
         ok = True
@@ -90,6 +93,8 @@ def _train(spec: JobSpec, session, workdir: Path, run_id: str | None, tracking_u
     finally:
         if ctx is not None:
             ctx.close(success=ok)
+            if isinstance(session, RayTrainSession):
+                record.announce_worker(record.WORKER_END, session.rank)
 
 
 # ---------------------------------------------------------------- a failure in the user's terms
@@ -326,11 +331,14 @@ def main() -> int:
     status = "FAILED"
     failure = None
     cancelled: list = []
+    recorder = None
     try:
         _record_cancel(cancelled)
         if run_id is None and tracking_uri:
             run_id = _own_run(spec, job_id, tracking_uri, workdir)
             loop_config["run_id"] = run_id
+        if run_id and tracking_uri:
+            recorder = record.Recorder(spec, job_id, run_id, tracking_uri, _STARTED, workdir).start()
         loop_config["data_path"] = pinned_data(spec, workdir, run_id, tracking_uri)
         print(f"job {job_id}: {spec.workers} {spec.framework} worker(s) on "
               f"{spec.resources.accelerator} nodes; MLflow run {run_id}", flush=True)
@@ -362,6 +370,8 @@ def main() -> int:
         return 1
     finally:
         _leave_vanished_cwd()
+        if recorder is not None:
+            recorder.finish("KILLED" if cancelled else status)
         if run_id:
             _close(spec, job_id, run_id, tracking_uri, "KILLED" if cancelled else status, failure)
         timing["closed"] = time.time()
