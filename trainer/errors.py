@@ -108,6 +108,12 @@ class RegistryError(TrainerError):
     exit_code = 11
 
 
+class ImageError(TrainerError):
+    """A runtime image could not be built, run, checked or pushed (buildah, podman, mmdebstrap)."""
+
+    exit_code = 12
+
+
 class ParityError(ConversionError):
     """A converted model does not give the same answers as the native one within tolerance."""
 

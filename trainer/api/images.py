@@ -1,0 +1,51 @@
+"""Runtime images: the local base, build, list, the lock check inside one, push.
+
+The images are built from `images/<runtime>/Dockerfile` and the same lock as the runtime venvs;
+the work lives in `trainer.images`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from trainer.errors import ImageError
+
+
+def image_base(rebuild: bool = False, progress: Callable[[str], None] | None = None) -> dict:
+    """The local Debian base image (mmdebstrap), built unless the container storage has it."""
+    from trainer.images.base import ensure_base
+
+    return ensure_base(rebuild=rebuild, progress=progress).to_dict()
+
+
+def image_build(runtime: str, variant: str = "cpu", base: str | None = None, python_source: str | None = None,
+                progress: Callable[[str], None] | None = None) -> dict:
+    """Build `runtime`'s image; see trainer.images.build."""
+    from trainer.images.build import build
+
+    return build(runtime, variant, base, python_source, progress=progress).to_dict()
+
+
+def image_ls(runtime: str | None = None) -> list[dict]:
+    """The runtime images in this machine's container storage, newest first."""
+    from trainer.images.inventory import list_images
+
+    return [row.to_dict() for row in list_images(runtime)]
+
+
+def image_ref(runtime: str, variant: str = "cpu") -> str:
+    """The local image of `runtime` built from its current lock; ImageError when there is none."""
+    from trainer.images.build import image_ref as ref_for
+    from trainer.images.engine import image_exists
+
+    ref = ref_for(runtime, variant)
+    if not image_exists(ref):
+        raise ImageError(f"no {variant} image of {runtime} for its current lock ({ref}); "
+                         f"run: trainer image build {runtime} --variant {variant}")
+    return ref
+
+
+def image_check(runtime: str, variant: str = "cpu") -> dict:
+    """Every pin of the lock against the versions installed inside the image."""
+    from trainer.images.inventory import check_lock
+
+    return check_lock(image_ref(runtime, variant))
