@@ -134,7 +134,7 @@ def ensure_uv(version: str, log_dir: Path | None = None, progress=None) -> str:
             if log is not None:
                 log.write_text(proc.stdout + proc.stderr)
             raise ImageError(f"pip download uv=={version} failed: "
-                             f"{engine._useful_line(proc.stderr.splitlines() or ['(no output)'])[:300]}")
+                             f"{engine.useful_line(proc.stderr.splitlines() or ['(no output)'])[:300]}")
         wheel = next(Path(tmp).glob("uv-*.whl"))
         with zipfile.ZipFile(wheel) as zf:
             member = next((n for n in zf.namelist() if n.endswith(".data/scripts/uv")), None)

@@ -71,13 +71,13 @@ def tool(name: str, *args: str, timeout: float = 600, log_file: Path | None = No
     if proc.returncode != 0:
         text = log_file.read_text() if log_file is not None else (proc.stderr or proc.stdout)
         lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("$ ")]
-        tail = _useful_line(lines)
+        tail = useful_line(lines)
         raise ImageError(f"{what} failed (exit {proc.returncode}): {tail[:300]}"
                          + (f" (log: {log_file})" if log_file else ""))
     return out
 
 
-def _useful_line(lines: list[str]) -> str:
+def useful_line(lines: list[str]) -> str:
     """The line that says why: the last line of a tool inside the build (pip's `ERROR:`), else the
     last `error`/`Error:` line, else the last line."""
     for ln in reversed(lines):

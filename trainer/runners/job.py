@@ -22,7 +22,7 @@ from trainer.errors import ConversionError, JobError, SpecError, TrainerError, f
 from trainer.protocol import (ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI, FAILURE_PREFIX, TIMING_PREFIX,
                               retry_line)
 from trainer.runners.base import get_runner, tune_ray_train
-from trainer.spec import JobSpec
+from trainer.spec import PACKAGE_SCHEME, JobSpec
 from trainer.tracking.runs import failure_line
 
 _STARTED = time.time()   # the entrypoint's first line (imports above included: they are its cost)
@@ -70,6 +70,11 @@ def pinned_data(spec: JobSpec, workdir: Path, run_id: str | None, tracking_uri: 
         mlc = client(tracking_uri)
         recorded = run_data_digest(mlc, mlc.get_run(run_id))
     root = pin(spec.data.path, workdir, recorded)
+    # A package's file (package://) is resolved by each worker in its own interpreter: workers
+    # in a runtime image's containers have it at another path, the same version (the image and
+    # the venv install one lock: `trainer image check`).
+    if spec.data.path.startswith(PACKAGE_SCHEME):
+        return None
     return None if root.is_relative_to(workdir.resolve()) else str(root)
 
 
