@@ -198,10 +198,21 @@ def driver_failure(err: BaseException, workdir: Path | None = None) -> dict:
     return failure_record(err, workdir, stage=stage)
 
 
+def _worker_workdir(drivers: str) -> Path:
+    """The job's project on this worker: the driver's copy when this node sees it (a node on the
+    driver's host), else this node's own copy of the job's working_dir, which Ray puts first on
+    PYTHONPATH (a node in another container or pod; Ray Train has moved the cwd to its artifacts
+    folder by now)."""
+    if Path(drivers).is_dir():
+        return Path(drivers)
+    first = os.environ.get("PYTHONPATH", "").split(os.pathsep)[0]
+    return Path(first) if first and Path(first).is_dir() else Path.cwd()
+
+
 def worker_loop(config: dict) -> None:
     """Runs in every Ray Train worker (one per rank)."""
     spec = JobSpec.model_validate_json(config["spec"])
-    workdir = Path(config["workdir"]) if Path(config["workdir"]).is_dir() else Path.cwd()
+    workdir = _worker_workdir(config["workdir"])
     telemetry.worker_started(config.get("job_id"), config.get("driver_started"))
     _train(spec, RayTrainSession(), workdir, config.get("run_id"), config.get("tracking_uri"), config.get("data_path"))
 
