@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from trainer.errors import ImageError
+from trainer.errors import ImageError, RegistryError
 
 
 def image_base(rebuild: bool = False, progress: Callable[[str], None] | None = None) -> dict:
@@ -49,3 +49,25 @@ def image_check(runtime: str, variant: str = "cpu") -> dict:
     from trainer.images.inventory import check_lock
 
     return check_lock(image_ref(runtime, variant))
+
+
+def image_push(runtime: str, variant: str = "cpu", registry: str | None = None, project: str = "dev") -> dict:
+    """Push `runtime`'s local image to the configured registry as
+    `<project>/runtime-<runtime>:<lock digest 12>` (cpu) or `...:<lock digest 12>-<variant>`."""
+    from trainer.images.push import push
+    from trainer.registry.auth import find_credentials
+    from trainer.registry.client import registry_url
+    from trainer.registry.serve import configured_address
+    from trainer.runtimes import lock_digest
+
+    ref = image_ref(runtime, variant)
+    address, why = configured_address(registry)
+    if address is None:
+        raise RegistryError(f"{why}; start one with: trainer registry serve")
+    url = registry_url(address)
+    host = url.split("://", 1)[1].rstrip("/")
+    creds = find_credentials(host)
+    tag = lock_digest(runtime)[:12] + ("" if variant == "cpu" else f"-{variant}")
+    out = push(ref, host, f"{project}/runtime-{runtime}", tag, username=creds.username if creds else None,
+               password=creds.secret if creds else None, plain_http=url.startswith("http://"))
+    return {**out, "image": ref, "runtime": runtime, "variant": variant}

@@ -1,4 +1,4 @@
-"""`trainer image base | build | ls | check`: runtime images built from images/<runtime>/Dockerfile."""
+"""`trainer image base | build | ls | check | push`: runtime images built from images/<runtime>/Dockerfile."""
 from __future__ import annotations
 
 from typing import Optional
@@ -6,6 +6,7 @@ from typing import Optional
 import typer
 
 from trainer import api
+from trainer.cli._flags import RegistryOpt
 from trainer.cli._output import OutputOpt, Printer
 
 group = typer.Typer(no_args_is_help=True, help="Runtime images (buildah/podman), built from the same lock as "
@@ -70,3 +71,12 @@ def check(name: str = NameArg, variant: str = VariantOpt, output: str = OutputOp
                                     + ", ".join(r["mismatches"])))
     if r["mismatches"]:
         raise typer.Exit(12)
+
+
+@group.command("push")
+def push(name: str = NameArg, variant: str = VariantOpt, registry: Optional[str] = RegistryOpt,
+         output: str = OutputOpt) -> None:
+    """Push the runtime's image to the registry as dev/runtime-<name>:<lock digest 12>."""
+    p = Printer(output)
+    r = api.image_push(name, variant, registry)
+    p.emit(r, lambda r: p.line(f"pushed {r['ref']}\n  pinned: {r['pinned']}"))

@@ -21,10 +21,11 @@ from pathlib import Path
 
 from trainer.errors import ClusterError, ImageError
 from trainer.images import engine
+from trainer.protocol import LABEL_NODE_IMAGE
 
 LABEL_CLUSTER = "io.trainer.cluster"
 # The Ray node label that says which image a node runs (`trainer cluster status`).
-RAY_IMAGE_LABEL = "trainer.io/image"
+RAY_IMAGE_LABEL = LABEL_NODE_IMAGE
 _VERSIONS = "import importlib.metadata as m, sys; print(m.version('ray'), '%d.%d' % sys.version_info[:2])"
 # Ray refuses a node whose Python differs from the head's down to the patch level by default; the
 # image's Python is the base's (Debian's 3.11.2 here, the head's venv 3.11.7): major.minor must
