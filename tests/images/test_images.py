@@ -210,3 +210,26 @@ def test_cluster_up_refuses_an_image_without_the_heads_ray(image_home):
     assert "\n" not in str(err.value)
     assert LocalCluster()._recorded() is None
     assert podman("ps", "--all", "--quiet", "--filter", f"ancestor={ref}").stdout.strip() == ""
+
+
+# ---------------------------------------------------------------- through the registry
+
+@needs_tools
+@pytest.mark.slow
+def test_push_puts_the_image_in_dev_under_its_lock_digest(torch_image, oci_registry):
+    """Read back with trainer's own OCI client (not buildah's word): the tag names the lock, the
+    digest is the one reported, and the image's config carries the lock's digest label."""
+    from trainer import api
+    from trainer.registry.client import Registry
+
+    pushed = api.image_push("torch")
+    digest = lock_digest("torch")
+    assert pushed["ref"] == f"{oci_registry['address']}/dev/runtime-torch:{digest[:12]}"
+    reg = Registry(oci_registry["address"])
+    manifest = reg.get_manifest("dev/runtime-torch", digest[:12])
+    assert manifest.digest == pushed["digest"] and pushed["pinned"].endswith(f"@{manifest.digest}")
+    config = json.loads(reg.get_blob("dev/runtime-torch", manifest.json["config"]["digest"]))
+    assert config["config"]["Labels"]["io.trainer.lock.digest"] == digest
+    assert config["config"]["Labels"]["io.trainer.variant"] == "cpu"
+    # Pushed again: the same digest (nothing rebuilt, nothing re-uploaded under another name).
+    assert api.image_push("torch")["digest"] == pushed["digest"]
