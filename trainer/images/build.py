@@ -96,10 +96,11 @@ def host_wheel_sources() -> tuple[list[str], list[str]]:
 
 
 def build(name: str, variant: str = "cpu", base_image: str | None = None, python_source: str | None = None,
-          log_dir: Path | None = None, progress=None) -> BuildReport:
+          log_dir: Path | None = None, progress=None, no_cache: bool = False) -> BuildReport:
     """Build runtime `name`'s `variant` image. No `base_image` and the cpu variant: the local
     Debian base (made first when missing) with its python3; otherwise the Dockerfile's default
-    base (the CUDA one) or `base_image`, with python-build-standalone unless `python_source`."""
+    base (the CUDA one) or `base_image`, with python-build-standalone unless `python_source`.
+    `no_cache`: every step runs again (buildah's layer cache unused; the base is still reused)."""
     spec_for(name)
     root = repo_root()
     dockerfile = root / "images" / name / "Dockerfile"
@@ -144,7 +145,7 @@ def build(name: str, variant: str = "cpu", base_image: str | None = None, python
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
     _say(progress, f"building {ref} from images/{name}/Dockerfile (base {labels[LABEL_BASE]})")
-    engine.tool("buildah", "bud", "--isolation=chroot", "--layers", "--quiet",
+    engine.tool("buildah", "bud", "--isolation=chroot", "--no-cache" if no_cache else "--layers", "--quiet",
                 *(["--pull=never"] if base_image and base_image.startswith("localhost/") else []),
                 "-f", str(dockerfile), "-t", ref,
                 *(f"--build-arg={k}={v}" for k, v in args.items()),
