@@ -231,5 +231,16 @@ def test_push_puts_the_image_in_dev_under_its_lock_digest(torch_image, oci_regis
     config = json.loads(reg.get_blob("dev/runtime-torch", manifest.json["config"]["digest"]))
     assert config["config"]["Labels"]["io.trainer.lock.digest"] == digest
     assert config["config"]["Labels"]["io.trainer.variant"] == "cpu"
-    # Pushed again: the same digest (nothing rebuilt, nothing re-uploaded under another name).
-    assert api.image_push("torch")["digest"] == pushed["digest"]
+    # Pushed again: the same digest and MLflow version (nothing rebuilt, nothing registered twice).
+    again = api.image_push("torch")
+    assert (again["digest"], again["version"]) == (pushed["digest"], pushed["version"])
+    assert reg.manifest_digest("dev/runtime-torch", f"v{pushed['version']}") == pushed["digest"]
+
+    # Promoted like a model: the same transaction (registry copy by digest + MLflow alias) and
+    # the same history; the digest in staging is the one pushed to dev.
+    record = api.promote("runtime-torch", "staging")
+    assert record["changed"] and record["digest"] == pushed["digest"]
+    assert reg.manifest_digest("staging/runtime-torch", f"v{pushed['version']}") == pushed["digest"]
+    (entry,) = [h for h in api.promotion_history("runtime-torch") if h["to"] == "staging"]
+    assert entry["digest"] == pushed["digest"] and entry["from"] == "dev"
+    assert api.promote("runtime-torch", "staging")["changed"] is False

@@ -51,9 +51,17 @@ def image_check(runtime: str, variant: str = "cpu") -> dict:
     return check_lock(image_ref(runtime, variant))
 
 
-def image_push(runtime: str, variant: str = "cpu", registry: str | None = None, project: str = "dev") -> dict:
+def image_push(runtime: str, variant: str = "cpu", registry: str | None = None,
+               tracking_uri: str | None = None) -> dict:
     """Push `runtime`'s local image to the configured registry as
-    `<project>/runtime-<runtime>:<lock digest 12>` (cpu) or `...:<lock digest 12>-<variant>`."""
+    `dev/runtime-<runtime>:<lock digest 12>` (cpu) or `...:<lock digest 12>-<variant>`, and register
+    it in MLflow as a version of the model `runtime-<runtime>` (alias dev, tag v<N> in the registry):
+    `promote("runtime-torch", "staging")` then moves it like a model, by digest."""
+    from trainer.home import resolve_tracking_uri
+    from trainer.images.build import LABEL_COMMIT
+    from trainer.images.inventory import labels
+    from trainer.promotion.registration import register_image
+
     from trainer.images.push import push
     from trainer.registry.auth import find_credentials
     from trainer.registry.client import registry_url
@@ -68,6 +76,11 @@ def image_push(runtime: str, variant: str = "cpu", registry: str | None = None, 
     host = url.split("://", 1)[1].rstrip("/")
     creds = find_credentials(host)
     tag = lock_digest(runtime)[:12] + ("" if variant == "cpu" else f"-{variant}")
-    out = push(ref, host, f"{project}/runtime-{runtime}", tag, username=creds.username if creds else None,
+    name = f"runtime-{runtime}"
+    out = push(ref, host, f"dev/{name}", tag, username=creds.username if creds else None,
                password=creds.secret if creds else None, plain_http=url.startswith("http://"))
-    return {**out, "image": ref, "runtime": runtime, "variant": variant}
+    registered = register_image(name, address, out["digest"], out["ref"], resolve_tracking_uri(tracking_uri),
+                                tags={"trainer.image.lock": lock_digest(runtime), "trainer.image.variant": variant,
+                                      "trainer.image.commit": labels(ref).get(LABEL_COMMIT, "")})
+    return {**out, "image": ref, "runtime": runtime, "variant": variant, "model": name,
+            "version": registered["version"], "version_ref": registered["ref"]}

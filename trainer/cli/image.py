@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from trainer import api
-from trainer.cli._flags import RegistryOpt
+from trainer.cli._flags import RegistryOpt, TrackingOpt
 from trainer.cli._output import OutputOpt, Printer
 
 group = typer.Typer(no_args_is_help=True, help="Runtime images (buildah/podman), built from the same lock as "
@@ -75,8 +75,10 @@ def check(name: str = NameArg, variant: str = VariantOpt, output: str = OutputOp
 
 @group.command("push")
 def push(name: str = NameArg, variant: str = VariantOpt, registry: Optional[str] = RegistryOpt,
-         output: str = OutputOpt) -> None:
-    """Push the runtime's image to the registry as dev/runtime-<name>:<lock digest 12>."""
+         tracking_uri: Optional[str] = TrackingOpt, output: str = OutputOpt) -> None:
+    """Push the runtime's image to the registry as dev/runtime-<name>:<lock digest 12>, registered
+    in MLflow as model runtime-<name> (alias dev): promote it with `trainer promote runtime-<name>`."""
     p = Printer(output)
-    r = api.image_push(name, variant, registry)
-    p.emit(r, lambda r: p.line(f"pushed {r['ref']}\n  pinned: {r['pinned']}"))
+    r = api.image_push(name, variant, registry, tracking_uri)
+    p.emit(r, lambda r: p.line(f"pushed {r['ref']} = {r['version_ref']} ({r['model']} version {r['version']}, "
+                               f"alias dev)\n  pinned: {r['pinned']}"))
