@@ -4,4 +4,5 @@
     base.py       the local Debian base and uv images a build takes where no registry has them
     build.py      `trainer image build`: build args, labels, build-time mounts (CA, pip cache)
     inventory.py  the images here (labels, digest, size) and the lock check inside one
+    push.py       an image to an OCI registry (buildah push, digest read back with skopeo)
 """
