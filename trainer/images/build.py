@@ -146,6 +146,7 @@ def build(name: str, variant: str = "cpu", base_image: str | None = None, python
     log.write_text("")
     _say(progress, f"building {ref} from images/{name}/Dockerfile (base {labels[LABEL_BASE]})")
     engine.tool("buildah", "bud", "--isolation=chroot", "--no-cache" if no_cache else "--layers", "--quiet",
+                "--force-rm",  # no working container left behind, whatever the outcome
                 *(["--pull=never"] if base_image and base_image.startswith("localhost/") else []),
                 "-f", str(dockerfile), "-t", ref,
                 *(f"--build-arg={k}={v}" for k, v in args.items()),
