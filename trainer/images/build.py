@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,7 @@ def git_commit(root: Path) -> str:
 def host_wheel_sources() -> tuple[list[str], list[str]]:
     """(find-links folders, extra index URLs) of this host's pip configuration: the build mounts
     the local folders read-only at the same path and hands both to pip inside."""
-    proc = subprocess.run([os.sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)
     find_links: list[str] = []
     extra: list[str] = []
     for line in proc.stdout.splitlines():
