@@ -7,8 +7,10 @@
 #   apache2-utils           htpasswd with bcrypt for that registry
 #   groovy                  parses the Jenkinsfile (tests/ci)
 #   prometheus              Prometheus + promtool (tests/monitoring, `trainer monitor up`)
+#   buildah podman skopeo umoci mmdebstrap runc
+#                           runtime images: base rootfs, build, run, push (tests/images, `trainer image`)
 set -euo pipefail
-PACKAGES=(qemu-user-static docker-registry apache2-utils groovy prometheus)
+PACKAGES=(qemu-user-static docker-registry apache2-utils groovy prometheus buildah podman skopeo umoci mmdebstrap runc)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

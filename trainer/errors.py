@@ -108,6 +108,12 @@ class RegistryError(TrainerError):
     exit_code = 11
 
 
+class ImageError(TrainerError):
+    """A runtime image could not be built, run, checked or pushed (buildah, podman, mmdebstrap)."""
+
+    exit_code = 12
+
+
 class VerifyError(TrainerError):
     """A signature, file digest or provenance claim does not hold (tampered, unsigned, untrusted); nothing changed."""
 

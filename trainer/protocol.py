@@ -145,6 +145,8 @@ ANNOTATION_RUN_ID = "trainer.io/run-id"
 ANNOTATION_TRACKING_URI = "trainer.io/tracking-uri"
 LABEL_JOB_NAME = "trainer.io/job-name"
 LABEL_FRAMEWORK = "trainer.io/framework"
+# The Ray node label of a worker node running in a runtime image's container (`cluster up --image`).
+LABEL_NODE_IMAGE = "trainer.io/image"
 
 
 # ---------------------------------------------------------------- the job's log, for a person

@@ -39,6 +39,9 @@ SEED = int(os.environ.get("TRAINER_FAULT_SEED") or random.SystemRandom().randran
 # rank -> phases that can kill it (see resume/faults.py); "save" and "upload" only exist on the
 # rank that writes the checkpoint.
 PHASES = {0: ["step", "save", "upload", "report", "after"], 1: ["step", "report", "after"]}
+# The must-have points: between steps on either rank and each part of a checkpoint (the MXNet drill
+# of tests/runners/test_mxnet_jobs.py fires these, one per worker group).
+MUST = [(0, "step"), (1, "step"), (0, "save"), (0, "upload"), (1, "report")]
 # Each torch drill's share of the kill points: together, every (rank, phase) above.
 MUST_A = [(0, "step"), (0, "save"), (0, "upload"), (1, "report")]
 MUST_B = [(1, "step"), (0, "report"), (0, "after"), (1, "after")]

@@ -6,12 +6,19 @@ from typing import Callable
 from trainer.api._common import resolve_address
 from trainer.credentials import redact
 
-def cluster_up(nodes: list[str] | None = None, progress: Callable[[str], None] | None = None):
-    """Start the local cluster (or reuse it). `nodes` are `ACCEL:CPUS[:GPUS]` strings."""
+def cluster_up(nodes: list[str] | None = None, progress: Callable[[str], None] | None = None,
+               image: str | None = None):
+    """Start the local cluster (or reuse it). `nodes` are `ACCEL:CPUS[:GPUS]` strings. `image`:
+    the worker nodes run as containers of it: a runtime's name (its local cpu image built from the
+    current lock, `trainer image build`) or an image reference."""
     from trainer.cluster.local import LocalCluster, NodeSpec
 
     specs = [NodeSpec.parse(n) for n in nodes] if nodes else None
-    return LocalCluster().up(specs, progress=progress)
+    if image and "/" not in image and ":" not in image:
+        from trainer.api.images import image_ref
+
+        image = image_ref(image)
+    return LocalCluster().up(specs, progress=progress, image=image)
 
 
 def cluster_down() -> int:

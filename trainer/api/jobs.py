@@ -266,9 +266,12 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
             env.update(uri_credentials)
         # Locally the job runs under the runtime's venv; on a cluster, the runtime's image has `python`.
         python = str(interpreter) if local else "python"
+        # Workers in a runtime image's containers (`cluster up --image`) run its `python`, as on
+        # KubeRay: the driver still runs on the host head, under the local interpreter.
+        in_image = local and _local_workers_image() is not None
         runtime_env = job_runtime_env(job_spec.model_dump_json(), job_id=job_id, tracking_uri=job_uri, run_id=run_id,
                                       working_dir=workdir, excludes=UPLOAD_EXCLUDES,
-                                      python=python if local else None, extra_env=env)
+                                      python=python if local and not in_image else None, extra_env=env)
         size = checked.upload_bytes
         say(progress, f"submitting {job_id} (MLflow run {run_id}; code "
                        f"{f'{size / 2**20:.1f} MiB' if size >= 2**20 else f'{-(-size // 1024)} KiB'})")
@@ -286,6 +289,14 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
     if wait:
         job.wait()
     return job
+
+
+def _local_workers_image() -> str | None:
+    """The runtime image the local cluster's worker nodes run in, None when they run on the host."""
+    from trainer.cluster.local import LocalCluster
+
+    state = LocalCluster().state()
+    return state.image or None if state is not None else None
 
 
 def _check_remote_secrets(address: str, job_uri: str, uri_credentials: dict, progress) -> None:

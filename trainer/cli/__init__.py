@@ -4,7 +4,8 @@ function, prints through `trainer.cli._output.Printer`.
 One module per command group; a new group is a module with `register(app)` added to GROUPS.
 User errors print one red line and exit with their class's code (2 bad spec/usage, 3 preflight,
 4 cluster, 5 job, 6 runtime missing, 7/8 conversion/parity, 9 tracking, 10 promotion
-check failed / retrain found the data unchanged, 11 registry, 13 verification failed); TRAINER_DEBUG=1 shows the traceback.
+check failed / retrain found the data unchanged, 11 registry, 12 image, 13 verification failed);
+TRAINER_DEBUG=1 shows the traceback.
 
 Quiet by default: Ray's, MLflow's and other libraries' logs go to `$TRAINER_HOME/logs/trainer.log`
 (trainer.logs), printed under an error; `trainer -v ...` shows them on the terminal too.
@@ -14,12 +15,12 @@ from __future__ import annotations
 
 import typer
 
-from trainer.cli import (cluster, convert, edge, inspect, jobs, k8s, keys, mlflow, monitor, node, promote, registry,
-                         runtime, spec, ui, verify)
+from trainer.cli import (cluster, convert, edge, image, inspect, jobs, k8s, keys, mlflow, monitor, node, promote,
+                         registry, runtime, spec, ui, verify)
 from trainer.cli._output import ErrorHandlingGroup, Printer
 
-GROUPS = (jobs, inspect, cluster, node, k8s, spec, runtime, convert, edge, promote, registry, keys, verify, mlflow,
-          monitor, ui)
+GROUPS = (jobs, inspect, cluster, node, k8s, spec, runtime, convert, edge, promote, registry, image, keys, verify,
+          mlflow, monitor, ui)
 
 app = typer.Typer(cls=ErrorHandlingGroup, no_args_is_help=True, add_completion=True,
                   pretty_exceptions_enable=False,

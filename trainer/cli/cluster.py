@@ -9,6 +9,7 @@ from trainer import api
 from trainer.cli._args import number
 from trainer.cli._flags import AddressOpt, HeadOpt
 from trainer.cli._output import OutputOpt, Printer
+from trainer.cluster.containers import RAY_IMAGE_LABEL as IMAGE_LABEL
 from trainer.errors import ClusterError
 
 group = typer.Typer(no_args_is_help=True, help="The embedded local Ray cluster; join this host to a remote one.")
@@ -21,14 +22,19 @@ def register(app: typer.Typer) -> None:
 @group.command("up")
 def up(node: List[str] = typer.Option([], "--node", help="Worker node ACCEL:CPUS[:GPUS]; repeatable. "
                                       "Default: one cpu node with all cores."),
+       image: Optional[str] = typer.Option(None, "--image", help="Run the worker nodes as podman containers of "
+                                           "this runtime image (torch: the image `trainer image build torch` "
+                                           "made from the current lock; or an image reference). The head stays "
+                                           "on the host."),
        output: str = OutputOpt):
     """Start the local cluster: a CPU-only head plus labelled worker nodes."""
     p = Printer(output)
-    state, started = api.cluster_up(node or None, progress=p.note)
+    state, started = api.cluster_up(node or None, progress=p.note, image=image)
     nodes = [str(n) for n in state.node_specs]
-    p.emit({"started": started, "dashboard": state.dashboard_url, "nodes": nodes, "token_file": state.token_file},
+    p.emit({"started": started, "dashboard": state.dashboard_url, "nodes": nodes, "token_file": state.token_file,
+            "image": state.image or None},
            lambda _: p.line(f"{'started' if started else 'already running'}: dashboard {state.dashboard_url}, "
-                            f"nodes {', '.join(nodes)}"))
+                            f"nodes {', '.join(nodes)}" + (f" (in {state.image})" if state.image else "")))
     p.note(f"token auth on; Ray's own tools (ray job, ray.util.state, the dashboard in a browser) take its token: "
            f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={state.token_file}")
 
@@ -53,9 +59,10 @@ def status(address: Optional[str] = AddressOpt, output: str = OutputOpt):
 
     def free(f, t) -> str:
         return f"{'?' if f is None else f'{f:g}'}/{t:g}"
-    p.table(["node", "role", "accelerator", "CPUs free/total", "GPUs free/total"],
+    p.table(["node", "role", "accelerator", "CPUs free/total", "GPUs free/total", "image"],
             [[n["node_id"][:12], "head" if n["is_head"] else "worker", n["accelerator"] or "-",
-              free(n["cpus_free"], n["cpus"]), free(n["gpus_free"], n["gpus"])] for n in status["nodes"]],
+              free(n["cpus_free"], n["cpus"]), free(n["gpus_free"], n["gpus"]),
+              n["labels"].get(IMAGE_LABEL, "host")] for n in status["nodes"]],
             title=status["address"])
 
 

@@ -28,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from trainer.cluster import auth, processes
+from trainer.cluster import auth, containers, processes
 from trainer.errors import ClusterError, UsageError
 from trainer.home import trainer_home
 
@@ -74,6 +74,7 @@ class ClusterState:
     started_at: float = 0.0
     token_file: str = ""    # empty: started by an older trainer, with token auth off
     owner_token: str = ""   # in every node's environment (TRAINER_OWNER): what `down` stops
+    image: str = ""         # the runtime image the worker nodes run in (podman containers); "": the host
 
     @property
     def headers(self) -> dict[str, str]:
@@ -123,10 +124,16 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ lifecycle
     def up(self, nodes: list[NodeSpec] | None = None, object_store_mb: int | None = None,
-           progress=None) -> tuple[ClusterState, bool]:
-        """Start the cluster, or reuse the running one. Returns (state, started_now)."""
+           progress=None, image: str | None = None) -> tuple[ClusterState, bool]:
+        """Start the cluster, or reuse the running one. Returns (state, started_now). With
+        `image`, the worker nodes run as containers of that runtime image (its Ray must be the
+        head's: refused before anything starts); the head stays on the host."""
         running = self.state()
         if running is not None:
+            if image and image != running.image:
+                raise ClusterError(
+                    f"a local cluster is already running with its workers {_where(running.image)}; run "
+                    f"`trainer cluster down` first to start one with its workers {_where(image)}")
             if nodes and sorted(map(str, running.node_specs)) != sorted(map(str, nodes)):
                 raise ClusterError(
                     f"a local cluster is already running with nodes {', '.join(map(str, running.node_specs))}; "
@@ -137,11 +144,18 @@ class LocalCluster:
                                    "`trainer cluster down` then `trainer cluster up`")
             return running, False
         nodes = nodes or default_nodes()
+        if image:
+            from importlib.metadata import version
+
+            _say(progress, f"checking the Ray version inside {image}")
+            containers.check_ray(image, version("ray"), f"{sys.version_info.major}.{sys.version_info.minor}")
         leftover = self._recorded()
         if leftover is not None and leftover.owner_token:
             # Leftovers of a crashed cluster, killed outright: a job driver asked to stop would end
             # its run KILLED, as if cancelled; left RUNNING, `trainer status` closes it FAILED as
             # lost to this restart (trainer.api.jobs).
+            if leftover.image:
+                containers.remove(leftover.owner_token)
             self._stop_processes(self.owner_env(leftover), hard=True)
         auth.private_dir(self.dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +165,8 @@ class LocalCluster:
         auth.create_token(self.token_file)
         state = ClusterState(gcs_address="", dashboard_url="", temp_dir=str(temp_dir),
                              nodes=[asdict(n) for n in nodes], started_at=time.time(),
-                             token_file=str(self.token_file), owner_token=processes.new_token())
+                             token_file=str(self.token_file), owner_token=processes.new_token(),
+                             image=image or "")
         owner = self.owner_env(state)
         # Recorded before the first process starts: a crash half-way leaves what `down` needs.
         processes.write_private_json(self.state_file, asdict(state))
@@ -192,17 +207,31 @@ class LocalCluster:
             # reaches the job's log. A worker's node IP is the one it reaches the head's
             # 127.0.0.1 from: loopback (no --node-ip-address, which Ray would swap for the host's).
             for i, node in enumerate(nodes):
-                _say(progress, f"starting worker node {i + 1}/{len(nodes)}: {node}")
+                _say(progress, f"starting worker node {i + 1}/{len(nodes)}: {node}"
+                               + (f" in a container of {image}" if image else ""))
                 node_temp = temp_dir / str(i)
                 node_temp.mkdir(exist_ok=True)
-                self._ray_start(f"node{i}-{node.accelerator}", [
-                    f"--address={state.gcs_address}", f"--num-cpus={node.cpus}", f"--num-gpus={node.gpus}",
-                    f"--labels=ray.io/accelerator-type={node.accelerator}",
-                    f"--resources={json.dumps({f'accelerator_type:{node.accelerator}': 1})}",
-                    f"--temp-dir={node_temp}", f"--dashboard-agent-listen-port={_free_port()}", *common], owner)
+                labels = f"ray.io/accelerator-type={node.accelerator}"
+                if image:
+                    labels += f",{containers.RAY_IMAGE_LABEL}={containers.image_label_value(image)}"
+                args = [f"--address={state.gcs_address}", f"--num-cpus={node.cpus}", f"--num-gpus={node.gpus}",
+                        f"--labels={labels}", f"--resources={json.dumps({f'accelerator_type:{node.accelerator}': 1})}",
+                        f"--temp-dir={node_temp}", f"--dashboard-agent-listen-port={_free_port()}", *common]
+                if image:
+                    containers.start_node(
+                        image, f"trainer-{containers.cluster_label(state.owner_token)[:8]}-node{i}",
+                        state.owner_token, args,
+                        {**auth.node_env(self.token_file), **owner, **containers.PYTHON_MATCH, "RAY_USAGE_STATS_ENABLED": "0",
+                         "TRAINER_HOME": str(self.home)},
+                        [self.home, node_temp, self.token_file.parent], int(store) // 2**20 + 256,
+                        _RAY_START_LOOPBACK)
+                else:
+                    self._ray_start(f"node{i}-{node.accelerator}", args, owner)
             self._wait_for_nodes(state, len(nodes) + 1)
             exposed = beyond_loopback(owner)
         except BaseException:
+            if image:
+                containers.remove(state.owner_token)
             self._stop_processes(owner)
             raise
         processes.write_private_json(self.state_file, asdict(state))
@@ -219,7 +248,10 @@ class LocalCluster:
             raise ClusterError(f"{self.state_file} was written by an older trainer and does not say which "
                                f"processes are this cluster's: stop them yourself (`ray stop` stops every Ray "
                                f"of yours on this host), then remove the file")
-        stopped = self._stop_processes(self.owner_env(state)) if state is not None else 0
+        stopped = 0
+        if state is not None and state.image:
+            stopped += containers.remove(state.owner_token)
+        stopped += self._stop_processes(self.owner_env(state)) if state is not None else 0
         self.state_file.unlink(missing_ok=True)
         self.token_file.unlink(missing_ok=True)
         return stopped
@@ -236,6 +268,10 @@ class LocalCluster:
 
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
+            if state.image:
+                stopped = containers.exited(state.owner_token)
+                if stopped:
+                    raise ClusterError(f"a worker node container stopped: {stopped[0]}")
             if _dashboard_alive(state.dashboard_url, state.headers):
                 try:
                     if len(nodes(state.dashboard_url, headers=state.headers)) >= count:
@@ -254,6 +290,10 @@ class LocalCluster:
 # `ENABLE_RAY_CLUSTER`); set for the head only: a worker's `ray start --address` refuses it.
 SINGLE_HOST_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+def _where(image: str) -> str:
+    return f"in containers of {image}" if image else "on the host"
 
 
 def beyond_loopback(owner: dict[str, str]) -> list[str]:

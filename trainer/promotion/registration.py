@@ -260,3 +260,36 @@ def after_training(spec: JobSpec, run_id: str | None, tracking_uri: str | None,
     from trainer.home import resolve_tracking_uri
 
     register_run(spec, run_id, resolve_tracking_uri(tracking_uri), echo=lambda line: print(line, flush=True))
+
+
+def register_image(name: str, address: str, digest: str, pushed_ref: str, tracking_uri: str,
+                   tags: dict[str, str] | None = None) -> dict:
+    """Register a runtime image pushed to `address`/dev/`name` (by digest) as a version of the
+    MLflow registered model `name`, tagged and aliased `dev` the way `register_run` does a model,
+    and tag it `v<N>` in the registry: `trainer promote NAME --to staging` then moves it through
+    the same transaction and history as a model, by digest. An image already registered with this
+    digest keeps its version (a second push registers nothing new)."""
+    from trainer.registry.client import Registry
+
+    mlc = client(tracking_uri)
+    repo = repository("dev", name)
+    with _mlflow(f"cannot register image {name} in {redact(tracking_uri)}"), global_store(tracking_uri):
+        _ensure_registered_model(mlc, name)
+        same = [v for v in mlc.search_model_versions(f"name='{name}'") if v.tags.get(tag_digest("dev")) == digest]
+        if same:
+            version = str(max(int(v.version) for v in same))
+        else:
+            version = str(mlc.create_model_version(
+                name, source=f"oci://{address}/{repo}@{digest}",
+                tags={TAG_GATES: "{}", TAG_REGISTRY: address, **(tags or {})}).version)
+    reg = Registry(address)
+    manifest = reg.get_manifest(repo, digest)
+    stored = reg.put_manifest(repo, version_tag(version), manifest.body, manifest.media_type)
+    if stored != digest:
+        raise TrainerError(f"{repo}:{version_tag(version)}: the registry stored digest {stored}, not {digest}")
+    ref = f"{reg.host}/{repo}:{version_tag(version)}"
+    with _mlflow(f"tagged {ref}, but cannot tag MLflow version {version} of {name}"):
+        mlc.set_model_version_tag(name, version, tag_digest("dev"), digest)
+        mlc.set_model_version_tag(name, version, tag_ref("dev"), ref)
+        mlc.set_registered_model_alias(name, "dev", version)
+    return {"model": name, "version": version, "ref": ref, "pushed": pushed_ref, "digest": digest}

@@ -22,7 +22,7 @@ from trainer.errors import ConversionError, JobError, ParityError, SpecError, Tr
 from trainer.protocol import (ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI, FAILURE_PREFIX, TIMING_PREFIX,
                               retry_line)
 from trainer.runners.base import get_runner, tune_ray_train
-from trainer.spec import JobSpec
+from trainer.spec import PACKAGE_SCHEME, JobSpec
 from trainer.tracking import record
 from trainer.tracking.runs import failure_line
 
@@ -71,6 +71,11 @@ def pinned_data(spec: JobSpec, workdir: Path, run_id: str | None, tracking_uri: 
         mlc = client(tracking_uri)
         recorded = run_data_digest(mlc, mlc.get_run(run_id))
     root = pin(spec.data.path, workdir, recorded)
+    # A package's file (package://) is resolved by each worker in its own interpreter: workers
+    # in a runtime image's containers have it at another path, the same version (the image and
+    # the venv install one lock: `trainer image check`).
+    if spec.data.path.startswith(PACKAGE_SCHEME):
+        return None
     return None if root.is_relative_to(workdir.resolve()) else str(root)
 
 
@@ -198,10 +203,21 @@ def driver_failure(err: BaseException, workdir: Path | None = None) -> dict:
     return failure_record(err, workdir, stage=stage)
 
 
+def _worker_workdir(drivers: str) -> Path:
+    """The job's project on this worker: the driver's copy when this node sees it (a node on the
+    driver's host), else this node's own copy of the job's working_dir, which Ray puts first on
+    PYTHONPATH (a node in another container or pod; Ray Train has moved the cwd to its artifacts
+    folder by now)."""
+    if Path(drivers).is_dir():
+        return Path(drivers)
+    first = os.environ.get("PYTHONPATH", "").split(os.pathsep)[0]
+    return Path(first) if first and Path(first).is_dir() else Path.cwd()
+
+
 def worker_loop(config: dict) -> None:
     """Runs in every Ray Train worker (one per rank)."""
     spec = JobSpec.model_validate_json(config["spec"])
-    workdir = Path(config["workdir"]) if Path(config["workdir"]).is_dir() else Path.cwd()
+    workdir = _worker_workdir(config["workdir"])
     telemetry.worker_started(config.get("job_id"), config.get("driver_started"))
     _train(spec, RayTrainSession(), workdir, config.get("run_id"), config.get("tracking_uri"), config.get("data_path"))
 
