@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from trainer.api.handle import registered_version, run_summary
+from trainer.api.handle import run_summary
 from trainer.credentials import redact
-from trainer.errors import JobError, TrackingError, TrainerError, translate
+from trainer.errors import JobError, TrackingError, translate
 from trainer.protocol import LogFilter
 from trainer.state import JobState
 
@@ -59,15 +59,9 @@ def inspect_run(ref: str, *, tracking_uri: str | None = None, log_lines: int = L
     text = found["log"]
     out["log_tail"] = LogFilter().text(text).splitlines()[-log_lines:] if text else []
     out["log_recorded"] = text is not None
-    out.update({k: v for k, v in run_summary(uri, run_id).items() if k in ("metrics", "conversion", "mlflow_url")})
+    out.update({k: v for k, v in run_summary(uri, run_id).items()
+                if k in ("metrics", "conversion", "mlflow_url", "registered")})
     out["steps"] = steps
-    if "registered" not in out:
-        try:
-            reg = registered_version(uri, run_id)
-        except TrainerError:
-            reg = None
-        if reg:
-            out["registered"] = reg
     out["code_digest"] = tags.get(record.TAG_CODE_DIGEST)
     from trainer.promotion.registration import run_data_digest
 

@@ -294,11 +294,7 @@ def status(job_id: str, address: Optional[str] = AddressOpt, output: str = Outpu
     try:
         info = api.Job.get(job_id, address).info()
     except (JobError, ClusterError) as e:
-        info = api.recorded(job_id)
-        if info is None:
-            raise
-        p.note(f"the cluster does not know job {job_id} ({first_line(e)}); from its MLflow record "
-               f"(trainer inspect {job_id}):")
+        info = _from_record(p, e, job_id, api.recorded, f"from its MLflow record (trainer inspect {job_id}):")
 
     def render(i):
         missed = conversion_failure(i.get("conversion"))
@@ -309,6 +305,17 @@ def status(job_id: str, address: Optional[str] = AddressOpt, output: str = Outpu
             render_failure(p, i["failure"])
         _render_run_page(p, i)
     p.emit(info, render)
+
+
+def _from_record(p: Printer, error: Exception, job_id: str, read, what: str):
+    """When the cluster no longer knows a job (stopped, restarted, its RayCluster deleted): what
+    `read(job_id)` finds in the job's MLflow record, saying so; the cluster's error when the
+    record has nothing either."""
+    found = read(job_id)
+    if found is None:
+        raise error
+    p.note(f"the cluster does not know job {job_id} ({first_line(error)}); {what}")
+    return found
 
 
 def _render_run_page(p: Printer, s: dict) -> None:
@@ -331,11 +338,7 @@ def logs(job_id: str, follow: bool = typer.Option(False, "--follow", "-f"),
     try:
         job = api.Job.get(job_id, address)
     except (JobError, ClusterError) as e:
-        text = api.recorded_log(job_id)
-        if text is None:
-            raise
-        p.note(f"the cluster does not know job {job_id} ({first_line(e)}); its log as its MLflow run "
-               f"recorded it:")
+        text = _from_record(p, e, job_id, api.recorded_log, "its log as its MLflow run recorded it:")
         p.emit({"job_id": job_id, "logs": shown(text), "source": "MLflow record"},
                lambda d: sys.stdout.write(d["logs"]))
         return

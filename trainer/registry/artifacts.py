@@ -475,20 +475,15 @@ def read_records(reg: Registry, repo: str, digest: str) -> list[dict]:
     found, _ = reg.referrers(repo, digest)
     records = []
     for d in found:
-        if d.get("artifactType") != PROMOTION:
+        blob = referrer_blob(reg, repo, d, PROMOTION) if d.get("artifactType") == PROMOTION else None
+        if blob is None:
             continue
-        where = f"{repo}: a promotion record"
-        manifest = reg.get_manifest(repo, descriptor_digest(d, where)).json
-        layers = manifest.get("layers", [])
-        for layer in layers if isinstance(layers, list) else []:
-            if isinstance(layer, dict) and layer.get("mediaType") == PROMOTION:
-                size = descriptor_size(layer, where)
-                try:
-                    record = json.loads(reg.get_blob(repo, descriptor_digest(layer, where), size))
-                except ValueError:
-                    raise RegistryError(f"{repo}@{d['digest']}: a promotion record that is not JSON") from None
-                if isinstance(record, dict):
-                    records.append(record)
+        try:
+            record = json.loads(blob)
+        except ValueError:
+            raise RegistryError(f"{repo}@{d['digest']}: a promotion record that is not JSON") from None
+        if isinstance(record, dict):
+            records.append(record)
     return sorted(records, key=lambda r: (str(r.get("at", "")), r.get("seq") if type(r.get("seq")) is int else 0))
 
 
