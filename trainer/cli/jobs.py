@@ -86,7 +86,30 @@ def _follow(job: JobHandle, p: Printer):
     """Until the job ends: a Ray job's progress (rank 0's lines), a RayJob's status changes."""
     if isinstance(job, api.K8sJob):
         return job.wait(on_change=lambda o: p.note(o.describe()))
+    if job.is_sweep:
+        return _follow_sweep(job, p)
     return _follow_progress(job, p)
+
+
+def _follow_sweep(job: api.Job, p: Printer):
+    """A sweep's progress: one line whenever its counts or its best value change (fits 80 columns)."""
+    shown = None
+    for event in job.sweep_progress():
+        line = sweep_progress_line(event)
+        if line != shown:
+            p.line(line)
+            shown = line
+    return job.status()
+
+
+def sweep_progress_line(e: dict) -> str:
+    """`trials 3/8: 2 running, 1 done, 0 stopped, 0 failed; best accuracy 0.9123 (trial 0)`."""
+    finished = e["done"] + e["stopped"] + e["failed"]
+    line = (f"trials {finished}/{e['total']}: {e['running']} running, {e['done']} done, "
+            f"{e['stopped']} stopped, {e['failed']} failed")
+    if e.get("best") is not None:
+        line += f"; best {e['metric'][:16]} {e['best']:.4g} (trial {e['best_trial']})"
+    return line
 
 
 def _follow_progress(job: api.Job, p: Printer):
@@ -157,7 +180,17 @@ def render_summary(p: Printer, s: dict) -> None:
         rows["..."] = f"{len(metrics) - SUMMARY_TABLE_METRICS} more metrics: --output json"
     if s.get("wall_time_s") is not None:
         rows["wall time"] = f"{s['wall_time_s']:.1f} s"
+    sweep = s.get("sweep")
+    if sweep:
+        rows["trials"] = f"{sweep['total']}: " + ", ".join(f"{n} {o}" for o, n in sweep["outcomes"].items())
+        best = sweep.get("best")
+        if best:
+            rows["best trial"] = f"{best['trial']} (MLflow run {best['run_id']})"
+            if best.get("value") is not None:
+                rows[f"best {sweep['metric']}"] = f"{best['value']:.4f}"
     p.kv("summary", {k: v for k, v in rows.items() if v is not None})
+    if sweep and sweep.get("best"):
+        p.line("best params: " + ", ".join(f"{k}={v}" for k, v in sweep["best"]["params"].items()), whole=True)
     conversion = s.get("conversion")
     if conversion:
         from converters.parity import fmt_size

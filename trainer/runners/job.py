@@ -289,6 +289,10 @@ def main() -> int:
     tracking_uri = os.environ.get(ENV_TRACKING_URI)
     job_id = os.environ.get(ENV_JOB_ID, spec.name)
     workdir = Path.cwd()
+    if spec.sweep is not None:      # many trials of the same function: trainer.runners.sweep
+        from trainer.runners.sweep import main as sweep_main
+
+        return sweep_main(spec, job_id, run_id, tracking_uri, workdir, _STARTED)
     runner = get_runner(spec.framework)
     tune_ray_train()
     timing = {"entrypoint": _STARTED}
