@@ -108,8 +108,11 @@ def sweep_progress_line(e: dict) -> str:
     line = (f"trials {finished}/{e['total']}: {e['running']} running, {e['done']} done, "
             f"{e['stopped']} stopped, {e['failed']} failed")
     if e.get("best") is not None:
-        line += f"; best {e['metric'][:16]} {e['best']:.4g} (trial {e['best_trial']})"
-    return line
+        best = f"; best {e['metric'][:16]} {e['best']:.4g} (trial {e['best_trial']})"
+        if len(line + best) > 80:       # thousands of trials: the metric's name is in the spec
+            best = f"; best {e['best']:.4g} (#{e['best_trial']})"
+        line += best
+    return line[:80]
 
 
 def _follow_progress(job: api.Job, p: Printer):
@@ -204,6 +207,8 @@ def render_summary(p: Printer, s: dict) -> None:
             files += [t["path"][len(conversion["output"]) + 1:] for t in conversion["targets"] if t.get("path")]
             p.line("  " + ", ".join(f for f in files if f))
         run_id = s.get("mlflow_run_id") or s.get("run_id")
+        if (s.get("sweep") or {}).get("best"):      # a sweep converts its best trial's model, in that run
+            run_id = s["sweep"]["best"]["run_id"]
         if conversion.get("report_uri") and run_id:
             p.line(f"in MLflow: runs:/{run_id}/conversion", whole=True)
     registered = s.get("registered")
