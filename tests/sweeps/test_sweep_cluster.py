@@ -104,7 +104,7 @@ def test_cancel_ends_every_trial_run_killed(cluster):
         time.sleep(1)
     else:
         pytest.fail(f"the trials never started: {job.logs()[-2000:]}")
-    assert job.cancel().value == "STOPPED"
+    assert job.cancel().value == "CANCELLED"
     mlc = client(job.tracking_uri)
     assert mlc.get_run(job.run_id).info.status == "KILLED"
     trials = trial_runs(job.tracking_uri, job.run_id)
