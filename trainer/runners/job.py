@@ -25,6 +25,7 @@ from trainer.runners.base import get_runner, tune_ray_train
 from trainer.spec import JobSpec
 from trainer.tracking.runs import failure_line
 
+SWEEP_DRIVER = "trainer.runners.sweep"
 _STARTED = time.time()   # the entrypoint's first line (imports above included: they are its cost)
 
 
@@ -290,9 +291,10 @@ def main() -> int:
     job_id = os.environ.get(ENV_JOB_ID, spec.name)
     workdir = Path.cwd()
     if spec.sweep is not None:      # many trials of the same function: trainer.runners.sweep
-        from trainer.runners.sweep import main as sweep_main
+        import importlib
 
-        return sweep_main(spec, job_id, run_id, tracking_uri, workdir, _STARTED)
+        # By name, as runners are (base.RUNNERS): the sweep driver builds on this module.
+        return importlib.import_module(SWEEP_DRIVER).main(spec, job_id, run_id, tracking_uri, workdir, _STARTED)
     runner = get_runner(spec.framework)
     tune_ray_train()
     timing = {"entrypoint": _STARTED}
