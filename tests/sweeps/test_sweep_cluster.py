@@ -95,7 +95,7 @@ def test_a_metric_the_function_never_reports_fails_the_sweep(cluster):
 
 def test_cancel_ends_every_trial_run_killed(cluster):
     job = trainer.submit(SWEEP, set=["config.epochs=500", "sweep.trials=2", "sweep.concurrency=2",
-                                     "convert=null", "register=null"])
+                                     "sweep.scheduler=none", "convert=null", "register=null"])
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:       # until both trials train (each has reported a value)
         trials = trial_runs(job.tracking_uri, job.run_id)
@@ -109,3 +109,45 @@ def test_cancel_ends_every_trial_run_killed(cluster):
     assert mlc.get_run(job.run_id).info.status == "KILLED"
     trials = trial_runs(job.tracking_uri, job.run_id)
     assert [(t["status"], t["outcome"]) for t in trials] == [("KILLED", "cancelled")] * 2
+
+
+def test_a_killed_trial_worker_resumes_and_no_trial_is_lost(cluster):
+    """SIGKILL a trial's training worker mid-sweep: Ray Train restarts that trial's worker group
+    from its checkpoint (failure.max_failures, as for a job); every trial completes, and the killed
+    trial's run holds every epoch exactly once."""
+    import os
+    import signal
+
+    from ray.util.state import list_actors
+
+    epochs = 40
+    job = trainer.submit(SWEEP, set=[f"config.epochs={epochs}", "sweep.trials=2", "sweep.concurrency=2",
+                                     "sweep.scheduler=none", "failure.max_failures=1", "convert=null",
+                                     "register=null"])
+
+    def workers():
+        ray_job_id = job._jobs().info(job.id).job_id      # set once the driver runs
+        return [a for a in list_actors(address=cluster.dashboard_url, filters=[("class_name", "=", "RayTrainWorker")],
+                                       detail=True, limit=1000, raise_on_missing_output=False)
+                if a.job_id == ray_job_id]
+
+    def losses(run_id):
+        return [m.step for m in client(job.tracking_uri).get_metric_history(run_id, "loss")]
+
+    deadline = time.monotonic() + 400
+    victim = None
+    while time.monotonic() < deadline and victim is None:
+        assert not job.status().is_terminal, job.logs()[-3000:]
+        victim = next((t for t in trial_runs(job.tracking_uri, job.run_id) if losses(t["run_id"])), None)
+        time.sleep(0.5)
+    assert victim is not None, job.logs()[-3000:]
+    alive = [w for w in workers() if w.state == "ALIVE"]
+    assert alive
+    os.kill(alive[0].pid, signal.SIGKILL)
+
+    assert job.wait(timeout=900).value == "SUCCEEDED", job.logs()[-3000:]
+    trials = trial_runs(job.tracking_uri, job.run_id)
+    assert [t["outcome"] for t in trials] == ["completed", "completed"], trials
+    assert len(workers()) >= 3          # a new worker group for the killed trial
+    for t in trials:
+        assert sorted(losses(t["run_id"])) == list(range(epochs)), t

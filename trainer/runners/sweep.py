@@ -94,14 +94,20 @@ def trial(config: dict, setup: dict) -> None:
         trainer.fit()
     except Exception as e:
         failure = driver_failure(e, Path(setup["workdir"]))
-        if run_id:
+        if run_id and _still_running(uri, run_id):      # the driver may have closed it (a cancel)
             sweeps.end_trial(uri, run_id, sweeps.FAILED, failure_line(failure), failure=failure)
         raise JobError(f"trial {sweeps.trial_number(trial_id)} failed: {failure_line(failure)}") from None
     if run_id:
         sweeps.end_trial(uri, run_id, sweeps.COMPLETED, "ran to its end")
 
 
-def recorder(spec: JobSpec, uri: str | None, parent: str | None):
+def _still_running(uri: str, run_id: str) -> bool:
+    from trainer.tracking.runs import run_status
+
+    return run_status(uri, run_id) == "RUNNING"
+
+
+def recorder(spec: JobSpec, uri: str | None, parent: str | None, cancelled: list | None = None):
     """The driver's Tune callback: counts trials (running, done, stopped early, failed), keeps the
     best value of the metric so far, prints the sweep's progress line, and closes the runs of the
     trials ASHA stopped (their actors are stopped mid-training: they never close them) and of the
@@ -155,6 +161,10 @@ def recorder(spec: JobSpec, uri: str | None, parent: str | None):
                 recorded = client(uri).get_run(run_id).data.tags.get(sweeps.TAG_TRIAL_STATUS)
             if recorded == sweeps.COMPLETED:
                 entry["outcome"] = sweeps.COMPLETED
+            elif cancelled:     # Tune stops the running trials on its way out: not ASHA's doing
+                entry["outcome"] = sweeps.CANCELLED
+                if run_id:
+                    sweeps.end_trial(uri, run_id, sweeps.CANCELLED, "the sweep was cancelled")
             else:
                 entry["outcome"] = sweeps.STOPPED
                 if run_id:
@@ -242,6 +252,20 @@ def choose_best(spec: JobSpec, trials: dict[str, dict]) -> dict | None:
     return pick(done, key=lambda t: t["last"])
 
 
+def _note_cancel_time(timing: dict) -> None:
+    """Wrap the SIGTERM handler job._record_cancel installed: note when the cancel came (trials
+    whose runs say they failed after it were torn down by it)."""
+    import signal
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        timing.setdefault("cancelled", time.time())
+        previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def main(spec: JobSpec, job_id: str, run_id: str | None, tracking_uri: str | None, workdir: Path,
          started: float) -> int:
     """The sweep's driver (in the Ray job): the trials, then the best one's convert and register.
@@ -273,9 +297,10 @@ def main(spec: JobSpec, job_id: str, run_id: str | None, tracking_uri: str | Non
         # The recorder checks that results carry the metric, and names those they do carry; Tune's
         # own check (which would come first) names neither the spec's field nor the metrics.
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-        callback = recorder(spec, tracking_uri, run_id)
+        callback = recorder(spec, tracking_uri, run_id, cancelled)
         tune = tuner(spec, setup, callback)
         job._record_cancel(cancelled, connect=True)
+        _note_cancel_time(timing)
         timing["connected"] = time.time()
         try:
             tune.fit()
@@ -331,7 +356,8 @@ def main(spec: JobSpec, job_id: str, run_id: str | None, tracking_uri: str | Non
             outcome = "KILLED" if cancelled else status
             if outcome != "FINISHED":
                 try:
-                    closed = sweeps.close_open_trials(tracking_uri, run_id, f"sweep {job_id} ended {outcome}")
+                    closed = sweeps.close_open_trials(tracking_uri, run_id, f"sweep {job_id} ended {outcome}",
+                                                      cancelled_at=timing.get("cancelled") if cancelled else None)
                     if closed:
                         print(f"sweep {job_id}: {closed} trial run(s) still open closed KILLED", flush=True)
                 except TrainerError as e:

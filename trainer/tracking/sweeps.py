@@ -106,11 +106,18 @@ def trial_runs(uri: str, parent_run_id: str) -> list[dict]:
     return sorted(out, key=lambda t: t["trial"])
 
 
-def close_open_trials(uri: str, parent_run_id: str, reason: str) -> int:
-    """A cancelled sweep: every trial run still RUNNING ends KILLED (`cancelled`). Returns how many."""
+def close_open_trials(uri: str, parent_run_id: str, reason: str, cancelled_at: float | None = None) -> int:
+    """A sweep that ended: every trial run still RUNNING ends KILLED (`cancelled`); with
+    `cancelled_at` (the cancel's time, s), so does a trial that failed after it (its workers were
+    torn down by the cancel: not a failure of its own). Returns how many."""
     closed = 0
+    mlc = client(uri)
     for t in trial_runs(uri, parent_run_id):
-        if t["status"] == "RUNNING":
+        torn_down = False
+        if cancelled_at is not None and t["outcome"] == FAILED:
+            end = mlc.get_run(t["run_id"]).info.end_time
+            torn_down = end is None or end / 1000 >= cancelled_at
+        if t["status"] == "RUNNING" or torn_down:
             end_trial(uri, t["run_id"], CANCELLED, reason)
             closed += 1
     return closed
