@@ -93,6 +93,7 @@ def test_a_metric_the_function_never_reports_fails_the_sweep(cluster):
     assert client(job.tracking_uri).get_run(job.run_id).info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_cancel_ends_every_trial_run_killed(cluster):
     job = trainer.submit(SWEEP, set=["config.epochs=500", "sweep.trials=2", "sweep.concurrency=2",
                                      "sweep.scheduler=none", "convert=null", "register=null"])
@@ -111,6 +112,7 @@ def test_cancel_ends_every_trial_run_killed(cluster):
     assert [(t["status"], t["outcome"]) for t in trials] == [("KILLED", "cancelled")] * 2
 
 
+@pytest.mark.slow
 def test_a_killed_trial_worker_resumes_and_no_trial_is_lost(cluster):
     """SIGKILL a trial's training worker mid-sweep: Ray Train restarts that trial's worker group
     from its checkpoint (failure.max_failures, as for a job); every trial completes, and the killed
