@@ -68,6 +68,19 @@ TIMING_PREFIX = "TRAINER_TIMING "       # the driver, last: where its time went 
 EVENT_PREFIX = "TRAINER_EVENT "
 
 
+SWEEP_PREFIX = "TRAINER_SWEEP "         # a sweep's driver, per trial event: counts and the best so far
+
+
+def sweep_line(state: dict) -> str:
+    """{"total", "running", "done", "stopped", "failed", "metric", "best", "best_trial", "time"}."""
+    return SWEEP_PREFIX + json.dumps(state)
+
+
+def parse_sweep(line: str) -> dict | None:
+    """The event in a sweep driver's progress line of the job's log, or None."""
+    return _after(line, SWEEP_PREFIX)
+
+
 def _after(line: str, prefix: str) -> dict | None:
     idx = line.find(prefix)
     if idx < 0:
@@ -154,7 +167,7 @@ LABEL_NODE_IMAGE = "trainer.io/image"
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 # Ray's prefix on a line forwarded from a worker process: "(RayTrainWorker pid=123, ip=10.0.0.2) ".
 RAY_SOURCE = re.compile(r"^\((?P<source>[^()]*\bpid=\d+[^()]*)\) ?")
-PROTOCOL_PREFIXES = (PROGRESS_PREFIX, FAILURE_PREFIX, TIMING_PREFIX, EVENT_PREFIX)
+PROTOCOL_PREFIXES = (PROGRESS_PREFIX, FAILURE_PREFIX, TIMING_PREFIX, EVENT_PREFIX, SWEEP_PREFIX)
 # Our dependencies' log lines, by their formats: Python logging as Ray and MLflow set it up
 # ("2026-12-06 01:58:55,956\tINFO job_manager.py:581 -- ...", "2026/12/06 01:58:55 WARNING mlflow...: ..."),
 # the default "WARNING:absl:...", glog/absl ("W1206 01:58:55.123 123 file.cc:12] ...", Ray's

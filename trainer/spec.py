@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from trainer.errors import SpecError, first_line
 
@@ -219,6 +219,116 @@ class Register(_Strict):
         return v
 
 
+# ---------------------------------------------------------------- sweep: (Ray Tune)
+
+SWEEP_DOMAINS = ("choice", "uniform", "loguniform", "int")
+_METRIC_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_./-]{0,249}$"
+
+
+class Domain(_Strict):
+    """One hyperparameter's search space: exactly one of choice | uniform | loguniform | int."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False,
+                              populate_by_name=True)
+
+    choice: list[Any] | None = Field(None, min_length=1, max_length=10_000,
+                                     description="Values to pick from (strings, numbers, booleans, lists...).")
+    uniform: list[Float] | None = Field(None, description="[low, high]: a float drawn uniformly.")
+    loguniform: list[Float] | None = Field(None, description="[low, high], 0 < low: a float drawn "
+                                           "uniformly in log space (learning rates).")
+    int_: list[Int] | None = Field(None, alias="int", description="[low, high]: an integer, both ends included.")
+
+    @field_validator("choice")
+    @classmethod
+    def _json_choice(cls, v: list[Any] | None) -> list[Any] | None:
+        if v is not None:
+            _check_json(v, "choice")
+        return v
+
+    @model_validator(mode="after")
+    def _one_range(self) -> "Domain":
+        given = [name for name in SWEEP_DOMAINS if getattr(self, "int_" if name == "int" else name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(SWEEP_DOMAINS)}"
+                             + (f", got {' and '.join(given)}" if given else ""))
+        name = given[0]
+        if name == "choice":
+            return self
+        bounds = getattr(self, "int_" if name == "int" else name)
+        if len(bounds) != 2:
+            raise ValueError(f"{name}: must be two numbers [low, high], got {len(bounds)}")
+        low, high = bounds
+        if name == "int" and low > high:
+            raise ValueError(f"{name}: low must be <= high, got [{low}, {high}]")
+        if name != "int" and not low < high:
+            raise ValueError(f"{name}: low must be < high, got [{low:g}, {high:g}]")
+        if name == "loguniform" and low <= 0:
+            raise ValueError(f"{name}: low must be > 0 (a log scale), got {low:g}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(n for n in SWEEP_DOMAINS if getattr(self, "int_" if n == "int" else n) is not None)
+
+    def describe(self) -> dict:
+        """As the spec wrote it: {"loguniform": [0.0001, 0.1]}."""
+        return {self.kind: getattr(self, "int_" if self.kind == "int" else self.kind)}
+
+
+class Asha(_Strict):
+    grace_period: Int = Field(1, ge=1, le=1_000_000, description="Reports (persisted checkpoints) every "
+                              "trial gets before ASHA may stop it.")
+    reduction_factor: Int = Field(2, ge=2, le=1000, description="Keep the top 1/reduction_factor of trials "
+                                  "at each rung.")
+
+
+class Scheduler(_Strict):
+    asha: Asha = Field(..., description="Asynchronous successive halving: stops trials whose metric is "
+                       "below the rung's cutoff.")
+
+
+class Sweep(_Strict):
+    """Many trials of the same function over a search space of `config` values (Ray Tune)."""
+
+    metric: str = Field(..., pattern=_METRIC_NAME, description="A metric the function reports with a "
+                        "checkpoint (ctx.report(..., checkpoint=...)): what trials are compared on.")
+    mode: Literal["max", "min"] = Field(..., description="Whether a higher or a lower metric is better.")
+    trials: Int = Field(..., ge=1, le=10_000, description="How many trials (samples of the space).")
+    concurrency: Int = Field(1, ge=1, le=1000, description="Trials running at a time.")
+    seed: Int | None = Field(None, ge=0, le=2**32 - 1, description="Seed of the search (same seed, same trials).")
+    scheduler: Scheduler | None = Field(None, description="{asha: {grace_period, reduction_factor}} or "
+                                        "none (every trial runs to its end).")
+    space: dict[str, Domain] = Field(..., min_length=1, max_length=100, description="config key -> "
+                                     "{choice: [...]} | {uniform: [low, high]} | {loguniform: [low, high]} | "
+                                     "{int: [low, high]}.")
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _none(cls, v: Any) -> Any:
+        if isinstance(v, str) and v != "none":
+            raise ValueError(f"must be none or {{asha: {{grace_period, reduction_factor}}}}, got {shown(v)}")
+        return None if v == "none" else v
+
+    @field_validator("space")
+    @classmethod
+    def _config_keys(cls, v: dict[str, Domain]) -> dict[str, Domain]:
+        for key in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", key):
+                raise ValueError(f"{shown(key)} is not a config key (letters, digits and '_')")
+        return v
+
+    @model_validator(mode="after")
+    def _budget(self) -> "Sweep":
+        if self.concurrency > self.trials:
+            raise ValueError(f"sweep.concurrency: {self.concurrency} trials at a time is more than "
+                             f"sweep.trials ({self.trials})")
+        return self
+
+    @property
+    def asha(self) -> Asha | None:
+        return self.scheduler.asha if self.scheduler is not None else None
+
+
 # `register` is the spec's key, and also ABCMeta.register of pydantic's metaclass: pydantic warns
 # that the field shadows it. Instances read the field (spec.register); nothing calls the method.
 warnings.filterwarnings("ignore", message='Field name "register" in "JobSpec" shadows', category=UserWarning)
@@ -248,6 +358,24 @@ class JobSpec(_Strict):
     tracking: Tracking = Field(default_factory=Tracking)
     convert: Convert | None = None
     register: Register | None = None
+    sweep: Sweep | None = Field(None, description="Run many trials over a search space of config values "
+                                "(Ray Tune); the best trial's model goes through convert: and register:.")
+
+    @model_validator(mode="after")
+    def _sweep_fits_the_job(self) -> "JobSpec":
+        """A budget that cannot work, refused before anything runs: ASHA's grace period longer than
+        the training (no trial could ever be stopped)."""
+        asha = self.sweep.asha if self.sweep is not None else None
+        epochs = self.config.get("epochs")
+        if asha is not None and isinstance(epochs, int) and not isinstance(epochs, bool) \
+                and "epochs" not in self.sweep.space:
+            reports = epochs // self.checkpoint.every_epochs
+            if asha.grace_period >= reports:
+                raise ValueError(f"sweep.scheduler.asha.grace_period: {asha.grace_period} reports is not less "
+                                 f"than the {reports} checkpoint(s) a trial reports (config.epochs {epochs}, "
+                                 f"checkpoint.every_epochs {self.checkpoint.every_epochs}): ASHA could never "
+                                 f"stop a trial")
+        return self
 
     @field_validator("entrypoint")
     @classmethod
@@ -470,7 +598,10 @@ def validate(raw: dict) -> JobSpec:
         if len(errors) > MAX_ERRORS:
             text += f"; and {len(errors) - MAX_ERRORS} more"
         # Each description already starts with its field: `path` is carried, not printed again.
-        raise SpecError(text, path=_loc(errors[0]["loc"])) from None
+        path = _loc(errors[0]["loc"])
+        if path == "<spec>":    # a whole-spec check: its message starts with the field it is about
+            path = text.split(":", 1)[0]
+        raise SpecError(text, path=path) from None
 
 
 def find_workdir(spec_path: Path) -> Path:
@@ -571,11 +702,17 @@ def _loc(loc: tuple) -> str:
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The pydantic model that owns the field at `loc` (to suggest the nearest key for a typo)."""
     model: Any = JobSpec
+    keyed = False       # the previous part was a dict of models (sweep.space): this part is its key
     for part in loc:
+        if keyed:
+            keyed = False
+            continue
         field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:
             return None
         ann = field.annotation
+        if getattr(ann, "__origin__", None) is dict:
+            keyed, ann = True, ann.__args__[1]
         candidates = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
         if not candidates:
             return None
@@ -614,6 +751,8 @@ def _describe(err: dict, hint: bool = True) -> str:
     if kind == "value_error":
         message = str(ctx.get("error", err["msg"]))
         # _check_json names the nested key itself (config.a.b: ...)
+        if where == "<spec>" and re.match(r"[a-z_]+[.:]", message):    # a whole-spec check names its field
+            return message
         return message if re.match(re.escape(where) + r"[.\[]", message) else f"{where}: {message}"
     if kind == "model_type" or kind == "dict_type":
         return f"{where}: must be a mapping, got {value_shown}"

@@ -78,6 +78,7 @@ def test_quickstart(cluster):
 def test_experiments(cluster):
     texts = _execute("experiments")
     assert "'SUCCEEDED'" in "".join(texts)
+    assert any(t.startswith("sweep: ") and t.rstrip().endswith("SUCCEEDED") for t in texts), texts   # the sweep cell
 
 
 @pytest.mark.edge

@@ -19,7 +19,8 @@ from trainer.api.k8s import read_raycluster
 from trainer.credentials import redact
 from trainer.errors import JobError, PreflightError, TrainerError, first_line
 from trainer.protocol import (META_NAME, META_RUN_ID, META_SPEC, META_TRACKING_URI, UPLOAD_EXCLUDES, driver_entrypoint,
-                              PROTOCOL_PREFIXES, failure_from_logs, job_runtime_env, parse_progress, parse_retry)
+                              PROTOCOL_PREFIXES, failure_from_logs, job_runtime_env, parse_progress, parse_retry,
+                              parse_sweep)
 from trainer.spec import JobSpec
 from trainer.state import JobState
 
@@ -129,6 +130,8 @@ class Job:
             out["wall_time_s"] = round(time.time() - started, 1)
         if self.run_id and store_reachable(self._store()):
             out.update(run_summary(self._store(), self.run_id))
+            if self.is_sweep:
+                out.update(_sweep_summary(self._store(), self.run_id))
         if state is JobState.FAILED:
             out["failure"] = self.failure()
         if self.warnings:
@@ -165,6 +168,33 @@ class Job:
             if event is not None and event.get("time", 0) > last:
                 last = event.get("time", 0)
                 yield event
+
+    @property
+    def is_sweep(self) -> bool:
+        return bool(self.spec.get("sweep"))
+
+    def sweep_progress(self, poll_s: float = 0.5) -> Iterator[dict]:
+        """A sweep's events ({"total", "running", "done", "stopped", "failed", "metric", "best",
+        "best_trial", "time"}) as its driver prints them, until the job ends."""
+        last = 0.0
+        for line in self.follow(poll_s):
+            event = parse_sweep(line)
+            if event is not None and event.get("time", 0) > last:
+                last = event.get("time", 0)
+                yield event
+
+    def trials(self):
+        """A sweep's trials as MLflow holds them, as a pandas DataFrame: trial, outcome (completed,
+        stopped early, failed, cancelled), reason, run_id, then each param and each last metric."""
+        import pandas as pd
+
+        from trainer.tracking.sweeps import trial_runs
+
+        if not self.run_id:
+            raise JobError(f"job {self.id} has no MLflow run")
+        rows = [{"trial": t["trial"], "outcome": t["outcome"] or t["status"].lower(), "reason": t["reason"],
+                 "run_id": t["run_id"], **t["params"], **t["metrics"]} for t in trial_runs(self._store(), self.run_id)]
+        return pd.DataFrame(rows)
 
     def wait(self, timeout: float | None = None, poll_s: float = 0.25) -> JobState:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -209,6 +239,35 @@ class Job:
     def _warn(self, text: str) -> None:
         if text not in self.warnings:
             self.warnings.append(text)
+
+
+def _sweep_summary(uri: str, run_id: str) -> dict:
+    """A sweep's part of the summary: how its trials ended and the best one (its params, the
+    metric, its run), with the best run's conversion and registration (a sweep converts and
+    registers the best trial's model, in that trial's run)."""
+    from collections import Counter
+
+    from trainer.tracking.sweeps import best_run, sweep_of, trial_runs
+
+    try:
+        sweep = sweep_of(uri, run_id)
+        trials = trial_runs(uri, run_id)
+        best = best_run(uri, run_id)
+    except TrainerError:
+        return {}
+    if sweep is None:
+        return {}
+    out: dict = {"sweep": {"metric": sweep["metric"], "mode": sweep["mode"], "total": sweep["trials"],
+                           "outcomes": dict(Counter(t["outcome"] or t["status"].lower() for t in trials))}}
+    found = next((t for t in trials if t["run_id"] == best), None)
+    if found is not None:
+        out["sweep"]["best"] = {"trial": found["trial"], "run_id": found["run_id"], "params": {k: found["params"][k] for k in sweep["space"] if k in found["params"]},
+                                "value": found["metrics"].get(sweep["metric"])}
+        best_summary = run_summary(uri, found["run_id"])
+        for key in ("conversion", "registered"):
+            if key in best_summary:
+                out[key] = best_summary[key]
+    return out
 
 
 def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: str | None = None,
@@ -256,10 +315,12 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
         if spec_obj.tracking.uri:
             job_spec = spec_obj.model_copy(update={"tracking": spec_obj.tracking.model_copy(update={"uri": job_uri})})
         env = {}
+        cluster_state = _local_cluster() if local else None
         if local:
             from trainer.home import trainer_home
 
             env["TRAINER_HOME"] = str(trainer_home())
+            env.update(_local_gcs(cluster_state))
             # Credentials travel by the allow-list's names, to the local cluster only: its job API
             # (which shows a job's runtime env) takes the cluster's token, and its files are private.
             env.update(forwarded_env())
@@ -268,7 +329,7 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
         python = str(interpreter) if local else "python"
         # Workers in a runtime image's containers (`cluster up --image`) run its `python`, as on
         # KubeRay: the driver still runs on the host head, under the local interpreter.
-        in_image = local and _local_workers_image() is not None
+        in_image = bool(cluster_state is not None and cluster_state.image)
         runtime_env = job_runtime_env(job_spec.model_dump_json(), job_id=job_id, tracking_uri=job_uri, run_id=run_id,
                                       working_dir=workdir, excludes=UPLOAD_EXCLUDES,
                                       python=python if local and not in_image else None, extra_env=env)
@@ -291,12 +352,20 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
     return job
 
 
-def _local_workers_image() -> str | None:
-    """The runtime image the local cluster's worker nodes run in, None when they run on the host."""
+def _local_cluster():
+    """The local cluster's recorded state (None when none runs)."""
     from trainer.cluster.local import LocalCluster
 
-    state = LocalCluster().state()
-    return state.image or None if state is not None else None
+    return LocalCluster().state()
+
+
+def _local_gcs(state) -> dict[str, str]:
+    """RAY_ADDRESS for the job's processes on the local cluster. Ray's job supervisor gives it to
+    the driver only; an actor that connects by itself (Ray Train's detached PlacementGroupCleaner,
+    which frees a Train run's resources when its controller dies, e.g. a sweep trial ASHA stopped)
+    otherwise looks for "the" Ray instance on the host and fails when several clusters run there
+    (other users', a test session's): the resources then stay reserved and later trials wait forever."""
+    return {"RAY_ADDRESS": state.gcs_address} if state is not None and state.gcs_address else {}
 
 
 def _check_remote_secrets(address: str, job_uri: str, uri_credentials: dict, progress) -> None:

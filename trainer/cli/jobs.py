@@ -107,7 +107,33 @@ def _follow(job: JobHandle, p: Printer):
     """Until the job ends: a Ray job's progress (rank 0's lines), a RayJob's status changes."""
     if isinstance(job, api.K8sJob):
         return job.wait(on_change=lambda o: p.note(o.describe()))
+    if job.is_sweep:
+        return _follow_sweep(job, p)
     return _follow_progress(job, p)
+
+
+def _follow_sweep(job: api.Job, p: Printer):
+    """A sweep's progress: one line whenever its counts or its best value change (fits 80 columns)."""
+    shown = None
+    for event in job.sweep_progress():
+        line = sweep_progress_line(event)
+        if line != shown:
+            p.line(line)
+            shown = line
+    return job.status()
+
+
+def sweep_progress_line(e: dict) -> str:
+    """`trials 3/8: 2 running, 1 done, 0 stopped, 0 failed; best accuracy 0.9123 (trial 0)`."""
+    finished = e["done"] + e["stopped"] + e["failed"]
+    line = (f"trials {finished}/{e['total']}: {e['running']} running, {e['done']} done, "
+            f"{e['stopped']} stopped, {e['failed']} failed")
+    if e.get("best") is not None:
+        best = f"; best {e['metric'][:16]} {e['best']:.4g} (trial {e['best_trial']})"
+        if len(line + best) > 80:       # thousands of trials: the metric's name is in the spec
+            best = f"; best {e['best']:.4g} (#{e['best_trial']})"
+        line += best
+    return line[:80]
 
 
 def _follow_progress(job: api.Job, p: Printer):
@@ -183,7 +209,17 @@ def render_summary(p: Printer, s: dict) -> None:
         rows["cost"] = f"{cost['cpu_seconds']:g} CPU-s, {cost['gpu_seconds']:g} GPU-s" + (
             f" ({cost['price']:.4f} {cost.get('currency', '')})".replace(" )", ")") if cost.get("price") is not None
             else "")
+    sweep = s.get("sweep")
+    if sweep:
+        rows["trials"] = f"{sweep['total']}: " + ", ".join(f"{n} {o}" for o, n in sweep["outcomes"].items())
+        best = sweep.get("best")
+        if best:
+            rows["best trial"] = f"{best['trial']} (MLflow run {best['run_id']})"
+            if best.get("value") is not None:
+                rows[f"best {sweep['metric']}"] = f"{best['value']:.4f}"
     p.kv("summary", {k: v for k, v in rows.items() if v is not None})
+    if sweep and sweep.get("best"):
+        p.line("best params: " + ", ".join(f"{k}={v}" for k, v in sweep["best"]["params"].items()), whole=True)
     conversion = s.get("conversion")
     if conversion:
         from converters.parity import fmt_size
@@ -200,6 +236,8 @@ def render_summary(p: Printer, s: dict) -> None:
             files += [t["path"][len(conversion["output"]) + 1:] for t in conversion["targets"] if t.get("path")]
             p.line("  " + ", ".join(f for f in files if f))
         run_id = s.get("mlflow_run_id") or s.get("run_id")
+        if (s.get("sweep") or {}).get("best"):      # a sweep converts its best trial's model, in that run
+            run_id = s["sweep"]["best"]["run_id"]
         if conversion.get("report_uri") and run_id:
             p.line(f"in MLflow: runs:/{run_id}/conversion", whole=True)
     registered = s.get("registered")

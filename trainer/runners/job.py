@@ -26,6 +26,7 @@ from trainer.spec import PACKAGE_SCHEME, JobSpec
 from trainer.tracking import record
 from trainer.tracking.runs import failure_line
 
+SWEEP_DRIVER = "trainer.runners.sweep"
 _STARTED = time.time()   # the entrypoint's first line (imports above included: they are its cost)
 
 
@@ -334,6 +335,11 @@ def main() -> int:
     tracking_uri = os.environ.get(ENV_TRACKING_URI)
     job_id = os.environ.get(ENV_JOB_ID, spec.name)
     workdir = Path.cwd()
+    if spec.sweep is not None:      # many trials of the same function: trainer.runners.sweep
+        import importlib
+
+        # By name, as runners are (base.RUNNERS): the sweep driver builds on this module.
+        return importlib.import_module(SWEEP_DRIVER).main(spec, job_id, run_id, tracking_uri, workdir, _STARTED)
     runner = get_runner(spec.framework)
     tune_ray_train()
     timing = {"entrypoint": _STARTED}
