@@ -389,7 +389,11 @@ def test_head_restart(outcomes):
     o = _outcome(outcomes, "head_restart")
     job_id = o["job_id"]
     after = o["status_after"]
-    assert after.returncode == 5, after
+    # The restarted cluster does not know the job; `status` says why and reports the job from its
+    # MLflow record (issue 24), closed FAILED: it read a state, so it exits 0 (it reports, it does
+    # not judge: `trainer wait` exits 5).
+    assert after.returncode == 0, after
     assert job_id in after.stderr and "restarted" in after.stderr, after.stderr
+    assert "FAILED" in after.stdout, after.stdout
     assert o["run"].info.status == "FAILED"
     assert "restarted" in o["run"].data.tags.get(TAG_CLOSED_BY_CLIENT, "")

@@ -32,7 +32,7 @@ def _model_versions() -> list[tuple[str, str]]:
     from trainer.tracking.runs import client
 
     mlc = client(resolve_tracking_uri())
-    versions = [(v.name, v.version) for v in mlc.search_model_versions()]
+    versions = [(v.name, str(v.version)) for v in mlc.search_model_versions()]   # MLflow gives int or str
     aliases = [(m.name, str(sorted(m.aliases.items()))) for m in mlc.search_registered_models()]
     return sorted(versions + aliases)
 
