@@ -70,7 +70,7 @@ def trial(config: dict, setup: dict) -> None:
 
     from trainer.runners.base import get_runner, tune_ray_train
     from trainer.runners.job import driver_failure, retry_announcer, scaling_config, worker_loop
-    from trainer.tracking import record, sweeps
+    from trainer.tracking import sweeps
     from trainer.tracking.runs import failure_line
 
     spec = JobSpec.model_validate_json(setup["spec"])
@@ -271,7 +271,7 @@ def main(spec: JobSpec, job_id: str, run_id: str | None, tracking_uri: str | Non
     """The sweep's driver (in the Ray job): the trials, then the best one's convert and register.
     Returns the exit code, like `trainer.runners.job.main`."""
     from trainer.runners import job
-    from trainer.tracking import sweeps
+    from trainer.tracking import record, sweeps
     from trainer.tracking.runs import failure_line
 
     status, failure = "FAILED", None
