@@ -276,7 +276,7 @@ def main(spec: JobSpec, job_id: str, run_id: str | None, tracking_uri: str | Non
 
     status, failure = "FAILED", None
     cancelled: list = []
-    recorder = None
+    run_record = None
     timing = {"entrypoint": started}
     sweep = spec.sweep
     try:
@@ -284,7 +284,7 @@ def main(spec: JobSpec, job_id: str, run_id: str | None, tracking_uri: str | Non
         if run_id is None and tracking_uri:
             run_id = job._own_run(spec, job_id, tracking_uri, workdir)
         if run_id and tracking_uri:
-            recorder = record.Recorder(spec, job_id, run_id, tracking_uri, started, workdir).start()
+            run_record = record.Recorder(spec, job_id, run_id, tracking_uri, started, workdir).start()
             sweeps.record_sweep(tracking_uri, run_id, sweep.model_dump(mode="json", by_alias=True,
                                                                          exclude_none=True) | {
                 "space": {k: d.describe() for k, d in sweep.space.items()},
@@ -354,8 +354,8 @@ def main(spec: JobSpec, job_id: str, run_id: str | None, tracking_uri: str | Non
         return 1
     finally:
         job._leave_vanished_cwd()
-        if recorder is not None:
-            recorder.finish("KILLED" if cancelled else status)
+        if run_record is not None:
+            run_record.finish("KILLED" if cancelled else status)
         if run_id and tracking_uri:
             outcome = "KILLED" if cancelled else status
             if outcome != "FINISHED":

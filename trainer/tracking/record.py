@@ -332,6 +332,12 @@ class Recorder:
 
     # -- capture
     def start(self) -> "Recorder":
+        # MLflow imported here, in the caller's thread, before the recorder's thread uses it: two
+        # threads importing MLflow at once (this one and the driver's own first use) can hand one
+        # of them a half-initialised protobuf module ("Couldn't build proto file into descriptor
+        # pool: Depends on file 'databricks.proto'"), which failed sweeps' drivers.
+        from mlflow import MlflowClient  # noqa: F401
+
         self._streams = (sys.stdout, sys.stderr)
         sys.stdout, sys.stderr = _Tee(sys.stdout, self._line), _Tee(sys.stderr, self._line)
         self._thread = threading.Thread(target=self._run, daemon=True, name="trainer-record")
