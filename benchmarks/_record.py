@@ -146,6 +146,15 @@ def write(name: str, title: str, record: dict, markdown: str, plot, out: Path, q
     return paths
 
 
+def publish(name: str, title: str, record: dict, report: str, plot, out: Path, args) -> int:
+    """A benchmark's last step: `write` its files (the README section only for a full run into the
+    default folder), print the report and where the files went; the exit code."""
+    paths = write(name, title, record, report, plot, out, args.quick, readme=not args.quick and args.out is None)
+    print(report)
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
 def write_files(name: str, out: Path, record: dict, text: str, draw) -> list[Path]:
     """`out`/NAME.json (the record), NAME.md (`text`), NAME.png (`draw(path)` saves the figure)."""
     out.mkdir(parents=True, exist_ok=True)

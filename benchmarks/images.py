@@ -133,11 +133,8 @@ def main(argv=None) -> int:
         r["job"] = job_part(runtime, r["image"], args.epochs, args.rounds, work)
         record["runtimes"][runtime] = r
     record.update(clock.done())
-    paths = R.write("images", "Runtime images: build, size, the job inside vs the venv", record, report(record),
-                    plot(record), out, args.quick, readme=not args.quick and args.out is None)
-    print(report(record))
-    print("wrote " + ", ".join(map(str, paths)))
-    return 0
+    return R.publish("images", "Runtime images: build, size, the job inside vs the venv",
+                     record, report(record), plot(record), out, args)
 
 
 if __name__ == "__main__":

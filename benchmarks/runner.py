@@ -375,11 +375,7 @@ def main(argv=None) -> int:
 
             trainer.cluster_down()
     record.update(clock.done())
-    paths = R.write("runner", TITLE, record, report(record),
-                    plot(record), out, args.quick, readme=not args.quick and args.out is None)
-    print(report(record))
-    print("wrote " + ", ".join(map(str, paths)))
-    return 0
+    return R.publish("runner", TITLE, record, report(record), plot(record), out, args)
 
 
 if __name__ == "__main__":

@@ -147,11 +147,8 @@ def main(argv=None) -> int:
     if args.cold:
         record["cold"] = cold_part(args)
     record.update(clock.done())
-    paths = R.write("submit", "Submission latency and cold start", record, report(record), plot(record), out,
-                    args.quick, readme=not args.quick and args.out is None)
-    print(report(record))
-    print("wrote " + ", ".join(map(str, paths)))
-    return 0
+    return R.publish("submit", "Submission latency and cold start",
+                     record, report(record), plot(record), out, args)
 
 
 if __name__ == "__main__":

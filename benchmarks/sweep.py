@@ -115,11 +115,8 @@ def main(argv=None) -> int:
 
             trainer.cluster_down()
     record.update(clock.done())
-    paths = R.write("sweep", "Sweep overhead per trial vs raw Ray Tune", record, report(record), plot(record), out,
-                    args.quick, readme=not args.quick and args.out is None)
-    print(report(record))
-    print("wrote " + ", ".join(map(str, paths)))
-    return 0
+    return R.publish("sweep", "Sweep overhead per trial vs raw Ray Tune",
+                     record, report(record), plot(record), out, args)
 
 
 if __name__ == "__main__":

@@ -130,11 +130,8 @@ def main(argv=None) -> int:
     record: dict = {"machine": R.machine(), "reports": args.reports, "rounds": args.rounds, "quick": args.quick,
                     "measure": measure(args, work)}
     record.update(clock.done())
-    paths = R.write("tracking", "Tracking overhead: 10,000 ctx.report calls", record, report(record), plot(record),
-                    out, args.quick, readme=not args.quick and args.out is None)
-    print(report(record))
-    print("wrote " + ", ".join(map(str, paths)))
-    return 0
+    return R.publish("tracking", "Tracking overhead: 10,000 ctx.report calls",
+                     record, report(record), plot(record), out, args)
 
 
 if __name__ == "__main__":
