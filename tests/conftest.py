@@ -6,6 +6,7 @@ Cost is a marker: a test that needs a framework runtime (`tensorflow`, `mxnet`: 
 `pytest -m "not integration"` is the quick loop: no Ray cluster, no other runtime, no qemu."""
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -52,11 +53,13 @@ def _mlflow_store_not_carried_over():
     """A test that points MLflow's process-wide store somewhere (mlflow.set_tracking_uri also sets
     $MLFLOW_TRACKING_URI) does not hand it to the next test and the processes that one starts.
     trainer's own code never leaves it set (tests/tracking/test_global_store.py)."""
-    from mlflow.tracking._tracking_service import utils
-
-    saved_uri, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    name = "mlflow.tracking._tracking_service.utils"      # not imported: nothing to carry over
+    before = sys.modules.get(name)
+    saved_uri, saved_env = getattr(before, "_tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
     yield
-    utils._tracking_uri = saved_uri
+    after = sys.modules.get(name)
+    if after is not None:
+        after._tracking_uri = saved_uri
     if saved_env is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
