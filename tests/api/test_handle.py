@@ -87,3 +87,28 @@ def test_metrics_that_cannot_be_read_are_a_tracking_error(tmp_path, monkeypatch)
     uri, _ = _run(tmp_path, monkeypatch)
     with pytest.raises(TrackingError, match="cannot read the metrics of MLflow run 0+ in sqlite"):
         last_metrics(uri, "0" * 32)
+
+
+def test_follow_notices_the_end_right_after_the_drivers_last_line(monkeypatch):
+    """Polling every 0.5 s cost up to half a second after every job; once the driver has printed
+    its timing line (its last), the end is polled for every END_POLL_S."""
+    from trainer.api import jobs as jobs_module
+    from trainer.protocol import TIMING_PREFIX
+
+    class FakeRayJobs:
+        calls = 0
+        lines = ["job j: 1 torch worker(s)", "epoch 1", TIMING_PREFIX + '{"closed": 1}']
+
+        def state(self, job_id):
+            FakeRayJobs.calls += 1
+            return JobState.SUCCEEDED if FakeRayJobs.calls > 5 else JobState.RUNNING
+
+        def logs(self, job_id):
+            return "\n".join(self.lines[:FakeRayJobs.calls]) + "\n"
+
+    slept = []
+    monkeypatch.setattr(Job, "_jobs", lambda self: FakeRayJobs())
+    monkeypatch.setattr(jobs_module.time, "sleep", slept.append)
+    lines = list(Job(id="j", address="http://127.0.0.1:8265").follow(poll_s=0.5))
+    assert lines == FakeRayJobs.lines
+    assert slept == [0.5, 0.5] + [jobs_module.END_POLL_S] * 3
