@@ -127,7 +127,6 @@ def cmd_mx_predict(symbol: str, params: str, inputs: str, out: str) -> dict:
     return {"shape": list(y.shape)}
 
 
-
 @command("mx-layer-outputs", native_errors=True)
 def cmd_mx_layer_outputs(symbol: str, params: str, inputs: str, layers: list, out: str) -> dict:
     """The outputs of the symbol's internal nodes the exported ONNX names (in `layers`) on
