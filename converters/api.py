@@ -306,7 +306,8 @@ def _diagnosis(target, export, built, x: np.ndarray, frontend, path: Path, nativ
         artifact = Path(built.artifact)
         if found is None and target.precision == "fp32" and artifact.suffix == ".onnx":
             found = fp32_diagnosis(artifact, x, export.inputs[0].name,
-                                   lambda names, xs: frontend.layer_outputs(path, xs, names), tol.atol, tol.rtol)
+                                   lambda names, xs: frontend.layer_outputs(path, xs, names), tol.atol, tol.rtol,
+                                   scope=frontend.layer_scope)
         if found is None:
             found = output_diagnosis(native_out, out, tol.atol, tol.rtol)
     except Exception as err:  # the verdict stands without it; the report names what broke

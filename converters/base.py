@@ -48,6 +48,18 @@ class Built:
     extras: dict[str, Path] = field(default_factory=dict)   # work files, e.g. {"float_model": the quantized one's twin}
 
 
+class LayerOutputs(dict):
+    """`Frontend.layer_outputs`' answer: native outputs by the exporter's name for them, with
+    `layer_names`: the native layer each name is, where the two differ (a Keras layer under
+    TensorFlow's uniquified scope, the MXNet node MMdnn renamed, Caffe layers MMdnn fused)."""
+
+    layer_names: dict[str, str]
+
+    def __init__(self, outputs: dict[str, np.ndarray], layer_names: dict[str, str] | None = None):
+        super().__init__(outputs)
+        self.layer_names = dict(layer_names or {})
+
+
 class Frontend(ABC):
     name: ClassVar[str]                 # "torch", "keras", "mxnet", "caffe", "onnx"
     runtime: ClassVar[str] = "torch"    # runtime whose interpreter does the work
@@ -77,8 +89,15 @@ class Frontend(ABC):
     def layer_outputs(self, model: Path, inputs: np.ndarray, names: list[str]) -> dict[str, np.ndarray] | None:
         """The native outputs of the named layers (the names the exporter recorded on the ONNX
         nodes) on `inputs`: the fp32 diagnosis' reference per layer. None: this frontend cannot
-        map ONNX nodes back to its layers (the diagnosis then stops at the outputs)."""
+        map ONNX nodes back to its layers (the diagnosis then stops at the outputs). A
+        `LayerOutputs` may also say which native layer each name is."""
         return None
+
+    def layer_scope(self, node) -> str | None:
+        """The name `layer_outputs` knows an exported ONNX node by (None: no native layer of its
+        own). Default: the torch exporter's module scope, else tf2onnx's name scope."""
+        from converters.diagnose import scope_of
+        return scope_of(node)
 
     def admit(self, model: Path, trust_pickle: bool = False) -> list[str]:
         """Called first: refuse a model whose format runs code from the file when it loads (a

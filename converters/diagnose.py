@@ -333,12 +333,14 @@ def _as_native(b: np.ndarray, shape: tuple) -> np.ndarray:
     return b
 
 
-def fp32_diagnosis(onnx_path: Path, x: np.ndarray, input_name: str, reference, atol: float, rtol: float) -> dict | None:
+def fp32_diagnosis(onnx_path: Path, x: np.ndarray, input_name: str, reference, atol: float, rtol: float,
+                   scope=scope_of) -> dict | None:
     """The first layer of the exported model whose output leaves |a-b| <= atol + rtol |a| against
     the native layer's output (`reference(names, x) -> {name: array}`, the frontend's
-    `layer_outputs`), in graph order. A layer is a module the exporter recorded on the nodes; its
-    ONNX output is the last node of that module. None when the model records no modules or the
-    frontend gives no reference."""
+    `layer_outputs`), in graph order. A layer is what `scope(node)` names (the frontend's
+    `layer_scope`: by default a module the exporter recorded on the nodes); its ONNX output is
+    the last node of that layer. None when no node names a layer or the frontend gives no
+    reference."""
     import onnx
     from onnxruntime.quantization import qdq_loss_debug as qdbg
 
@@ -346,11 +348,11 @@ def fp32_diagnosis(onnx_path: Path, x: np.ndarray, input_name: str, reference, a
     model = onnx.load(str(onnx_path))
     g = _graph(model)
     shaped = onnx.shape_inference.infer_shapes(model)    # each activation's shape (they come flattened)
-    last: dict[str, object] = {}
-    for node in model.graph.node:
-        scope = scope_of(node)
-        if scope:
-            last[scope] = node
+    last: dict[str, tuple[int, object]] = {}              # scope -> (position, its last node)
+    for i, node in enumerate(model.graph.node):           # positions: exporters may leave names empty
+        name = scope(node)
+        if name:
+            last[name] = (i, node)
     if not last:
         return None
     ref = reference(list(last), x)
@@ -363,11 +365,11 @@ def fp32_diagnosis(onnx_path: Path, x: np.ndarray, input_name: str, reference, a
         reader = _Reader(input_name, x)
         acts = qdbg.collect_activations(str(aug), reader)
     layers = []
-    for scope, node in sorted(last.items(), key=lambda kv: g.order[kv[1].name]):
+    for name, (_, node) in sorted(last.items(), key=lambda kv: kv[1][0]):
         out = node.output[0]
-        if scope not in ref or out not in acts:
+        if name not in ref or out not in acts:
             continue
-        a = np.asarray(ref[scope], np.float64)
+        a = np.asarray(ref[name], np.float64)
         b = _restore(acts[out], reader.sizes, _shape_of(shaped, out)).astype(np.float64)
         if a.size != b.size:
             continue
@@ -377,7 +379,7 @@ def fp32_diagnosis(onnx_path: Path, x: np.ndarray, input_name: str, reference, a
         allowance = atol + rtol * np.abs(a)
         bad = ~(diff <= allowance)
         inputs = [i for i in node.input if i and i not in g.initializers]
-        layers.append(dict(module=scope, layer=layer_names.get(scope), node=node.name, op_type=node.op_type, tensor=out,
+        layers.append(dict(module=name, layer=layer_names.get(name), node=node.name or out, op_type=node.op_type, tensor=out,
                            max_abs_diff=float(diff.max()) if diff.size else 0.0,
                            out_of_tolerance=float(bad.mean()) if bad.size else 0.0,
                            passed=not bool(bad.any()),
@@ -390,7 +392,7 @@ def fp32_diagnosis(onnx_path: Path, x: np.ndarray, input_name: str, reference, a
                    f"model's (largest max abs diff {max(e['max_abs_diff'] for e in layers):.2g})")
     else:
         src = f" from {', '.join(first['came_from'])}" if first["came_from"] else ""
-        layer = f", layer {first['layer']}" if first.get("layer") else ""
+        layer = f", layer {first['layer']}" if first.get("layer") not in (None, first["module"]) else ""
         summary = (f"fp32 output first leaves the tolerance at {first['node']} ({first['op_type']}, module "
                    f"{first['module']}{layer}){src}: max abs diff {first['max_abs_diff']:.3g}, "
                    f"{first['out_of_tolerance']:.1%} of its elements out of tolerance")

@@ -7,13 +7,14 @@ numpy from the prototxt + caffemodel themselves, independently of MMdnn.
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from converters.base import ExportResult, Frontend
+from converters.base import ExportResult, Frontend, LayerOutputs
 from converters.frontends import mmdnn_ir
-from converters.workers.client import worker
+from converters.workers.client import save_array, worker
 from trainer.errors import ConversionError
 
 
@@ -49,6 +50,26 @@ class CaffeFrontend(Frontend):
         prototxt, caffemodel = resolve_caffe(model)
         return worker(self.runtime).predict("caffe-predict", np.asarray(inputs, dtype=np.float32), who=self.name,
                                             prototxt=prototxt, caffemodel=caffemodel)
+
+    def layer_scope(self, node) -> str | None:
+        """MMdnn names each ONNX node after its IR node: the Caffe layer (`fc_0`, `fc_1` when it
+        split one in two)."""
+        return node.name or None
+
+    def layer_outputs(self, model: Path, inputs: np.ndarray, names: list[str]) -> LayerOutputs | None:
+        """The Caffe layers' outputs for the ONNX node names (`caffe-layer-outputs`), from the
+        numpy Caffe reference that parity uses, independent of MMdnn; None when no name is a layer's."""
+        prototxt, caffemodel = resolve_caffe(model)
+        with tempfile.TemporaryDirectory(prefix="trainer-caffe-layers-") as tmp:
+            out = Path(tmp) / "layers.npz"
+            info = worker(self.runtime).call("caffe-layer-outputs", who=self.name, prototxt=prototxt,
+                                             caffemodel=caffemodel, layers=list(names), out=out,
+                                             inputs=save_array(tmp, "x", np.asarray(inputs, dtype=np.float32)))
+            if not info.get("layers"):
+                return None
+            with np.load(out) as found:       # arrays only: allow_pickle stays off
+                return LayerOutputs({name: found[f"l{i}"] for i, name in enumerate(info["layers"])},
+                                    info.get("names"))
 
 
 FRONTEND = CaffeFrontend()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.base import ExportResult, ModelInput, Frontend
+from converters.base import ExportResult, Frontend, LayerOutputs, ModelInput
 from converters.workers.client import WorkerClient, save_array, worker
 from trainer.errors import ConversionError, UsageError
 
@@ -150,16 +150,9 @@ class KerasFrontend(Frontend):
             if not info.get("layers"):
                 return None
             with np.load(out) as found:       # arrays only: allow_pickle stays off
-                outputs = LayerOutputs({name: found[f"l{i}"] for i, name in enumerate(info["layers"])})
-        outputs.layer_names = dict(info.get("names") or {})
-        return outputs
-
-
-class LayerOutputs(dict):
-    """Layer outputs by tf2onnx scope, with `layer_names`: the Keras layer each scope is (the
-    scope carries TensorFlow's uniquifying suffixes: `conv2d_1_2` is layer `conv2d_1`)."""
-
-    layer_names: dict[str, str]
+                # layer_names: the Keras layer each scope is (TensorFlow uniquifies scopes: `conv2d_1_2`)
+                return LayerOutputs({name: found[f"l{i}"] for i, name in enumerate(info["layers"])},
+                                    info.get("names"))
 
 
 def _as_batch(x: np.ndarray, what: str) -> np.ndarray:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.base import ExportResult, ModelInput, Frontend
+from converters.base import ExportResult, Frontend, LayerOutputs, ModelInput
 from converters.workers.client import save_array, worker
 from trainer.errors import ConversionError
 
@@ -70,6 +70,28 @@ class MXNetFrontend(Frontend):
         symbol, params = resolve_checkpoint(model)
         return worker(self.runtime).predict("mx-predict", np.asarray(inputs, dtype=np.float32), who=self.name,
                                             symbol=symbol, params=params)
+
+    def layer_scope(self, node) -> str | None:
+        """mx.onnx names the last ONNX tensor of each MXNet op after the MXNet node (`..._conv0_fwd`);
+        the tensors it adds in between (`..._data_flattened`) are no node's and are skipped."""
+        return node.output[0] if node.output else None
+
+    def layer_outputs(self, model: Path, inputs: np.ndarray, names: list[str]) -> LayerOutputs | None:
+        return mx_layer_outputs(self.name, model, inputs, names)
+
+
+def mx_layer_outputs(who: str, model: Path, inputs: np.ndarray, names: list[str]) -> LayerOutputs | None:
+    """The MXNet nodes' outputs for the ONNX tensors `names` (see `mx-layer-outputs`), run by
+    MXNet itself in the MXNet runtime; None when no name is an MXNet node's."""
+    symbol, params = resolve_checkpoint(model)
+    with tempfile.TemporaryDirectory(prefix="trainer-mxnet-layers-") as tmp:
+        out = Path(tmp) / "layers.npz"
+        info = worker("mxnet").call("mx-layer-outputs", who=who, symbol=symbol, params=params, layers=list(names),
+                                    inputs=save_array(tmp, "x", np.asarray(inputs, dtype=np.float32)), out=out)
+        if not info.get("layers"):
+            return None
+        with np.load(out) as found:       # arrays only: allow_pickle stays off
+            return LayerOutputs({name: found[f"l{i}"] for i, name in enumerate(info["layers"])}, info.get("names"))
 
 
 def _layout(ndim: int) -> str:

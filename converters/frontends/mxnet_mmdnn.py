@@ -13,7 +13,7 @@ import numpy as np
 from converters.base import ExportResult, Frontend
 from converters.frontends import mmdnn_ir
 from converters.frontends.mxnet import FRONTEND as MX_FRONTEND
-from converters.frontends.mxnet import resolve_checkpoint
+from converters.frontends.mxnet import mx_layer_outputs, resolve_checkpoint
 from converters.workers.client import save_array, worker
 
 
@@ -33,6 +33,13 @@ class MXNetMMdnnFrontend(Frontend):
 
     def predict(self, model: Path, inputs: np.ndarray) -> np.ndarray:
         return MX_FRONTEND.predict(model, inputs)
+
+    def layer_scope(self, node) -> str | None:
+        """MMdnn names each ONNX node after its IR node, the MXNet node less Gluon's `_fwd`."""
+        return node.name or None
+
+    def layer_outputs(self, model: Path, inputs: np.ndarray, names: list[str]):
+        return mx_layer_outputs(self.name, model, inputs, names)
 
 
 FRONTEND = MXNetMMdnnFrontend()

@@ -7,6 +7,7 @@ without MMdnn: only reading protobufs (`load_caffe`, `caffe_forward`) needs `caf
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -238,8 +239,10 @@ _CAFFE_NUMPY = {
 }
 
 
-def caffe_forward(net, weights, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Run a Caffe NetParameter (TEST phase) on `x`; returns every top blob, in float64."""
+def caffe_forward(net, weights, x: np.ndarray, per_layer: dict | None = None) -> dict[str, np.ndarray]:
+    """Run a Caffe NetParameter (TEST phase) on `x`; returns every top blob, in float64. Caffe
+    layers often write their top in place (`conv1` -> BatchNorm -> Scale -> ReLU all on blob
+    `conv1`): `per_layer`, when given, receives each layer's first top as that layer left it."""
     pb2 = _caffe_pb2()
     blobs: dict[str, np.ndarray] = {}
     inputs = list(net.input)
@@ -262,6 +265,8 @@ def caffe_forward(net, weights, x: np.ndarray) -> dict[str, np.ndarray]:
         tops = _CAFFE_NUMPY[layer.type](layer, bottoms, w, pb2)
         for name, value in zip(layer.top, tops):
             blobs[name] = value
+        if per_layer is not None and tops:
+            per_layer[layer.name] = tops[0]
     return blobs
 
 
@@ -274,3 +279,54 @@ def cmd_caffe_predict(prototxt: str, caffemodel: str, inputs: str, out: str) -> 
     y = blobs[last.top[0]].astype(np.float32)
     np.save(out, y)
     return {"shape": list(y.shape), "output": last.top[0]}
+
+
+def layers_for_scopes(net, scopes: list[str]) -> dict[str, list[str]]:
+    """The Caffe layers whose output each ONNX node name (`scopes`, MMdnn's IR names) stands for:
+    the layer of that name, or of that name less MMdnn's `_<n>` split suffix (`fc_1`: the
+    InnerProduct `fc` is emitted as Flatten `fc_0` + Gemm `fc_1`), followed by the in-place layers
+    right after it that have no node of their own (MMdnn folds a Scale into the BatchNorm before
+    it): the node is compared with the blob the last of them leaves."""
+    pb2 = _caffe_pb2()
+    layers = [layer for layer in net.layer if layer.type != "Input"
+              and not any(rule.phase == pb2.TRAIN for rule in layer.include)]
+    index = {layer.name: i for i, layer in enumerate(layers)}
+
+    def own(scope: str) -> str | None:
+        if scope in index:
+            return scope
+        base = re.sub(r"_\d+$", "", scope)
+        return base if base in index else None
+
+    named = {own(s) for s in scopes} - {None}
+    found: dict[str, list[str]] = {}
+    for scope in scopes:
+        name = own(scope)
+        if name is None:
+            continue
+        i = index[name]
+        chain = [name]
+        top = list(layers[i].top[:1])
+        for later in layers[i + 1:]:
+            if later.name in named or list(later.bottom) != top or list(later.top) != top:
+                break
+            chain.append(later.name)
+        found[scope] = chain
+    return found
+
+
+@command("caffe-layer-outputs", native_errors=True)
+def cmd_caffe_layer_outputs(prototxt: str, caffemodel: str, inputs: str, layers: list, out: str) -> dict:
+    """The numpy reference's output of the Caffe layers the ONNX node names `layers` stand for
+    (`layers_for_scopes`) on `inputs`, written to `out` (.npz, `l<i>` for the i-th name answered
+    in `layers`, with `names`: the Caffe layer(s) each is, `bn1+scale1` for a fold)."""
+    net, weights = load_caffe(Path(prototxt), Path(caffemodel))
+    chains = layers_for_scopes(net, list(layers))
+    if not chains:
+        np.savez(out)
+        return {"layers": []}
+    per_layer: dict[str, np.ndarray] = {}
+    caffe_forward(net, weights, np.load(inputs), per_layer)
+    answered = [s for s in chains if chains[s][-1] in per_layer]
+    np.savez(out, **{f"l{i}": per_layer[chains[s][-1]].astype(np.float32) for i, s in enumerate(answered)})
+    return {"layers": answered, "names": {s: "+".join(chains[s]) for s in answered}}

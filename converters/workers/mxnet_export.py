@@ -5,6 +5,7 @@ commands share. Imports only numpy at the top; mxnet/onnx are imported per comma
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,7 @@ def cmd_mx_export(symbol: str, params: str, sample: str, out: str) -> dict:
         raise WorkerError(f"mx.onnx.export_model failed: {native_error_line(exc)}") from exc
     model = onnx.load(out)
     drop_weight_inputs(model)
+    name_nodes(model)
     onnx.checker.check_model(model)
     onnx.save(model, out)
     return {"input": model.graph.input[0].name, "outputs": [o.name for o in model.graph.output],
@@ -99,6 +101,16 @@ def drop_weight_inputs(model) -> None:
         model.graph.input.remove(graph_input)
 
 
+def name_nodes(model) -> None:
+    """mx.onnx leaves the node of many ops (Conv, MaxPool, ...) unnamed: name each after its first
+    output, the MXNet symbol's name for the op's last node, so reports and diagnoses can say it."""
+    taken = {node.name for node in model.graph.node}
+    for node in model.graph.node:
+        if not node.name and node.output and node.output[0] not in taken:
+            node.name = node.output[0]
+            taken.add(node.name)
+
+
 @command("mx-predict", native_errors=True)
 def cmd_mx_predict(symbol: str, params: str, inputs: str, out: str) -> dict:
     import mxnet as mx
@@ -114,3 +126,43 @@ def cmd_mx_predict(symbol: str, params: str, inputs: str, out: str) -> dict:
     np.save(out, y)
     return {"shape": list(y.shape)}
 
+
+@command("mx-layer-outputs", native_errors=True)
+def cmd_mx_layer_outputs(symbol: str, params: str, inputs: str, layers: list, out: str) -> dict:
+    """The outputs of the symbol's internal nodes the exported ONNX names (in `layers`) on
+    `inputs`, written to `out` (.npz, `l<i>` for the i-th name answered in `layers`, with
+    `names`: the MXNet node each is). mx.onnx names a node's last ONNX tensor after the MXNet
+    node (`conv0_fwd`); MMdnn after the node without Gluon's `_fwd` (`conv0`): either is looked
+    up among `sym.get_internals()` as `<name>_output` or `<name>_fwd_output`. Names that are no
+    MXNet node's output (tensors the exporters add between nodes) are left out."""
+    import mxnet as mx
+    sym, arg, aux = load_mx(Path(symbol), Path(params))
+    data = _data_names(sym, arg, aux)
+    x = np.load(inputs).astype(np.float32)
+    internals = sym.get_internals()
+    outputs = set(internals.list_outputs())
+    found: dict[str, str] = {}
+    for name in layers:
+        hit = next((c for c in (f"{name}_output", f"{name}_fwd_output") if c in outputs), None)
+        if hit is not None:
+            found[name] = hit
+    if not found:
+        np.savez(out)
+        return {"layers": []}
+    probe = mx.sym.Group([internals[hit] for hit in found.values()])
+    # MKLDNN's subgraph pass rewrites the graph and then fails to bind a group of internal
+    # outputs ("Check failed: in_arg_ctx_map.count"): bind this one probe without it.
+    previous = os.environ.get("MXNET_SUBGRAPH_BACKEND")
+    os.environ["MXNET_SUBGRAPH_BACKEND"] = "NONE"
+    try:
+        exe = probe.simple_bind(mx.cpu(), grad_req="null", **{data[0]: x.shape})
+    finally:
+        if previous is None:
+            os.environ.pop("MXNET_SUBGRAPH_BACKEND")
+        else:
+            os.environ["MXNET_SUBGRAPH_BACKEND"] = previous
+    exe.copy_params_from(arg, aux, allow_extra_params=True)
+    exe.arg_dict[data[0]][:] = x
+    ys = exe.forward(is_train=False)
+    np.savez(out, **{f"l{i}": y.asnumpy().astype(np.float32) for i, y in enumerate(ys)})
+    return {"layers": list(found), "names": {name: hit[: -len("_output")] for name, hit in found.items()}}
