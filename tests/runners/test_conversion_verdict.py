@@ -9,6 +9,7 @@ The gate is made to miss for fp32 ONNX only (atol/rtol 1e-9: the exporter's floa
 ~1e-7) while int8 is made to pass (any agreement accepted): one failing, one passing target."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,10 @@ def _check(summary: dict, uri: str) -> str:
     assert conversion["status"] == "FAILED"
     onnx, int8 = conversion["targets"]
     assert (onnx["target"], onnx["verdict"], int8["target"], int8["verdict"]) == ("onnx", "FAIL", "onnx-int8", "pass")
-    assert onnx["diagnosis"] and onnx["path"] is None                 # where it broke; not kept
+    assert onnx["path"] is None                                       # not kept
+    # Where it broke, in the summary: the first node out of tolerance, its op and torch module.
+    assert re.search(r"fp32 output first leaves the tolerance at \S+ \(\w+, module \S+", onnx["diagnosis"]), \
+        onnx["diagnosis"]
     assert Path(int8["path"]).is_file() and int8["uri"]               # the passing target is kept
     run_id = summary.get("mlflow_run_id") or summary["run_id"]
     mlc = client(uri)
