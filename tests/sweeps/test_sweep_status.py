@@ -93,3 +93,26 @@ def test_status_shows_each_trial_running_or_ended_with_the_epoch_it_reached(stor
 
     run = mlc.create_run(mlc.get_run(parent).info.experiment_id).info.run_id      # a job's run
     assert sweep_status(run, tracking_uri=uri) is None
+
+
+def test_a_trial_run_reopened_after_its_outcome_was_recorded_is_closed_again(store):
+    """A worker of a trial ASHA stopped may still be saving its model (MLflow's `start_run`
+    leaves the run RUNNING) after the driver closed the run: the driver's end settles it."""
+    from trainer.tracking.runs import client
+
+    uri, parent = store
+    stopped = sweeps.start_trial_run(uri, parent, "sw", "3f2a1_00000", {"lr": 0.01})
+    running = sweeps.start_trial_run(uri, parent, "sw", "3f2a1_00001", {"lr": 0.02})
+    sweeps.end_trial(uri, stopped, sweeps.STOPPED, "ASHA stopped it")
+    client(uri).update_run(stopped, status="RUNNING")          # what log_model's start_run leaves
+    assert sweeps.settle_trials(uri, parent) == 1
+    assert client(uri).get_run(stopped).info.status == "FINISHED"
+    assert client(uri).get_run(running).info.status == "RUNNING"     # no outcome yet: not this one's to close
+
+
+def test_a_sweeps_driver_runs_without_ray_folding_its_trials_alike_lines():
+    from trainer.protocol import job_runtime_env
+
+    sweep = job_runtime_env(json.dumps({"name": "s", "sweep": SWEEP}), job_id="s", tracking_uri="file:/x")
+    job = job_runtime_env(json.dumps({"name": "j", "sweep": None}), job_id="j", tracking_uri="file:/x")
+    assert sweep["env_vars"]["RAY_DEDUP_LOGS"] == "0" and "RAY_DEDUP_LOGS" not in job["env_vars"]

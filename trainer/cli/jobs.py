@@ -129,10 +129,10 @@ def sweep_progress_line(e: dict) -> str:
     line = (f"trials {finished}/{e['total']}: {e['running']} running, {e['done']} done, "
             f"{e['stopped']} stopped, {e['failed']} failed")
     if e.get("best") is not None:
-        best = f"; best {e['metric'][:16]} {e['best']:.4g} (trial {e['best_trial']})"
-        if len(line + best) > 80:       # thousands of trials: the metric's name is in the spec
-            best = f"; best {e['best']:.4g} (#{e['best_trial']})"
-        line += best
+        # The longest that fits: the metric's name (it is in the spec) goes last.
+        metric, value, trial = e["metric"][:16], f"{e['best']:.4g}", e["best_trial"]
+        line += next((best for best in (f"; best {metric} {value} (trial {trial})", f"; best {metric} {value} (#{trial})")
+                      if len(line + best) <= 80), f"; best {value} (#{trial})")
     return line[:80]
 
 

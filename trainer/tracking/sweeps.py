@@ -206,6 +206,19 @@ def close_open_trials(uri: str, parent_run_id: str, reason: str, cancelled_at: f
     return closed
 
 
+def settle_trials(uri: str, parent_run_id: str) -> int:
+    """Every trial run whose outcome is recorded ends with that outcome's status again: a worker
+    of a trial ASHA stopped can still be saving its model when the driver closes the trial's run,
+    and MLflow's `start_run` (under `log_model`) leaves the run RUNNING. Returns how many."""
+    settled = 0
+    for t in trial_runs(uri, parent_run_id):
+        if t["outcome"] in MLFLOW_STATUS and t["status"] != MLFLOW_STATUS[t["outcome"]]:
+            with _mlflow_errors(f"cannot close the trial run {t['run_id']} in {redact(uri)}"):
+                client(uri).set_terminated(t["run_id"], status=MLFLOW_STATUS[t["outcome"]])
+            settled += 1
+    return settled
+
+
 def record_best(uri: str, parent_run_id: str, metric: str, best: dict, trials: list[dict]) -> None:
     """The parent's answer: the best trial (tag, params `best.<key>`, metric `best_<metric>`) and
     the best trial's final metrics under their own names (what the job summary shows); the
