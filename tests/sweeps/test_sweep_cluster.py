@@ -174,7 +174,7 @@ def test_status_and_logs_of_a_sweep_while_it_runs_and_from_its_record(sweep):
             assert events and {e["metrics"]["accuracy"] for e in events if "accuracy" in e["metrics"]} == history
     driver = cli("logs", job.id)
     assert driver.exit_code == 0 and "best: trial" in driver.stdout
-    assert "RayTrainWorker" not in driver.stdout and "TRAINER_" not in driver.stdout
+    assert "RayTrainWorker" not in driver.stdout and "TRAINER_PROGRESS" not in driver.stdout
     assert cli("logs", job.id, "--trial", "99").exit_code == 2
 
 
