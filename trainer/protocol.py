@@ -47,6 +47,11 @@ def job_runtime_env(spec_json: str, *, job_id: str, tracking_uri: str, run_id: s
     env = {ENV_SPEC: spec_json, ENV_JOB_ID: job_id, ENV_TRACKING_URI: tracking_uri, "PYTHONUNBUFFERED": "1"}
     if run_id:
         env[ENV_RUN_ID] = run_id
+    if json.loads(spec_json).get("sweep"):
+        # Ray's driver folds lines of different processes that differ only in their numbers
+        # ("[repeated 2x across cluster]"): a sweep's trials print alike, and each trial's lines
+        # must all reach the log (`trainer logs SWEEP --trial N`).
+        env["RAY_DEDUP_LOGS"] = "0"
     env.update(extra_env or {})
     out: dict = {"env_vars": env}
     if working_dir is not None:

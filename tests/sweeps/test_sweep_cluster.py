@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import trainer
+from trainer.protocol import parse_event
 from trainer.tracking.runs import client
 from trainer.tracking.sweeps import trial_runs
 
@@ -21,18 +22,65 @@ SWEEP = REPO / "examples" / "digits" / "sweep.yaml"
 TRAINER = str(Path(sys.executable).parent / "trainer")
 
 
-@pytest.mark.slow
-def test_digits_sweep_end_to_end(cluster, oci_registry):
-    """8 trials, 2 at a time, ASHA: some stopped early, every trial a child run, the best one's
-    model converted (parity) and registered, from `trainer submit SPEC --wait` as a user runs it."""
+EPOCHS = 4
+
+
+def cli(*args: str):
+    """A trainer command, in this process (the CLI's imports are paid once)."""
+    from typer.testing import CliRunner
+
+    from trainer.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def worker_starts(log: str) -> list[dict]:
+    return [e for e in map(parse_event, log.splitlines()) if e and e.get("event") == "worker_start"]
+
+
+@pytest.fixture(scope="module")
+def sweep(cluster, oci_registry, tmp_path_factory):
+    """THE sweep of this module: the digits example's 8 trials, 2 at a time, ASHA, from `trainer
+    submit SPEC --wait` as a user runs it (stdout a pipe: CI), with the first trial's training
+    worker SIGKILLed as soon as it says it started, and `trainer status` read while it runs.
+    Several tests read what it left (one sweep costs minutes: it is run once)."""
+    import os
+    import signal
+
     started = time.monotonic()
-    proc = subprocess.run([TRAINER, "submit", str(SWEEP), "--set", "config.epochs=3", "--wait", "--output", "json"],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout)
+    stderr = tmp_path_factory.mktemp("sweep") / "stderr"
+    with open(stderr, "w") as err:
+        proc = subprocess.Popen([TRAINER, "submit", str(SWEEP), "--set", f"config.epochs={EPOCHS}", "--wait"],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("submitted "), first + stderr.read_text()[-3000:]
+        job = trainer.Job.get(first.split()[1], cluster.dashboard_url)
+        victim = None
+        deadline = time.monotonic() + 600
+        while victim is None and time.monotonic() < deadline:
+            assert not job.status().is_terminal, job.logs()[-3000:]
+            victim = next(iter(worker_starts(job.logs())), None)
+            if victim is None:
+                time.sleep(0.2)
+        assert victim is not None, job.logs()[-3000:]
+        os.kill(victim["pid"], signal.SIGKILL)
+        running = cli("status", job.id, "--output", "json")
+        out, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-2000:] + stderr.read_text()[-3000:]
     print(f"sweep of 8 trials took {time.monotonic() - started:.0f} s")
+    return {"job": job, "stdout": first + out, "victim": victim, "running": running}
+
+
+def test_digits_sweep_end_to_end(sweep):
+    """8 trials, 2 at a time, ASHA: some stopped early, every trial a child run, the best one's
+    model converted (parity) and registered."""
+    job = sweep["job"]
+    summary = job.summary()
     assert summary["status"] == "SUCCEEDED"
-    job = trainer.Job.get(summary["job_id"], cluster.dashboard_url)
     mlc = client(job.tracking_uri)
     parent = mlc.get_run(job.run_id)
     assert parent.info.status == "FINISHED"
@@ -70,6 +118,76 @@ def test_digits_sweep_end_to_end(cluster, oci_registry):
     assert summary["registered"]["model"] == "digits-sweep" and summary["registered"]["reference"]
 
 
+def test_a_killed_trial_worker_loses_no_trial(sweep):
+    """The trial whose worker was SIGKILLed as it started: Ray Train started a new worker group for
+    it (failure.max_failures, as for a job) unless ASHA had stopped it by then; no trial failed,
+    and every trial's run holds each epoch it reached exactly once."""
+    job, victim = sweep["job"], sweep["victim"]
+    log = job.logs()
+    number = int(victim["train_run"].rsplit("_", 1)[1])
+    trials = {t["trial"]: t for t in trial_runs(job.tracking_uri, job.run_id)}
+    groups = {e["group"] for e in worker_starts(log) if e["train_run"] == victim["train_run"]}
+    assert len(groups) >= 2 or trials[number]["outcome"] == "stopped early", (victim, trials[number])
+    mlc = client(job.tracking_uri)
+    for t in trials.values():
+        assert t["outcome"] in ("completed", "stopped early"), t
+        steps = sorted(m.step for m in mlc.get_metric_history(t["run_id"], "loss"))
+        assert steps == list(range(EPOCHS if t["outcome"] == "completed" else len(steps))), t
+
+
+def test_status_and_logs_of_a_sweep_while_it_runs_and_from_its_record(sweep):
+    """`trainer status` while the sweep ran (its trials from MLflow) and after (a table at 80
+    columns; from the MLflow record when the cluster cannot be reached); `trainer logs --trial N`
+    shows trial N's workers' lines only, and plain `logs` the driver's."""
+    from trainer.protocol import parse_progress
+
+    job = sweep["job"]
+    running = json.loads(sweep["running"].stdout)
+    assert running["status"] == "RUNNING" and running["sweep"]["total"] == 8, running
+    assert running["sweep"]["trials"] and {t["state"] for t in running["sweep"]["trials"]} <= {
+        "running", "completed", "stopped early"}, running
+
+    table = cli("status", job.id)
+    assert table.exit_code == 0, table.output
+    assert max(len(line) for line in table.stdout.splitlines()) <= 80, table.stdout
+    trials = trial_runs(job.tracking_uri, job.run_id)
+    away = cli("status", job.id, "--output", "json", "--address", "http://127.0.0.1:9")   # no cluster there
+    assert away.exit_code == 0, away.output
+    recorded = json.loads(away.stdout)
+    assert recorded["source"] == "MLflow record" and recorded["status"] == "SUCCEEDED"
+    assert [(t["trial"], t["state"]) for t in recorded["sweep"]["trials"]] == [
+        (t["trial"], t["outcome"]) for t in trials]
+    mlc = client(job.tracking_uri)
+    for t, run in zip(recorded["sweep"]["trials"], trials):
+        reached = max(m.step for m in mlc.get_metric_history(run["run_id"], "accuracy"))
+        assert t["epoch"] == reached and (t["state"] != "completed" or reached == EPOCHS - 1), (t, reached)
+        assert t["value"] == pytest.approx(run["metrics"]["accuracy"])
+        assert set(t["params"]) == {"lr", "width", "batch_size"}
+        assert t["state"] in table.stdout
+
+    for address in ([], ["--address", "http://127.0.0.1:9"]):
+        for t in trials[:3]:
+            shown = cli("logs", job.id, "--trial", str(t["trial"]), "-v", *address)
+            assert shown.exit_code == 0, shown.output
+            events = [e for e in map(parse_progress, shown.stdout.splitlines()) if e]
+            history = {m.value for m in mlc.get_metric_history(t["run_id"], "accuracy")}
+            assert events and {e["metrics"]["accuracy"] for e in events if "accuracy" in e["metrics"]} == history
+    driver = cli("logs", job.id)
+    assert driver.exit_code == 0 and "best: trial" in driver.stdout
+    assert "RayTrainWorker" not in driver.stdout and "TRAINER_PROGRESS" not in driver.stdout
+    assert cli("logs", job.id, "--trial", "99").exit_code == 2
+
+
+def test_submit_wait_shows_a_sweeps_progress_one_line_per_change_at_80_columns(sweep):
+    lines = sweep["stdout"].splitlines()
+    progress = [line for line in lines if line.startswith("trials ")]
+    print("\n".join(lines))
+    assert progress and all(len(line) <= 80 for line in progress), progress
+    assert "\r" not in sweep["stdout"]
+    assert all(a != b for a, b in zip(progress, progress[1:]))
+    assert progress[-1].startswith("trials 8/8: 0 running") and "best accuracy" in progress[-1], progress
+
+
 def test_preflight_refuses_a_sweep_whose_trial_cannot_be_placed(cluster):
     """One trial is one job's worker group: a trial no node can hold is refused before submit."""
     started = time.monotonic()
@@ -83,8 +201,8 @@ def test_preflight_refuses_a_sweep_whose_trial_cannot_be_placed(cluster):
 
 
 def test_a_metric_the_function_never_reports_fails_the_sweep(cluster):
-    job = trainer.submit(SWEEP, set=["sweep.metric=val_acc", "sweep.trials=2", "sweep.concurrency=1",
-                                     "config.epochs=3", "convert=null", "register=null"])
+    job = trainer.submit(SWEEP, set=["sweep.metric=val_acc", "sweep.trials=1", "sweep.concurrency=1",
+                                     "config.epochs=2", "convert=null", "register=null"])
     state = job.wait(timeout=600)
     assert state.value == "FAILED"
     failure = job.failure()
@@ -110,46 +228,3 @@ def test_cancel_ends_every_trial_run_killed(cluster):
     assert mlc.get_run(job.run_id).info.status == "KILLED"
     trials = trial_runs(job.tracking_uri, job.run_id)
     assert [(t["status"], t["outcome"]) for t in trials] == [("KILLED", "cancelled")] * 2
-
-
-@pytest.mark.slow
-def test_a_killed_trial_worker_resumes_and_no_trial_is_lost(cluster):
-    """SIGKILL a trial's training worker mid-sweep: Ray Train restarts that trial's worker group
-    from its checkpoint (failure.max_failures, as for a job); every trial completes, and the killed
-    trial's run holds every epoch exactly once."""
-    import os
-    import signal
-
-    from ray.util.state import list_actors
-
-    epochs = 40
-    job = trainer.submit(SWEEP, set=[f"config.epochs={epochs}", "sweep.trials=2", "sweep.concurrency=2",
-                                     "sweep.scheduler=none", "failure.max_failures=1", "convert=null",
-                                     "register=null"])
-
-    def workers():
-        ray_job_id = job._jobs().info(job.id).job_id      # set once the driver runs
-        return [a for a in list_actors(address=cluster.dashboard_url, filters=[("class_name", "=", "RayTrainWorker")],
-                                       detail=True, limit=1000, raise_on_missing_output=False)
-                if a.job_id == ray_job_id]
-
-    def losses(run_id):
-        return [m.step for m in client(job.tracking_uri).get_metric_history(run_id, "loss")]
-
-    deadline = time.monotonic() + 400
-    victim = None
-    while time.monotonic() < deadline and victim is None:
-        assert not job.status().is_terminal, job.logs()[-3000:]
-        victim = next((t for t in trial_runs(job.tracking_uri, job.run_id) if losses(t["run_id"])), None)
-        time.sleep(0.5)
-    assert victim is not None, job.logs()[-3000:]
-    alive = [w for w in workers() if w.state == "ALIVE"]
-    assert alive
-    os.kill(alive[0].pid, signal.SIGKILL)
-
-    assert job.wait(timeout=900).value == "SUCCEEDED", job.logs()[-3000:]
-    trials = trial_runs(job.tracking_uri, job.run_id)
-    assert [t["outcome"] for t in trials] == ["completed", "completed"], trials
-    assert len(workers()) >= 3          # a new worker group for the killed trial
-    for t in trials:
-        assert sorted(losses(t["run_id"])) == list(range(epochs)), t

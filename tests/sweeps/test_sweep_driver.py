@@ -65,6 +65,9 @@ def test_the_progress_line_fits_80_columns():
     assert len(line) <= 80, line
     assert sweep_progress_line({"total": 8, "running": 2, "done": 1, "stopped": 0, "failed": 0, "metric": "accuracy",
                                 "best": None, "best_trial": None}) == "trials 1/8: 2 running, 1 done, 0 stopped, 0 failed"
+    assert sweep_progress_line({"total": 8, "running": 2, "done": 0, "stopped": 0, "failed": 0, "metric": "accuracy",
+                                "best": 0.08914, "best_trial": 1}) == (
+        "trials 0/8: 2 running, 0 done, 0 stopped, 0 failed; best accuracy 0.08914 (#1)")
 
 
 def test_the_best_trial_is_a_completed_one():

@@ -15,7 +15,8 @@ from trainer.api.cluster import cluster_down, cluster_join, cluster_status, clus
 from trainer.api.handle import SUMMARY_METRICS, JobHandle, close_run, run_summary
 from trainer.api.images import image_base, image_build, image_check, image_ls, image_push, image_ref
 from trainer.api.inspect import compare_runs, find_recorded_run, inspect_run, recorded, recorded_log, rerun
-from trainer.api.jobs import RECONCILE_GRACE_S, Job, LocalRun, list_jobs, reconcile_runs, run_local, submit
+from trainer.api.jobs import (RECONCILE_GRACE_S, Job, LocalRun, list_jobs, reconcile_runs, run_local, submit,
+                              sweep_log, sweep_status)
 from trainer.api.k8s import K8sJob, read_raycluster, render_k8s, submit_k8s
 from trainer.api.monitoring import monitor_down, monitor_status, monitor_up
 from trainer.api.promotion import Retrain, promote, promotion_history, retrain
@@ -29,6 +30,7 @@ __all__ = [
     "ENV_ADDRESS", "resolve_address",
     "cluster_up", "cluster_down", "cluster_status", "cluster_join", "node_labels",
     "JobHandle", "close_run", "Job", "LocalRun", "submit", "list_jobs", "run_local", "reconcile_runs", "run_summary",
+    "sweep_status", "sweep_log",
     "parse_progress", "failure_from_logs", "LogFilter", "RECONCILE_GRACE_S", "SUMMARY_METRICS",
     "inspect_run", "rerun", "compare_runs", "find_recorded_run", "recorded", "recorded_log",
     "image_base", "image_build", "image_ls", "image_check", "image_ref", "image_push",

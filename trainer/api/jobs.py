@@ -17,7 +17,7 @@ from trainer.api.cluster import cluster_address
 from trainer.api.handle import close_run, conversion_of, last_metrics, run_summary
 from trainer.api.k8s import read_raycluster
 from trainer.credentials import redact
-from trainer.errors import JobError, PreflightError, TrainerError, first_line
+from trainer.errors import JobError, PreflightError, TrainerError, UsageError, first_line
 from trainer.protocol import (META_NAME, META_RUN_ID, META_SPEC, META_TRACKING_URI, UPLOAD_EXCLUDES, driver_entrypoint,
                               PROTOCOL_PREFIXES, TIMING_PREFIX, failure_from_logs, job_runtime_env, parse_progress,
                               parse_retry, parse_sweep)
@@ -99,6 +99,11 @@ class Job:
                 self._warn(f"warning: the metrics of MLflow run {self.run_id} could not be read: {first_line(e)}")
             if state is JobState.SUCCEEDED:
                 out.update(conversion_of(self._store(), self.run_id, self._warn))
+            if self.is_sweep:
+                try:
+                    out["sweep"] = sweep_status(self.run_id, tracking_uri=self._store())
+                except TrainerError as e:
+                    self._warn(f"warning: the trials of sweep {self.id} could not be read: {first_line(e)}")
         if state is JobState.FAILED:
             out["failure"] = self.failure()
         if self.warnings:
@@ -139,8 +144,10 @@ class Job:
             out["warnings"] = list(self.warnings)
         return out
 
-    def logs(self) -> str:
-        return self._jobs().logs(self.id)
+    def logs(self, trial: int | None = None) -> str:
+        """The job's whole log; with `trial`, a sweep's trial's lines only (`sweep_log`)."""
+        text = self._jobs().logs(self.id)
+        return text if trial is None else sweep_log(text, trial, self.id)
 
     def follow(self, poll_s: float = 0.5) -> Iterator[str]:
         """New log lines as they appear, until the job ends. Once the driver has printed its last
@@ -157,6 +164,15 @@ class Job:
                 return
             ending = TIMING_PREFIX in text[-4096:]
             time.sleep(min(poll_s, END_POLL_S) if ending else poll_s)
+
+    def follow_trial(self, trial: int | None, poll_s: float = 0.5) -> Iterator[str]:
+        """A sweep's new log lines of trial `trial` (None: the driver's) as they come, until it ends."""
+        from trainer.tracking.sweeps import TrialLines
+
+        splitter = TrialLines()
+        for line in self.follow(poll_s):
+            yield from (placed for owner, placed in splitter.feed(line) if owner == trial)
+        yield from (placed for owner, placed in splitter.rest() if owner == trial)
 
     def progress(self, poll_s: float = 0.5, on_retry: Callable[[str], None] | None = None) -> Iterator[dict]:
         """Progress events ({"step", "metrics", "time"}) printed by rank 0, until the job ends;
@@ -243,6 +259,35 @@ class Job:
     def _warn(self, text: str) -> None:
         if text not in self.warnings:
             self.warnings.append(text)
+
+
+def sweep_status(run_id: str, *, tracking_uri: str | None = None) -> dict | None:
+    """A sweep's trials as MLflow holds them, while it runs and after (the cluster gone or not):
+    {"metric", "mode", "total", "trials": [{"trial", "state", "value", "epoch", "params",
+    "reason", "run_id"}]}, trials not started yet absent. None when run `run_id` is a job's."""
+    from trainer.home import resolve_tracking_uri
+    from trainer.tracking.sweeps import sweep_of, trial_states
+
+    uri = tracking_uri or resolve_tracking_uri(None)
+    sweep = sweep_of(uri, run_id)
+    if sweep is None:
+        return None
+    return {"metric": sweep["metric"], "mode": sweep["mode"], "total": sweep["trials"],
+            "trials": trial_states(uri, run_id, sweep["metric"], list(sweep["space"]))}
+
+
+def sweep_log(text: str, trial: int | None, sweep_id: str) -> str:
+    """The lines of a sweep's log (`text`, raw) that trial `trial`'s workers printed, or with
+    None the driver's own (what is not a trial's). UsageError when the trial has no line."""
+    from trainer.tracking.sweeps import split_log
+
+    parts = split_log(text)
+    if trial is not None and trial not in parts:
+        have = sorted(t for t in parts if t is not None)
+        raise UsageError(f"trial {trial} of sweep {sweep_id} has no lines in its log (not started yet?); "
+                         f"trials with lines: {', '.join(map(str, have)) or 'none yet'}")
+    lines = parts.get(trial, [])
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def _sweep_summary(uri: str, run_id: str) -> dict:

@@ -129,10 +129,10 @@ def sweep_progress_line(e: dict) -> str:
     line = (f"trials {finished}/{e['total']}: {e['running']} running, {e['done']} done, "
             f"{e['stopped']} stopped, {e['failed']} failed")
     if e.get("best") is not None:
-        best = f"; best {e['metric'][:16]} {e['best']:.4g} (trial {e['best_trial']})"
-        if len(line + best) > 80:       # thousands of trials: the metric's name is in the spec
-            best = f"; best {e['best']:.4g} (#{e['best_trial']})"
-        line += best
+        # The longest that fits: the metric's name (it is in the spec) goes last.
+        metric, value, trial = e["metric"][:16], f"{e['best']:.4g}", e["best_trial"]
+        line += next((best for best in (f"; best {metric} {value} (trial {trial})", f"; best {metric} {value} (#{trial})")
+                      if len(line + best) <= 80), f"; best {value} (#{trial})")
     return line[:80]
 
 
@@ -333,16 +333,40 @@ def status(job_id: str, address: Optional[str] = AddressOpt, output: str = Outpu
         info = api.Job.get(job_id, address).info()
     except (JobError, ClusterError) as e:
         info = _from_record(p, e, job_id, api.recorded, f"from its MLflow record (trainer inspect {job_id}):")
+        sweep = api.sweep_status(info["run_id"]) if info.get("run_id") else None
+        if sweep is not None:
+            info["sweep"] = sweep
 
     def render(i):
         missed = conversion_failure(i.get("conversion"))
         p.line(f"{i['status']}, conversion FAILED" if missed else i["status"])
         if missed:
             p.line(f"  {missed}", wrap=True)
+        if i.get("sweep"):
+            render_trials(p, i["sweep"], job_id)
         if i.get("failure"):
             render_failure(p, i["failure"])
         _render_run_page(p, i)
     p.emit(info, render)
+
+
+def render_trials(p: Printer, sweep: dict, job_id: str) -> None:
+    """A sweep's trials, one row each: state, the metric's last value, the epoch it reached, the
+    sampled params; then how many have not started, and each failed trial's reason."""
+    trials = sweep["trials"]
+    rows = [[t["trial"], t["state"], "" if t["value"] is None else f"{t['value']:.4g}",
+             "" if t["epoch"] is None else t["epoch"],
+             " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items())]
+            for t in trials]
+    p.table(["trial", "state", sweep["metric"][:12], "epoch", "params"], rows)
+    waiting = sweep["total"] - len(trials)
+    if waiting > 0:
+        p.line(f"{waiting} of {sweep['total']} trials not started yet")
+    for t in trials:
+        if t["state"] == "failed" and t["reason"]:
+            p.line(f"trial {t['trial']} failed: {t['reason']}", wrap=True)
+    if trials:
+        p.note(f"a trial's output: trainer logs {job_id} --trial N")
 
 
 def _from_record(p: Printer, error: Exception, job_id: str, read, what: str):
@@ -367,30 +391,61 @@ def _render_run_page(p: Printer, s: dict) -> None:
 def logs(job_id: str, follow: bool = typer.Option(False, "--follow", "-f"),
          verbose: bool = typer.Option(False, "--verbose", "-v", help="Everything the job printed, as Ray "
                                       "recorded it (protocol lines, Ray's and MLflow's logs, colour codes)."),
+         trial: Optional[int] = typer.Option(None, "--trial", min=0, help="A sweep's trial: what its workers "
+                                             "printed (without it, a sweep shows its driver's lines)."),
          address: Optional[str] = AddressOpt, output: str = OutputOpt):
     """The job's output: the training code's lines and trainer's, without Ray's and MLflow's log
     lines, trainer's machine-readable lines, lines Ray forwarded twice, or colour codes when not
-    on a terminal (-v: all of it, raw). With --output json: one document once the logs are read."""
+    on a terminal (-v: all of it, raw). With --output json: one document once the logs are read.
+
+    A sweep: its driver's lines (trials started and ended, the best), or with --trial N what
+    trial N's workers printed (-v: every trial's and the driver's, interleaved)."""
     p = Printer(output)
     shown = (lambda text: text) if verbose else api.LogFilter(keep_ansi=sys.stdout.isatty()).text
     try:
         job = api.Job.get(job_id, address)
     except (JobError, ClusterError) as e:
         text = _from_record(p, e, job_id, api.recorded_log, "its log as its MLflow run recorded it:")
-        p.emit({"job_id": job_id, "logs": shown(text), "source": "MLflow record"},
+        sweep = trial is not None or _sweep_in_log(text)
+        part = _sweep_part(p, text, trial, job_id) if sweep and not (verbose and trial is None) else text
+        p.emit({"job_id": job_id, "logs": shown(part), "source": "MLflow record", **_trial_key(trial)},
                lambda d: sys.stdout.write(d["logs"]))
         return
+    if trial is not None and not job.is_sweep:
+        raise UsageError(f"job {job_id} is not a sweep: --trial is for a sweep's trials")
+    split = job.is_sweep and not (verbose and trial is None)
     if p.json:
         if follow:
             job.wait()
-        p.emit({"job_id": job_id, "logs": shown(job.logs())})
+        text = job.logs()
+        p.emit({"job_id": job_id, "logs": shown(_sweep_part(p, text, trial, job_id) if split else text),
+                **_trial_key(trial)})
     elif follow:
         keep = None if verbose else api.LogFilter(keep_ansi=sys.stdout.isatty())
-        for line in job.follow():
+        lines = job.follow_trial(trial) if split else job.follow()
+        for line in lines:
             if keep is None or (line := keep.feed(line)) is not None:
                 print(line, flush=True)
     else:
-        sys.stdout.write(shown(job.logs()))
+        text = job.logs()
+        sys.stdout.write(shown(_sweep_part(p, text, trial, job_id) if split else text))
+
+
+def _trial_key(trial: int | None) -> dict:
+    return {} if trial is None else {"trial": trial}
+
+
+def _sweep_in_log(text: str) -> bool:
+    from trainer.protocol import SWEEP_PREFIX
+
+    return SWEEP_PREFIX in text
+
+
+def _sweep_part(p: Printer, text: str, trial: int | None, job_id: str) -> str:
+    """Trial `trial`'s lines of a sweep's log, or the driver's (saying where the trials' are)."""
+    if trial is None:
+        p.note(f"the sweep's driver; a trial's output: trainer logs {job_id} --trial N")
+    return api.sweep_log(text, trial, job_id)
 
 
 def list_(address: Optional[str] = AddressOpt, output: str = OutputOpt):

@@ -358,15 +358,16 @@ def main(spec: JobSpec, job_id: str, run_id: str | None, tracking_uri: str | Non
             run_record.finish("KILLED" if cancelled else status)
         if run_id and tracking_uri:
             outcome = "KILLED" if cancelled else status
-            if outcome != "FINISHED":
-                try:
+            try:
+                sweeps.settle_trials(tracking_uri, run_id)
+                if outcome != "FINISHED":
                     closed = sweeps.close_open_trials(tracking_uri, run_id, f"sweep {job_id} ended {outcome}",
                                                       cancelled_at=timing.get("cancelled") if cancelled else None)
                     if closed:
                         print(f"sweep {job_id}: {closed} trial run(s) still open closed KILLED", flush=True)
-                except TrainerError as e:
-                    print(f"warning: could not close the open trial runs: {first_line(e)}", file=sys.stderr,
-                          flush=True)
+            except TrainerError as e:
+                print(f"warning: could not close the open trial runs: {first_line(e)}", file=sys.stderr,
+                      flush=True)
             job._close(spec, job_id, run_id, tracking_uri, outcome, failure)
         timing["closed"] = time.time()
         from trainer.protocol import TIMING_PREFIX

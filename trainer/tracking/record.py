@@ -502,10 +502,14 @@ def announce_worker(event: str, rank: int | None, restore_point=None) -> None:
     its node (address, id, labels), its worker group (the group's placement group), and on start
     the checkpoint it resumed from."""
     import ray
+    import ray.train
 
     rc = ray.get_runtime_context()
     fields: dict = {"rank": rank, "group": rc.get_placement_group_id(), "pid": os.getpid(),
-                    "node": f"{ray.util.get_node_ip_address()} ({rc.get_node_id()[:8]})"}
+                    "node": f"{ray.util.get_node_ip_address()} ({rc.get_node_id()[:8]})",
+                    # A sweep's trial is its own Ray Train run, named `<sweep id>-<trial id>`:
+                    # how `trainer logs SWEEP --trial N` knows this process's lines (sweeps.TrialLines).
+                    "train_run": ray.train.get_context().get_experiment_name()}
     if event == WORKER_START:
         try:
             fields["labels"] = {k: v for k, v in (rc.get_node_labels() or {}).items()

@@ -8,10 +8,12 @@ Child runs carry no `trainer.job_id` tag: that tag means "the run of this Ray jo
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
 from trainer.credentials import redact, redact_text
+from trainer.protocol import ANSI_ESCAPE, RAY_SOURCE, parse_event
 from trainer.tracking.runs import (MAX_PARAM_LEN, TAG_FRAMEWORK, TAG_JOB_NAME, TAG_NOTE, _mlflow_errors, _quoted,
                                    client, record_job_failure)
 
@@ -34,6 +36,87 @@ def trial_number(trial_id: str) -> int:
     """Tune's trial ids end in the trial's index (`a1b2c_00003`): trial 3."""
     tail = trial_id.rsplit("_", 1)[-1]
     return int(tail) if tail.isdigit() else 0
+
+
+def trial_states(uri: str, parent_run_id: str, metric: str, space: list[str]) -> list[dict]:
+    """The recorded trials as `trainer status` shows a sweep: [{"trial", "state", "value" (the
+    metric's last value), "epoch" (the step of that value: the epoch the trial reached), "params"
+    (the sampled ones), "reason", "run_id"}]. A trial whose run is still open is "running"."""
+    rows = []
+    mlc = client(uri)
+    for t in trial_runs(uri, parent_run_id):
+        with _mlflow_errors(f"cannot read the {metric!r} history of trial run {t['run_id']} from {redact(uri)}"):
+            history = mlc.get_metric_history(t["run_id"], metric) if metric in t["metrics"] else []
+        state = t["outcome"] or ("running" if t["status"] == "RUNNING" else t["status"].lower())
+        rows.append({"trial": t["trial"], "state": state, "value": t["metrics"].get(metric),
+                     "epoch": max((m.step for m in history), default=None),
+                     "params": {k: _param(t["params"][k]) for k in space if k in t["params"]},
+                     "reason": t["reason"], "run_id": t["run_id"]})
+    return rows
+
+
+def _param(text: str):
+    """A param as the trial's config held it (MLflow keeps the JSON text)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+# A worker's start line names its Ray Train run: `<sweep id>-<Tune trial id>` for a trial's.
+_TRIAL_RUN = re.compile(r"_(\d{5,})$")   # Tune: `<uuid prefix>_<index, 5 digits>`
+
+
+class TrialLines:
+    """Sorts a sweep's log (the driver's output, every trial's workers' lines forwarded into it
+    behind Ray's `(RayTrainWorker pid=..., ip=...)` prefix) by trial. A trial's worker says which
+    Ray Train run it belongs to in its start event (trainer.tracking.record.announce_worker): from
+    then on that process's lines are the trial's; its earlier lines wait for that event.
+
+    `feed(line)` returns the lines it can place now, as (trial, line): trial None for the
+    driver's own lines (and Ray's actors')."""
+
+    def __init__(self):
+        self._owner: dict[str, int] = {}           # "pid@ip" -> trial
+        self._waiting: dict[str, list[str]] = {}    # a RayTrainWorker's lines before its start event
+
+    def feed(self, line: str) -> list[tuple[int | None, str]]:
+        found = RAY_SOURCE.match(ANSI_ESCAPE.sub("", line))
+        if found is None:
+            return [(None, line)]
+        source = found.group("source")
+        pid = re.search(r"\bpid=(\d+)", source).group(1)
+        ip = re.search(r"\bip=([^,\s]+)", source)
+        key = f"{pid}@{ip.group(1) if ip else ''}"
+        event = parse_event(line)
+        if event is not None and event.get("event") == "worker_start" and str(event.get("pid")) == pid:
+            tail = _TRIAL_RUN.search(str(event.get("train_run") or ""))
+            if tail:
+                self._owner[key] = int(tail.group(1))
+        trial = self._owner.get(key)
+        if trial is not None:
+            return [(trial, held) for held in self._waiting.pop(key, [])] + [(trial, line)]
+        if source.startswith("RayTrainWorker"):
+            self._waiting.setdefault(key, []).append(line)
+            return []
+        return [(None, line)]
+
+    def rest(self) -> list[tuple[int | None, str]]:
+        """The lines of workers that never said their trial (the driver's, as far as anyone can tell)."""
+        out = [(None, line) for lines in self._waiting.values() for line in lines]
+        self._waiting.clear()
+        return out
+
+
+def split_log(text: str) -> dict[int | None, list[str]]:
+    """A sweep's whole log by trial (None: the driver's), each in its order."""
+    splitter, out = TrialLines(), {}
+    for line in text.splitlines():
+        for trial, placed in splitter.feed(line):
+            out.setdefault(trial, []).append(placed)
+    for trial, placed in splitter.rest():
+        out.setdefault(trial, []).append(placed)
+    return out
 
 
 def record_sweep(uri: str, parent_run_id: str, sweep: dict) -> None:
@@ -121,6 +204,19 @@ def close_open_trials(uri: str, parent_run_id: str, reason: str, cancelled_at: f
             end_trial(uri, t["run_id"], CANCELLED, reason)
             closed += 1
     return closed
+
+
+def settle_trials(uri: str, parent_run_id: str) -> int:
+    """Every trial run whose outcome is recorded ends with that outcome's status again: a worker
+    of a trial ASHA stopped can still be saving its model when the driver closes the trial's run,
+    and MLflow's `start_run` (under `log_model`) leaves the run RUNNING. Returns how many."""
+    settled = 0
+    for t in trial_runs(uri, parent_run_id):
+        if t["outcome"] in MLFLOW_STATUS and t["status"] != MLFLOW_STATUS[t["outcome"]]:
+            with _mlflow_errors(f"cannot close the trial run {t['run_id']} in {redact(uri)}"):
+                client(uri).set_terminated(t["run_id"], status=MLFLOW_STATUS[t["outcome"]])
+            settled += 1
+    return settled
 
 
 def record_best(uri: str, parent_run_id: str, metric: str, best: dict, trials: list[dict]) -> None:
