@@ -16,7 +16,7 @@ Writes benchmarks/results/scale.{json,md,png} with the machine and versions.
 
     python -m benchmarks.scale                       # 16 nodes, 100 jobs
     python -m benchmarks.scale --nodes 8 --jobs 40   # what fits a loaded 2-core machine
-    python -m benchmarks.scale --quick               # the running cluster's types, 2 jobs (CI)
+    python -m benchmarks.scale --quick               # one job per type of the running cluster (CI)
 """
 from __future__ import annotations
 
@@ -210,7 +210,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=100)
     ap.add_argument("--hold-s", type=float, default=5.0)
     ap.add_argument("--cpus-per-node", type=int, default=1)
-    ap.add_argument("--quick", action="store_true", help="the running (or default) cluster's types, one job per type (CI)")
+    ap.add_argument("--quick", action="store_true", help="one job per type of the running (or default) cluster (CI)")
     ap.add_argument("--out", type=Path, default=R.RESULTS)
     args = ap.parse_args(argv)
     import logging
