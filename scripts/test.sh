@@ -10,7 +10,7 @@ bash scripts/system-deps.sh
 .venv/bin/trainer runtime install mxnet
 .venv/bin/trainer edge setup --tflite
 set +e
-.venv/bin/python -m pytest -p no:cacheprovider --durations=15 "$@"
+.venv/bin/python -m pytest -p no:cacheprovider --durations=30 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
     echo "error: pytest collected no tests" >&2

@@ -26,6 +26,8 @@ def _bench(script: str, out: Path) -> dict:
 
 def test_soak_quick(cluster, tmp_path):
     r = _bench("soak", tmp_path)
+    # Small, but every path: jobs in sequence (first vs last compared), more than one at once.
+    assert len(r["sequence"]) == r["jobs"] >= 2 and len(r["burst_result"]["states"]) == r["burst"] >= 2
     i = r["integrity"]
     assert i["submitted"] == i["unique_ids"] == i["listed"] == r["jobs"] + r["burst"]
     assert i["missing"] == i["duplicated"] == i["not_final"] == i["not_succeeded"] == i["runs_left_running"] == []
@@ -36,5 +38,6 @@ def test_scale_quick(cluster, tmp_path):
     r = _bench("scale", tmp_path)
     s = r["summary"]
     assert len(r["types"]) >= 2, r["types"]        # the session cluster's A100 and T4 nodes
+    assert {j["accelerator"] for j in r["per_job"]} == set(r["types"]), r["per_job"]   # a job on each type
     assert s["workers_placed"] >= 2 * r["jobs"]
     assert s["misplaced_workers"] == 0 and s["jobs_never_running"] == 0 and s["not_succeeded"] == 0, r["misplaced"]
