@@ -3,7 +3,8 @@ big framework runtimes are shared through $TRAINER_RUNTIMES (built once by `.ci/
 
 Cost is a marker: a test that needs a framework runtime (`tensorflow`, `mxnet`: also marked
 `framework`), the emulated ARM root (`edge`) or takes minutes (`slow`) is `integration` too, so
-`pytest -m "not integration"` is the quick loop: no Ray cluster, no other runtime, no qemu."""
+`pytest -m "not integration"` is the quick loop: no Ray cluster, no other runtime, no qemu. An
+`extended` test (a bigger version of a check the default tier makes) runs only when `-m` names it."""
 import os
 import shutil
 import sys
@@ -29,11 +30,17 @@ def pytest_configure(config):
     os.environ.pop("RAY_AUTH_TOKEN", None)
 
 
-IMPLIES_INTEGRATION = ("tensorflow", "mxnet", "edge", "slow")
+IMPLIES_INTEGRATION = ("tensorflow", "mxnet", "edge", "slow", "extended")
 FRAMEWORKS = ("tensorflow", "mxnet")
 
 
 def pytest_collection_modifyitems(config, items):
+    extended_asked = "extended" in (config.option.markexpr or "")
+    left_out = [item for item in items if not extended_asked and item.get_closest_marker("extended")]
+    if left_out:    # the extended tier runs only when a -m expression names it
+        config.hook.pytest_deselected(items=left_out)
+        ids = {id(item) for item in left_out}
+        items[:] = [item for item in items if id(item) not in ids]
     for item in items:
         marks = {m.name for m in item.iter_markers()}
         if marks & set(FRAMEWORKS):
