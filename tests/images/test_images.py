@@ -190,6 +190,13 @@ def test_the_digits_job_runs_with_its_workers_inside_the_image(torch_image, imag
 
     job = trainer.submit("examples/digits/torch.yaml", set=["config.epochs=1", "convert=null"])
     assert job.wait(timeout=600).value == "SUCCEEDED", job.logs()[-3000:]
+    # The driver ran in the container too (as on KubeRay, where the head pod runs the image: Ray
+    # Train's controller starts beside it and needs the framework), and its log still reaches the
+    # client, through that node's agent.
+    from trainer.scheduling.ray_jobs import RayJobs
+
+    assert RayJobs(job.address).info(job.id).driver_node_id in {n["node_id"] for n in workers}
+    assert f"job {job.id}: 2 torch worker(s)" in job.logs()
     # Its 2 training workers (1 CPU each) could only run in the container: the head has 0 CPUs.
     assert [n["cpus"] for n in nodes if n["is_head"]] == [0] and [n["cpus"] for n in workers] == [2]
     assert trainer.cluster_down() > 0

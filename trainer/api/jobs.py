@@ -375,10 +375,17 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
             env.update(forwarded_env())
             env.update(uri_credentials)
         # Locally the job runs under the runtime's venv; on a cluster, the runtime's image has `python`.
-        python = str(interpreter) if local else "python"
-        # Workers in a runtime image's containers (`cluster up --image`) run its `python`, as on
-        # KubeRay: the driver still runs on the host head, under the local interpreter.
+        # With the worker nodes in a runtime image's containers (`cluster up --image`) the driver
+        # runs in one of them too, under the image's `python`, as on KubeRay where the head pod runs
+        # the image: Ray Train's controller starts beside the driver and unpickles the framework's
+        # backend config, so a tensorflow job's controller on the torch venv's head cannot start.
         in_image = bool(cluster_state is not None and cluster_state.image)
+        python = str(interpreter) if local and not in_image else "python"
+        driver_labels = None
+        if in_image:
+            from trainer.cluster.containers import RAY_IMAGE_LABEL, image_label_value
+
+            driver_labels = {RAY_IMAGE_LABEL: image_label_value(cluster_state.image)}
         runtime_env = job_runtime_env(job_spec.model_dump_json(), job_id=job_id, tracking_uri=job_uri, run_id=run_id,
                                       working_dir=workdir, excludes=UPLOAD_EXCLUDES,
                                       python=python if local and not in_image else None, extra_env=env)
@@ -387,7 +394,7 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
                        f"{f'{size / 2**20:.1f} MiB' if size >= 2**20 else f'{-(-size // 1024)} KiB'})")
         jobs = RayJobs(dashboard)
         jobs.submit(
-            job_id=job_id, entrypoint=driver_entrypoint(python), runtime_env=runtime_env,
+            job_id=job_id, entrypoint=driver_entrypoint(python), runtime_env=runtime_env, driver_labels=driver_labels,
             metadata={META_RUN_ID: run_id, META_TRACKING_URI: redact(job_uri), META_NAME: spec_obj.name,
                       META_SPEC: redact_text(job_spec.model_dump_json(exclude_none=True))})
     except BaseException as e:

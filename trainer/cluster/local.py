@@ -349,14 +349,18 @@ def _private_and_ours(path: Path) -> bool:
 # `ray start` for a worker joining a head on 127.0.0.1, keeping 127.0.0.1: Ray swaps a loopback
 # head address (and node IP) for the host's (`services.resolve_ip_for_localhost`), where a head
 # bound to loopback does not listen, and the switch that stops it (SINGLE_HOST_ENV) makes a
-# worker's `ray start` refuse.
+# worker's `ray start` refuse. So the switch is set after `ray start` has read it, for the node's
+# processes only (its dashboard agent, the drivers and workers it starts): they connect to the
+# head's 127.0.0.1 as the head's own processes do (a driver on a container node would otherwise
+# dial the host's address, and the agent serving its log time out).
 _RAY_START_LOOPBACK = (
-    "import sys\n"
+    "import os, sys\n"
     "from ray._common.network_utils import is_localhost\n"
     "from ray._private import services\n"
     "swap = services.resolve_ip_for_localhost\n"
     "services.resolve_ip_for_localhost = lambda host: '127.0.0.1' if is_localhost(host) else swap(host)\n"
     "from ray.scripts.scripts import main\n"
+    f"os.environ['{SINGLE_HOST_ENV}'] = '0'\n"
     "sys.argv[0] = 'ray'\n"
     "main()\n")
 

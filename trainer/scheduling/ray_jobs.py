@@ -47,10 +47,11 @@ class RayJobs:
             self._client = JobSubmissionClient(address, headers=auth.headers_for(address))
 
     def submit(self, *, job_id: str, entrypoint: str, runtime_env: dict[str, Any],
-               metadata: dict[str, str]) -> str:
+               metadata: dict[str, str], driver_labels: dict[str, str] | None = None) -> str:
+        """`driver_labels`: the labels of the node the driver must run on (Ray's default: the head)."""
         with _translate(JobError, f"Ray refused job {job_id}", self.address):
             return self._client.submit_job(entrypoint=entrypoint, submission_id=job_id,
-                                           runtime_env=runtime_env,
+                                           runtime_env=runtime_env, entrypoint_label_selector=driver_labels,
                                            metadata={METADATA_MARK: "1", **metadata})
 
     def find(self, job_id: str):
