@@ -13,7 +13,7 @@ local runs), `inspect` (a job's MLflow record; rerun), `k8s` (KubeRay), `cluster
 from trainer.api._common import ENV_ADDRESS, resolve_address
 from trainer.api.cluster import cluster_down, cluster_join, cluster_status, cluster_up, node_labels
 from trainer.api.handle import SUMMARY_METRICS, JobHandle, close_run, run_summary
-from trainer.api.images import image_base, image_build, image_check, image_ls, image_push, image_ref
+from trainer.api.images import image_base, image_build, image_check, image_ls, image_prune, image_push, image_ref
 from trainer.api.inspect import compare_runs, find_recorded_run, inspect_run, recorded, recorded_log, rerun
 from trainer.api.jobs import (RECONCILE_GRACE_S, Job, LocalRun, list_jobs, reconcile_runs, run_local, submit,
                               sweep_log, sweep_status)
@@ -33,7 +33,7 @@ __all__ = [
     "sweep_status", "sweep_log",
     "parse_progress", "failure_from_logs", "LogFilter", "RECONCILE_GRACE_S", "SUMMARY_METRICS",
     "inspect_run", "rerun", "compare_runs", "find_recorded_run", "recorded", "recorded_log",
-    "image_base", "image_build", "image_ls", "image_check", "image_ref", "image_push",
+    "image_base", "image_build", "image_ls", "image_check", "image_ref", "image_push", "image_prune",
     "K8sJob", "render_k8s", "submit_k8s", "read_raycluster",
     "monitor_up", "monitor_down", "monitor_status",
     "Retrain", "promote", "promotion_history", "retrain",

@@ -32,6 +32,14 @@ def image_ls(runtime: str | None = None) -> list[dict]:
     return [row.to_dict() for row in list_images(runtime)]
 
 
+def image_prune(dry_run: bool = False) -> list[dict]:
+    """Remove the runtime images and build stages rebuilds left behind (see
+    trainer.images.inventory.prune); each row says what, why, and whether it went."""
+    from trainer.images.inventory import prune
+
+    return [p.to_dict() for p in prune(dry_run)]
+
+
 def image_ref(runtime: str, variant: str = "cpu") -> str:
     """The local image of `runtime` built from its current lock; ImageError when there is none."""
     from trainer.images.build import image_ref as ref_for

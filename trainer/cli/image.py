@@ -61,6 +61,30 @@ def ls(name: Optional[str] = typer.Argument(None, help="only this runtime's imag
           r["lock_digest"][:12], r["digest"].removeprefix("sha256:")[:12]] for r in rows]))
 
 
+@group.command("prune")
+def prune(dry_run: bool = typer.Option(False, "--dry-run", help="list what would go, remove nothing"),
+          output: str = OutputOpt) -> None:
+    """Remove the runtime images and build stages that rebuilds left behind (untagged, or built
+    from a lock that is no longer current); each runtime's current image stays."""
+    p = Printer(output)
+    rows = api.image_prune(dry_run)
+
+    def show(rows):
+        if not rows:
+            p.line("nothing to prune: every runtime image here is its runtime's current one")
+            return
+        p.table(["image", "what", "size", "why", "removed"],
+                [[r["id"].removeprefix("sha256:")[:12], r["what"], f"{r['size'] / 2**20:.0f} MiB", r["why"],
+                  "no (dry run)" if dry_run else ("yes" if r["removed"] else f"no: {r['error']}")] for r in rows])
+        if not dry_run:
+            p.line(f"removed {sum(r['removed'] for r in rows)} of {len(rows)} image(s) "
+                   f"(layers a kept image shares stay)")
+
+    p.emit(rows, show)
+    if any(r["error"] for r in rows):
+        raise typer.Exit(12)
+
+
 @group.command("check")
 def check(name: str = NameArg, variant: str = VariantOpt, output: str = OutputOpt) -> None:
     """Every pin of the lock against what is installed inside the image (podman run python)."""

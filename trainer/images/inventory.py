@@ -87,3 +87,52 @@ def check_lock(ref: str) -> dict:
                   if not version_matches(have.get(dist, ""), ver)]
     return {"image": ref, "runtime": runtime, "variant": variant, "pins": len(pins), "mismatches": mismatches,
             "lock_digest_label": found.get(LABEL_LOCK, "")}
+
+
+@dataclass
+class Pruned:
+    id: str
+    what: str           # "runtime-torch cpu, lock 8d42cdcc45da" or "build stage, lock ..."
+    size: int
+    why: str            # "untagged: its tag moved to a newer build", "superseded: lock ...", ...
+    removed: bool = False
+    error: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def prune(dry_run: bool = False) -> list[Pruned]:
+    """Remove what rebuilds leave in the container storage: our runtime images whose tag moved to
+    a newer build (untagged), those built from a lock that is no longer their runtime's current
+    one (in this checkout), and our untagged build stages. The current image of every runtime and
+    variant stays, and so do the Debian base and the uv image; an image a container still uses
+    is reported, not removed. Images without our labels are never touched."""
+    from trainer.images.build import image_ref
+
+    found: list[Pruned] = []
+    for row in list_images():
+        current = image_ref(row.runtime, row.variant)
+        what = f"runtime-{row.runtime} {row.variant}, lock {row.lock_digest[:12]}"
+        if not row.tags:
+            found.append(Pruned(row.id, what, row.size, "untagged: its tag moved to a newer build"))
+        elif current not in row.tags:
+            found.append(Pruned(row.id, what, row.size, f"superseded: not the current lock's image ({current})"))
+    raw = engine.tool("podman", "images", "--format", "json", "--filter", "dangling=true",
+                      "--filter", f"label={LABEL_LOCK}", what="podman images")
+    seen = {p.id for p in found}
+    for img in json.loads(raw or "[]"):
+        labels_ = img.get("Labels") or {}
+        if img.get("Id") in seen or LABEL_RUNTIME in labels_:
+            continue
+        found.append(Pruned(img.get("Id", ""), f"build stage, lock {labels_.get(LABEL_LOCK, '')[:12]}",
+                            int(img.get("Size", 0)), "untagged build stage"))
+    if dry_run:
+        return found
+    for p in found:
+        try:
+            engine.tool("podman", "rmi", p.id, timeout=120, what=f"removing image {p.id[:12]}")
+            p.removed = True
+        except ImageError as e:
+            p.error = str(e)
+    return found
