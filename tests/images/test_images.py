@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from trainer.errors import ClusterError, ImageError, UsageError
+from trainer.errors import ClusterError, ImageError, PreflightError, UsageError
 from trainer.images import base, engine
 from trainer.runtimes import lock_digest, lock_path, parse_lock
 
@@ -197,6 +197,11 @@ def test_the_digits_job_runs_with_its_workers_inside_the_image(torch_image, imag
 
     assert RayJobs(job.address).info(job.id).driver_node_id in {n["node_id"] for n in workers}
     assert f"job {job.id}: 2 torch worker(s)" in job.logs()
+    # A TensorFlow job cannot run in the torch image: refused before a run or a Ray job exists.
+    before = {j["job_id"] for j in trainer.list_jobs()}
+    with pytest.raises(PreflightError, match="needs the tensorflow runtime.*runtime-torch"):
+        trainer.submit("examples/digits/tensorflow.yaml", set=["convert=null"])
+    assert {j["job_id"] for j in trainer.list_jobs()} == before
     # Its 2 training workers (1 CPU each) could only run in the container: the head has 0 CPUs.
     assert [n["cpus"] for n in nodes if n["is_head"]] == [0] and [n["cpus"] for n in workers] == [2]
     assert trainer.cluster_down() > 0

@@ -353,6 +353,8 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
 
         inventory = inventory + capacity_nodes(read_raycluster(cluster_spec), inventory)
     check_placement(spec_obj, inventory)
+    if local:
+        _check_image_runtime(spec_obj.runtime_name, _local_cluster())
 
     job_id = new_job_id(spec_obj.name)
     run_id = runs.start_run(spec_obj, job_id, uri, dashboard, checked.fingerprint)
@@ -413,6 +415,22 @@ def _local_cluster():
     from trainer.cluster.local import LocalCluster
 
     return LocalCluster().state()
+
+
+def _check_image_runtime(runtime: str, state) -> None:
+    """A local cluster whose worker nodes run in a runtime image serves that runtime's jobs only
+    (their driver and workers run the image's Python): another framework's job is refused before
+    anything starts, instead of failing on a missing module inside the container."""
+    if state is None or not state.image:
+        return
+    from trainer.images.build import LABEL_RUNTIME
+    from trainer.images.inventory import labels
+
+    theirs = labels(state.image).get(LABEL_RUNTIME)
+    if theirs and theirs != runtime:
+        raise PreflightError(f"this job needs the {runtime} runtime, and the local cluster's worker nodes run in "
+                             f"{state.image} ({theirs}): `trainer cluster down`, then `trainer cluster up "
+                             f"--image {runtime}` (or without --image: the host's venvs)")
 
 
 def _local_gcs(state) -> dict[str, str]:
