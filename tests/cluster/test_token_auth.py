@@ -32,7 +32,7 @@ def _agent_ports(temp_dir: str) -> list[int]:
     return ports
 
 
-def test_without_the_token_nothing_gets_in(cluster, tmp_path):
+def test_without_the_token_nothing_gets_in(cluster):
     job = {"entrypoint": f"touch {PLANTED}", "submission_id": "door-test"}
     refused = requests.post(f"{cluster.dashboard_url}/api/jobs/", json=job, timeout=30)
     assert refused.status_code == 401, refused.text
@@ -54,7 +54,25 @@ def test_without_the_token_nothing_gets_in(cluster, tmp_path):
     assert Path(cluster.temp_dir).resolve().parent.stat().st_mode & 0o077 == 0
     assert os.environ["RAY_AUTH_TOKEN_PATH"] == str(token)   # tests/conftest.py gives it to Ray's tools
 
-    # With the token (what trainer sends), the same API answers; `trainer submit` works.
+    # With the token (what trainer sends), the same API answers (a job through it: the extended
+    # test below, and every `trainer submit` of the default tier).
+    from trainer.cluster.auth import headers_for
+
+    listed = requests.get(f"{cluster.dashboard_url}/api/jobs/", headers=headers_for(cluster.dashboard_url), timeout=30)
+    assert listed.status_code == 200, listed.text
+    # Ray's own state API takes the token from RAY_AUTH_MODE/RAY_AUTH_TOKEN_PATH (set in conftest).
+    from ray.util.state import list_nodes
+
+    assert len(list_nodes(address=cluster.dashboard_url, raise_on_missing_output=False)) == 1 + len(cluster.nodes)
+
+
+@pytest.mark.extended
+def test_trainer_submit_gets_in_with_the_token(cluster, tmp_path):
+    """A job submitted through the door by `trainer submit`, which sends the token. The session
+    cluster has token auth on, so every `trainer submit` of the default tier proves the same: e.g.
+    tests/tracking/test_secrets.py::test_a_planted_secret_appears_in_no_output_channel (`trainer
+    submit --wait --output json`, the job's run FINISHED) and tests/benchmarks/test_quick.py::
+    test_submit_quick."""
     project = tmp_path / "proj"
     project.mkdir()
     (project / "train.py").write_text("def train(ctx):\n    ctx.report({'epoch': 0, 'loss': 1.0})\n")
@@ -64,10 +82,6 @@ def test_without_the_token_nothing_gets_in(cluster, tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["status"] == "SUCCEEDED"
-    # Ray's own state API takes the token from RAY_AUTH_MODE/RAY_AUTH_TOKEN_PATH (set in conftest).
-    from ray.util.state import list_nodes
-
-    assert len(list_nodes(address=cluster.dashboard_url, raise_on_missing_output=False)) == 1 + len(cluster.nodes)
 
 
 def test_a_node_without_the_token_cannot_join(cluster, monkeypatch):
