@@ -58,6 +58,17 @@ def test_the_driver_checks_the_data_against_the_digest_it_was_given_without_read
         pinned_data(spec, project, "0" * 32, nowhere, digest)
 
 
+def test_the_digest_travels_with_the_run_it_was_recorded_in():
+    """The driver trusts the digest in its environment as the run's: it is sent only with the run
+    id (a driver that opens its own run computes and records the digest itself)."""
+    from trainer.protocol import job_runtime_env
+
+    env = job_runtime_env("{}", job_id="j", tracking_uri="sqlite:///x.db", run_id="r", data_digest="ab" * 32)
+    assert env["env_vars"][ENV_DATA_DIGEST] == "ab" * 32
+    alone = job_runtime_env("{}", job_id="j", tracking_uri="sqlite:///x.db", data_digest="ab" * 32)
+    assert ENV_DATA_DIGEST not in alone["env_vars"]
+
+
 def test_while_the_preload_thread_imports_mlflow_no_other_thread_imports_any_of_it(tmp_path):
     """Two threads importing MLflow at once can hand one a half-initialised module (it broke a
     sweep driver): while the preload thread is inside `import mlflow` (held there for a second),
