@@ -188,6 +188,10 @@ class Context:
         info = model_info(preprocessing, class_names)
         if self.rank != 0:
             return
+        if self.run_id:
+            from trainer.tracking import preload
+
+            preload.wait()   # the metrics channel's import of MLflow, before _log_model imports it too
         self._log_model(model, example_input)
         if self.run_id:
             import numpy as np

@@ -18,6 +18,9 @@ ENV_SPEC = "TRAINER_SPEC"                    # the job spec, as JSON
 ENV_RUN_ID = "TRAINER_RUN_ID"                # the MLflow run the client opened (absent: the driver opens one)
 ENV_JOB_ID = "TRAINER_JOB_ID"                # the Ray submission id / RayJob name
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"     # the store, without credentials
+# The sha256 of the job's data the client recorded in the run at submit (trainer.data.pin checks it
+# before training): the driver need not read the run (nor import MLflow) before connecting to Ray.
+ENV_DATA_DIGEST = "TRAINER_DATA_DIGEST"
 
 DRIVER_MODULE = "trainer.runners.job"
 
@@ -40,13 +43,17 @@ UPLOAD_EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", ".pytest_cac
 
 def job_runtime_env(spec_json: str, *, job_id: str, tracking_uri: str, run_id: str | None = None,
                     working_dir: str | Path | None = None, excludes: list[str] | None = None,
-                    python: str | None = None, extra_env: dict[str, str] | None = None) -> dict:
+                    python: str | None = None, extra_env: dict[str, str] | None = None,
+                    data_digest: str | None = None) -> dict:
     """A job's Ray runtime env: the driver's variables (the run id only when the client opened
-    the run), the code to upload and what to leave out, the interpreter (a local cluster runs the
-    runtime's venv; an image has `python`), and `extra_env` (TRAINER_HOME, forwarded credentials)."""
+    the run, with the data digest it recorded there), the code to upload and what to leave out,
+    the interpreter (a local cluster runs the runtime's venv; an image has `python`), and
+    `extra_env` (TRAINER_HOME, forwarded credentials, Ray settings)."""
     env = {ENV_SPEC: spec_json, ENV_JOB_ID: job_id, ENV_TRACKING_URI: tracking_uri, "PYTHONUNBUFFERED": "1"}
     if run_id:
         env[ENV_RUN_ID] = run_id
+        if data_digest:
+            env[ENV_DATA_DIGEST] = data_digest
     if json.loads(spec_json).get("sweep"):
         # Ray's driver folds lines of different processes that differ only in their numbers
         # ("[repeated 2x across cluster]"): a sweep's trials print alike, and each trial's lines

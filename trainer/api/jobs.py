@@ -335,7 +335,7 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
     from trainer.runtimes import python_for
     from trainer.scheduling.preflight import check_placement, check_spec, check_tracking
     from trainer.scheduling.ray_jobs import RayJobs
-    from trainer.tracking import runs
+    from trainer.tracking import preload, runs
 
     spec_obj, workdir = load_job_spec(spec, set, overrides, workdir)
     checked = check_spec(spec_obj, workdir)
@@ -343,6 +343,9 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
     uri = runs.tracking_uri(spec_obj)            # as given: this client may use credentials in it
     address_given = resolve_address(address)
     check_tracking(uri, local_cluster=address_given is None)
+    # The spec is sound: import MLflow and open the store (seconds; a fresh store creates its
+    # tables) on one thread while the cluster is found or started and the placement checked.
+    preload.start(lambda: runs.client(uri))
     job_uri, uri_credentials = split_credentials(uri)   # the job gets the URI without them
     if address_given is not None:
         _check_remote_secrets(address_given, job_uri, uri_credentials, progress)
@@ -369,8 +372,10 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
         cluster_state = _local_cluster() if local else None
         if local:
             from trainer.home import trainer_home
+            from trainer.runners.base import LOCAL_RAY_TRAIN_ENV
 
             env["TRAINER_HOME"] = str(trainer_home())
+            env.update(LOCAL_RAY_TRAIN_ENV)
             env.update(_local_gcs(cluster_state))
             # Credentials travel by the allow-list's names, to the local cluster only: its job API
             # (which shows a job's runtime env) takes the cluster's token, and its files are private.
@@ -390,7 +395,8 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
             driver_labels = {RAY_IMAGE_LABEL: image_label_value(cluster_state.image)}
         runtime_env = job_runtime_env(job_spec.model_dump_json(), job_id=job_id, tracking_uri=job_uri, run_id=run_id,
                                       working_dir=workdir, excludes=UPLOAD_EXCLUDES,
-                                      python=python if local and not in_image else None, extra_env=env)
+                                      python=python if local and not in_image else None, extra_env=env,
+                                      data_digest=checked.fingerprint.digest if checked.fingerprint else None)
         size = checked.upload_bytes
         say(progress, f"submitting {job_id} (MLflow run {run_id}; code "
                        f"{f'{size / 2**20:.1f} MiB' if size >= 2**20 else f'{-(-size // 1024)} KiB'})")

@@ -43,6 +43,13 @@ class Runner(Protocol):
 # dead after RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S (600 s), as before.
 RAY_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
 
+# Jobs on the local cluster only (the client adds these to the job's environment): Ray Train v2
+# starts a PreemptionWatcher actor with every worker group, one more Python process (~1.5 s of CPU
+# here, taken from the workers' first steps), to notice nodes that an autoscaler or a cloud is
+# draining (spot reclaim, KubeRay scale-down). No autoscaler runs on the local cluster and nothing
+# drains its nodes, so it would never fire; on KubeRay and remote clusters Ray's default stays.
+LOCAL_RAY_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
 
 def tune_ray_train(environ=os.environ) -> dict[str, str]:
     """Set RAY_TRAIN_ENV in the driver's environment (a value already set wins: a user's or an

@@ -19,11 +19,11 @@ from pathlib import Path
 from trainer import telemetry
 from trainer.context import LocalSession, RayTrainSession
 from trainer.errors import ConversionError, JobError, ParityError, SpecError, TrainerError, first_line
-from trainer.protocol import (ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI, FAILURE_PREFIX, TIMING_PREFIX,
-                              retry_line)
+from trainer.protocol import (ENV_DATA_DIGEST, ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI, FAILURE_PREFIX,
+                              TIMING_PREFIX, retry_line)
 from trainer.runners.base import get_runner, tune_ray_train
 from trainer.spec import PACKAGE_SCHEME, JobSpec
-from trainer.tracking import record
+from trainer.tracking import preload, record
 from trainer.tracking.runs import failure_line
 
 SWEEP_DRIVER = "trainer.runners.sweep"
@@ -56,16 +56,17 @@ def _data_path(spec: JobSpec, workdir: Path) -> Path | None:
     return resolve_data_path(spec.data.path, workdir)
 
 
-def pinned_data(spec: JobSpec, workdir: Path, run_id: str | None, tracking_uri: str | None) -> str | None:
+def pinned_data(spec: JobSpec, workdir: Path, run_id: str | None, tracking_uri: str | None,
+                recorded: str | None = None) -> str | None:
     """The data's real path after checking it still has the digest its run recorded at submit
     (trainer.data.pin); None when the spec has none or it lies in the job's uploaded project
-    (each worker then resolves it in its own copy)."""
+    (each worker then resolves it in its own copy). `recorded`: that digest as the client passed
+    it (trainer.protocol.ENV_DATA_DIGEST), else it is read from the run (MLflow: seconds)."""
     if spec.data is None:
         return None
     from trainer.data import pin
 
-    recorded = None
-    if run_id and tracking_uri:
+    if recorded is None and run_id and tracking_uri:
         from trainer.promotion.registration import run_data_digest
         from trainer.tracking.runs import client
 
@@ -360,18 +361,21 @@ def main() -> int:
             run_id = _own_run(spec, job_id, tracking_uri, workdir)
             loop_config["run_id"] = run_id
         if run_id and tracking_uri:
-            recorder = record.Recorder(spec, job_id, run_id, tracking_uri, _STARTED, workdir).start()
-        loop_config["data_path"] = pinned_data(spec, workdir, run_id, tracking_uri)
+            recorder = record.Recorder(spec, job_id, run_id, tracking_uri, _STARTED, workdir).capture()
+        loop_config["data_path"] = pinned_data(spec, workdir, run_id, tracking_uri, os.environ.get(ENV_DATA_DIGEST))
         print(f"job {job_id}: {spec.workers} {spec.framework} worker(s) on "
               f"{spec.resources.accelerator} nodes; MLflow run {run_id}", flush=True)
         trainer = runner.ray_trainer(worker_loop, loop_config, scaling_config(spec), run_config)
         _record_cancel(cancelled, connect=True)
         timing["connected"] = time.time()
         telemetry.driver_started(job_id, _STARTED)
-        if run_id and tracking_uri:
-            _open_store_in_background(tracking_uri, run_id)
+        if recorder is not None:
+            _preload_mlflow(tracking_uri, run_id)
+            recorder.start()
         result = trainer.fit()
         timing["fit_done"] = time.time()
+        preload.wait()      # the conversion and registration below import MLflow themselves
+        timing["mlflow_imported"] = preload.imported_at()
         _prune_checkpoints(result, spec.checkpoint.keep)
         _leave_vanished_cwd()
         conversion = convert_after_training(spec, run_id, tracking_uri)
@@ -401,22 +405,18 @@ def main() -> int:
         print(TIMING_PREFIX + json.dumps(timing), flush=True)
 
 
-def _open_store_in_background(tracking_uri: str, run_id: str) -> None:
-    """Import MLflow and open the run's store on a daemon thread while fit() waits on the
-    workers: closing the run after fit() then costs one write, not seconds of import and store
-    setup (MLflow caches the store per process)."""
-    import threading
+def _preload_mlflow(tracking_uri: str, run_id: str) -> None:
+    """Import MLflow and open the run's store on one thread while fit() waits on the workers
+    (trainer.tracking.preload). Nothing before fit() needs MLflow any more: the run exists (the
+    client made it) and the data digest came in the environment; the recorder's thread, the
+    conversion and the run's close wait for the import. Closing the run after fit() then costs one
+    write, not seconds of import and store setup (MLflow caches the store per process)."""
+    def open_store():
+        from trainer.tracking.runs import client
 
-    def warm():
-        try:
-            from trainer.tracking.runs import client
+        client(tracking_uri).get_run(run_id)
 
-            client(tracking_uri).get_run(run_id)
-        except Exception as e:  # noqa: BLE001 - only a head start: finish_run reports a real problem
-            print(f"note: opening the MLflow store early failed ({first_line(e)}); the run is closed at the end",
-                  file=sys.stderr, flush=True)
-
-    threading.Thread(target=warm, daemon=True, name="trainer-open-store").start()
+    preload.start(open_store)
 
 
 def _record_cancel(cancelled: list, connect: bool = False) -> None:

@@ -21,8 +21,9 @@ restarted channel's `resume()` drops every (key, step) MLflow already has - as l
 reports the same steps; what the run then shows for those steps is the value of the attempt that
 first reached them, not the replay's (the same when training is deterministic, not otherwise).
 
-Nothing of MLflow is imported or contacted on the training thread: the sender thread imports it
-(seconds) and, after a restart, reads what the run already holds, while the first steps train.
+Nothing of MLflow is imported or contacted on the training thread: the process's one MLflow
+import thread (trainer.tracking.preload) imports it (seconds) and the sender thread then opens the
+store and, after a restart, reads what the run already holds, while the first steps train.
 A channel that cannot reach its store says so at the first commit.
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ import threading
 import time
 
 from trainer import telemetry
+from trainer.tracking import preload
 
 FLUSH_INTERVAL_S = 1.0
 MAX_BATCH = 1000  # MLflow's log_batch limit for metrics
@@ -57,6 +59,7 @@ class MetricsChannel:
         self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
         self._urgent = threading.Event()  # someone waits for the sender (flush, close): don't pace
+        preload.start()                   # the sender's client() waits for it
         self._thread = threading.Thread(target=self._loop, name="trainer-metrics", daemon=True)
         self._thread.start()
 

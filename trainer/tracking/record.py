@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 from trainer.credentials import redact_text
 from trainer.errors import TrackingError, TrainerError, first_line
 from trainer.protocol import event_line, parse_event, parse_retry
+from trainer.tracking import preload
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -331,15 +332,24 @@ class Recorder:
         self._streams: tuple = ()
 
     # -- capture
-    def start(self) -> "Recorder":
-        # MLflow imported here, in the caller's thread, before the recorder's thread uses it: two
-        # threads importing MLflow at once (this one and the driver's own first use) can hand one
-        # of them a half-initialised protobuf module ("Couldn't build proto file into descriptor
-        # pool: Depends on file 'databricks.proto'"), which failed sweeps' drivers.
-        from mlflow import MlflowClient  # noqa: F401
+    def capture(self) -> "Recorder":
+        """Tee the driver's output into the log from here on. Needs no MLflow: the caller can
+        capture from its first line and `start` the writing thread once MLflow is on its way."""
+        if not self._streams:
+            self._streams = (sys.stdout, sys.stderr)
+            sys.stdout, sys.stderr = _Tee(sys.stdout, self._line), _Tee(sys.stderr, self._line)
+        return self
 
-        self._streams = (sys.stdout, sys.stderr)
-        sys.stdout, sys.stderr = _Tee(sys.stdout, self._line), _Tee(sys.stderr, self._line)
+    def start(self) -> "Recorder":
+        """Capture (if not yet) and start the thread that writes the record into the run."""
+        if not preload.started():
+            # MLflow imported here, in the caller's thread, before the recorder's thread uses it:
+            # two threads importing MLflow at once can hand one of them a half-initialised
+            # protobuf module (trainer.tracking.preload), which failed sweeps' drivers. A caller
+            # that started the preload thread has every MLflow use wait for it instead.
+            from mlflow import MlflowClient  # noqa: F401
+
+        self.capture()
         self._thread = threading.Thread(target=self._run, daemon=True, name="trainer-record")
         self._thread.start()
         return self
@@ -581,6 +591,7 @@ def find_run(uri: str, ref: str):
 
 def read_record(uri: str, run_id: str) -> dict:
     """{"timeline": timeline.json or None, "log": the recorded log text or None, "spec": spec.json or None}."""
+    preload.wait()
     from mlflow.exceptions import MlflowException
 
     from trainer.tracking.runs import client

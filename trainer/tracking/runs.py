@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Iterator
 from trainer.credentials import redact, redact_text
 from trainer.errors import TrackingError, TrainerError, first_line
 from trainer.home import default_artifact_root, default_tracking_uri, resolve_tracking_uri, trainer_home
+from trainer.tracking import preload
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -68,6 +69,7 @@ def is_embedded(uri: str) -> bool:
 
 
 def client(uri: str) -> "MlflowClient":
+    preload.wait()          # MLflow is imported by one thread at a time (trainer.tracking.preload)
     from mlflow import MlflowClient
 
     if uri.startswith("sqlite:///"):
@@ -102,6 +104,7 @@ def start_run(spec: "JobSpec", job_id: str, uri: str, address: str,
 
 
 def _start_run(spec: "JobSpec", job_id: str, uri: str, address: str, fingerprint: "Fingerprint | None") -> str:
+    preload.wait()
     from mlflow.entities import Dataset, DatasetInput, InputTag, Param
 
     mlc = client(uri)
@@ -139,6 +142,7 @@ def logging_into(uri: str, run_id: str) -> Iterator[None]:
     start_run refuses a run of another experiment, so the run's own is active inside the block and
     the caller's is put back after. The run stays RUNNING afterwards: the job's driver owns its
     final status."""
+    preload.wait()
     import mlflow
     from mlflow.tracking import fluent
 
@@ -161,6 +165,7 @@ def global_store(uri: str) -> Iterator[None]:
     exactly after: `mlflow.set_tracking_uri` also writes the variable (for subprocesses), and
     MLflow's own `_use_tracking_uri` unsets one it did not set. A URI left behind would send every
     later command of the process, and every process it starts, to this store."""
+    preload.wait()
     from mlflow.tracking._tracking_service import utils
 
     saved_uri, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
