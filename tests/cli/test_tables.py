@@ -176,7 +176,13 @@ def test_shell_completion_is_installable():
     import sys
     from pathlib import Path
 
+    import os
+
     trainer = str(Path(sys.executable).parent / "trainer")
-    shown = subprocess.run([trainer, "--show-completion", "bash"], capture_output=True, text=True, timeout=120)
+    # Typer's own switch: take the shell named here instead of detecting the parent process's
+    # (a test run whose parent is no shell - a detached CI step - detects none).
+    env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    shown = subprocess.run([trainer, "--show-completion", "bash"], capture_output=True, text=True, timeout=120,
+                           env=env)
     assert shown.returncode == 0, shown.stderr
     assert "_TRAINER_COMPLETE" in shown.stdout and "complete" in shown.stdout
