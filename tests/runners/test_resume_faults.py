@@ -132,7 +132,8 @@ def drills(cluster, request, tmp_path_factory):
     print(f"\nfault drills: seed {SEED} (replay with TRAINER_FAULT_SEED={SEED})")
     needs = {"test_killed_runs_log_the_same_values": {"torch-no-step", "torch-epoch"},
              "test_corrupt_checkpoint_falls_back_to_the_previous": {"corrupt-fallback"},
-             "test_tensorflow_every_epoch_once_after_kills_at_random_points": {"tensorflow-no-step"}}
+             "test_tensorflow_every_epoch_once_after_kills_at_random_points": {"tensorflow-no-step"},
+             "test_placement_follows_the_accelerator_label": {"torch-epoch"}}
     wanted = set()
     for item in request.session.items:
         if item.module is request.module:
@@ -225,6 +226,16 @@ def test_tensorflow_every_epoch_once_after_kills_at_random_points(drills, cluste
     worker group killed mid-run, restarted and resumed from its checkpoint with every epoch once by
     tests/runners/test_tensorflow_jobs.py::test_tensorflow_killed_worker_resumes_from_last_checkpoint."""
     check_drill(drills["tensorflow-no-step"], cluster, trainer_home)
+
+
+def test_placement_follows_the_accelerator_label(drills, cluster):
+    """`resources.accelerator=A100` puts the torch-epoch drill's workers - every worker group's,
+    restarts included - on the node labelled A100 only (the drill's job serves this check)."""
+    drill = drills["torch-epoch"]
+    drill.wait()
+    nodes = {n["accelerator"]: n["node_id"] for n in trainer.cluster_status()["nodes"] if not n["is_head"]}
+    workers = train_workers(cluster.dashboard_url, drill.job)
+    assert workers and {w.node_id for w in workers} == {nodes["A100"]}, drill.why()
 
 
 def test_killed_runs_log_the_same_values(drills):

@@ -43,7 +43,11 @@ def test_digits_end_to_end(cluster):
     assert head["cpus"] == 0 and head["gpus"] == 0
 
 
+@pytest.mark.extended
 def test_placement_follows_the_accelerator_label(cluster):
+    """Extended tier (issue 28): tests/runners/test_resume_faults.py::
+    test_placement_follows_the_accelerator_label checks the same on a job the default tier runs
+    anyway (the torch-epoch drill, `resources.accelerator=A100`: every worker on the A100 node)."""
     job = trainer.submit(EXAMPLE, set=["resources.accelerator=A100", "workers=1", "config.epochs=2", "convert=null"])
     assert job.wait(timeout=600).value == "SUCCEEDED", job.logs()[-3000:]
     nodes = {n["accelerator"]: n["node_id"] for n in trainer.cluster_status()["nodes"] if not n["is_head"]}
