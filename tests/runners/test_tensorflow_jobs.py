@@ -33,6 +33,9 @@ def test_tensorflow_digits_end_to_end(cluster, tmp_path):
 
 
 def test_tensorflow_killed_worker_resumes_from_last_checkpoint(cluster):
+    """The default tier's TensorFlow resume: a MultiWorkerMirroredStrategy group that lost a worker
+    is restarted and resumes from its checkpoint (the TensorFlow fault drill of
+    test_resume_faults.py, the extended tier, kills at each checkpoint phase too)."""
     kill_a_worker_and_check_resume(cluster, EXAMPLE, epochs=16, workers=2)
 
 

@@ -43,7 +43,11 @@ def test_digits_end_to_end(cluster):
     assert head["cpus"] == 0 and head["gpus"] == 0
 
 
+@pytest.mark.extended
 def test_placement_follows_the_accelerator_label(cluster):
+    """Extended tier (issue 28): tests/runners/test_resume_faults.py::
+    test_placement_follows_the_accelerator_label checks the same on a job the default tier runs
+    anyway (the torch-epoch drill, `resources.accelerator=A100`: every worker on the A100 node)."""
     job = trainer.submit(EXAMPLE, set=["resources.accelerator=A100", "workers=1", "config.epochs=2", "convert=null"])
     assert job.wait(timeout=600).value == "SUCCEEDED", job.logs()[-3000:]
     nodes = {n["accelerator"]: n["node_id"] for n in trainer.cluster_status()["nodes"] if not n["is_head"]}
@@ -70,7 +74,16 @@ def test_too_many_workers_for_the_labelled_nodes(cluster):
         trainer.submit(EXAMPLE, set=["resources.accelerator=T4", "workers=2"])
 
 
+@pytest.mark.extended
 def test_killed_worker_resumes_from_last_checkpoint(cluster):
+    """A worker of the digits example SIGKILLed once epoch 2 is in MLflow: the job succeeds from a
+    new worker group resumed from a checkpoint, every epoch once, >= 0.95. Extended tier (issue
+    28): the default tier proves the same on torch, at every kill point, with
+    tests/runners/test_resume_faults.py::test_every_epoch_once_after_kills_at_random_points
+    (both torch drills: success, a new group per kill, every epoch once on its true step) and
+    test_killed_runs_log_the_same_values (the restored model and optimizer give the very values of
+    a run killed elsewhere) and test_corrupt_checkpoint_falls_back_to_the_previous (the job log
+    names the checkpoint the new group resumed from)."""
     kill_a_worker_and_check_resume(cluster, EXAMPLE, epochs=25, workers=2)
 
 

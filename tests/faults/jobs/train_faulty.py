@@ -5,6 +5,9 @@ not copied, plus two knobs the suite needs:
 - `config.sleep_s`: each report waits that long after it returns, so a small job lasts long
   enough for a fault from outside (a node stopped, a server stopped, a client killed) to land
   while it trains;
+- `config.hold_after` + `config.hold_file`: after that many reports (of this worker group) each
+  worker waits until the file exists, so a fault from outside lands while the job is decidedly
+  still running, not while it happens to be;
 - `train_pausing`: the drills' fault points *pause* instead of SIGKILL (the worker writes its
   marker and sleeps), e.g. halfway through uploading a checkpoint's state file, so the test can
   cancel the job at exactly that moment.
@@ -34,13 +37,22 @@ class Pausing(faults.Faults):
 
 def _slowed(ctx):
     sleep_s = float(ctx.config.get("sleep_s", 0))
+    hold_after = int(ctx.config.get("hold_after", 0))
+    hold_file = Path(ctx.config["hold_file"]) if hold_after else None
     report = ctx.report
+    reports = 0
 
     def slow_report(metrics, checkpoint=None):
+        nonlocal reports
         report(metrics, checkpoint=checkpoint)
+        reports += 1
+        if reports == hold_after:
+            deadline = time.monotonic() + 600    # the test's own bound fails it long before
+            while not hold_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
         time.sleep(sleep_s)
 
-    if sleep_s:
+    if sleep_s or hold_after:
         ctx.report = slow_report
     return ctx
 
