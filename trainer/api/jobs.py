@@ -356,8 +356,8 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
 
         inventory = inventory + capacity_nodes(read_raycluster(cluster_spec), inventory)
     check_placement(spec_obj, inventory)
-    if local:
-        _check_image_runtime(spec_obj.runtime_name, _local_cluster())
+    cluster_state = _local_cluster() if local else None
+    _check_image_runtime(spec_obj.runtime_name, cluster_state)
 
     job_id = new_job_id(spec_obj.name)
     run_id = runs.start_run(spec_obj, job_id, uri, dashboard, checked.fingerprint)
@@ -369,7 +369,6 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
         if spec_obj.tracking.uri:
             job_spec = spec_obj.model_copy(update={"tracking": spec_obj.tracking.model_copy(update={"uri": job_uri})})
         env = {}
-        cluster_state = _local_cluster() if local else None
         if local:
             from trainer.home import trainer_home
             from trainer.runners.base import LOCAL_RAY_TRAIN_ENV
@@ -387,7 +386,8 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
         # the image: Ray Train's controller starts beside the driver and unpickles the framework's
         # backend config, so a tensorflow job's controller on the torch venv's head cannot start.
         in_image = bool(cluster_state is not None and cluster_state.image)
-        python = str(interpreter) if local and not in_image else "python"
+        host_venv = local and not in_image
+        python = str(interpreter) if host_venv else "python"
         driver_labels = None
         if in_image:
             from trainer.cluster.containers import RAY_IMAGE_LABEL, image_label_value
@@ -395,7 +395,7 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
             driver_labels = {RAY_IMAGE_LABEL: image_label_value(cluster_state.image)}
         runtime_env = job_runtime_env(job_spec.model_dump_json(), job_id=job_id, tracking_uri=job_uri, run_id=run_id,
                                       working_dir=workdir, excludes=UPLOAD_EXCLUDES,
-                                      python=python if local and not in_image else None, extra_env=env,
+                                      python=python if host_venv else None, extra_env=env,
                                       data_digest=checked.fingerprint.digest if checked.fingerprint else None)
         size = checked.upload_bytes
         say(progress, f"submitting {job_id} (MLflow run {run_id}; code "
