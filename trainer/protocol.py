@@ -30,8 +30,8 @@ def driver_entrypoint(python: str = "python") -> str:
     return f"{python} -m {DRIVER_MODULE}"
 
 
-# Never uploaded with the job's code (gitwildmatch patterns relative to the project, given to Ray as
-# `excludes` too): tool caches, and files that hold secrets (keys, tokens, cloud credentials).
+# Never uploaded with the job's code (gitwildmatch patterns relative to the project; the job's zip is made
+# without them, trainer.scheduling.upload): tool caches, and files that hold secrets (keys, tokens, credentials).
 # SSH keys by their names (id_rsa...), not `id_*`, which would drop an `id_map.py` without a word.
 UPLOAD_EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache",
                    ".mypy_cache", "mlruns", "mlartifacts", "mlflow.db", ".trainer", "*.egg-info",

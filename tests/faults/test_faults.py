@@ -19,7 +19,6 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -43,26 +42,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120
 JOB_TIMEOUT = 480  # no scenario's job may take longer than this (a hang fails here)
 
 
-# One submission at a time, each until its workers run: the nodes of the local cluster share one
-# host, and a job's first worker on a node re-unpacks the job's code folder under a driver that may
-# still be importing from it (tests/runners/test_resume_faults.py, wait_until_training).
-_gate = threading.Lock()
-
-
-def _started(job: trainer.Job, dashboard_url: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sum(w.state == "ALIVE" for w in train_workers(dashboard_url, job)) >= 2 or job.status().is_terminal:
-            return
-        time.sleep(1)
-
-
 def _submit(name: str, accelerator: str, epochs: int, sleep_s: float, *extra: str, **kw) -> trainer.Job:
-    with _gate:
-        job = trainer.submit(SPEC, set=[f"name={name}-{uuid.uuid4().hex[:6]}", f"resources.accelerator={accelerator}",
-                                        f"config.epochs={epochs}", f"config.sleep_s={sleep_s}", *extra], **kw)
-        _started(job, job.address)
-    return job
+    return trainer.submit(SPEC, set=[f"name={name}-{uuid.uuid4().hex[:6]}", f"resources.accelerator={accelerator}",
+                                     f"config.epochs={epochs}", f"config.sleep_s={sleep_s}", *extra], **kw)
 
 
 def _wait(job: trainer.Job, timeout: float = JOB_TIMEOUT) -> str:
@@ -90,20 +72,15 @@ def client_loss_and_outage(cluster, server_home: Path, tmp: Path) -> dict:
     name = f"client-loss-{uuid.uuid4().hex[:6]}"
     go = tmp / "outage-begins"
     state, _ = server.serve(0, home=server_home)
-    _gate.acquire()
     follower = subprocess.Popen([*TRAINER, "submit", str(SPEC), "--wait", "--set", f"name={name}",
                                  "--set", f"config.epochs={epochs}", "--set", "config.sleep_s=2",
                                  "--set", "config.hold_after=1", "--set", f"config.hold_file={go}",
                                  "--set", f"tracking.uri={state.url}"],
                                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        try:
-            line = follower.stdout.readline()          # "submitted <job> (MLflow run <run>) to <address>"
-            assert line.startswith("submitted "), line
-            job = trainer.Job.get(line.split()[1], cluster.dashboard_url)
-            _started(job, cluster.dashboard_url)
-        finally:
-            _gate.release()
+        line = follower.stdout.readline()          # "submitted <job> (MLflow run <run>) to <address>"
+        assert line.startswith("submitted "), line
+        job = trainer.Job.get(line.split()[1], cluster.dashboard_url)
         until("an epoch in MLflow while the client follows", lambda: epochs_logged(job), JOB_TIMEOUT, job)
     finally:
         follower.send_signal(signal.SIGKILL)
@@ -135,9 +112,7 @@ def partial_then_corrupt(cluster, home: Path, tmp: Path) -> dict:
     drill = Drill("torch.yaml", "train_mlp_torch.py:train_no_step", "T4",
                   [{"epoch": 1, "rank": 0, "phase": "upload"}, {"epoch": 3, "rank": 0, "phase": "corrupt"}],
                   epochs=6)
-    with _gate:
-        drill.submit(tmp / "partial-corrupt")
-        _started(drill.job, cluster.dashboard_url)
+    drill.submit(tmp / "partial-corrupt")
     drill.wait()
     return {"drill": drill}
 
@@ -243,10 +218,8 @@ def head_restart(tmp: Path) -> dict:
     cli("cluster", "up", "--node", "cpu:1", env=env, timeout=300)
     out: dict = {"env": env}
     try:
-        with _gate:
-            sub = cli_json("submit", str(SPEC), "--set", "config.epochs=40", "--set", "config.sleep_s=2",
-                           env=env, timeout=300)
-            time.sleep(10)
+        sub = cli_json("submit", str(SPEC), "--set", "config.epochs=40", "--set", "config.sleep_s=2",
+                       env=env, timeout=300)
         out["job_id"], out["run_id"] = sub["job_id"], sub["run_id"]
         uri = f"sqlite:///{home / 'mlflow.db'}"
         until("an epoch of the job on the second cluster",

@@ -146,22 +146,7 @@ def drills(cluster, request, tmp_path_factory):
         if name in wanted:
             print(f"{name}: {drill.plan}")
             drill.submit(root / name)
-            wait_until_training(drill, cluster)
     return drills
-
-
-def wait_until_training(drill: Drill, cluster, timeout: float = 300) -> None:
-    """Submit the next drill only once this one's workers run. The nodes of the local cluster
-    share one host, and the first worker a job starts on a node re-unpacks the job's code folder
-    (new inode, same path): a driver that is still importing there loses its cwd
-    (FileNotFoundError in os.getcwd)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sum(w.state == "ALIVE" for w in train_workers(cluster.dashboard_url, drill.job)) >= 2:
-            return
-        if drill.job.status().is_terminal:
-            return
-        time.sleep(1)
 
 
 def check_exactly_once(drill: Drill) -> "object":

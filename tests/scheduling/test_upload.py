@@ -106,3 +106,28 @@ def test_the_same_files_as_rays_own_packaging(tmp_path):
     ours = walk(root, UPLOAD_EXCLUDES)
     assert ours.refused == [] and sorted(p for p, _ in ours.files) == zipped
     assert "keep.log" in zipped and "only_here.py" in zipped and "src/deep/ok.py" in zipped
+
+
+def test_each_job_sends_its_own_package_of_exactly_the_checked_files(tmp_path):
+    """Two jobs of one project get two Ray packages (a node unpacks a package under every job
+    environment that starts with it: a shared one was deleted under a running job), each holding
+    the checked files byte for byte; Ray's submission path sends the zip as it is."""
+    from ray._private.runtime_env.packaging import get_uri_for_package
+    from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+
+    from trainer.scheduling.upload import package
+
+    root = project(tmp_path / "proj", {"train.py": "print(1)\n", "lib/util.py": "X = 2\n", ".env": "TOKEN=s\n",
+                                       "mlruns/0/meta.yaml": ""})
+    files = walk(root, UPLOAD_EXCLUDES).files
+    a = package(root, files, tmp_path / "a.zip", "job-a")
+    b = package(root, files, tmp_path / "b.zip", "job-b")
+    assert get_uri_for_package(a) != get_uri_for_package(b)
+    for zipped in (a, b):
+        with zipfile.ZipFile(zipped) as zf:
+            assert sorted(zf.namelist()) == ["lib/util.py", "train.py"]
+            assert all(zf.read(rel) == (root / rel).read_bytes() for rel in zf.namelist())
+    sent = []
+    env = upload_working_dir_if_needed({"working_dir": str(a)}, include_gitignore=True,
+                                       upload_fn=lambda path, excludes, is_file=False: sent.append((path, is_file)))
+    assert sent == [(str(a), True)] and env["working_dir"] == get_uri_for_package(a)

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from trainer.api.handle import close_run, conversion_of, last_metrics, run_summa
 from trainer.api.k8s import read_raycluster
 from trainer.credentials import redact
 from trainer.errors import JobError, PreflightError, TrainerError, UsageError, first_line
-from trainer.protocol import (META_NAME, META_RUN_ID, META_SPEC, META_TRACKING_URI, UPLOAD_EXCLUDES, driver_entrypoint,
+from trainer.protocol import (META_NAME, META_RUN_ID, META_SPEC, META_TRACKING_URI, driver_entrypoint,
                               PROTOCOL_PREFIXES, TIMING_PREFIX, failure_from_logs, job_runtime_env, parse_progress,
                               parse_retry, parse_sweep)
 from trainer.spec import JobSpec
@@ -335,6 +336,7 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
     from trainer.runtimes import python_for
     from trainer.scheduling.preflight import check_placement, check_spec, check_tracking
     from trainer.scheduling.ray_jobs import RayJobs
+    from trainer.scheduling.upload import package
     from trainer.tracking import preload, runs
 
     spec_obj, workdir = load_job_spec(spec, set, overrides, workdir)
@@ -393,18 +395,23 @@ def submit(spec: str | Path | dict | JobSpec, wait: bool = False, *, address: st
             from trainer.cluster.containers import RAY_IMAGE_LABEL, image_label_value
 
             driver_labels = {RAY_IMAGE_LABEL: image_label_value(cluster_state.image)}
-        runtime_env = job_runtime_env(job_spec.model_dump_json(), job_id=job_id, tracking_uri=job_uri, run_id=run_id,
-                                      working_dir=workdir, excludes=UPLOAD_EXCLUDES,
-                                      python=python if host_venv else None, extra_env=env,
-                                      data_digest=checked.fingerprint.digest if checked.fingerprint else None)
         size = checked.upload_bytes
         say(progress, f"submitting {job_id} (MLflow run {run_id}; code "
                        f"{f'{size / 2**20:.1f} MiB' if size >= 2**20 else f'{-(-size // 1024)} KiB'})")
         jobs = RayJobs(dashboard)
-        jobs.submit(
-            job_id=job_id, entrypoint=driver_entrypoint(python), runtime_env=runtime_env, driver_labels=driver_labels,
-            metadata={META_RUN_ID: run_id, META_TRACKING_URI: redact(job_uri), META_NAME: spec_obj.name,
-                      META_SPEC: redact_text(job_spec.model_dump_json(exclude_none=True))})
+        # The code goes as this job's own zip of what preflight checked (trainer.scheduling.upload:
+        # a package shared by two jobs starting at once on a node is unpacked under one of them).
+        with tempfile.TemporaryDirectory(prefix="trainer-code-") as tmp:
+            code = package(workdir, checked.upload, Path(tmp) / "code.zip", job_id)
+            runtime_env = job_runtime_env(job_spec.model_dump_json(), job_id=job_id, tracking_uri=job_uri,
+                                          run_id=run_id, working_dir=code, python=python if host_venv else None,
+                                          extra_env=env,
+                                          data_digest=checked.fingerprint.digest if checked.fingerprint else None)
+            jobs.submit(
+                job_id=job_id, entrypoint=driver_entrypoint(python), runtime_env=runtime_env,
+                driver_labels=driver_labels,
+                metadata={META_RUN_ID: run_id, META_TRACKING_URI: redact(job_uri), META_NAME: spec_obj.name,
+                          META_SPEC: redact_text(job_spec.model_dump_json(exclude_none=True))})
     except BaseException as e:
         _abandon_run(uri, run_id, job_id, jobs, e)
         raise

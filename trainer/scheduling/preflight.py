@@ -29,7 +29,11 @@ class Checked:
     spec: JobSpec
     workdir: Path
     fingerprint: Fingerprint | None
-    upload_bytes: int
+    upload: list[tuple[str, int]]       # the code Ray is sent: (relative path, size), checked
+
+    @property
+    def upload_bytes(self) -> int:
+        return sum(size for _, size in self.upload)
 
 
 def check_spec(spec: JobSpec, workdir: Path) -> Checked:
@@ -184,7 +188,7 @@ def upload_files(workdir: Path):
     yield from walk(workdir, UPLOAD_EXCLUDES).files
 
 
-def _check_upload(workdir: Path) -> int:
+def _check_upload(workdir: Path) -> list[tuple[str, int]]:
     from trainer.scheduling.upload import walk
 
     upload = walk(workdir, UPLOAD_EXCLUDES)
@@ -200,7 +204,7 @@ def _check_upload(workdir: Path) -> int:
             f"the code to upload from {workdir} is {total / 2**20:.0f} MiB, over Ray's 100 MiB limit; "
             f"biggest files: {listing}. Move data out of the code folder (data.path can point anywhere "
             f"the workers can read) or add it to .gitignore (or .rayignore)")
-    return total
+    return files
 
 
 def check_placement(spec: JobSpec, nodes: list[Node]) -> None:

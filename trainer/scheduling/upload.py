@@ -11,6 +11,15 @@ Ray follows symbolic links (`is_dir()`, `is_file()` and the zip all read through
 to a folder outside the project uploads that folder, and a link to a parent folder uploads the
 tree again and again. Such links are not followed here: they are returned as refusals, as are
 FIFOs, sockets and devices (Ray's hashing opens every entry and would block on a FIFO).
+
+What is sent is then zipped here, from that walk (`package`), not by Ray: Ray names a folder's
+package by its content, so two jobs of one project share a package, and a node's runtime-env
+agent unpacks a package once per job *environment* with `overwrite=True` (2.60,
+working_dir.py `create`): the second of two jobs starting at once on a node deletes the first's
+code folder under its driver and workers (FileNotFoundError in os.getcwd, imports failing). Each
+job's zip carries its job id as the archive comment, so its package (named by the zip's SHA-1) is
+its own while the unpacked files are the project's, byte for byte. It also sends exactly the files
+preflight counted and checked, not a second walk that a link made in between could widen.
 """
 from __future__ import annotations
 
@@ -19,6 +28,7 @@ import os
 import stat
 import sys
 import threading
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -115,6 +125,16 @@ def walk(workdir: Path, excludes: list[str]) -> Upload:
 
     travel(root, [matcher(excludes, root)])
     return out
+
+
+def package(workdir: Path, files: list[tuple[str, int]], dest: Path, job_id: str) -> Path:
+    """Zip `files` (relative POSIX paths under `workdir`, from `walk`) into `dest`, a `.zip` that
+    Ray uploads as the job's working_dir as it is. Stored, not deflated, as Ray zips a folder."""
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED, strict_timestamps=False) as zf:
+        for rel, _ in files:
+            zf.write(workdir / rel, rel)
+        zf.comment = f"trainer job {job_id}".encode()
+    return dest
 
 
 def _ignore_files(path: Path, include_gitignore: bool) -> list[Callable[[Path], bool]]:
