@@ -14,7 +14,7 @@ sent to MLflow (rank 0) by a background thread; Ray Train is only involved when 
 persisted. Pass `checkpoint=` at the same points on every rank; rank 0's dict is saved. With
 `failure.max_failures > 0` values are committed with checkpoints, and also after at most 10,000
 values or 30 s without one (trainer.tracking.metrics says what that means for exactly-once); with
-`max_failures` 0 (nothing can be replayed) after at most 1,000 values or 5 s.
+`max_failures` 0 (nothing can be replayed) after at most 1,000 values or 2 s.
 
 After a worker failure Ray Train restarts the group; `ctx.restore()` then returns the dict of the
 newest *complete* checkpoint (trainer.checkpoints: an unreadable one is skipped, and the job log
@@ -269,7 +269,8 @@ class Context:
         if discard is not None:
             discard()
         if self._channel is not None:
-            self._channel.close(commit=success)
+            # A job that cannot restart replays nothing: what it reported before failing is final.
+            self._channel.close(commit=success or self._live)
             self._channel = None
 
 

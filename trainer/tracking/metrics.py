@@ -16,7 +16,9 @@ checkpoint to be committed; the context then makes a *live* channel (`live()`): 
 one full `log_batch` (MAX_BATCH values) or LIVE_S seconds. Committing each report instead costs a
 queue handoff per report and a store write per second for as long as training runs (each write
 reads the run back and updates its latest metrics: ~10 ms of CPU however few values it carries),
-which made tracking +7% CPU on a 2 ms training step; a batch of 1000 writes each value once.
+which made tracking +7% CPU on a 2 ms training step. What a live channel holds is final (the
+context sends it even when the job fails); only a process killed outright loses it, at most
+LIVE_S seconds' worth (committing each report lost up to the sender's one-second pacing).
 
 Holding values back is also bounded: when `max_pending_values` values are waiting, or the oldest
 has waited `max_pending_s` seconds, they are committed without a checkpoint (the sender thread
@@ -46,7 +48,7 @@ FLUSH_INTERVAL_S = 1.0
 MAX_BATCH = 1000  # MLflow's log_batch limit for metrics
 MAX_PENDING_VALUES = 10_000   # held back at most this many values ...
 MAX_PENDING_S = 30.0          # ... or this long, whichever comes first (see the module docstring)
-LIVE_S = 5.0                  # max_failures 0: how long a value waits before MLflow shows it, at most
+LIVE_S = 2.0                  # max_failures 0: how long a value waits for the sender, at most
 _RESUME = object()            # queued by resume(): the sender reads the run's steps before what follows
 
 
