@@ -13,7 +13,8 @@ Call `ctx.report` on every rank, as often as you like (every step is fine): valu
 sent to MLflow (rank 0) by a background thread; Ray Train is only involved when a checkpoint is
 persisted. Pass `checkpoint=` at the same points on every rank; rank 0's dict is saved. With
 `failure.max_failures > 0` values are committed with checkpoints, and also after at most 10,000
-values or 30 s without one (trainer.tracking.metrics says what that means for exactly-once).
+values or 30 s without one (trainer.tracking.metrics says what that means for exactly-once); with
+`max_failures` 0 (nothing can be replayed) after at most 1,000 values or 2 s.
 
 After a worker failure Ray Train restarts the group; `ctx.restore()` then returns the dict of the
 newest *complete* checkpoint (trainer.checkpoints: an unreadable one is skipped, and the job log
@@ -68,8 +69,8 @@ class Context:
         self._session = session
         self._tracking_uri = tracking_uri
         self._channel = None
-        # With no restarts possible nothing can be replayed, so every report is committed at once.
-        self._commit_each_report = spec.failure.max_failures == 0
+        # With no restarts possible nothing can be replayed: values need no checkpoint to be committed.
+        self._live = spec.failure.max_failures == 0
         self._checkpoints_seen = 0
         self._auto_step = 0
         self._last_progress = 0.0
@@ -83,8 +84,10 @@ class Context:
         if run_id and session.rank == 0:
             from trainer.tracking.metrics import MetricsChannel
 
-            self._channel = MetricsChannel(tracking_uri, run_id)
-            if not self._commit_each_report:
+            if self._live:
+                self._channel = MetricsChannel.live(tracking_uri, run_id)
+            else:
+                self._channel = MetricsChannel(tracking_uri, run_id)
                 # Any attempt may follow one whose values reached MLflow (flushed before a
                 # checkpoint that never got registered), with or without a checkpoint to resume.
                 self._channel.resume()
@@ -148,8 +151,6 @@ class Context:
                     self._channel.commit()  # sent while the checkpoint is written; _persist waits
                 self._persist(values, checkpoint, step)
                 persisted = True
-        if self._channel is not None and not persisted and self._commit_each_report:
-            self._channel.commit()
         if self.rank == 0:
             telemetry.reported(step, values)
             self._print_progress(step, values, force=persisted or "epoch" in metrics)
@@ -268,7 +269,8 @@ class Context:
         if discard is not None:
             discard()
         if self._channel is not None:
-            self._channel.close(commit=success)
+            # A job that cannot restart replays nothing: what it reported before failing is final.
+            self._channel.close(commit=success or self._live)
             self._channel = None
 
 

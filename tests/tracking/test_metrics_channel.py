@@ -141,3 +141,27 @@ def test_a_store_that_cannot_be_opened_fails_the_first_flush():
     ch.add({"loss": 1.0}, 0)
     with pytest.raises(RuntimeError, match="MLflow metric logging failed"):
         ch.flush()
+
+
+def test_a_job_that_cannot_restart_hands_values_over_in_full_batches(run, tmp_path, monkeypatch):
+    """max_failures 0: no report is a queue handoff to the sender (that, and a store write a
+    second, was the +7% CPU of tracking at a 2 ms step); the count bound hands over one full
+    log_batch at a time, and every value still lands once."""
+    from trainer.context import Context, LocalSession
+    from trainer.spec import JobSpec
+    from trainer.tracking.metrics import MAX_BATCH
+
+    uri, run_id = run
+    spec = JobSpec(name="t", framework="torch", entrypoint="t.py:train")
+    assert spec.failure.max_failures == 0
+    ctx = Context(spec, LocalSession(tmp_path / "ck", keep=1), run_id=run_id, tracking_uri=uri)
+    handed_over = []
+    put = ctx._channel._queue.put
+    monkeypatch.setattr(ctx._channel._queue, "put", lambda item: (handed_over.append(item), put(item)))
+    reports = 2 * MAX_BATCH + 500
+    for step in range(reports):
+        ctx.report({"step": step, "loss": 1.0 / (step + 1)})
+    assert len(handed_over) <= 2, len(handed_over)          # the count bound, not one per report
+    assert all(len(item) <= MAX_BATCH for item in handed_over)
+    ctx.close(success=False)      # nothing can be replayed: even a failed job's values are final
+    assert steps(uri, run_id, "loss") == list(range(reports))
