@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import trainer
-from trainer.protocol import parse_event
+from trainer.protocol import parse_event, timing_from_logs
 from trainer.tracking.runs import client
 from trainer.tracking.sweeps import trial_runs
 
@@ -181,6 +181,12 @@ def test_status_and_logs_of_a_sweep_while_it_runs_and_from_its_record(sweep):
             assert events and {e["metrics"]["accuracy"] for e in events if "accuracy" in e["metrics"]} == history
     driver = cli("logs", job.id)
     assert driver.exit_code == 0 and "best: trial" in driver.stdout
+    # Every ended trial's last lines reached the driver before it ended (trainer.runners.forwarded).
+    raw = job.logs()
+    assert "had not reached this log" not in raw, raw[-3000:]
+    timing = timing_from_logs(raw)
+    print(f"Tune returned, then {timing['converted'] - timing['fit_done']:.1f} s to the best trial's conversion, "
+          f"then {timing['lines_in'] - timing['converted']:.2f} s to the last lines")
     assert "RayTrainWorker" not in driver.stdout and "TRAINER_PROGRESS" not in driver.stdout
     assert cli("logs", job.id, "--trial", "99").exit_code == 2
 

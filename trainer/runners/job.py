@@ -402,6 +402,7 @@ def main() -> int:
         _leave_vanished_cwd()
         if expected and not cancelled:
             forwarded.wait_for(expected)    # last, so conversion and registration gave it their time
+            timing["lines_in"] = time.time()
         forwarded.close()
         if recorder is not None:
             recorder.finish("KILLED" if cancelled else status)

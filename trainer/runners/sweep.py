@@ -382,6 +382,7 @@ def main(spec: JobSpec, job_id: str, run_id: str | None, tracking_uri: str | Non
         if tuned and not cancelled:
             # Last, so the best trial's conversion above gave Ray's forwarding its time.
             forwarded.wait_for(last_lines(callback.trials, job_id, spec.workers))
+            timing["lines_in"] = time.time()
         forwarded.close()
         if run_record is not None:
             run_record.finish("KILLED" if cancelled else status)
