@@ -13,7 +13,7 @@ from ray.util.state import list_actors
 import trainer
 from trainer.errors import JobError
 from trainer.promotion.registration import run_data_digest
-from trainer.protocol import ENV_DATA_DIGEST, timing_from_logs
+from trainer.protocol import ENV_DATA_DIGEST, parse_event, parse_progress, timing_from_logs
 from trainer.runners.base import LOCAL_RAY_TRAIN_ENV
 from trainer.runners.job import pinned_data
 from trainer.spec import JobSpec
@@ -128,3 +128,9 @@ def test_a_local_job_connects_before_mlflow_and_starts_no_preemption_watcher(clu
     # What every job guarantees still holds: each epoch's values reached the run once.
     history = runs.client(job.tracking_uri).get_metric_history(job.run_id, "loss")
     assert [m.step for m in history] == [0]
+    # Its one epoch's line and its worker's end reached the log before the driver ended, though it
+    # ended right after fit() (trainer.runners.forwarded): Ray forwards worker lines asynchronously.
+    log = job.logs()
+    assert 0 in {e["step"] for e in map(parse_progress, log.splitlines()) if e}, log[-3000:]
+    assert any(e["event"] == "worker_end" for e in map(parse_event, log.splitlines()) if e), log[-3000:]
+    assert "had not reached this log" not in log and timing["lines_in"] <= timing["closed"], log[-3000:]

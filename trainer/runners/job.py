@@ -22,6 +22,7 @@ from trainer.errors import ConversionError, JobError, ParityError, SpecError, Tr
 from trainer.protocol import (ENV_DATA_DIGEST, ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI, FAILURE_PREFIX,
                               TIMING_PREFIX, retry_line)
 from trainer.runners.base import get_runner, tune_ray_train
+from trainer.runners.forwarded import Ended, ForwardedLines, Reported
 from trainer.spec import PACKAGE_SCHEME, JobSpec
 from trainer.tracking import preload, record
 from trainer.tracking.runs import failure_line
@@ -355,6 +356,7 @@ def main() -> int:
     failure = None
     cancelled: list = []
     recorder = None
+    forwarded, expected = ForwardedLines(), None
     try:
         _record_cancel(cancelled)
         if run_id is None and tracking_uri:
@@ -372,8 +374,10 @@ def main() -> int:
         if recorder is not None:
             _preload_mlflow(tracking_uri, run_id)
             recorder.start()
+        forwarded.install()     # over the recorder's tee: closed before it
         result = trainer.fit()
         timing["fit_done"] = time.time()
+        expected = last_lines(job_id, spec.workers, result)
         preload.wait()      # the conversion and registration below import MLflow themselves
         timing["mlflow_imported"] = preload.imported_at()
         _prune_checkpoints(result, spec.checkpoint.keep)
@@ -396,6 +400,10 @@ def main() -> int:
         return 1
     finally:
         _leave_vanished_cwd()
+        if expected and not cancelled:
+            forwarded.wait_for(expected)    # last, so conversion and registration gave it their time
+            timing["lines_in"] = time.time()
+        forwarded.close()
         if recorder is not None:
             recorder.finish("KILLED" if cancelled else status)
         if run_id:
@@ -403,6 +411,19 @@ def main() -> int:
         timing["closed"] = time.time()
         # One line for benchmarks/runner.py and anyone asking where a job's time went.
         print(TIMING_PREFIX + json.dumps(timing), flush=True)
+
+
+def last_lines(job_id: str, workers: int, result) -> list:
+    """What the driver must have seen in its log before it ends (trainer.runners.forwarded):
+    rank 0's progress line of the report its last checkpoint came with (`result.metrics`), and
+    every rank's end, where each reaches the log. Ray's driver folds alike lines of different
+    processes (RAY_DEDUP_LOGS, on for jobs; a sweep's driver turns it off): with several workers,
+    all `worker_end` lines but the first can be held back for seconds, so only rank 0's
+    progress line is waited for then."""
+    out: list = [Reported(None, dict(result.metrics), "the job")] if getattr(result, "metrics", None) else []
+    if workers == 1 or os.environ.get("RAY_DEDUP_LOGS", "").lower() in ("0", "false"):
+        out.append(Ended(job_id, workers, "the job"))
+    return out
 
 
 def _preload_mlflow(tracking_uri: str, run_id: str) -> None:

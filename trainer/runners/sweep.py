@@ -121,7 +121,8 @@ def recorder(spec: JobSpec, uri: str | None, parent: str | None, cancelled: list
 
     class SweepRecorder(tune.Callback):
         def __init__(self):
-            self.trials: dict[str, dict] = {}    # trial_id -> {"trial", "outcome", "last", "reports", "config"}
+            # trial_id -> {"trial", "outcome", "last", "reports", "config", "result": its last, numbers only}
+            self.trials: dict[str, dict] = {}
             self.best: tuple[float, int] | None = None
             self._printed = 0.0
             self.missing_metric: str | None = None
@@ -147,6 +148,8 @@ def recorder(spec: JobSpec, uri: str | None, parent: str | None, cancelled: list
                 raise JobError(self.missing_metric)
             value = float(result[sweep.metric])
             entry["last"], entry["reports"] = value, entry["reports"] + 1
+            entry["result"] = {k: v for k, v in result.items()
+                               if isinstance(v, (int, float)) and not isinstance(v, bool)}
             if self.best is None or better(value, self.best[0]):
                 self.best = (value, entry["trial"])
             self._progress()
@@ -242,6 +245,23 @@ def tuner(spec: JobSpec, setup: dict, callback):
                                   callbacks=[callback], failure_config=tune.FailureConfig(max_failures=0)))
 
 
+def last_lines(trials: dict[str, dict], job_id: str, workers: int) -> list:
+    """What the driver must have seen in its log before it ends (trainer.runners.forwarded): a
+    completed trial's workers' ends (its Train run is `<job id>-<trial id>`, see `trial`), a
+    stopped trial's progress line of the last result Tune got (its actor was killed: no end).
+    A failed or cancelled trial's lines are not waited for: its end is no one's expectation."""
+    from trainer.runners.forwarded import Ended, Reported
+    from trainer.tracking import sweeps
+
+    out: list = []
+    for trial_id, t in trials.items():
+        if t["outcome"] == sweeps.COMPLETED:
+            out.append(Ended(f"{job_id}-{trial_id}", workers, f"trial {t['trial']}"))
+        elif t["outcome"] == sweeps.STOPPED and t.get("result"):
+            out.append(Reported(t["trial"], t["result"], f"trial {t['trial']}"))
+    return out
+
+
 def choose_best(spec: JobSpec, trials: dict[str, dict]) -> dict | None:
     """The completed trial with the best last value of the metric (a trial ASHA stopped has no
     model to convert), or None."""
@@ -271,12 +291,15 @@ def main(spec: JobSpec, job_id: str, run_id: str | None, tracking_uri: str | Non
     """The sweep's driver (in the Ray job): the trials, then the best one's convert and register.
     Returns the exit code, like `trainer.runners.job.main`."""
     from trainer.runners import job
+    from trainer.runners.forwarded import ForwardedLines
     from trainer.tracking import record, sweeps
     from trainer.tracking.runs import failure_line
 
     status, failure = "FAILED", None
     cancelled: list = []
     run_record = None
+    forwarded = ForwardedLines()
+    callback, tuned = None, False
     timing = {"entrypoint": started}
     sweep = spec.sweep
     try:
@@ -304,6 +327,7 @@ def main(spec: JobSpec, job_id: str, run_id: str | None, tracking_uri: str | Non
         job._record_cancel(cancelled, connect=True)
         _note_cancel_time(timing)
         timing["connected"] = time.time()
+        forwarded.install()     # over the recorder's tee: closed before it
         try:
             tune.fit()
         except Exception as e:
@@ -314,6 +338,7 @@ def main(spec: JobSpec, job_id: str, run_id: str | None, tracking_uri: str | Non
                                f"checkpoint: {first_line(e)}") from None
             raise
         timing["fit_done"] = time.time()
+        tuned = True
         counts = callback.counts()
         print(f"sweep {job_id}: {counts['done']} completed, {counts['stopped']} stopped early, "
               f"{counts['failed']} failed", flush=True)
@@ -354,6 +379,11 @@ def main(spec: JobSpec, job_id: str, run_id: str | None, tracking_uri: str | Non
         return 1
     finally:
         job._leave_vanished_cwd()
+        if tuned and not cancelled:
+            # Last, so the best trial's conversion above gave Ray's forwarding its time.
+            forwarded.wait_for(last_lines(callback.trials, job_id, spec.workers))
+            timing["lines_in"] = time.time()
+        forwarded.close()
         if run_record is not None:
             run_record.finish("KILLED" if cancelled else status)
         if run_id and tracking_uri:
