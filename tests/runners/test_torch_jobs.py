@@ -61,7 +61,7 @@ def test_unplaceable_accelerator_fails_fast_with_inventory(cluster):
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     elapsed = time.monotonic() - started
     assert proc.returncode == 3, proc.stderr
-    assert elapsed < 5, elapsed
+    assert elapsed < 15, elapsed      # refused by preflight: no wait for a placement (minutes)
     message = proc.stderr.strip()
     assert "no node is labelled ray.io/accelerator-type=H100" in message
     for node in ("A100(cpus=1", "T4(cpus=1", "cpu(cpus=2", "head(cpus=0"):

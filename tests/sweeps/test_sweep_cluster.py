@@ -208,7 +208,7 @@ def test_preflight_refuses_a_sweep_whose_trial_cannot_be_placed(cluster):
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3, proc.stderr
     assert "no node is labelled ray.io/accelerator-type=H100" in proc.stderr
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 20     # refused by preflight, not after a placement wait
     with pytest.raises(trainer.TrainerError, match="fit only"):
         trainer.submit(SWEEP, set=["resources.accelerator=T4", "workers=2"])
 
