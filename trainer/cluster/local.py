@@ -176,8 +176,7 @@ class LocalCluster:
         # per host, so a second cluster (or node) on this host would have no agent to take jobs.
         common = [f"--object-store-memory={store_mb * 1024 * 1024}", "--disable-usage-stats"]
         try:
-            _say(progress, "starting the head (CPU-only: schedules, runs no training) and "
-                           f"{len(nodes)} worker node{'s' if len(nodes) > 1 else ''}")
+            _say(progress, "starting the head (CPU-only: schedules, runs no training)")
             for attempt in range(3):
                 # Every listening port chosen here is distinct from the others (picked together);
                 # the rest (node manager, object manager, metrics, agents' gRPC) each process binds
@@ -205,6 +204,8 @@ class LocalCluster:
                     # once slow the head's dashboard past Ray's startup timeout on a loaded host.
                     wait_for_gcs(head, state.gcs_address)
                     for i, node in enumerate(nodes):
+                        _say(progress, f"starting worker node {i + 1}/{len(nodes)}: {node}"
+                                       + (f" in a container of {image}" if image else ""))
                         worker = self._start_worker(state, i, node, agent_ports[1 + i], common, store_mb, owner,
                                                     image)
                         if worker is not None:
@@ -425,10 +426,15 @@ class RayStart:
         """Until `ray start` is done (its node is up); ClusterError with its last line when it
         failed or ran past START_TIMEOUT_S (then it is killed), or when `alongside` (a `ray start`
         running meanwhile, this node's head) failed first."""
+        deadline = self.deadline
         while self.proc.poll() is None:
             if alongside is not None and alongside.proc.poll() not in (None, 0):
                 alongside.wait()
-            if time.monotonic() > self.deadline:
+            if alongside is not None and alongside.proc.poll() is None:
+                # The two share the CPUs: this one's time runs out only START_TIMEOUT_S after the
+                # other is done, as when they started one after another.
+                deadline = max(deadline, time.monotonic() + START_TIMEOUT_S)
+            if time.monotonic() > deadline:
                 self.reap()
                 raise ClusterError(f"`ray start` for {self.name} did not finish within {START_TIMEOUT_S}s: "
                                    f"{self.last_line()} (full log: {self.log})")
@@ -558,6 +564,10 @@ def _dashboard_timeout() -> dict[str, str]:
     host that can take more than a minute."""
     key = "RAY_DASHBOARD_STARTUP_TIMEOUT_S"
     return {} if os.environ.get(key) else {key: str(START_TIMEOUT_S)}
+
+
+def _free_port() -> int:
+    return _free_ports(1)[0]
 
 
 def _free_ports(count: int) -> list[int]:
