@@ -4,34 +4,33 @@ instead of at the worker's timeout. Ports chosen by trainer are distinct from ea
 import subprocess
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from trainer.cluster.local import LocalCluster, RayStart, _free_ports
+from trainer.cluster.local import LocalCluster, RayStart, _free_ports, start_timeline
 from trainer.errors import ClusterError
-
-
-def _times(log: Path) -> list[datetime]:
-    """The times of a `ray start` log's timestamped lines (Ray's and trainer's own first line)."""
-    out = []
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            out.append(datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f"))
-        except ValueError:
-            continue
-    return out
 
 
 @pytest.mark.integration
 def test_first_worker_node_starts_before_the_head_is_done(cluster):
-    logs = LocalCluster().log_dir
-    head = _times(logs / "head.log")
-    worker = _times(next(logs.glob("node0-*.log")))
-    assert head and worker, f"no timestamped lines in {logs}"
-    # Launched (trainer's first line) before the head's `ray start` wrote its last line.
-    assert worker[0] < head[-1], (worker[0], head[-1])
+    timeline = start_timeline(LocalCluster().log_dir)
+    (first,) = [name for name in timeline if name.startswith("node0-")]
+    # Launched before the head's `ray start` was done.
+    assert timeline[first][0] < timeline["head"][1], timeline
+
+
+def test_the_timeline_reads_each_start_from_its_log(tmp_path):
+    (tmp_path / "head.log").write_text(
+        "2026-12-06 15:45:25,100\tINFO trainer -- launched `ray start` for head\n"
+        "2026-12-06 15:45:26,467\tINFO usage_lib.py:448 -- Usage stats collection is disabled.\n"
+        "  a traceback line without a time\n"
+        "2026-12-06 15:45:32,821\tSUCC scripts.py:1084 -- Ray runtime started.\n")
+    (tmp_path / "join.log").write_text("2026-12-06 15:45:26,000\tINFO scripts.py:1 -- a log RayStart did not write\n")
+    timeline = start_timeline(tmp_path)
+    assert list(timeline) == ["head"]
+    launched, done = timeline["head"]
+    assert done - launched == pytest.approx(7.721, abs=1e-3)
 
 
 def _start(name: str, script: str, tmp_path: Path) -> RayStart:

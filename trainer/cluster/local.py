@@ -460,6 +460,25 @@ def _log_time(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + f",{int(t % 1 * 1000):03d}"
 
 
+def start_timeline(log_dir: Path) -> dict[str, tuple[float, float]]:
+    """`ray start` name -> (launched, done), in epoch seconds, for each node start logged in
+    `log_dir` by RayStart (its first line, then Ray's timestamped lines; the last one is written
+    as its `ray start` ends). How long each took and how they overlapped: a cold start itemised."""
+    out = {}
+    for log in sorted(log_dir.glob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        if not lines or "\tINFO trainer -- launched `ray start`" not in lines[0]:
+            continue
+        stamps = []
+        for line in lines:
+            try:
+                stamps.append(time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1000)
+            except ValueError:
+                continue    # a traceback's or a banner's line: no time
+        out[log.stem] = (stamps[0], stamps[-1])
+    return out
+
+
 def ray_start(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Path:
     """`ray start ARGS` to the end (RayStart.launch, then wait)."""
     return RayStart.launch(name, args, log_dir, env).wait()
