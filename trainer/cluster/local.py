@@ -198,10 +198,14 @@ class LocalCluster:
                     {**owner, SINGLE_HOST_ENV: "0", **_dashboard_timeout()})
                 worker = None
                 try:
-                    # The worker nodes need the head's GCS only: they start as soon as it answers,
-                    # while the head's `ray start` still waits for its dashboard (most of its time).
-                    # One after another, so that two `ray start`s at most share the CPUs: more at
-                    # once slow the head's dashboard past Ray's startup timeout on a loaded host.
+                    # A worker node's `ray start` is launched as soon as the head's GCS answers: it
+                    # imports Ray and connects while the head's still waits for its dashboard. Ray
+                    # then holds it until the head's raylet has registered (a worker reads the
+                    # head's session dir from its node info), and the head starts its raylet only
+                    # once the dashboard is up: the dashboard's start stays on the path of every
+                    # node, the rest of the worker's start runs beside the head's. One worker after
+                    # another, so that two `ray start`s at most share the CPUs: more at once slowed
+                    # the head's dashboard past Ray's startup timeout on a loaded host.
                     wait_for_gcs(head, state.gcs_address)
                     for i, node in enumerate(nodes):
                         _say(progress, f"starting worker node {i + 1}/{len(nodes)}: {node}"
