@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -170,63 +171,61 @@ class LocalCluster:
         owner = self.owner_env(state)
         # Recorded before the first process starts: a crash half-way leaves what `down` needs.
         processes.write_private_json(self.state_file, asdict(state))
-        store = str((object_store_mb or _default_object_store_mb(len(nodes) + 1)) * 1024 * 1024)
+        store_mb = object_store_mb or _default_object_store_mb(len(nodes) + 1)
         # Every node's dashboard agent gets its own free HTTP port: Ray's default (52365) is one
         # per host, so a second cluster (or node) on this host would have no agent to take jobs.
-        common = [f"--object-store-memory={store}", "--disable-usage-stats"]
+        common = [f"--object-store-memory={store_mb * 1024 * 1024}", "--disable-usage-stats"]
         try:
             _say(progress, "starting the head (CPU-only: schedules, runs no training)")
             for attempt in range(3):
-                gcs_port, dash_port, client_port = _free_port(), _dashboard_port() if not attempt else _free_port(), \
-                    _free_port()
+                # Every listening port chosen here is distinct from the others (picked together);
+                # the rest (node manager, object manager, metrics, agents' gRPC) each process binds
+                # itself at port 0, so nodes starting at once cannot collide on them.
+                gcs_port, dash_port, client_port, *agent_ports = _free_ports(3 + len(nodes) + 1)
+                if not attempt:
+                    dash_port = _dashboard_port(avoid=[gcs_port, client_port, *agent_ports]) or dash_port
+                state.gcs_address, state.dashboard_url = f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}"
+                # Node IP 127.0.0.1 for real: `ray start` replaces a loopback --node-ip-address
+                # with the host's address unless Ray believes it runs single-host
+                # (ray._private.services.get_node_ip_address); with 127.0.0.1 the GCS, raylet,
+                # agents, metrics and client server bind loopback only.
+                head = self._launch("head", [
+                    "--head", f"--port={gcs_port}", "--num-cpus=0", "--num-gpus=0",
+                    "--node-ip-address=127.0.0.1",
+                    "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+                    f"--ray-client-server-port={client_port}", f"--temp-dir={temp_dir}",
+                    f"--dashboard-agent-listen-port={agent_ports[0]}", *common],
+                    {**owner, SINGLE_HOST_ENV: "0", **_dashboard_timeout()})
+                worker = None
                 try:
-                    # Node IP 127.0.0.1 for real: `ray start` replaces a loopback --node-ip-address
-                    # with the host's address unless Ray believes it runs single-host
-                    # (ray._private.services.get_node_ip_address); with 127.0.0.1 the GCS, raylet,
-                    # agents, metrics and client server bind loopback only.
-                    self._ray_start("head", [
-                        "--head", f"--port={gcs_port}", "--num-cpus=0", "--num-gpus=0",
-                        "--node-ip-address=127.0.0.1",
-                        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
-                        f"--ray-client-server-port={client_port}", f"--temp-dir={temp_dir}",
-                        f"--dashboard-agent-listen-port={_free_port()}", *common],
-                        {**owner, SINGLE_HOST_ENV: "0"})
+                    # A worker node's `ray start` is launched as soon as the head's GCS answers: it
+                    # imports Ray and connects while the head's still waits for its dashboard. Ray
+                    # then holds it until the head's raylet has registered (a worker reads the
+                    # head's session dir from its node info), and the head starts its raylet only
+                    # once the dashboard is up: the dashboard's start stays on the path of every
+                    # node, the rest of the worker's start runs beside the head's. One worker after
+                    # another, so that two `ray start`s at most share the CPUs: more at once slowed
+                    # the head's dashboard past Ray's startup timeout on a loaded host.
+                    wait_for_gcs(head, state.gcs_address)
+                    for i, node in enumerate(nodes):
+                        _say(progress, f"starting worker node {i + 1}/{len(nodes)}: {node}"
+                                       + (f" in a container of {image}" if image else ""))
+                        worker = self._start_worker(state, i, node, agent_ports[1 + i], common, store_mb, owner,
+                                                    image)
+                        if worker is not None:
+                            worker.wait(alongside=head)
+                    head.wait()
                     break
                 except ClusterError as e:
                     # Another Ray on this host took a port between choosing it and binding it.
                     if attempt == 2 or "already occupied" not in str(e):
                         raise
                     self._stop_processes(owner)
-            state.gcs_address, state.dashboard_url = f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}"
-            # Nodes join one after another: two started at the same instant race for ports.
-            # Each node gets its own temp dir, as on separate hosts: nodes sharing one session
-            # dir share `runtime_resources`, and every node's runtime-env agent re-creates a job's
-            # working_dir there (Ray's WorkingDirPlugin unpacks with overwrite=True), deleting it
-            # under the driver and the workers already running in it. So each node also runs its
-            # own log monitor (the head's reads only the head's session dir): workers' output
-            # reaches the job's log. A worker's node IP is the one it reaches the head's
-            # 127.0.0.1 from: loopback (no --node-ip-address, which Ray would swap for the host's).
-            for i, node in enumerate(nodes):
-                _say(progress, f"starting worker node {i + 1}/{len(nodes)}: {node}"
-                               + (f" in a container of {image}" if image else ""))
-                node_temp = temp_dir / str(i)
-                node_temp.mkdir(exist_ok=True)
-                labels = f"ray.io/accelerator-type={node.accelerator}"
-                if image:
-                    labels += f",{containers.RAY_IMAGE_LABEL}={containers.image_label_value(image)}"
-                args = [f"--address={state.gcs_address}", f"--num-cpus={node.cpus}", f"--num-gpus={node.gpus}",
-                        f"--labels={labels}", f"--resources={json.dumps({f'accelerator_type:{node.accelerator}': 1})}",
-                        f"--temp-dir={node_temp}", f"--dashboard-agent-listen-port={_free_port()}", *common]
-                if image:
-                    containers.start_node(
-                        image, f"trainer-{containers.cluster_label(state.owner_token)[:8]}-node{i}",
-                        state.owner_token, args,
-                        {**auth.node_env(self.token_file), **owner, **containers.PYTHON_MATCH, "RAY_USAGE_STATS_ENABLED": "0",
-                         "TRAINER_HOME": str(self.home)},
-                        [self.home, node_temp, self.token_file.parent], int(store) // 2**20 + 256,
-                        _RAY_START_LOOPBACK)
-                else:
-                    self._ray_start(f"node{i}-{node.accelerator}", args, owner)
+                    if image:
+                        containers.remove(state.owner_token)
+                    for started in (head, worker):
+                        if started is not None:
+                            started.reap()
             self._wait_for_nodes(state, len(nodes) + 1)
             exposed = beyond_loopback(owner)
         except BaseException:
@@ -260,8 +259,37 @@ class LocalCluster:
     def _temp_dir(self, create: bool = False) -> Path | None:
         return private_temp_dir(self.dir, create)
 
-    def _ray_start(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        ray_start(name, args, self.log_dir, env={**auth.node_env(self.token_file), **env})
+    def _launch(self, name: str, args: list[str], env: dict[str, str]) -> "RayStart":
+        return RayStart.launch(name, args, self.log_dir, env={**auth.node_env(self.token_file), **env})
+
+    def _start_worker(self, state: ClusterState, i: int, node: NodeSpec, agent_port: int, common: list[str],
+                      store_mb: int, owner: dict[str, str], image: str | None) -> "RayStart | None":
+        """Launch worker node `i` (its `ray start` runs on; None: a container, started and
+        checked by `containers.start_node`). Each node gets its own temp dir, as on separate
+        hosts: nodes sharing one session dir share `runtime_resources`, and every node's
+        runtime-env agent re-creates a job's working_dir there (Ray's WorkingDirPlugin unpacks
+        with overwrite=True), deleting it under the driver and the workers already running in
+        it. So each node also runs its own log monitor (the head's reads only the head's session
+        dir): workers' output reaches the job's log. A worker's node IP is the one it reaches the
+        head's 127.0.0.1 from: loopback (no --node-ip-address, which Ray would swap for the host's)."""
+        node_temp = Path(state.temp_dir) / str(i)
+        node_temp.mkdir(exist_ok=True)
+        labels = f"ray.io/accelerator-type={node.accelerator}"
+        if image:
+            labels += f",{containers.RAY_IMAGE_LABEL}={containers.image_label_value(image)}"
+        args = [f"--address={state.gcs_address}", f"--num-cpus={node.cpus}", f"--num-gpus={node.gpus}",
+                f"--labels={labels}", f"--resources={json.dumps({f'accelerator_type:{node.accelerator}': 1})}",
+                f"--temp-dir={node_temp}", f"--dashboard-agent-listen-port={agent_port}", *common]
+        if not image:
+            return self._launch(f"node{i}-{node.accelerator}", args, owner)
+        containers.start_node(
+            image, f"trainer-{containers.cluster_label(state.owner_token)[:8]}-node{i}",
+            state.owner_token, args,
+            {**auth.node_env(self.token_file), **owner, **containers.PYTHON_MATCH, "RAY_USAGE_STATS_ENABLED": "0",
+             "TRAINER_HOME": str(self.home)},
+            [self.home, node_temp, self.token_file.parent], store_mb + 256,
+            _RAY_START_LOOPBACK)
+        return None
 
     def _wait_for_nodes(self, state: ClusterState, count: int) -> None:
         from trainer.cluster.inventory import nodes
@@ -365,34 +393,114 @@ _RAY_START_LOOPBACK = (
     "main()\n")
 
 
+@dataclass
+class RayStart:
+    """One `ray start` running in the background, its output in `log`."""
+    name: str
+    proc: subprocess.Popen
+    log: Path
+    deadline: float
+
+    @classmethod
+    def launch(cls, name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> "RayStart":
+        """`ray start ARGS` (this interpreter's ray), its output in `log_dir/<name>.log`, with `env`
+        over this process's environment. Token auth: `env` says (`auth.node_env`), else Ray's own
+        variables (RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH turn it on), else off. A worker joining a
+        head at 127.0.0.1 (or localhost) stays on 127.0.0.1, where such a head listens."""
+        ray_bin = Path(sys.executable).parent / "ray"
+        if any(a.startswith(("--address=127.0.0.1:", "--address=localhost:")) for a in args):
+            cmd = [sys.executable, "-c", _RAY_START_LOOPBACK, "start", *args]
+        else:
+            cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", *args]
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = log_dir / f"{name}.log"
+        given = env or {}
+        env = {**os.environ, auth.ENV_MODE: _auth_mode(), "RAY_USAGE_STATS_ENABLED": "0", **given}
+        if auth.ENV_TOKEN_PATH in given and auth.ENV_TOKEN not in given:
+            env.pop(auth.ENV_TOKEN, None)   # Ray prefers RAY_AUTH_TOKEN to the file it is given
+        with log.open("w") as fh:
+            # Ray's own lines carry their time: with this first one the log shows how the nodes'
+            # starts overlapped, and where each one's seconds went.
+            fh.write(f"{_log_time(time.time())}\tINFO trainer -- launched `ray start` for {name}\n")
+            fh.flush()
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        return cls(name, proc, log, time.monotonic() + START_TIMEOUT_S)
+
+    def wait(self, alongside: "RayStart | None" = None) -> Path:
+        """Until `ray start` is done (its node is up); ClusterError with its last line when it
+        failed or ran past START_TIMEOUT_S (then it is killed), or when `alongside` (a `ray start`
+        running meanwhile, this node's head) failed first."""
+        deadline = self.deadline
+        while self.proc.poll() is None:
+            if alongside is not None and alongside.proc.poll() not in (None, 0):
+                alongside.wait()
+            if alongside is not None and alongside.proc.poll() is None:
+                # The two share the CPUs: this one's time runs out only START_TIMEOUT_S after the
+                # other is done, as when they started one after another.
+                deadline = max(deadline, time.monotonic() + START_TIMEOUT_S)
+            if time.monotonic() > deadline:
+                self.reap()
+                raise ClusterError(f"`ray start` for {self.name} did not finish within {START_TIMEOUT_S}s: "
+                                   f"{self.last_line()} (full log: {self.log})")
+            time.sleep(0.05)
+        if self.proc.returncode != 0:
+            raise ClusterError(f"`ray start` for {self.name} failed (exit {self.proc.returncode}): "
+                               f"{self.last_line()} (full log: {self.log})")
+        return self.log
+
+    def reap(self) -> None:
+        """Kill it (if still running) and collect its exit."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def last_line(self) -> str:
+        lines = [l for l in self.log.read_text(errors="replace").splitlines() if l.strip()]
+        return (lines[-1:] or ["(no output)"])[0][:300]
+
+
+def _log_time(t: float) -> str:
+    """`t` as Ray's log lines write their time (local time, milliseconds after a comma)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + f",{int(t % 1 * 1000):03d}"
+
+
+def start_timeline(log_dir: Path) -> dict[str, tuple[float, float]]:
+    """`ray start` name -> (launched, done), in epoch seconds, for each node start logged in
+    `log_dir` by RayStart (its first line, then Ray's timestamped lines; the last one is written
+    as its `ray start` ends). How long each took and how they overlapped: a cold start itemised."""
+    out = {}
+    for log in sorted(log_dir.glob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        if not lines or "\tINFO trainer -- launched `ray start`" not in lines[0]:
+            continue
+        stamps = []
+        for line in lines:
+            try:
+                stamps.append(time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1000)
+            except ValueError:
+                continue    # a traceback's or a banner's line: no time
+        out[log.stem] = (stamps[0], stamps[-1])
+    return out
+
+
 def ray_start(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Path:
-    """`ray start ARGS` (this interpreter's ray), its output in `log_dir/<name>.log`, with `env`
-    over this process's environment. Token auth: `env` says (`auth.node_env`), else Ray's own
-    variables (RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH turn it on), else off. A worker joining a
-    head at 127.0.0.1 (or localhost) stays on 127.0.0.1, where such a head listens."""
-    ray_bin = Path(sys.executable).parent / "ray"
-    if any(a.startswith(("--address=127.0.0.1:", "--address=localhost:")) for a in args):
-        cmd = [sys.executable, "-c", _RAY_START_LOOPBACK, "start", *args]
-    else:
-        cmd = [str(ray_bin) if ray_bin.exists() else "ray", "start", *args]
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / f"{name}.log"
-    given = env or {}
-    env = {**os.environ, auth.ENV_MODE: _auth_mode(), "RAY_USAGE_STATS_ENABLED": "0", **given}
-    if auth.ENV_TOKEN_PATH in given and auth.ENV_TOKEN not in given:
-        env.pop(auth.ENV_TOKEN, None)   # Ray prefers RAY_AUTH_TOKEN to the file it is given
-    with log.open("w") as fh:
-        try:
-            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=START_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            tail = [l for l in log.read_text().splitlines() if l.strip()][-1:] or ["(no output)"]
-            raise ClusterError(f"`ray start` for {name} did not finish within {START_TIMEOUT_S}s: {tail[0][:300]} "
-                               f"(full log: {log})") from None
-    if proc.returncode != 0:
-        tail = [l for l in log.read_text().splitlines() if l.strip()][-1:] or ["(no output)"]
-        raise ClusterError(f"`ray start` for {name} failed (exit {proc.returncode}): {tail[0][:300]} "
-                           f"(full log: {log})")
-    return log
+    """`ray start ARGS` to the end (RayStart.launch, then wait)."""
+    return RayStart.launch(name, args, log_dir, env).wait()
+
+
+def wait_for_gcs(head: RayStart, address: str) -> None:
+    """Until the GCS that `head` starts accepts connections; the head's ClusterError when its
+    `ray start` ends first (failed, or done: then the GCS answers too)."""
+    while not _gcs_alive(address, timeout=0.5):
+        if head.proc.poll() is not None:
+            head.wait()
+            if not _gcs_alive(address):
+                raise ClusterError(f"`ray start` for {head.name} finished but its GCS at {address} does not "
+                                   f"answer (full log: {head.log})")
+            return
+        if time.monotonic() > head.deadline:
+            head.wait()     # raises: past its deadline
+        time.sleep(0.05)
 
 
 def _auth_mode() -> str:
@@ -461,33 +569,55 @@ def _dashboard_alive(url: str, headers: dict[str, str]) -> bool:
         return False
 
 
-def _gcs_alive(address: str) -> bool:
+def _gcs_alive(address: str, timeout: float = 2) -> bool:
     """Whether the head's GCS accepts connections (a killed GCS's port refuses at once)."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         return False
     try:
-        with socket.create_connection((host, int(port)), timeout=2):
+        with socket.create_connection((host, int(port)), timeout=timeout):
             return True
     except OSError:
         return False
 
 
+def _dashboard_timeout() -> dict[str, str]:
+    """Ray's wait for the head's dashboard (60 s by default) as long as ours for a whole node, unless
+    set: the dashboard imports its modules while the worker nodes start beside it, and on a loaded
+    host that can take more than a minute."""
+    key = "RAY_DASHBOARD_STARTUP_TIMEOUT_S"
+    return {} if os.environ.get(key) else {key: str(START_TIMEOUT_S)}
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _free_ports(1)[0]
 
 
-def _dashboard_port() -> int:
-    """Ray's usual 8265 when free (what users expect), else any free port."""
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports: each is held until all are chosen (ports picked one
+    at a time, each released at once, may repeat)."""
+    held = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
+def _dashboard_port(avoid: Collection[int] = ()) -> int | None:
+    """Ray's usual 8265 when free and not in `avoid` (what users expect), else None."""
+    if 8265 in avoid:
+        return None
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", 8265))
             return 8265
         except OSError:
-            pass
-    return _free_port()
+            return None
 
 
 def _default_object_store_mb(node_count: int) -> int:
