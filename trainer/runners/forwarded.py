@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 
 from trainer.protocol import parse_event, parse_progress
-from trainer.tracking.record import WORKER_END, WORKER_START
+from trainer.tracking.record import WORKER_END, WORKER_START, LineTee
 from trainer.tracking.sweeps import TrialLines
 
 # A line printed by a worker reaches the driver within a second on a quiet machine; the bound
@@ -59,28 +59,6 @@ class Reported:
     name: str
 
 
-class _Tee:
-    """The real stream, written through; each complete line also goes to `on_line`."""
-
-    def __init__(self, real, on_line):
-        self._real, self._on_line, self._partial = real, on_line, ""
-        self._lock = threading.Lock()
-
-    def write(self, text: str) -> int:
-        with self._lock:          # Ray's thread and the driver's print at once
-            written = self._real.write(text)
-            self._partial += text
-            if "\n" not in self._partial:
-                return written
-            *lines, self._partial = self._partial.split("\n")
-        for line in lines:
-            self._on_line(line)
-        return written
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
-
-
 class ForwardedLines:
     """What of the workers' lines has passed through this driver's stdout: each Train run's
     (rank, group) starts and ends, and each trial's progress lines. `install()` before the
@@ -92,13 +70,13 @@ class ForwardedLines:
         self._started: dict[tuple[str, int], str] = {}      # (train run, rank) -> its last group
         self._ended: set[tuple[str, int, str]] = set()      # (train run, rank, group)
         self._progress: dict[int | None, list[dict]] = {}   # trial (None: any) -> progress lines' metrics
-        self._tee: _Tee | None = None
+        self._tee: LineTee | None = None
         self._real = None
 
     def install(self) -> "ForwardedLines":
         if self._tee is None:
             self._real = sys.stdout
-            self._tee = sys.stdout = _Tee(sys.stdout, self.feed)
+            self._tee = sys.stdout = LineTee(sys.stdout, self.feed)
         return self
 
     def close(self) -> None:

@@ -128,22 +128,26 @@ class CappedLog:
         return "".join(f"{line}\n" for line in lines)
 
 
-class _Tee:
-    """A stream that writes through to the real one and hands each complete line to `on_line`."""
+class LineTee:
+    """A stream that writes through to the real one and hands each complete line to `on_line`
+    (outside its lock: Ray's log thread and the program print at once)."""
 
     def __init__(self, real, on_line):
         self._real, self._on_line, self._partial = real, on_line, ""
+        self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
-        written = self._real.write(text)
-        self._partial += text
-        if "\n" in self._partial:
-            *lines, self._partial = self._partial.split("\n")
-            for line in lines:
-                self._on_line(line)
-        elif len(self._partial) > LOG_TAIL_BYTES:        # no newline for megabytes: keep it as a line
-            self._on_line(self._partial)
-            self._partial = ""
+        with self._lock:
+            written = self._real.write(text)
+            self._partial += text
+            if "\n" in self._partial:
+                *lines, self._partial = self._partial.split("\n")
+            elif len(self._partial) > LOG_TAIL_BYTES:    # no newline for megabytes: keep it as a line
+                lines, self._partial = [self._partial], ""
+            else:
+                return written
+        for line in lines:
+            self._on_line(line)
         return written
 
     def drain(self) -> None:
@@ -337,7 +341,7 @@ class Recorder:
         capture from its first line and `start` the writing thread once MLflow is on its way."""
         if not self._streams:
             self._streams = (sys.stdout, sys.stderr)
-            sys.stdout, sys.stderr = _Tee(sys.stdout, self._line), _Tee(sys.stderr, self._line)
+            sys.stdout, sys.stderr = LineTee(sys.stdout, self._line), LineTee(sys.stderr, self._line)
         return self
 
     def start(self) -> "Recorder":
@@ -468,7 +472,7 @@ class Recorder:
         self._stopped = True
         self._wake.set()
         for tee in (sys.stdout, sys.stderr):
-            if isinstance(tee, _Tee):
+            if isinstance(tee, LineTee):
                 tee.drain()
         if self._streams:
             sys.stdout, sys.stderr = self._streams
