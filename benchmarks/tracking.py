@@ -4,7 +4,8 @@ The same function (digits CNN steps, batch 32, one `ctx.report({"step": i, "loss
 step) runs in this process (`trainer run --local`'s session, world size 1) with tracking off (no
 MLflow run: ctx.report only prints rate-limited progress) and on (a real MLflow run on SQLite:
 the batched channel of trainer.tracking.metrics, with `failure.max_failures` 2 - values committed
-with checkpoints or the 10,000-value / 30 s bound - and 0 - every report committed at once),
+with checkpoints or the 10,000-value / 30 s bound - and 0, the default - a live channel: a full
+log_batch of 1,000 values or 2 s, whichever comes first),
 interleaved rounds; then it counts the points MLflow holds for each tracked run.
 
     flock /tmp/bench.lock python -m benchmarks.tracking [--reports 10000] [--rounds 3] [--quick] [--out DIR]
