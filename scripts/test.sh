@@ -10,8 +10,7 @@ bash scripts/system-deps.sh
 .venv/bin/trainer runtime install mxnet
 .venv/bin/trainer edge setup --tflite
 set +e
-# Two workers (tests/conftest.py: each its own session cluster; the image tests on one of them).
-.venv/bin/python -m pytest -p no:cacheprovider -n 2 --dist loadgroup --durations=40 "$@"
+.venv/bin/python -m pytest -p no:cacheprovider --durations=30 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
     echo "error: pytest collected no tests" >&2
