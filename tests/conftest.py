@@ -34,16 +34,6 @@ IMPLIES_INTEGRATION = ("tensorflow", "mxnet", "edge", "slow", "extended")
 FRAMEWORKS = ("tensorflow", "mxnet")
 
 
-# CI runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`, scripts/test.sh): most of
-# a test's time is a Ray job's processes starting, so two streams fill two cores. Each worker has
-# its own session (its own $TRAINER_HOME, cluster and registry). A test on the session cluster goes
-# with its module's group: CLUSTER_B lists the modules the second worker's cluster takes (about half
-# of the cluster time); the runtime-image tests share one worker (`image prune` would take another
-# test's build stages for leftovers). Alone (no -n) the groups mean nothing.
-CLUSTER_B = ("tests/notebooks/test_notebooks.py", "tests/ci/test_jenkinsfile.py", "tests/sweeps/test_sweep_cluster.py")
-
-
-@pytest.hookimpl(tryfirst=True)         # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     extended_asked = "extended" in (config.option.markexpr or "")
     left_out = [item for item in items if not extended_asked and item.get_closest_marker("extended")]
@@ -57,18 +47,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.framework)
         if marks & set(IMPLIES_INTEGRATION) and "integration" not in marks:
             item.add_marker(pytest.mark.integration)
-        group = _xdist_group(item)
-        if group and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(group))
-
-
-def _xdist_group(item) -> str | None:
-    module = item.path.relative_to(REPO).as_posix()
-    if module.startswith("tests/images/"):
-        return "images"
-    if "cluster" in getattr(item, "fixturenames", ()):
-        return "cluster-b" if module in CLUSTER_B else "cluster-a"
-    return None
 
 
 def pytest_unconfigure(config):

@@ -177,6 +177,9 @@ class ExtraNodes:
         _, alive = psutil.wait_procs(victims, timeout=10)
         for p in alive:
             p.kill()
+        # The session cluster as it was: a test after this one lists the cluster's nodes, and a
+        # killed raylet stays ALIVE in Ray's inventory until the GCS's health check gives it up.
+        until("the LOSSY nodes gone from the inventory", lambda: not self.node_ids(), 180)
 
 
 def _free_port() -> int:
