@@ -41,6 +41,9 @@ UPLOAD_EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", ".pytest_cac
                    "**/.docker/config.json"]
 
 
+ENV_STOP_WAIT, STOP_WAIT_S = "RAY_JOB_STOP_WAIT_TIME_S", "15"
+
+
 def job_runtime_env(spec_json: str, *, job_id: str, tracking_uri: str, run_id: str | None = None,
                     working_dir: str | Path | None = None, excludes: list[str] | None = None,
                     python: str | None = None, extra_env: dict[str, str] | None = None,
@@ -49,7 +52,12 @@ def job_runtime_env(spec_json: str, *, job_id: str, tracking_uri: str, run_id: s
     the run, with the data digest it recorded there), the code to upload and what to leave out,
     the interpreter (a local cluster runs the runtime's venv; an image has `python`), and
     `extra_env` (TRAINER_HOME, forwarded credentials, Ray settings)."""
-    env = {ENV_SPEC: spec_json, ENV_JOB_ID: job_id, ENV_TRACKING_URI: tracking_uri, "PYTHONUNBUFFERED": "1"}
+    # RAY_JOB_STOP_WAIT_TIME_S: a cancel SIGTERMs the driver and SIGKILLs it this long after (Ray's
+    # default, 3 s, is read by the job's supervisor, which runs with these variables). The driver
+    # ends its runs on the way out (the job's KILLED, a sweep's open trials), and Tune stopping its
+    # trials before that took longer than 3 s on a loaded 2-core host: the trial runs stayed RUNNING.
+    env = {ENV_SPEC: spec_json, ENV_JOB_ID: job_id, ENV_TRACKING_URI: tracking_uri, "PYTHONUNBUFFERED": "1",
+           ENV_STOP_WAIT: STOP_WAIT_S}
     if run_id:
         env[ENV_RUN_ID] = run_id
         if data_digest:

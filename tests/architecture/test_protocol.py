@@ -51,6 +51,7 @@ def test_job_runtime_env_carries_the_driver_contract():
                                    extra_env={"TRAINER_HOME": "/h"})
     assert env["env_vars"] == {protocol.ENV_SPEC: "{}", protocol.ENV_JOB_ID: "j", protocol.ENV_RUN_ID: "r",
                                protocol.ENV_TRACKING_URI: "sqlite:///x.db", "PYTHONUNBUFFERED": "1",
+                               protocol.ENV_STOP_WAIT: protocol.STOP_WAIT_S,
                                "TRAINER_HOME": "/h"}
     assert env["working_dir"] == "/p" and env["py_executable"] == "/v/python" and ".git" in env["excludes"]
     # A KubeRay driver opens its own run when the client could not: no run id, no upload list.
