@@ -72,9 +72,38 @@ def client(uri: str) -> "MlflowClient":
     preload.wait()          # MLflow is imported by one thread at a time (trainer.tracking.preload)
     from mlflow import MlflowClient
 
-    if uri.startswith("sqlite:///"):
+    if uri.startswith("sqlite:///") and uri not in _OPENED:
         trainer_home().mkdir(parents=True, exist_ok=True)
+        with _first_open(uri):
+            mlc = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        _OPENED.add(uri)
+        return mlc
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+_OPENED: set[str] = set()     # the SQLite stores this process has opened (their tables exist)
+
+
+@contextmanager
+def _first_open(uri: str) -> Iterator[None]:
+    """MLflow makes a SQLite store's tables, and runs its migrations, when a process first opens
+    the file (in MlflowClient's constructor); two processes doing that at once on a new file fail
+    ("duplicate column name", alembic's "expected to match one row"): two first `trainer submit`s
+    on a fresh machine, a notebook and a CLI. So a process's first open of a store holds an
+    exclusive lock on a file beside it (`<db>.lock`): the next finds the tables made."""
+    import fcntl
+    from pathlib import Path
+
+    db = Path(uri[len("sqlite:///"):])
+    if not db.parent.is_dir():      # MLflow's own error then, from the constructor
+        yield
+        return
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def experiment_id(mlc: "MlflowClient", name: str, uri: str) -> str:
