@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.cluster.local import LocalCluster, RayStart, _free_ports, start_timeline
+from trainer.cluster.local import (START_TIMEOUT_S, WAIT_FOR_HEAD_ENV, LocalCluster, RayStart, _free_ports, port_taken,
+                                   start_timeline)
 from trainer.errors import ClusterError
 
 
@@ -18,6 +19,28 @@ def test_first_worker_node_starts_before_the_head_is_done(cluster):
     (first,) = [name for name in timeline if name.startswith("node0-")]
     # Launched before the head's `ray start` was done.
     assert timeline[first][0] < timeline["head"][1], timeline
+
+
+def test_a_worker_waits_for_the_heads_node_as_long_as_the_head_may_take_to_start():
+    """Ray reads the variable we set (a rename in a Ray upgrade fails here): a worker's `ray start`
+    asks for the head's node every 2 s that many times, at least START_TIMEOUT_S in all. With Ray's
+    default (20 tries, 40 s) a worker failed "No node info found for head node in GCS" at load ~8."""
+    import os
+
+    out = subprocess.run([sys.executable, "-c", "from ray._private import ray_constants as c; "
+                          "print(c.NUM_REDIS_GET_RETRIES)"], env={**os.environ, **WAIT_FOR_HEAD_ENV},
+                         capture_output=True, text=True, check=True, timeout=120)
+    assert int(out.stdout.split()[-1]) * 2 >= START_TIMEOUT_S
+
+
+@pytest.mark.parametrize("line, taken", [
+    # Ray's own last lines (two clusters starting at once on this host, both chose 8265)
+    ("Exception: Failed to find a valid port for dashboard after 0 retries: [Errno 98] error while "
+     "attempting to bind on address ('127.0.0.1', 8265): address already in use", True),
+    ("ValueError: Failed to bind to 127.0.0.1:6379 because it's already occupied.", True),
+    ("Exception: No node info found for head node in GCS.", False)])
+def test_up_tries_other_ports_only_when_one_was_taken(line, taken):
+    assert port_taken(ClusterError(f"`ray start` for head failed (exit 1): {line} (full log: x)")) is taken
 
 
 def test_the_timeline_reads_each_start_from_its_log(tmp_path):

@@ -37,6 +37,14 @@ from trainer.home import trainer_home
 # the temp dir + 62). The head takes this folder; worker node i takes `<folder>/<i>`.
 MAX_TEMP_DIR_LEN = 40
 START_TIMEOUT_S = 120
+# A worker node's `ray start` (launched while the head's still starts, see `up`) asks the GCS for
+# the head's node every 2 s, NUM_REDIS_GET_RETRIES (20) times: 40 s, less than a head's start can
+# take on a loaded host (its raylet registers only once its dashboard is up), and the worker then
+# failed "No node info found for head node in GCS" (measured at load ~8). It gets as long as the
+# head has.
+WAIT_FOR_HEAD_ENV = {"RAY_NUM_REDIS_GET_RETRIES": str(START_TIMEOUT_S // 2)}
+# What a `ray start` says when a port it was given is taken meanwhile (then `up` tries new ports).
+PORT_TAKEN = ("already occupied", "address already in use")
 
 
 @dataclass(frozen=True)
@@ -217,8 +225,10 @@ class LocalCluster:
                     head.wait()
                     break
                 except ClusterError as e:
-                    # Another Ray on this host took a port between choosing it and binding it.
-                    if attempt == 2 or "already occupied" not in str(e):
+                    # Another Ray on this host took a port between choosing it and binding it
+                    # (Ray says "already occupied" for most ports, "address already in use" for
+                    # the dashboard's: two clusters starting at once both saw 8265 free).
+                    if attempt == 2 or not port_taken(e):
                         raise
                     self._stop_processes(owner)
                     if image:
@@ -281,12 +291,12 @@ class LocalCluster:
                 f"--labels={labels}", f"--resources={json.dumps({f'accelerator_type:{node.accelerator}': 1})}",
                 f"--temp-dir={node_temp}", f"--dashboard-agent-listen-port={agent_port}", *common]
         if not image:
-            return self._launch(f"node{i}-{node.accelerator}", args, owner)
+            return self._launch(f"node{i}-{node.accelerator}", args, {**owner, **WAIT_FOR_HEAD_ENV})
         containers.start_node(
             image, f"trainer-{containers.cluster_label(state.owner_token)[:8]}-node{i}",
             state.owner_token, args,
             {**auth.node_env(self.token_file), **owner, **containers.PYTHON_MATCH, "RAY_USAGE_STATS_ENABLED": "0",
-             "TRAINER_HOME": str(self.home)},
+             "TRAINER_HOME": str(self.home), **WAIT_FOR_HEAD_ENV},
             [self.home, node_temp, self.token_file.parent], store_mb + 256,
             _RAY_START_LOOPBACK)
         return None
@@ -606,6 +616,11 @@ def _free_ports(count: int) -> list[int]:
     finally:
         for s in held:
             s.close()
+
+
+def port_taken(error: ClusterError) -> bool:
+    """Whether a `ray start` failed on a port another process took meanwhile."""
+    return any(m in str(error) for m in PORT_TAKEN)
 
 
 def _dashboard_port(avoid: Collection[int] = ()) -> int | None:

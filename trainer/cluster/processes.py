@@ -23,6 +23,7 @@ import os
 import secrets
 import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,7 +209,18 @@ def start_marked(cmd: list[str], log: Path, folder: Path, env: dict[str, str] | 
     with open(log, "ab") as fh:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True, env={**(env or os.environ), **owner_env(token, folder)})
+    # Popen returns once the exec began (its close-on-exec pipe closed), before the kernel has
+    # written the new program's environment: /proc/<pid>/environ reads empty for a moment, and a
+    # check of the marker then (`live`, `has_marker`) took our process for another's (2 of 20
+    # Prometheus starts: "exited at start", and the process left running). Returned once it shows.
+    deadline = time.monotonic() + MARKER_WAIT_S
+    marker = owner_marker(token, folder)
+    while not has_marker(proc.pid, marker) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
     return proc, {"pid": proc.pid, "start_ticks": start_ticks(proc.pid) or 0, "token": token}
+
+
+MARKER_WAIT_S = 5.0
 
 
 def live(record: dict, folder: Path, path: Path, error: type[TrainerError]):
