@@ -88,39 +88,65 @@ def test_killed_worker_resumes_from_last_checkpoint(cluster):
 
 
 
-def test_cancel_stops_the_job_and_frees_the_cluster(cluster):
-    job = trainer.submit(EXAMPLE, set=["config.epochs=500", "convert=null"])
+@pytest.fixture(scope="module")
+def jobs_to_cancel(cluster):
+    """Two jobs that train until cancelled, submitted at once (each job's start is mostly waiting on
+    Ray's processes: two starting together cost little more than one): the example's 2 workers on
+    the cpu node for `trainer cancel`, one worker on the A100 node for Ray's own stop. 100000
+    epochs outlast any wait here (an epoch takes more than 3 ms)."""
+    both = {"cli": trainer.submit(EXAMPLE, set=["config.epochs=100000", "convert=null"]),
+            "ray": trainer.submit(EXAMPLE, set=["config.epochs=100000", "convert=null", "workers=1",
+                                                "resources.accelerator=A100"])}
+    yield both
+    for job in both.values():
+        if not job.status().is_terminal:
+            job.cancel()
+
+
+def _training(job) -> None:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not steps(job, "loss"):
         time.sleep(1)
+    assert steps(job, "loss"), job.logs()[-3000:]
+
+
+def test_cancel_stops_the_job_and_frees_the_cluster(cluster, jobs_to_cancel):
+    job = jobs_to_cancel["cli"]
+    _training(job)
     proc = subprocess.run([TRAINER, "cancel", job.id, "--output", "json"], capture_output=True, text=True,
                           timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["status"] == "CANCELLED", job.logs()[-3000:]
     assert job.status().value == "CANCELLED"
     assert client(job.tracking_uri).get_run(job.run_id).info.status == "KILLED"
-    # The workers' CPUs come back: the cluster stays usable.
+    # The driver ended once its run was closed, not at the supervisor's SIGKILL STOP_WAIT_S later.
+    from trainer.protocol import STOP_WAIT_S, timing_from_logs
+    from trainer.scheduling.ray_jobs import RayJobs
+
+    closed = timing_from_logs(job.logs())["closed"]
+    ended = RayJobs(cluster.dashboard_url).info(job.id).end_time / 1000
+    assert ended - closed < float(STOP_WAIT_S) * 2 / 3, f"the driver ended {ended - closed:.1f} s after closing its run"
+    # The workers are gone and their CPUs come back: the cluster stays usable.
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         cpu = next(n for n in trainer.cluster_status()["nodes"] if n["accelerator"] == "cpu")
-        if cpu["cpus_free"] == cpu["cpus"]:
+        alive = [w for w in train_workers(cluster.dashboard_url, job) if w.state == "ALIVE"]
+        if cpu["cpus_free"] == cpu["cpus"] and not alive:
             break
         time.sleep(2)
-    assert cpu["cpus_free"] == cpu["cpus"]
+    assert cpu["cpus_free"] == cpu["cpus"] and not alive
     status = subprocess.run([TRAINER, "status", job.id], capture_output=True, text=True, timeout=60)
     assert status.stdout.strip() == "CANCELLED"
 
 
-def test_a_cancelled_driver_never_ends_its_run_failed(cluster):
+def test_a_cancelled_driver_never_ends_its_run_failed(cluster, jobs_to_cancel):
     """Ray's stop_job SIGTERMs the driver, whose `finally` closes the run: it must write KILLED
     (RUNNING only if it was SIGKILLed first), and the client's repair ends it KILLED either way."""
     from trainer.scheduling.ray_jobs import RayJobs
     from trainer.tracking.runs import run_status
 
-    job = trainer.submit(EXAMPLE, set=["config.epochs=500", "convert=null"])
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not steps(job, "loss"):
-        time.sleep(1)
+    job = jobs_to_cancel["ray"]
+    _training(job)
     jobs = RayJobs(cluster.dashboard_url)
     jobs.stop(job.id)
     while not jobs.state(job.id).is_terminal:  # Ray's state only: no client repair on this path

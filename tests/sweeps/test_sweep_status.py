@@ -116,3 +116,35 @@ def test_a_sweeps_driver_runs_without_ray_folding_its_trials_alike_lines():
     sweep = job_runtime_env(json.dumps({"name": "s", "sweep": SWEEP}), job_id="s", tracking_uri="file:/x")
     job = job_runtime_env(json.dumps({"name": "j", "sweep": None}), job_id="j", tracking_uri="file:/x")
     assert sweep["env_vars"]["RAY_DEDUP_LOGS"] == "0" and "RAY_DEDUP_LOGS" not in job["env_vars"]
+
+
+def test_a_trial_whose_train_run_returned_mid_training_is_never_recorded_completed(store):
+    """A cancel: Tune stops the sweep's trials, and a trial's Train run can then return without
+    an error mid-training (the cancel test saw a 500-epoch trial recorded FINISHED/completed).
+    Only the function's own return (rank 0's mark) makes a trial completed; the trial's close
+    and the driver's cancel close can come in either order and still leave it KILLED/cancelled."""
+    import time
+
+    from trainer.errors import JobError
+    from trainer.runners.sweep import end_after_fit
+    from trainer.tracking.runs import client
+
+    uri, parent = store
+    driver_first = sweeps.start_trial_run(uri, parent, "sw", "3f2a1_00000", {"lr": 0.01})
+    trial_first = sweeps.start_trial_run(uri, parent, "sw", "3f2a1_00001", {"lr": 0.02})
+    finished = sweeps.start_trial_run(uri, parent, "sw", "3f2a1_00002", {"lr": 0.03})
+    sweeps.mark_function_returned(uri, finished)        # its function returned before the cancel
+    end_after_fit(uri, finished, "3f2a1_00002")
+    cancelled_at = time.time()
+
+    with pytest.raises(JobError, match="trial 1 ended before its function returned"):
+        end_after_fit(uri, trial_first, "3f2a1_00001")
+    assert client(uri).get_run(trial_first).info.status == "RUNNING"     # left to the driver
+    sweeps.settle_trials(uri, parent)
+    assert sweeps.close_open_trials(uri, parent, "sweep sw ended KILLED", cancelled_at=cancelled_at) == 2
+    with pytest.raises(JobError, match="trial 0 ended before its function returned"):
+        end_after_fit(uri, driver_first, "3f2a1_00000")                  # after the driver's close
+
+    trials = sweeps.trial_runs(uri, parent)
+    assert [(t["trial"], t["status"], t["outcome"]) for t in trials] == [
+        (0, "KILLED", "cancelled"), (1, "KILLED", "cancelled"), (2, "FINISHED", "completed")]

@@ -69,7 +69,7 @@ def trial(config: dict, setup: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from trainer.runners.base import get_runner, tune_ray_train
-    from trainer.runners.job import driver_failure, retry_announcer, scaling_config, worker_loop
+    from trainer.runners.job import driver_failure, retry_announcer, scaling_config
     from trainer.tracking import sweeps
     from trainer.tracking.runs import failure_line
 
@@ -89,7 +89,7 @@ def trial(config: dict, setup: dict) -> None:
     loop_config = {"spec": one.model_dump_json(), "run_id": run_id, "tracking_uri": uri,
                    "workdir": setup["workdir"], "job_id": setup["job_id"], "driver_started": time.time(),
                    "data_path": setup.get("data_path")}
-    trainer = get_runner(spec.framework).ray_trainer(worker_loop, loop_config, scaling_config(one), run_config)
+    trainer = get_runner(spec.framework).ray_trainer(trial_worker_loop, loop_config, scaling_config(one), run_config)
     try:
         trainer.fit()
     except Exception as e:
@@ -98,7 +98,35 @@ def trial(config: dict, setup: dict) -> None:
             sweeps.end_trial(uri, run_id, sweeps.FAILED, failure_line(failure), failure=failure)
         raise JobError(f"trial {sweeps.trial_number(trial_id)} failed: {failure_line(failure)}") from None
     if run_id:
+        end_after_fit(uri, run_id, trial_id)
+
+
+def trial_worker_loop(config: dict) -> None:
+    """A trial's Ray Train worker: the job's worker loop, then, on rank 0, the mark that the
+    function returned (what `end_after_fit` takes as proof that the trial ran to its end)."""
+    from ray import train
+
+    from trainer.runners.job import worker_loop
+    from trainer.tracking import sweeps
+
+    worker_loop(config)
+    if config.get("run_id") and config.get("tracking_uri") and train.get_context().get_world_rank() == 0:
+        sweeps.mark_function_returned(config["tracking_uri"], config["run_id"])
+
+
+def end_after_fit(uri: str, run_id: str, trial_id: str) -> None:
+    """A trial whose Train run returned without an error: completed if its function returned on
+    rank 0. Without that mark, the run was torn down from outside mid-training (Tune stops the
+    trials of a cancelled sweep, and Ray Train's controller can then end its run without an
+    error): that trial did not complete. Its run is left for the driver, which knows why it
+    ended (a cancel: KILLED, "cancelled"), and the trial fails in Tune's eyes, not "completed"."""
+    from trainer.tracking import sweeps
+
+    if sweeps.function_returned(uri, run_id):
         sweeps.end_trial(uri, run_id, sweeps.COMPLETED, "ran to its end")
+        return
+    raise JobError(f"trial {sweeps.trial_number(trial_id)} ended before its function returned: its "
+                   f"training was stopped from outside (the sweep cancelled, or its workers lost)")
 
 
 def _still_running(uri: str, run_id: str) -> bool:
@@ -377,28 +405,32 @@ def main(spec: JobSpec, job_id: str, run_id: str | None, tracking_uri: str | Non
         job._print_failure(failure)
         print(f"error: {failure_line(failure)}", file=sys.stderr, flush=True)
         return 1
+    except SystemExit as e:
+        return job.cancel_exit_code(e, cancelled)
     finally:
         job._leave_vanished_cwd()
-        if tuned and not cancelled:
-            # Last, so the best trial's conversion above gave Ray's forwarding its time.
-            forwarded.wait_for(last_lines(callback.trials, job_id, spec.workers))
-            timing["lines_in"] = time.time()
-        forwarded.close()
-        if run_record is not None:
-            run_record.finish("KILLED" if cancelled else status)
-        if run_id and tracking_uri:
-            outcome = "KILLED" if cancelled else status
-            try:
-                sweeps.settle_trials(tracking_uri, run_id)
-                if outcome != "FINISHED":
-                    closed = sweeps.close_open_trials(tracking_uri, run_id, f"sweep {job_id} ended {outcome}",
-                                                      cancelled_at=timing.get("cancelled") if cancelled else None)
-                    if closed:
-                        print(f"sweep {job_id}: {closed} trial run(s) still open closed KILLED", flush=True)
-            except TrainerError as e:
-                print(f"warning: could not close the open trial runs: {first_line(e)}", file=sys.stderr,
-                      flush=True)
-            job._close(spec, job_id, run_id, tracking_uri, outcome, failure)
+        try:
+            if tuned and not cancelled:
+                # Last, so the best trial's conversion above gave Ray's forwarding its time.
+                forwarded.wait_for(last_lines(callback.trials, job_id, spec.workers))
+                timing["lines_in"] = time.time()
+        finally:    # a SIGTERM (`trainer cancel`) in the wait still closes the runs, KILLED
+            forwarded.close()
+            if run_record is not None:
+                run_record.finish("KILLED" if cancelled else status)
+            if run_id and tracking_uri:
+                outcome = "KILLED" if cancelled else status
+                try:
+                    sweeps.settle_trials(tracking_uri, run_id)
+                    if outcome != "FINISHED":
+                        closed = sweeps.close_open_trials(tracking_uri, run_id, f"sweep {job_id} ended {outcome}",
+                                                          cancelled_at=timing.get("cancelled") if cancelled else None)
+                        if closed:
+                            print(f"sweep {job_id}: {closed} trial run(s) still open closed KILLED", flush=True)
+                except TrainerError as e:
+                    print(f"warning: could not close the open trial runs: {first_line(e)}", file=sys.stderr,
+                          flush=True)
+                job._close(spec, job_id, run_id, tracking_uri, outcome, failure)
         timing["closed"] = time.time()
         from trainer.protocol import TIMING_PREFIX
 

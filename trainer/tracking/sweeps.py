@@ -22,6 +22,10 @@ TAG_SWEEP_ID = "trainer.sweep_id"
 TAG_TRIAL_ID = "trainer.trial_id"
 TAG_TRIAL_STATUS = "trainer.trial_status"
 TAG_TRIAL_REASON = "trainer.trial_reason"
+# Set by the trial's rank-0 worker when the job's function returned (trainer.runners.sweep): the
+# one proof that a trial ran to its end. Its Train run can return without an error mid-training
+# when it is torn down from outside (Tune stopping the trial of a cancelled sweep).
+TAG_TRIAL_RETURNED = "trainer.trial_function_returned"
 TAG_BEST_RUN = "trainer.sweep.best_run_id"
 TAG_SWEEP = "trainer.sweep"                 # on the parent: the sweep section, as JSON
 PLOT_ARTIFACT = "sweep/trials.png"
@@ -172,6 +176,17 @@ def end_trial(uri: str, run_id: str, outcome: str, reason: str, failure: dict | 
         mlc.set_tag(run_id, TAG_TRIAL_STATUS, outcome)
         mlc.set_tag(run_id, TAG_TRIAL_REASON, redact_text(reason)[:MAX_PARAM_LEN])
         mlc.set_terminated(run_id, status=MLFLOW_STATUS[outcome])
+
+
+def mark_function_returned(uri: str, run_id: str) -> None:
+    """The trial's function returned on rank 0: it ran every epoch it was asked to."""
+    with _mlflow_errors(f"cannot record the end of trial run {run_id} in {redact(uri)}"):
+        client(uri).set_tag(run_id, TAG_TRIAL_RETURNED, "true")
+
+
+def function_returned(uri: str, run_id: str) -> bool:
+    with _mlflow_errors(f"cannot read the trial run {run_id} from {redact(uri)}"):
+        return client(uri).get_run(run_id).data.tags.get(TAG_TRIAL_RETURNED) == "true"
 
 
 def trial_runs(uri: str, parent_run_id: str) -> list[dict]:
