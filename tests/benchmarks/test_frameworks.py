@@ -1,5 +1,6 @@
 """benchmarks/frameworks.py --quick end to end (the CI run: what it measures is not asserted,
-only that every number is there and the table, JSON and PNG are written)."""
+only that every number is there and the table, JSON and PNG are written). The benchmark tier:
+`extended` (tests/benchmarks/test_quick.py says why)."""
 import json
 import os
 import subprocess
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.extended]
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,6 +1,12 @@
 """The benchmarks' --quick modes run end to end (no timing is asserted: this machine's speed is
 not the code's): each writes its JSON record, Markdown table and PNG with the machine and
-versions, touches nothing under benchmarks/, and the figures it reports are there."""
+versions, touches nothing under benchmarks/, and the figures it reports are there.
+
+The runner and submit smoke runs are in the `extended` tier with the other benchmark smoke runs
+(frameworks, scale): a minute or more of Ray jobs each that prove a benchmark script works, not
+the product, so CI leaves them out (issue 28's budget) and `-m extended` runs them; the record
+writer they all share is tested in the default tier (tests/benchmarks/test_record.py), and so is
+the tracking benchmark's smoke run (seconds, no cluster)."""
 import json
 import subprocess
 import sys
@@ -27,8 +33,7 @@ def run_quick(script: str, out: Path) -> dict:
     return record
 
 
-@pytest.mark.integration
-@pytest.mark.slow
+@pytest.mark.extended     # the benchmark tier (README "Test tiers"): a minute of jobs that prove the script runs
 def test_runner_quick(cluster, tmp_path):
     record = run_quick("runner", tmp_path)
     local = record["local"]
@@ -46,7 +51,7 @@ def test_runner_quick(cluster, tmp_path):
     assert trainer["run close"] is not None and trainer["driver connect (imports, ray.init)"] > 0
 
 
-@pytest.mark.integration
+@pytest.mark.extended     # the benchmark tier
 def test_submit_quick(cluster, tmp_path):
     record = run_quick("submit", tmp_path)
     latency = record["latency"]

@@ -48,12 +48,12 @@ def rank0_reported(ctx, epoch):
 """
 
 
-def _project(root: Path, workers: int, bad_rank: int) -> Path:
+def _project(root: Path, workers: int, bad_rank: int, cpus_per_worker: float = 1) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "pyproject.toml").write_text("")
     (root / "train.py").write_text(TRAIN)
     (root / "job.yaml").write_text(f"name: boom\nframework: torch\nentrypoint: train.py:train\nworkers: {workers}\n"
-                                   "resources: {accelerator: cpu, cpus_per_worker: 1}\n"
+                                   f"resources: {{accelerator: cpu, cpus_per_worker: {cpus_per_worker}}}\n"
                                    f"config: {{epochs: 5, bad_rank: {bad_rank}}}\nfailure: {{max_failures: 0}}\n")
     return root / "job.yaml"
 
@@ -112,11 +112,46 @@ def test_driver_failure_names_the_lowest_failed_rank_from_ray_trains_error(tmp_p
     assert driver_failure(ParityError("parity failed for onnx-int8"), tmp_path)["stage"] == "conversion"
 
 
+def _retry_project(root: Path) -> Path:
+    root.mkdir(parents=True)
+    (root / "pyproject.toml").write_text("")
+    (root / "train.py").write_text("def train(ctx):\n    raise KeyError('label column missing')\n")
+    (root / "job.yaml").write_text("name: retry\nframework: torch\nentrypoint: train.py:train\nworkers: 1\n"
+                                   "resources: {accelerator: cpu, cpus_per_worker: 1}\nfailure: {max_failures: 2}\n")
+    return root / "job.yaml"
+
+
+def _trainer(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    return subprocess.Popen([TRAINER, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _done(proc: subprocess.Popen, timeout: float = 120) -> subprocess.CompletedProcess:
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def submitted(cluster, tmp_path_factory):
+    """The two integration tests' jobs, `submit --wait` each in its own process, at once on the
+    session cluster (each job is ~20 s of fixed Ray overhead, mostly waiting): the boom job's 2
+    workers (half a CPU each) and the retry job's one (a CPU) fit the cpu node together."""
+    root = tmp_path_factory.mktemp("failures")
+    # Both may be the first clients of a fresh store: trainer.tracking.runs.client serialises that.
+    boom = _project(root / "project", workers=2, bad_rank=1, cpus_per_worker=0.5)
+    retry = _retry_project(root / "retry")
+    env = {**os.environ, "COLUMNS": "80"}
+    procs = {"boom": _trainer("submit", str(boom), "--wait", env=env, cwd=boom.parent),
+             "retry": _trainer("submit", "job.yaml", "--wait", env=env, cwd=retry.parent)}
+    yield procs
+    for proc in procs.values():     # a test not selected (or failed early): its job still ends here
+        if proc.returncode is None:
+            proc.communicate(timeout=600)
+
+
 @pytest.mark.integration
-def test_ray_job_failure_in_the_users_terms(cluster, tmp_path):
-    spec = _project(tmp_path / "project", workers=2, bad_rank=1)
-    proc = subprocess.run([TRAINER, "submit", str(spec), "--wait"], cwd=spec.parent, capture_output=True,
-                          text=True, timeout=600, env={**__import__("os").environ, "COLUMNS": "80"})
+def test_ray_job_failure_in_the_users_terms(submitted):
+    proc = _done(submitted["boom"], timeout=600)
     assert proc.returncode == 5, proc.stdout + proc.stderr
     out, err = proc.stdout, proc.stderr
     assert "failed: ValueError: bad batch shape (32, 7) at epoch 2" in out
@@ -130,25 +165,26 @@ def test_ray_job_failure_in_the_users_terms(cluster, tmp_path):
     log = Path(err.split("details: ")[1].split()[0])
     assert "Uploading package gcs://" in log.read_text()
     job_id = err.split("error: job ")[1].split()[0]
-    status = json.loads(subprocess.run([TRAINER, "status", job_id, "--output", "json"], capture_output=True,
-                                       text=True, timeout=120, check=True).stdout)
+    # The reads of the ended job are independent: at once (each CLI call is seconds of imports).
+    reads = [_trainer("status", job_id, "--output", "json"),
+             _trainer("status", job_id, env={**os.environ, "COLUMNS": "80"}),
+             _trainer("wait", job_id), _trainer("logs", job_id), _trainer("logs", job_id, "-v")]
+    status_json, shown, waited, logs, raw = [_done(p) for p in reads]
+    for done in (status_json, logs, raw):
+        done.check_returncode()
+    status = json.loads(status_json.stdout)
     failure = status["failure"]
     assert status["status"] == "FAILED" and (failure["type"], failure["where"], failure["rank"], failure["epoch"]) == \
         ("ValueError", "train.py:11", 1, 1)
     _check_run(status["tracking_uri"], status["run_id"], rank=1)
     # `status` reports (exit 0 once it read the state); `wait` judges (exit 5 unless SUCCEEDED).
-    shown = subprocess.run([TRAINER, "status", job_id], capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "COLUMNS": "80"})
     assert shown.returncode == 0 and shown.stdout.startswith("FAILED\n"), shown.stdout + shown.stderr
     assert "failed: ValueError: bad batch shape (32, 7) at epoch 2" in shown.stdout
     assert "browse the run: trainer ui" in shown.stderr         # no MLflow UI runs: how to open one
-    waited = subprocess.run([TRAINER, "wait", job_id], capture_output=True, text=True, timeout=120)
     assert waited.returncode == 5 and "FAILED" in waited.stdout, waited.stdout + waited.stderr
     # The log for a person: the user's and our lines, no protocol lines, no Ray/MLflow log lines,
     # no colour codes into a pipe; -v shows it raw.
-    logs = subprocess.run([TRAINER, "logs", job_id], capture_output=True, text=True, timeout=120, check=True).stdout
-    raw = subprocess.run([TRAINER, "logs", job_id, "-v"], capture_output=True, text=True, timeout=120,
-                         check=True).stdout
+    logs, raw = logs.stdout, raw.stdout
     assert f"job {job_id}: 2 torch worker(s) on cpu nodes" in logs and "ValueError: bad batch shape" in logs
     for noise in ("TRAINER_FAILURE", "TRAINER_TIMING", "\x1b[", "INFO worker.py", "(TrainController"):
         assert noise not in logs, noise
@@ -158,36 +194,31 @@ def test_ray_job_failure_in_the_users_terms(cluster, tmp_path):
 
     subprocess.run([TRAINER, "ui"], capture_output=True, text=True, timeout=180, check=True)
     try:
-        page = json.loads(subprocess.run([TRAINER, "status", job_id, "-o", "json"], capture_output=True, text=True,
-                                         timeout=120, check=True).stdout)["mlflow_url"]
+        reads = [_trainer("status", job_id, "-o", "json"), _trainer("status", job_id), _trainer("list", "-o", "json")]
+        page_json, shown, listed = [_done(p) for p in reads]
+        for done in (page_json, shown, listed):
+            done.check_returncode()
+        page = json.loads(page_json.stdout)["mlflow_url"]
         assert page.startswith(server.find().url) and page.endswith(f"/runs/{status['run_id']}?workflowType=machine_learning")
-        shown = subprocess.run([TRAINER, "status", job_id], capture_output=True, text=True, timeout=120, check=True)
         assert f"run page: {page}" in shown.stdout
-        listed = json.loads(subprocess.run([TRAINER, "list", "-o", "json"], capture_output=True, text=True,
-                                           timeout=120, check=True).stdout)
-        assert {j["job_id"]: j.get("mlflow_url") for j in listed}[job_id] == page
+        assert {j["job_id"]: j.get("mlflow_url") for j in json.loads(listed.stdout)}[job_id] == page
     finally:
         server.stop()
 
 
 @pytest.mark.integration
-def test_retries_say_which_attempt_and_why(cluster, tmp_path):
+def test_retries_say_which_attempt_and_why(submitted):
     """A deterministic bug with failure.max_failures 2: Ray Train restarts the group twice; the job
     log and the terminal of `submit --wait` say "attempt 2 of 3: <reason>" and "attempt 3 of 3"."""
-    root = tmp_path / "retry"
-    root.mkdir()
-    (root / "pyproject.toml").write_text("")
-    (root / "train.py").write_text("def train(ctx):\n    raise KeyError('label column missing')\n")
-    (root / "job.yaml").write_text("name: retry\nframework: torch\nentrypoint: train.py:train\nworkers: 1\n"
-                                   "resources: {accelerator: cpu, cpus_per_worker: 1}\nfailure: {max_failures: 2}\n")
-    proc = subprocess.run([TRAINER, "submit", "job.yaml", "--wait"], cwd=root, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "COLUMNS": "80"})
+    proc = _done(submitted["retry"], timeout=600)
     assert proc.returncode == 5, proc.stdout + proc.stderr
     assert "attempt 2 of 3: KeyError: 'label column missing'" in proc.stdout, proc.stdout
     assert "attempt 3 of 3: KeyError: 'label column missing'" in proc.stdout
     assert "attempt 4" not in proc.stdout
     job_id = proc.stderr.split("error: job ")[1].split()[0]
-    logs = subprocess.run([TRAINER, "logs", job_id], capture_output=True, text=True, timeout=120, check=True).stdout
+    logs = _done(_trainer("logs", job_id))
+    logs.check_returncode()
+    logs = logs.stdout
     assert [ln.split(") ", 1)[-1] for ln in logs.splitlines() if "attempt " in ln] == [
         "trainer: attempt 2 of 3: KeyError: 'label column missing'",
         "trainer: attempt 3 of 3: KeyError: 'label column missing'"], logs

@@ -1,7 +1,6 @@
 """`trainer cluster join`: a host joins an existing head as a worker node labelled by its GPUs
 through the identity table (no driver: `cpu`), with the GPU count set."""
 import json
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -44,36 +43,6 @@ def test_node_labels_command_without_a_driver():
     assert info["gpus"] == [] and info["labels"]["ray"] == {"ray.io/accelerator-type": "cpu"}
     result = CliRunner().invoke(app, ["node", "labels", "--format", "yaml"])
     assert result.exit_code == 2 and "--format must be one of ray, k8s, gfd, json" in result.output
-
-
-@pytest.mark.integration
-def test_a_node_joins_a_running_head_labelled(tmp_path, monkeypatch):
-    """A real head (a local cluster in its own home, token auth on) and a node joining it by GCS
-    address with the head's token (RAY_AUTH_TOKEN_PATH, as a user gives it), given an H100 as NVML
-    would report it: the head's inventory shows the label and the GPU."""
-    from trainer.cluster.inventory import nodes
-    from trainer.cluster.local import LocalCluster, NodeSpec, _free_port, join
-
-    cluster = LocalCluster(home=tmp_path / "home")
-    state, _ = cluster.up([NodeSpec("cpu", 1)], object_store_mb=128)
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", state.token_file)
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)     # set by the token variable alone
-    try:
-        joined = join(state.gcs_address, cpus=1, object_store_mb=128, temp_dir=state.temp_dir, gpus=[H100],
-                      log_dir=tmp_path / "logs", node_ip="127.0.0.1",
-                      extra_args=(f"--dashboard-agent-listen-port={_free_port()}", "--include-log-monitor=false"),
-                      env=cluster.owner_env(state))    # so that cluster.down() stops it too
-        assert joined["labels"]["ray.io/accelerator-type"] == "H100" and joined["gpus"] == 1
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            found = [n for n in nodes(state.dashboard_url, free=False) if n.accelerator == "H100"]
-            if found:
-                break
-            time.sleep(1)
-        (node,) = found
-        assert node.gpus == 1 and node.labels["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"
-    finally:
-        cluster.down()
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640])

@@ -1,6 +1,7 @@
 """A real Prometheus scrapes a real job on the local cluster: `trainer monitor up`, a job forced
 to wait for placement (its node's CPU held by another task) fires TrainerJobPendingTooLong, then
-trains; Prometheus's HTTP API then has the job's trainer_* metrics, Ray's own and the exporter's,
+trains (its workers wait after their last report until Prometheus has it: tiny.yaml says why);
+Prometheus's HTTP API then has the job's trainer_* metrics, Ray's own and the exporter's,
 no GPU series (this machine has no GPU), and every dashboard panel's query returns series (those
 that need a GPU, a conversion or a restore: parse only)."""
 import json
@@ -73,6 +74,7 @@ def monitor(cluster, trainer_home, tmp_path):
 
 @pytest.fixture
 def blocker(cluster, tmp_path):
+    """Submitted, not waited for: it starts while Prometheus does (the test waits for its marker)."""
     from ray.job_submission import JobSubmissionClient
 
     from trainer.cluster.auth import headers_for
@@ -82,17 +84,36 @@ def blocker(cluster, tmp_path):
     script.write_text(BLOCKER)
     marker = tmp_path / "held"
     job_id = client.submit_job(entrypoint=f"{sys.executable} {script} {marker}")
-    until("the blocker to hold the A100 node's CPU", marker.exists, 120)
-    yield lambda: client.stop_job(job_id)
+    yield marker, lambda: client.stop_job(job_id)
     client.stop_job(job_id)
 
 
-def test_prometheus_scrapes_a_real_job_and_its_pending_alert_fires(monitor, blocker, cluster):
+@pytest.fixture
+def go(tmp_path):
+    """The file the job's workers wait for after their last report; there at the end in any case,
+    so a failed test leaves no job holding the A100 node's CPU for the next."""
+    path = tmp_path / "go"
+    yield path
+    path.touch()
+
+
+def test_prometheus_scrapes_a_real_job_and_its_pending_alert_fires(blocker, monitor, cluster, go):
     import trainer
 
     url = monitor["url"]
+    held, release_cpu = blocker
+    until("the blocker to hold the A100 node's CPU", held.exists, 120)
     t0 = time.time()
-    job = trainer.submit(SPEC)
+    last_step = yaml.safe_load(SPEC.read_text())["config"]["epochs"] - 1     # the step is the report count
+    job = trainer.submit(SPEC, set=[f"config.hold_after={last_step + 1}", f"config.hold_file={go}"])
+
+    def while_running(check):
+        def checked():
+            got = check()
+            if not got and job.status().is_terminal:
+                raise AssertionError(f"{job.id} ended {job.status().value} first: {job.logs()[-3000:]}")
+            return got
+        return checked
 
     def pending_alert():
         alerts = requests.get(f"{url}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
@@ -101,11 +122,17 @@ def test_prometheus_scrapes_a_real_job_and_its_pending_alert_fires(monitor, bloc
     until(f"TrainerJobPendingTooLong to fire for {job.id}", pending_alert, 90)
     assert not series(url, f'trainer_job_training_start_time_seconds{{trainer_job="{job.id}"}}', t0)
 
-    blocker()   # the CPU is free: the job is placed and trains
-    assert job.wait(timeout=300) == trainer.JobState.SUCCEEDED, job.logs()[-3000:]
+    release_cpu()   # the CPU is free: the job is placed and trains
     sel = f'{{trainer_job="{job.id}"}}'
-    until("the job's final step in Prometheus",
-          lambda: any(float(v[1]) >= 7 for s in series(url, f"trainer_job_step{sel}", t0) for v in s["values"]), 60)
+    # Its workers hold after the last report (config.hold_after) until Prometheus has it, and a
+    # rate over the report counter (two scrapes of it): then they end.
+    until("the job's final step in Prometheus", while_running(
+        lambda: any(float(v[1]) >= last_step for s in series(url, f"trainer_job_step{sel}", t0) for v in s["values"])),
+        120)
+    until("two scrapes of the job's report counter",
+          while_running(lambda: series(url, f"rate(trainer_job_reports_total{sel}[1m])", t0)), 60)
+    go.touch()
+    assert job.wait(timeout=300) == trainer.JobState.SUCCEEDED, job.logs()[-3000:]
 
     # the job's own metrics, through Ray's metrics export, renamed from ray_trainer_*
     for name in ("trainer_job_start_time_seconds", "trainer_job_training_start_time_seconds",

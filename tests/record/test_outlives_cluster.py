@@ -22,6 +22,14 @@ def cli(env, *args, timeout=300):
                           text=True, timeout=timeout)
 
 
+def clis(env, *calls, timeout=300) -> list[subprocess.CompletedProcess]:
+    """Independent CLI calls at once (each is seconds of imports), their results in order."""
+    procs = [subprocess.Popen([sys.executable, "-m", "trainer.cli", *args], cwd=REPO, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in calls]
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+    return [subprocess.CompletedProcess(p.args, p.returncode, out, err) for p, (out, err) in zip(procs, outputs)]
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_inspect_tells_a_failed_job_after_its_cluster_is_gone(tmp_path):
@@ -43,7 +51,9 @@ def test_inspect_tells_a_failed_job_after_its_cluster_is_gone(tmp_path):
     assert (temp_dir / "session_latest").exists()
     shutil.rmtree(temp_dir)
 
-    shown = cli(env, "inspect", job_id, "-n", "200", "-o", "json")
+    # What is read back once the cluster is gone, all from MLflow: read at once.
+    shown, table, status, logs = clis(env, ("inspect", job_id, "-n", "200", "-o", "json"), ("inspect", job_id),
+                                      ("status", job_id), ("logs", job_id))
     assert shown.returncode == 0, shown.stderr[-2000:]
     info = json.loads(shown.stdout)
     assert info["status"] == "FAILED"
@@ -61,13 +71,10 @@ def test_inspect_tells_a_failed_job_after_its_cluster_is_gone(tmp_path):
     assert any("epoch 5: loss" in line for line in info["log_tail"])
     assert any("ValueError: loss check failed after epoch 5" in line for line in info["log_tail"])
 
-    table = cli(env, "inspect", job_id)
     assert table.returncode == 0 and "tiny_torch.py:" in table.stdout and "group_started" in table.stdout
 
-    status = cli(env, "status", job_id)
     assert status.returncode == 0, status.stderr[-2000:]
     assert status.stdout.startswith("FAILED") and "does not know job" in status.stderr
-    logs = cli(env, "logs", job_id)
     assert logs.returncode == 0, logs.stderr[-2000:]
     assert "epoch 5: loss" in logs.stdout and "TRAINER_EVENT" not in logs.stdout
     assert "from its MLflow" in status.stderr or "MLflow run recorded" in logs.stderr

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,14 +34,32 @@ def train_workers(address, job):
             if a.job_id == ray_job_id]
 
 
-def submit_example_and_check_run(cluster, spec, framework: str, workers: int, epochs: int = 12):
+def submit_example_and_check_run(cluster, spec, framework: str, workers: int, epochs: int = 12,
+                                  kill_at_epoch: int | None = None):
     """`trainer submit SPEC --wait` as a user runs it; then the run must hold what every job's run
     holds: >= 0.95, params, job tags, every epoch exactly once, the dataset's digest, and the
-    workers on the cpu node (never the head). Returns (job, MLflow run) for framework checks."""
-    proc = subprocess.run([TRAINER, "submit", str(spec), "--wait", "--output", "json"], cwd=REPO,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads(proc.stdout)
+    workers on the cpu node (never the head). Returns (job, MLflow run) for framework checks.
+
+    With `kill_at_epoch`, one training worker is SIGKILLed once that epoch is in MLflow (see
+    kill_a_worker): the same job then also proves the resume (check_resumed), and its run must
+    still hold all of the above - one job instead of two, each ~20 s of fixed Ray cost (issue 28)."""
+    before = {j["job_id"] for j in trainer.list_jobs(cluster.dashboard_url)}
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([TRAINER, "submit", str(spec), "--wait", "--output", "json"], cwd=REPO,
+                                stdout=out, stderr=err, text=True)
+        try:
+            if kill_at_epoch is not None:
+                kill_a_worker(cluster, submitted_by(cluster, proc, before), workers, kill_at_epoch)
+            returncode = proc.wait(timeout=900)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    assert returncode == 0, stderr[-2000:]
+    summary = json.loads(stdout)
     assert summary["status"] == "SUCCEEDED"
     assert summary["test_accuracy"] >= 0.95
     import yaml
@@ -67,8 +86,22 @@ def submit_example_and_check_run(cluster, spec, framework: str, workers: int, ep
     assert dataset.digest == expected.digest[:32]
     ran = train_workers(cluster.dashboard_url, job)
     cpu_node = next(n for n in trainer.cluster_status()["nodes"] if n["accelerator"] == "cpu")
-    assert len(ran) == workers and {w.node_id for w in ran} == {cpu_node["node_id"]}
+    groups = 1 if kill_at_epoch is None else 2      # one kill: exactly one new worker group
+    assert len(ran) == groups * workers and {w.node_id for w in ran} == {cpu_node["node_id"]}
     return job, run
+
+
+def submitted_by(cluster, proc: subprocess.Popen, before: set[str], timeout: float = 300) -> "trainer.Job":
+    """The job a running `trainer submit` created: the one job not in `before`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = [j["job_id"] for j in trainer.list_jobs(cluster.dashboard_url) if j["job_id"] not in before]
+        if new:
+            (job_id,) = new
+            return trainer.Job.get(job_id, cluster.dashboard_url)
+        assert proc.poll() is None, f"trainer submit exited {proc.returncode} before its job was listed"
+        time.sleep(0.5)
+    raise AssertionError(f"no new job listed {timeout:.0f} s after trainer submit")
 
 
 def convert_and_check_parity(job, frontend: str, input_shape: list, tmp_path) -> None:
@@ -88,18 +121,20 @@ def convert_and_check_parity(job, frontend: str, input_shape: list, tmp_path) ->
     assert report["native_accuracy"] >= 0.9
 
 
-def kill_a_worker_and_check_resume(cluster, spec, epochs: int, workers: int) -> None:
-    """SIGKILL one training worker once epoch 2 is in MLflow; the job must still succeed, from a
-    new worker group that resumed from a checkpoint, with every epoch in MLflow exactly once."""
-    job = trainer.submit(spec, set=[f"config.epochs={epochs}", "convert=null"])
+def kill_a_worker(cluster, job, workers: int, at_epoch: int = 2) -> None:
+    """SIGKILL one training worker of the job once epoch `at_epoch` is in MLflow."""
     deadline = time.monotonic() + 400
-    while time.monotonic() < deadline and not [s for s in steps(job, "loss") if s >= 2]:
+    while time.monotonic() < deadline and not [s for s in steps(job, "loss") if s >= at_epoch]:
         assert not job.status().is_terminal, job.logs()[-3000:]
         time.sleep(1)
     alive = [w for w in train_workers(cluster.dashboard_url, job) if w.state == "ALIVE"]
     assert len(alive) == workers
     os.kill(alive[-1].pid, signal.SIGKILL)
 
+
+def check_resumed(cluster, job, epochs: int, workers: int) -> None:
+    """After kill_a_worker, the job succeeded from a new worker group that resumed from a
+    checkpoint, with every epoch in MLflow exactly once and >= 0.95."""
     assert job.wait(timeout=900).value == "SUCCEEDED", job.logs()[-3000:]
     # A new worker group was started (Ray's state API, not our logs) ...
     assert len(train_workers(cluster.dashboard_url, job)) >= 2 * workers
@@ -112,3 +147,11 @@ def kill_a_worker_and_check_resume(cluster, spec, epochs: int, workers: int) -> 
     for key in ("loss", "accuracy"):
         assert steps(job, key) == list(range(epochs)), key
     assert job.final_metrics()["test_accuracy"] >= 0.95
+
+
+def kill_a_worker_and_check_resume(cluster, spec, epochs: int, workers: int) -> None:
+    """SIGKILL one training worker once epoch 2 is in MLflow; the job must still succeed, from a
+    new worker group that resumed from a checkpoint, with every epoch in MLflow exactly once."""
+    job = trainer.submit(spec, set=[f"config.epochs={epochs}", "convert=null"])
+    kill_a_worker(cluster, job, workers)
+    check_resumed(cluster, job, epochs, workers)

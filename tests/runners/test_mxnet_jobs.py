@@ -21,10 +21,23 @@ EXAMPLE = REPO / "examples" / "digits" / "mxnet.yaml"
 TRAINER = str(Path(sys.executable).parent / "trainer")
 
 
-def test_mxnet_digits_end_to_end(cluster, tmp_path):
+@pytest.fixture(scope="module")
+def drill(cluster, tmp_path_factory):
+    """The MXNet fault drill (see its test), submitted when the module starts so that it runs on
+    the T4 node (2 workers x 0.5 CPU) while the end-to-end job runs on the cpu node: the file
+    costs about the longer job's wall time plus the fixed Ray start of one, not the sum (issue 28)."""
+    plan = [{"epoch": epoch, "rank": rank, "phase": phase, **({"batch": 2} if phase == "step" else {})}
+            for epoch, (rank, phase) in zip((1, 2, 3, 4, 6), MUST)]
+    drill = Drill("mxnet.yaml", "train_mlp_mxnet.py:train_no_step", "T4", plan, epochs=8)
+    drill.submit(tmp_path_factory.mktemp("mxnet-drill") / "faults")
+    return drill
+
+
+def test_mxnet_digits_end_to_end(drill, cluster, tmp_path):
     """Two Gluon workers in the mxnet runtime reach the band of one (>= 0.95, as every digits
     example); the run holds every epoch once, the params, the dataset and a symbol+params model
-    that `trainer convert --from mxnet` turns into ONNX with numerical parity."""
+    that `trainer convert --from mxnet` turns into ONNX with numerical parity. (`drill` only starts
+    the fault drill first, so that both jobs run at once.)"""
     job, run = submit_example_and_check_run(cluster, EXAMPLE, "mxnet", workers=2)
     logs = job.logs()
     assert "mxnet kvstore dist_sync_ray_allreduce: worker 0 of 2" in logs
@@ -38,17 +51,13 @@ def test_mxnet_digits_end_to_end(cluster, tmp_path):
     convert_and_check_parity(job, "mxnet", [None, 1, 8, 8], tmp_path)
 
 
-def test_mxnet_workers_killed_mid_step_and_mid_checkpoint_resume_every_epoch_once(cluster, trainer_home,
-                                                                                  tmp_path):
+def test_mxnet_workers_killed_mid_step_and_mid_checkpoint_resume_every_epoch_once(drill, cluster, trainer_home):
     """The fault drill of tests/runners/test_resume_faults.py on 2 MXNet workers: SIGKILL at each
     of its must-have points (rank 0 and 1 between steps, rank 0 while serialising and uploading a
     checkpoint, rank 1 inside ray.train.report), one per worker group. Every kill must give a
     new group with a fresh exchange actor (no hang, no 'init first'), and the job must succeed
     with every epoch in MLflow exactly once, on its true step, and at most `keep` checkpoints."""
-    plan = [{"epoch": epoch, "rank": rank, "phase": phase, **({"batch": 2} if phase == "step" else {})}
-            for epoch, (rank, phase) in zip((1, 2, 3, 4, 6), MUST)]
-    drill = Drill("mxnet.yaml", "train_mlp_mxnet.py:train_no_step", "cpu", plan, epochs=8)
-    drill.submit(tmp_path / "faults")
+    plan = drill.plan
     assert drill.wait() == "SUCCEEDED", drill.why()
     assert [(r["rank"], r["phase"]) for r in drill.fired()] == [(f["rank"], f["phase"]) for f in plan], drill.why()
     assert len(train_workers(cluster.dashboard_url, drill.job)) >= 2 * (len(plan) + 1)
@@ -59,8 +68,13 @@ def test_mxnet_workers_killed_mid_step_and_mid_checkpoint_resume_every_epoch_onc
     assert "init 1 first" not in drill.job.logs()
 
 
+@pytest.mark.extended
 def test_mxnet_cancel_stops_both_workers_and_frees_the_cluster(cluster):
-    job = trainer.submit(EXAMPLE, set=["config.epochs=500", "convert=null"])
+    """Extended tier (issue 28): cancel is framework-independent (Ray stops the driver, whose
+    workers go with it); tests/runners/test_torch_jobs.py::test_cancel_stops_the_job_and_frees_the_cluster
+    proves the same in the default tier (`trainer cancel` -> CANCELLED, run KILLED, no training
+    worker left ALIVE, the node's CPUs free)."""
+    job = trainer.submit(EXAMPLE, set=["config.epochs=100000", "convert=null"])
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not steps(job, "loss"):
         assert not job.status().is_terminal, job.logs()[-3000:]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from _jobs import convert_and_check_parity, kill_a_worker_and_check_resume, submit_example_and_check_run
+from _jobs import check_resumed, convert_and_check_parity, submit_example_and_check_run
 from trainer.tracking.runs import client, global_store, tracking_uri
 
 pytestmark = [pytest.mark.integration, pytest.mark.tensorflow]
@@ -17,10 +17,18 @@ EXAMPLE = REPO / "examples" / "digits" / "tensorflow.yaml"
 TRAINER = str(Path(sys.executable).parent / "trainer")
 
 
-def test_tensorflow_digits_end_to_end(cluster, tmp_path):
+@pytest.fixture(scope="module")
+def digits(cluster, tmp_path_factory):
+    """One digits job serves both tests below (issue 28: each job costs ~20 s of fixed Ray
+    overhead): `trainer submit --wait` as a user runs it, with one worker SIGKILLed once epoch 2
+    is in MLflow. Its run must still hold everything an unharmed run holds."""
+    return submit_example_and_check_run(cluster, EXAMPLE, "tensorflow", workers=2, kill_at_epoch=2)
+
+
+def test_tensorflow_digits_end_to_end(digits, tmp_path):
     """2 MultiWorkerMirroredStrategy workers reach >= 0.95; the run holds every epoch once, the
     params, the dataset and a Keras model that `trainer convert --from keras` turns into ONNX."""
-    job, run = submit_example_and_check_run(cluster, EXAMPLE, "tensorflow", workers=2)
+    job, run = digits
     assert "Started training worker group of size 2" in job.logs()
 
     # The model: an MLflow tensorflow-flavor model with data/model.keras, plus calibration data.
@@ -32,11 +40,12 @@ def test_tensorflow_digits_end_to_end(cluster, tmp_path):
         convert_and_check_parity(job, "keras", [None, 8, 8, 1], tmp_path)
 
 
-def test_tensorflow_killed_worker_resumes_from_last_checkpoint(cluster):
+def test_tensorflow_killed_worker_resumes_from_last_checkpoint(digits, cluster):
     """The default tier's TensorFlow resume: a MultiWorkerMirroredStrategy group that lost a worker
-    is restarted and resumes from its checkpoint (the TensorFlow fault drill of
-    test_resume_faults.py, the extended tier, kills at each checkpoint phase too)."""
-    kill_a_worker_and_check_resume(cluster, EXAMPLE, epochs=16, workers=2)
+    (in the `digits` job) is restarted and resumes from its checkpoint (the TensorFlow fault drill
+    of test_resume_faults.py, the extended tier, kills at each checkpoint phase too)."""
+    job, _ = digits
+    check_resumed(cluster, job, epochs=12, workers=2)
 
 
 def test_tensorflow_run_local_reexecutes_in_the_runtime(trainer_home):

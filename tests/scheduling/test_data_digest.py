@@ -79,11 +79,15 @@ def test_a_job_whose_data_was_swapped_after_submit_fails_clearly(cluster, tmp_pa
     v2 = _files(tmp_path / "v2", {"x.csv": b"2\n"})
     link = tmp_path / "current"
     link.symlink_to(v1, target_is_directory=True)
-    project = _files(tmp_path / "project", {"train.py": TRAIN.encode(), "pyproject.toml": b""})
     spec = {"name": "swap", "framework": "torch", "entrypoint": "train.py:train", "workers": 1,
             "resources": {"accelerator": "cpu", "cpus_per_worker": 1}, "data": {"path": str(link)},
             "failure": {"max_failures": 0}}
-    (project / "job.yaml").write_text(json.dumps(spec))
+    # The job submitted again runs beside the first: from a copy of the project that differs by a
+    # comment, as jobs of one code package share its unpacked folder on this host, which a node's
+    # agent may delete when the first job ends (trainer.runners.job._leave_vanished_cwd).
+    project, copy = (_files(tmp_path / name, {"train.py": (TRAIN + comment).encode(), "pyproject.toml": b"",
+                                              "job.yaml": json.dumps(spec).encode()})
+                     for name, comment in (("project", ""), ("again", "# submitted again\n")))
 
     real_check = preflight.check_spec
 
@@ -95,16 +99,17 @@ def test_a_job_whose_data_was_swapped_after_submit_fails_clearly(cluster, tmp_pa
 
     monkeypatch.setattr(preflight, "check_spec", check_then_swap)
     job = trainer.submit(str(project / "job.yaml"))      # the session cluster (local)
+    # Submitted again while the first runs (the link now stays on v2; two jobs' fixed start costs
+    # overlap): the run records v2 and the job trains on it: data outside the project, pinned to
+    # its real path in the driver, reaches the workers.
+    monkeypatch.setattr(preflight, "check_spec", real_check)
+    again = trainer.submit(str(copy / "job.yaml"))
     job.wait(timeout=600)
     assert job.status().value == "FAILED"
     assert "changed since the job was submitted" in job.logs()
     run = client(job.tracking_uri).get_run(job.run_id)
     assert "version" not in run.data.metrics           # it never trained on v2
 
-    # Submitted again, the run records v2 and the job trains on it: data outside the project,
-    # pinned to its real path in the driver, reaches the workers.
-    monkeypatch.setattr(preflight, "check_spec", real_check)
-    again = trainer.submit(str(project / "job.yaml"))
     again.wait(timeout=600)
     assert again.status().value == "SUCCEEDED", again.logs()[-2000:]
     assert client(again.tracking_uri).get_run(again.run_id).data.metrics["version"] == 2.0

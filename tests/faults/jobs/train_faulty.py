@@ -8,6 +8,9 @@ not copied, plus two knobs the suite needs:
 - `config.hold_after` + `config.hold_file`: after that many reports (of this worker group) each
   worker waits until the file exists, so a fault from outside lands while the job is decidedly
   still running, not while it happens to be;
+- `config.marks_dir`: before each report the worker creates `<rank>.<n>` there (n = 1, 2, ...
+  within its worker group), so a test can wait for "rank 0 is making its n-th report" (an event)
+  instead of guessing how long it takes;
 - `train_pausing`: the drills' fault points *pause* instead of SIGKILL (the worker writes its
   marker and sleeps), e.g. halfway through uploading a checkpoint's state file, so the test can
   cancel the job at exactly that moment.
@@ -39,11 +42,14 @@ def _slowed(ctx):
     sleep_s = float(ctx.config.get("sleep_s", 0))
     hold_after = int(ctx.config.get("hold_after", 0))
     hold_file = Path(ctx.config["hold_file"]) if hold_after else None
+    marks = Path(ctx.config["marks_dir"]) if ctx.config.get("marks_dir") else None
     report = ctx.report
     reports = 0
 
     def slow_report(metrics, checkpoint=None):
         nonlocal reports
+        if marks is not None:
+            (marks / f"{ctx.rank}.{reports + 1}").touch()
         report(metrics, checkpoint=checkpoint)
         reports += 1
         if reports == hold_after:
@@ -52,7 +58,7 @@ def _slowed(ctx):
                 time.sleep(0.2)
         time.sleep(sleep_s)
 
-    if sleep_s or hold_after:
+    if sleep_s or hold_after or marks is not None:
         ctx.report = slow_report
     return ctx
 
