@@ -85,13 +85,14 @@ def test_trainer_submit_gets_in_with_the_token(cluster, tmp_path):
 
 
 def test_a_node_without_the_token_cannot_join(cluster, monkeypatch):
-    from trainer.cluster.local import _free_port, join
+    from trainer.cluster.local import join
+    from trainer.ports import free_port
 
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
     monkeypatch.delenv("RAY_AUTH_MODE")
     with pytest.raises(ClusterError, match="InvalidAuthToken"):
         join(cluster.gcs_address, cpus=1, object_store_mb=128, gpus=[], node_ip="127.0.0.1",
-             extra_args=(f"--dashboard-agent-listen-port={_free_port()}", "--include-log-monitor=false"))
+             extra_args=(f"--dashboard-agent-listen-port={free_port()}", "--include-log-monitor=false"))
     from trainer.api import cluster_status
 
     assert len(cluster_status()["nodes"]) == 1 + len(cluster.nodes)

@@ -37,6 +37,7 @@ from test_resume_faults import Drill, check_exactly_once, check_storage
 from trainer.checkpoints import PREFIX, Incomplete, choose, verify
 from trainer.cluster import auth
 from trainer.cluster.local import LocalCluster, ray_start
+from trainer.ports import free_port
 from trainer.tracking import server
 from trainer.tracking.runs import TAG_CLOSED_BY_CLIENT, TAG_RESTORE_FALLBACK, client
 
@@ -168,7 +169,7 @@ class ExtraNodes:
                     f"--resources={json.dumps({'accelerator_type:LOSSY': 1, f'lossy_{i}': 1})}",
                     f"--temp-dir={self._temp(i)}", "--node-ip-address=127.0.0.1",
                     f"--object-store-memory={96 * 1024 * 1024}", "--disable-usage-stats",
-                    f"--dashboard-agent-listen-port={_free_port()}"],
+                    f"--dashboard-agent-listen-port={free_port()}"],
                     local.log_dir, env=auth.node_env(local.token_file))
         until("both LOSSY nodes in the inventory", lambda: len(self.node_ids()) == 2, 120)
 
@@ -225,14 +226,6 @@ class ExtraNodes:
         # The session cluster as it was: a test after this one lists the cluster's nodes, and a
         # killed raylet stays ALIVE in Ray's inventory until the GCS's health check gives it up.
         until("the LOSSY nodes gone from the inventory", lambda: not self.node_ids(), 180)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def node_loss(nodes: ExtraNodes, cluster, home: Path, tmp: Path) -> dict:

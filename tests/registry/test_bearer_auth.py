@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from trainer.errors import RegistryError
+from trainer.ports import free_port
 from trainer.registry.auth import Credentials
 from trainer.registry.client import Registry
 
@@ -56,12 +57,6 @@ def _token(key, cert_der, access):
     return f"{signing}.{_b64(signature)}"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def token_registry(tmp_path):
     if shutil.which("docker-registry") is None:
@@ -94,7 +89,7 @@ def token_registry(tmp_path):
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), TokenService)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    port = _free_port()
+    port = free_port()
     (tmp_path / "config.yml").write_text(f"""version: 0.1
 log: {{level: error, accesslog: {{disabled: true}}}}
 storage: {{filesystem: {{rootdirectory: {tmp_path / 'data'}}}}}

@@ -29,6 +29,7 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from trainer import ports
 from trainer.cluster import auth, containers, processes
 from trainer.errors import ClusterError, UsageError
 from trainer.home import trainer_home
@@ -189,7 +190,7 @@ class LocalCluster:
                 # Every listening port chosen here is distinct from the others (picked together);
                 # the rest (node manager, object manager, metrics, agents' gRPC) each process binds
                 # itself at port 0, so nodes starting at once cannot collide on them.
-                gcs_port, dash_port, client_port, *agent_ports = _free_ports(3 + len(nodes) + 1)
+                gcs_port, dash_port, client_port, *agent_ports = ports.free_ports(3 + len(nodes) + 1)
                 if not attempt:
                     dash_port = _dashboard_port(avoid=[gcs_port, client_port, *agent_ports]) or dash_port
                 state.gcs_address, state.dashboard_url = f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}"
@@ -597,25 +598,6 @@ def _dashboard_timeout() -> dict[str, str]:
     host that can take more than a minute."""
     key = "RAY_DASHBOARD_STARTUP_TIMEOUT_S"
     return {} if os.environ.get(key) else {key: str(START_TIMEOUT_S)}
-
-
-def _free_port() -> int:
-    return _free_ports(1)[0]
-
-
-def _free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports: each is held until all are chosen (ports picked one
-    at a time, each released at once, may repeat)."""
-    held = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            held.append(s)
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in held]
-    finally:
-        for s in held:
-            s.close()
 
 
 def port_taken(error: ClusterError) -> bool:

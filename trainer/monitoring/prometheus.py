@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from trainer import ports
 from trainer.cluster import processes
 from trainer.errors import ClusterError, RuntimeNotInstalledError, UsageError
 from trainer.home import trainer_home
@@ -145,15 +145,6 @@ def prometheus_binary() -> str:
     return found
 
 
-def _free_port(preferred: int | None = None) -> int:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", preferred or 0))
-        except OSError:
-            s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _process(record: dict, folder: Path):
     """The live process a state record names (same pid, start time and owner token), or None."""
     return processes.live(record, folder, folder / STATE_FILE, ClusterError)
@@ -214,8 +205,8 @@ def up(home: Path | None = None, *, port: int | None = None, rules: Path | None 
     folder = _private_dir(monitor_dir(home))
     _stop_recorded(folder)    # leftovers of a crashed monitor
     data = _private_dir(folder / "data")
-    port = port or _free_port(9090)
-    exporter_port = _free_port()
+    port = port or ports.free_port(9090)
+    exporter_port = ports.free_port()
     # The head writes the file into its temp dir (a link to it when that path is long): see
     # trainer.cluster.local.private_temp_dir.
     sd_file = cluster_dir(home or trainer_home()) / "ray" / RAY_SD_FILE

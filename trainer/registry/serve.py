@@ -20,6 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from trainer import ports
 from trainer.cluster import processes
 from trainer.errors import RegistryError
 from trainer.registry.auth import ENV_PASSWORD, own_config_dir, write_login
@@ -71,7 +72,7 @@ def start(port: int = DEFAULT_PORT, user: str = DEFAULT_USER, password: str | No
     if not 0 <= port <= 65535:
         raise RegistryError(f"--port must be 1-65535 (0: any free port), got {port}")
     if port == 0:
-        port = _free_port()
+        port = ports.free_port()
     elif not _free(port):
         raise RegistryError(f"port {port} on 127.0.0.1 is taken by {processes.port_owner(port)}; pick another "
                             f"with --port (0: any free port)")
@@ -163,9 +164,3 @@ def _free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

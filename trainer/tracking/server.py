@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from trainer import ports
 from trainer.cluster import processes
 from trainer.errors import TrackingError, UsageError, first_line
 from trainer.home import default_tracking_uri, trainer_home
@@ -143,12 +144,6 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def _locked(home: Path | None) -> Iterator[None]:
     folder = server_dir(home)
@@ -186,7 +181,7 @@ def serve(port: int | None = DEFAULT_PORT, *, home: Path | None = None, timeout:
         if stale is not None and _ours(stale, home):
             _kill_group(stale.pid)  # alive but not answering: a hung server of ours
         if not port:
-            port = _free_port()
+            port = ports.free_port(host=HOST)
         elif not _port_free(port):
             raise TrackingError(f"port {HOST}:{port} is taken by {processes.port_owner(port)}; pick another "
                                 f"with --port (0 picks a free one)")
