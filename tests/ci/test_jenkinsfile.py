@@ -1,9 +1,8 @@
 """The Jenkinsfile: parsed by Groovy (Jenkins itself cannot run here), and its stages' commands
 run in order, as a develop build then a main build, TWICE in a row with unchanged data (the
 second pair succeeds and changes nothing: issue 27's idempotent pipeline), against the local
-cluster, MLflow store and a real OCI registry; then retraining: unchanged data exits 10 and
-submits nothing, changed data submits exactly one job."""
-import gzip
+cluster, MLflow store and a real OCI registry: on unchanged data the Retrain stage exits 10 and
+submits nothing."""
 import json
 import os
 import re
@@ -211,7 +210,7 @@ def _runs(env: dict) -> int:
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_the_pipeline_chain_then_retrain_on_data_change(cluster, project, trainer_home, tmp_path, quick_tier):
+def test_the_pipeline_chain_then_nothing_on_unchanged_data(cluster, project, trainer_home, tmp_path, quick_tier):
     from trainer.registry import serve
 
     state, started = serve.start(port=0)
@@ -247,20 +246,10 @@ def test_the_pipeline_chain_then_retrain_on_data_change(cluster, project, traine
         assert main == {"Test": 0, "Retrain if data changed": 10, "Check production": 0}, main
         assert "already in production" in out["Check production"]
         assert _runs(env) == runs and _state(env, state["address"]) == before
-        # Read beside the retraining below, which promotes nothing.
-        history = _start('trainer promote history "$MODEL" -o json', project, env)
-
-        # (`trainer retrain "$SPEC" --if-data-changed` on the same data exits 10 and submits
-        # nothing: the second main build's Retrain stage was that very command, checked above.)
-        with gzip.open(project / "digits.csv.gz", "rt") as fh:
-            rows = fh.read().splitlines()
-        with gzip.open(project / "digits.csv.gz", "wt") as fh:
-            fh.write("\n".join(rows[:-10]) + "\n")      # new data: ten rows fewer
-        changed = _run('trainer retrain "$SPEC" --if-data-changed', project, env)
-        history = _result(history)
-        assert [r["to"] for r in json.loads(history.stdout)] == ["staging", "production"]
-        assert changed.returncode == 0, changed.stderr[-2000:]
-        assert _runs(env) == runs + 1
+        # Changed data against a production version: the same Retrain stage retrains. Not run
+        # here (a third training job, issue 28's CI budget): the stage's command retraining is the
+        # first builds' (exit 0, registered), and the decision on a changed file against
+        # production's digest is tests/promotion/test_retrain_decision.py's.
         assert quick_tier.started and all(quick_tier.count(command) > 100 for command in quick_tier.started)
     finally:
         if started:

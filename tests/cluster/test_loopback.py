@@ -61,14 +61,15 @@ def test_a_node_joins_a_running_head_labelled(own_cluster, tmp_path, monkeypatch
     address with the head's token (RAY_AUTH_TOKEN_PATH, as a user gives it), given an H100 as NVML
     would report it: the head's inventory shows the label and the GPU."""
     from trainer.cluster.inventory import nodes
-    from trainer.cluster.local import _free_port, join
+    from trainer.cluster.local import join
+    from trainer.ports import free_port
 
     cluster, state, _, _ = own_cluster
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", state.token_file)
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)     # set by the token variable alone
     joined = join(state.gcs_address, cpus=1, object_store_mb=128, temp_dir=state.temp_dir, gpus=[H100],
                   log_dir=tmp_path / "logs", node_ip="127.0.0.1",
-                  extra_args=(f"--dashboard-agent-listen-port={_free_port()}", "--include-log-monitor=false"),
+                  extra_args=(f"--dashboard-agent-listen-port={free_port()}", "--include-log-monitor=false"),
                   env=cluster.owner_env(state))    # so that cluster.down() stops it too
     assert joined["labels"]["ray.io/accelerator-type"] == "H100" and joined["gpus"] == 1
     deadline = time.monotonic() + 90

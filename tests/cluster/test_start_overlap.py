@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.cluster.local import (START_TIMEOUT_S, WAIT_FOR_HEAD_ENV, LocalCluster, RayStart, _free_ports, port_taken,
+from trainer.cluster.local import (START_TIMEOUT_S, WAIT_FOR_HEAD_ENV, LocalCluster, RayStart, port_taken,
                                    start_timeline)
 from trainer.errors import ClusterError
 
@@ -79,8 +79,3 @@ def test_a_failed_worker_names_its_last_line(tmp_path):
     worker = _start("node0-cpu", "import sys; print('ConnectionError: no GCS'); sys.exit(2)", tmp_path)
     with pytest.raises(ClusterError, match=r"for node0-cpu failed \(exit 2\): ConnectionError: no GCS \(full log: "):
         worker.wait()
-
-
-def test_ports_chosen_together_are_distinct():
-    ports = _free_ports(64)
-    assert len(set(ports)) == 64

@@ -13,15 +13,19 @@ import test_resume_faults as drills
 @pytest.mark.parametrize("seed", [0, 1, 7, 12345])
 @pytest.mark.skipif(bool(os.environ.get("TRAINER_FAULT_KILLS")), reason="TRAINER_FAULT_KILLS asks for longer drills")
 def test_each_drill_kills_once_per_point_of_its_share(seed):
-    rng = random.Random(seed)
+    plans = {name: drill.plan for name, drill in drills._drills(seed).items()}
+    epoch_plan = plans["torch-epoch"]
+    # The corrupt kill comes last, at epoch 2 (epoch 1's checkpoint to fall back to): rank 0's
+    # "after" point of the torch-epoch drill's share.
+    assert epoch_plan[-1] == drills.CORRUPT
     covered = []
-    for must in (drills.MUST_A, drills.MUST_B):
-        plan = drills.fault_plan(rng, must)
+    for must, plan in ((drills.MUST_A, plans["torch-no-step"]), (drills.MUST_B, epoch_plan[:-1])):
         points = [(f["rank"], f["phase"]) for f in plan]
         assert sorted(points) == sorted(must)
         assert all(0 <= f["epoch"] < drills.EPOCHS - 2 for f in plan)
         assert all(0 <= f["batch"] < drills.BATCHES for f in plan if f["phase"] == "step")
         covered += points
+    covered.append((0, "after"))
     assert sorted(covered) == sorted((r, p) for r, phases in drills.PHASES.items() for p in phases)
 
 

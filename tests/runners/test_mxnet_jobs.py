@@ -18,6 +18,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.mxnet]
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "digits" / "mxnet.yaml"
+# The kill points that meet MXNet's own code: a rank dying mid-step (the survivor's exchange actor
+# must not hang), rank 0 dying while the MXNet writer serialises the state, rank 1 inside
+# ray.train.report. The rest of MUST (rank 0 mid-step, Ray's upload) are framework-agnostic: the
+# torch drills of tests/runners/test_resume_faults.py fire them (each kill is a group restart).
+MXNET_POINTS = [(1, "step"), (0, "save"), (1, "report")]
+assert set(MXNET_POINTS) <= set(MUST)
 TRAINER = str(Path(sys.executable).parent / "trainer")
 
 
@@ -27,8 +33,8 @@ def drill(cluster, tmp_path_factory):
     the T4 node (2 workers x 0.5 CPU) while the end-to-end job runs on the cpu node: the file
     costs about the longer job's wall time plus the fixed Ray start of one, not the sum (issue 28)."""
     plan = [{"epoch": epoch, "rank": rank, "phase": phase, **({"batch": 2} if phase == "step" else {})}
-            for epoch, (rank, phase) in zip((1, 2, 3, 4, 6), MUST)]
-    drill = Drill("mxnet.yaml", "train_mlp_mxnet.py:train_no_step", "T4", plan, epochs=8)
+            for epoch, (rank, phase) in zip((1, 2, 3), MXNET_POINTS)]
+    drill = Drill("mxnet.yaml", "train_mlp_mxnet.py:train_no_step", "T4", plan, epochs=5)
     drill.submit(tmp_path_factory.mktemp("mxnet-drill") / "faults")
     return drill
 
@@ -52,9 +58,9 @@ def test_mxnet_digits_end_to_end(drill, cluster, tmp_path):
 
 
 def test_mxnet_workers_killed_mid_step_and_mid_checkpoint_resume_every_epoch_once(drill, cluster, trainer_home):
-    """The fault drill of tests/runners/test_resume_faults.py on 2 MXNet workers: SIGKILL at each
-    of its must-have points (rank 0 and 1 between steps, rank 0 while serialising and uploading a
-    checkpoint, rank 1 inside ray.train.report), one per worker group. Every kill must give a
+    """The fault drill of tests/runners/test_resume_faults.py on 2 MXNet workers: SIGKILL at the
+    points MXNET_POINTS names (rank 1 between steps, rank 0 while serialising a checkpoint, rank 1
+    inside ray.train.report), one per worker group. Every kill must give a
     new group with a fresh exchange actor (no hang, no 'init first'), and the job must succeed
     with every epoch in MLflow exactly once, on its true step, and at most `keep` checkpoints."""
     plan = drill.plan
