@@ -300,6 +300,34 @@ def choose_best(spec: JobSpec, trials: dict[str, dict]) -> dict | None:
     return pick(done, key=lambda t: t["last"])
 
 
+def release_placement_groups() -> list[str]:
+    """Remove the placement groups this job still holds once its trials are over; their ids.
+
+    A trial's Train controller that is killed (ASHA stops the trial, Tune tears it down) while its
+    worker group's placement group is being created can leave that group reserved with no owner:
+    Ray keeps it after the job ends (seen here: a finished sweep still holding 1 CPU of the 2-CPU
+    node, the next sweep's second trial waiting on it for good). Only this job's groups are
+    touched: a placement group's id ends with its creator job's id (Ray's PlacementGroupID)."""
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    if not ray.is_initialized():     # Tune failed before it connected: nothing was reserved
+        return []
+    ours = ray.get_runtime_context().get_job_id()
+    try:
+        held = [pg_id for pg_id, pg in placement_group_table().items()
+                if pg_id.endswith(ours) and pg["state"] != "REMOVED"]
+        for pg_id in held:
+            remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_id)))
+    except Exception as e:      # in a `finally`: the trials' own outcome is the error to report
+        print(f"could not release this job's placement groups: {first_line(e)}", file=sys.stderr, flush=True)
+        return []
+    if held:
+        print(f"released {len(held)} placement group(s) the trials left reserved", flush=True)
+    return held
+
+
 def _note_cancel_time(timing: dict) -> None:
     """Wrap the SIGTERM handler job._record_cancel installed: note when the cancel came (trials
     whose runs say they failed after it were torn down by it)."""
@@ -357,7 +385,10 @@ def main(spec: JobSpec, job_id: str, run_id: str | None, tracking_uri: str | Non
         timing["connected"] = time.time()
         forwarded.install()     # over the recorder's tee: closed before it
         try:
-            tune.fit()
+            try:
+                tune.fit()
+            finally:
+                release_placement_groups()
         except Exception as e:
             if callback.missing_metric:
                 raise JobError(callback.missing_metric) from None
