@@ -85,8 +85,42 @@ def cluster(trainer_home):
     import trainer
 
     state, _ = trainer.cluster_up(["cpu:2", "A100:1", "T4:1"])
+    _session_cluster.append(state)
     yield state
+    _session_cluster.clear()
     trainer.cluster_down()
+
+
+_session_cluster: list = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_job_outlives_its_module():
+    """A test that fails before its job ends must not leave that job on the session's cluster: it
+    holds CPUs the next modules' jobs wait for (one leaked sweep cost two later tests their 900 s
+    timeouts). A job still running when its module ends is stopped, and named in a warning."""
+    yield
+    if not _session_cluster:
+        return
+    import time
+    import warnings
+
+    from trainer.errors import TrainerError
+    from trainer.scheduling.ray_jobs import RayJobs
+
+    try:
+        jobs = RayJobs(_session_cluster[0].dashboard_url)
+        left = [j.submission_id for j in jobs.list() if not j.status.is_terminal()]
+    except TrainerError as e:     # the module's tests took the cluster down: they say so themselves
+        warnings.warn(f"could not list the cluster's jobs after this module: {e}", stacklevel=1)
+        return
+    for job_id in left:
+        jobs.stop(job_id)
+    deadline = time.monotonic() + 60
+    while left and time.monotonic() < deadline and not all(jobs.state(j).is_terminal for j in left):
+        time.sleep(1)
+    if left:
+        warnings.warn(f"stopped the jobs this module left running: {', '.join(left)}", stacklevel=1)
 
 
 @pytest.fixture

@@ -137,6 +137,15 @@ def test_digits_sweep_end_to_end(sweep):
     assert [v.run_id for v in versions] == [best["run_id"]]
     assert summary["registered"]["model"] == "digits-sweep" and summary["registered"]["reference"]
 
+    # Nothing of it stays reserved on the cluster (trainer.runners.sweep.release_placement_groups).
+    from ray.util.state import list_placement_groups
+
+    from trainer.scheduling.ray_jobs import RayJobs
+
+    ray_job = RayJobs(job.address).info(job.id).job_id
+    held = list_placement_groups(address=job.address, filters=[("creator_job_id", "=", ray_job)], limit=1000)
+    assert [(pg.placement_group_id, pg.state) for pg in held if pg.state != "REMOVED"] == []
+
 
 def test_a_killed_trial_worker_loses_no_trial(sweep):
     """The trial whose worker was SIGKILLed as it started: Ray Train started a new worker group for
@@ -236,23 +245,55 @@ def test_a_metric_the_function_never_reports_fails_the_sweep(unreported_metric):
     assert client(job.tracking_uri).get_run(job.run_id).info.status == "FAILED"
 
 
+# Trials that cannot end by themselves before the cancel, and that leave the CPUs to the second
+# trial's start: an epoch is half a second asleep. The digits trials did neither: on a slow host
+# the first trained ~5 epochs a second (a checkpoint and an MLflow write each) and took the CPUs
+# the second trial needed to start, which it did only once the first had finished (500 epochs)
+# or not within 300 s at all (100000).
+SLOW_TRIAL = """import time
+
+
+def train(ctx):
+    for epoch in range(ctx.config["epochs"]):
+        time.sleep(0.5)
+        ctx.report({"epoch": epoch, "accuracy": ctx.config["lr"]}, checkpoint={"epoch": epoch})
+"""
+SLOW_SWEEP = """name: slow-sweep
+framework: torch
+entrypoint: train.py:train
+workers: 1
+resources: {accelerator: cpu, cpus_per_worker: 1}
+config: {epochs: 100000, lr: 0.1}
+checkpoint: {every_epochs: 1, keep: 2}
+sweep:
+  metric: accuracy
+  mode: max
+  trials: 2
+  concurrency: 2
+  seed: 0
+  scheduler: none
+  space: {lr: {uniform: [0.0, 1.0]}}
+"""
+
+
 @pytest.mark.slow
-def test_cancel_ends_every_trial_run_killed(cluster):
+def test_cancel_ends_every_trial_run_killed(cluster, tmp_path):
+    (tmp_path / "train.py").write_text(SLOW_TRIAL)
+    (tmp_path / "job.yaml").write_text(SLOW_SWEEP)
     started = time.monotonic()
-    # Trials that cannot end by themselves before the cancel: the wait below is bounded (300 s) and
-    # an epoch of digits takes more than 3 ms (a checkpoint and an MLflow write each), so 100000
-    # epochs outlast it. 500 did not: on a loaded host the second trial started ~100 s after the
-    # first, which had meanwhile trained all its epochs and was rightly recorded "completed".
-    job = trainer.submit(SWEEP, set=["config.epochs=100000", "sweep.trials=2", "sweep.concurrency=2",
-                                     "sweep.scheduler=none", "convert=null", "register=null"])
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:       # until both trials train (each has reported a value)
-        trials = trial_runs(job.tracking_uri, job.run_id)
-        if len(trials) == 2 and all(t["metrics"] for t in trials):
-            break
-        time.sleep(1)
-    else:
-        pytest.fail(f"the trials never started: {job.logs()[-2000:]}")
+    job = trainer.submit(tmp_path / "job.yaml")
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:       # until both trials train (each has reported a value)
+            trials = trial_runs(job.tracking_uri, job.run_id)
+            if len(trials) == 2 and all(t["metrics"] for t in trials):
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"the trials never started: {job.logs()[-2000:]}")
+    except BaseException:
+        job.cancel()     # nothing left training on the session's cluster
+        raise
     training = time.monotonic()
     assert job.cancel().value == "CANCELLED"
     took = time.monotonic() - training
@@ -265,3 +306,55 @@ def test_cancel_ends_every_trial_run_killed(cluster):
     trials = trial_runs(job.tracking_uri, job.run_id)
     assert [(t["status"], t["outcome"]) for t in trials] == [("KILLED", "cancelled")] * 2, \
         ([(t["trial"], t["reason"], t["metrics"]) for t in trials], job.logs()[-6000:])
+
+
+HOLDER = """
+import json, pathlib, sys, time, ray
+from ray.util.placement_group import placement_group
+from trainer.runners.sweep import release_placement_groups
+
+ray.init()
+pg = placement_group([{"memory": 2**20}])
+ray.get(pg.ready(), timeout=60)
+out = {"mine": pg.id.hex()}
+if sys.argv[2] == "release":
+    out["released"] = release_placement_groups()
+done = pathlib.Path(sys.argv[1])
+done.with_suffix(".part").write_text(json.dumps(out))
+done.with_suffix(".part").rename(done)     # whole when the test sees it
+while sys.argv[2] == "hold":      # holds its group until the test stops this job
+    time.sleep(1)
+"""
+
+
+def test_a_sweep_driver_releases_only_its_own_jobs_placement_groups(cluster, tmp_path):
+    """What a sweep's driver does once its trials are over (trainer.runners.sweep): every placement
+    group its job still holds is removed; another job's, on the same cluster, is left alone."""
+    from ray.job_submission import JobSubmissionClient
+    from ray.util.state import get_placement_group
+
+    from trainer.cluster.auth import headers_for
+
+    jobs = JobSubmissionClient(cluster.dashboard_url, headers=headers_for(cluster.dashboard_url))
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+
+    def run(mode: str) -> tuple[str, dict]:
+        out = tmp_path / mode
+        job_id = jobs.submit_job(entrypoint=f"{sys.executable} {script} {out} {mode}")
+        deadline = time.monotonic() + 120
+        while not out.exists():
+            status = jobs.get_job_status(job_id)
+            assert not status.is_terminal() and time.monotonic() < deadline, (status, jobs.get_job_logs(job_id))
+            time.sleep(0.5)
+        return job_id, json.loads(out.read_text())
+
+    holding, held = run("hold")
+    try:
+        _, released = run("release")
+        assert released["released"] == [released["mine"]]
+        state = lambda pg_id: get_placement_group(pg_id, address=cluster.dashboard_url).state  # noqa: E731
+        assert state(released["mine"]) == "REMOVED"
+        assert state(held["mine"]) == "CREATED"
+    finally:
+        jobs.stop_job(holding)
