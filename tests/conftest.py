@@ -102,23 +102,20 @@ def _no_job_outlives_its_module():
     yield
     if not _session_cluster:
         return
-    import time
     import warnings
 
+    import trainer
     from trainer.errors import TrainerError
     from trainer.scheduling.ray_jobs import RayJobs
 
+    url = _session_cluster[0].dashboard_url
+    left: list[str] = []
     try:
-        jobs = RayJobs(_session_cluster[0].dashboard_url)
-        left = [j.submission_id for j in jobs.list() if not j.status.is_terminal()]
-    except TrainerError as e:     # the module's tests took the cluster down: they say so themselves
-        warnings.warn(f"could not list the cluster's jobs after this module: {e}", stacklevel=1)
-        return
-    for job_id in left:
-        jobs.stop(job_id)
-    deadline = time.monotonic() + 60
-    while left and time.monotonic() < deadline and not all(jobs.state(j).is_terminal for j in left):
-        time.sleep(1)
+        left = [j.submission_id for j in RayJobs(url).list() if not j.status.is_terminal()]
+        for job_id in left:
+            trainer.Job.get(job_id, url).cancel()
+    except TrainerError as e:     # the module's tests took the cluster down, or a job would not stop
+        warnings.warn(f"after this module: {e}", stacklevel=1)
     if left:
         warnings.warn(f"stopped the jobs this module left running: {', '.join(left)}", stacklevel=1)
 
