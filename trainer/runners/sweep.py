@@ -29,6 +29,7 @@ from trainer.spec import JobSpec
 # an empty request, so it asks for a token of memory (which every node, the CPU-less head too, has).
 TRIAL_ACTOR_RESOURCES = {"CPU": 0, "memory": 2**20}
 PROGRESS_EVERY_S = 2.0
+ACTORS_GONE_WAIT_S = 30.0
 
 
 def search_space(spec: JobSpec) -> dict:
@@ -300,7 +301,7 @@ def choose_best(spec: JobSpec, trials: dict[str, dict]) -> dict | None:
     return pick(done, key=lambda t: t["last"])
 
 
-def release_placement_groups() -> list[str]:
+def release_placement_groups(wait_for_actors: bool = True) -> list[str]:
     """Remove the placement groups this job still holds once its trials are over; their ids.
 
     A trial's Train controller that is killed (ASHA stops the trial, Tune tears it down) while its
@@ -316,6 +317,12 @@ def release_placement_groups() -> list[str]:
         return []
     ours = ray.get_runtime_context().get_job_id()
     try:
+        # Tune has killed the trial actors, but their controllers die after them, and one may
+        # still create its group in between (seen 1 ms after `fit` returned): wait for them first.
+        # Not on a cancel: the trials were not torn down then, and the driver has STOP_WAIT_S to end.
+        deadline = time.monotonic() + (ACTORS_GONE_WAIT_S if wait_for_actors else 0)
+        while _live_actors(ray.get_runtime_context().job_id) and time.monotonic() < deadline:
+            time.sleep(0.2)
         held = [pg_id for pg_id, pg in placement_group_table().items()
                 if pg_id.endswith(ours) and pg["state"] != "REMOVED"]
         for pg_id in held:
@@ -326,6 +333,14 @@ def release_placement_groups() -> list[str]:
     if held:
         print(f"released {len(held)} placement group(s) the trials left reserved", flush=True)
     return held
+
+
+def _live_actors(job) -> list[str]:
+    """The job's actors that are not dead (detached ones, which outlive jobs by design, aside)."""
+    from ray._private.state import actors
+
+    return [a["ActorID"] for a in actors(job_id=job).values()
+            if a["State"] != "DEAD" and not a["IsDetached"]]
 
 
 def _note_cancel_time(timing: dict) -> None:
@@ -388,7 +403,7 @@ def main(spec: JobSpec, job_id: str, run_id: str | None, tracking_uri: str | Non
             try:
                 tune.fit()
             finally:
-                release_placement_groups()
+                release_placement_groups(wait_for_actors=not cancelled)
         except Exception as e:
             if callback.missing_metric:
                 raise JobError(callback.missing_metric) from None
