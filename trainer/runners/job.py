@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 
 from trainer import telemetry
+from trainer.cluster.reservations import release_orphans
 from trainer.context import LocalSession, RayTrainSession
 from trainer.errors import ConversionError, JobError, ParityError, SpecError, TrainerError, first_line
 from trainer.protocol import (ENV_DATA_DIGEST, ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI, FAILURE_PREFIX,
@@ -369,6 +370,7 @@ def main() -> int:
               f"{spec.resources.accelerator} nodes; MLflow run {run_id}", flush=True)
         trainer = runner.ray_trainer(worker_loop, loop_config, scaling_config(spec), run_config)
         _record_cancel(cancelled, connect=True)
+        release_orphans()       # a group a previous job left reserved would hold our workers back
         timing["connected"] = time.time()
         telemetry.driver_started(job_id, _STARTED)
         if recorder is not None:

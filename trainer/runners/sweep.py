@@ -20,6 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
+from trainer.cluster.reservations import held_by, release, release_orphans
 from trainer.errors import JobError, TrainerError, first_line
 from trainer.protocol import sweep_line
 from trainer.spec import JobSpec
@@ -304,14 +305,11 @@ def choose_best(spec: JobSpec, trials: dict[str, dict]) -> dict | None:
 def release_placement_groups(wait_for_actors: bool = True) -> list[str]:
     """Remove the placement groups this job still holds once its trials are over; their ids.
 
-    A trial's Train controller that is killed (ASHA stops the trial, Tune tears it down) while its
-    worker group's placement group is being created can leave that group reserved with no owner:
-    Ray keeps it after the job ends (seen here: a finished sweep still holding 1 CPU of the 2-CPU
-    node, the next sweep's second trial waiting on it for good). Only this job's groups are
-    touched: a placement group's id ends with its creator job's id (Ray's PlacementGroupID)."""
+    A trial's Train controller killed (ASHA stops the trial, Tune tears it down) while its worker
+    group's placement group is being created can leave that group reserved with no owner, after
+    the job too (trainer.cluster.reservations). Released here, the next job need not find it: only
+    this job's groups are touched."""
     import ray
-    from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
     if not ray.is_initialized():     # Tune failed before it connected: nothing was reserved
         return []
@@ -323,10 +321,8 @@ def release_placement_groups(wait_for_actors: bool = True) -> list[str]:
         deadline = time.monotonic() + (ACTORS_GONE_WAIT_S if wait_for_actors else 0)
         while _live_actors(ray.get_runtime_context().job_id) and time.monotonic() < deadline:
             time.sleep(0.2)
-        held = [pg_id for pg_id, pg in placement_group_table().items()
-                if pg_id.endswith(ours) and pg["state"] != "REMOVED"]
-        for pg_id in held:
-            remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_id)))
+        held = held_by(ours)
+        release(held)
     except Exception as e:      # in a `finally`: the trials' own outcome is the error to report
         print(f"could not release this job's placement groups: {first_line(e)}", file=sys.stderr, flush=True)
         return []
@@ -396,6 +392,7 @@ def main(spec: JobSpec, job_id: str, run_id: str | None, tracking_uri: str | Non
         callback = recorder(spec, tracking_uri, run_id, cancelled)
         tune = tuner(spec, setup, callback)
         job._record_cancel(cancelled, connect=True)
+        release_orphans()
         _note_cancel_time(timing)
         timing["connected"] = time.time()
         forwarded.install()     # over the recorder's tee: closed before it
