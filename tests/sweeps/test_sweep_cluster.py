@@ -95,7 +95,7 @@ def sweep(cluster, oci_registry, tmp_path_factory, request):
     return {"job": job, "stdout": first + out, "victim": victim, "running": running}
 
 
-def test_digits_sweep_end_to_end(sweep):
+def test_digits_sweep_end_to_end(sweep, cluster, tmp_path):
     """TRIALS trials, 2 at a time, ASHA: some stopped early, every trial a child run, the best one's
     model converted (parity) and registered."""
     job = sweep["job"]
@@ -137,14 +137,24 @@ def test_digits_sweep_end_to_end(sweep):
     assert [v.run_id for v in versions] == [best["run_id"]]
     assert summary["registered"]["model"] == "digits-sweep" and summary["registered"]["reference"]
 
-    # Nothing of it stays reserved on the cluster (trainer.runners.sweep.release_placement_groups).
+    # Nothing of it stays reserved on the cluster: its driver releases what its job holds when the
+    # trials are over (trainer.runners.sweep), the next job's what was left after that.
     from ray.util.state import list_placement_groups
 
     from trainer.scheduling.ray_jobs import RayJobs
 
-    ray_job = RayJobs(job.address).info(job.id).job_id
-    held = list_placement_groups(address=job.address, filters=[("creator_job_id", "=", ray_job)], limit=1000)
-    assert [(pg.placement_group_id, pg.state) for pg in held if pg.state != "REMOVED"] == []
+    ours = RayJobs(job.address).info(job.id).job_id
+    held = lambda: [pg.placement_group_id for pg in list_placement_groups(  # noqa: E731
+        address=job.address, filters=[("creator_job_id", "=", ours)], limit=1000) if pg.state != "REMOVED"]
+    left = held()
+    if left:
+        # Registered after the driver's release (a controller Tune tore down as it started its
+        # worker group; seen in one CI run): the next job's driver releases it first thing.
+        print(f"the sweep left {left} reserved; released by the next job: ", end="")
+        _, next_job = ray_job(cluster, tmp_path, "orphans")
+        print(next_job["orphans"])
+        assert set(left) <= set(next_job["orphans"])
+        assert held() == []
 
 
 def test_a_killed_trial_worker_loses_no_trial(sweep):
@@ -310,53 +320,70 @@ def test_cancel_ends_every_trial_run_killed(cluster, tmp_path):
 
 HOLDER = """
 import json, pathlib, sys, time, ray
-from ray.util.placement_group import placement_group
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from trainer.cluster.reservations import release_orphans
 from trainer.runners.sweep import release_placement_groups
 
+mode = sys.argv[2]
 ray.init()
-pg = placement_group([{"memory": 2**20}])
-ray.get(pg.ready(), timeout=60)
-out = {"mine": pg.id.hex()}
-if sys.argv[2] == "release":
+out = {}
+if mode in ("hold", "release", "detached"):
+    pg = placement_group([{"memory": 2**20}], lifetime="detached" if mode == "detached" else None)
+    ray.get(pg.ready(), timeout=60)
+    out["mine"] = pg.id.hex()
+if mode == "release":
     out["released"] = release_placement_groups()
+if mode in ("release", "orphans"):      # what the next job's driver does first
+    out["orphans"] = release_orphans()
+for pg_id in sys.argv[3:]:      # the test's own leftovers
+    remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
 done = pathlib.Path(sys.argv[1])
 done.with_suffix(".part").write_text(json.dumps(out))
 done.with_suffix(".part").rename(done)     # whole when the test sees it
-while sys.argv[2] == "hold":      # holds its group until the test stops this job
+while mode == "hold":      # holds its group until the test stops this job
     time.sleep(1)
 """
 
 
-def test_a_sweep_driver_releases_only_its_own_jobs_placement_groups(cluster, tmp_path):
+def ray_job(cluster, folder: Path, mode: str, *args: str) -> tuple[str, dict]:
+    """Run HOLDER as a plain Ray job on the session's cluster; its job id and what it wrote."""
+    from ray.job_submission import JobSubmissionClient
+
+    from trainer.cluster.auth import headers_for
+
+    jobs = JobSubmissionClient(cluster.dashboard_url, headers=headers_for(cluster.dashboard_url))
+    script, out = folder / "holder.py", folder / mode
+    script.write_text(HOLDER)
+    job_id = jobs.submit_job(entrypoint=" ".join([sys.executable, str(script), str(out), mode, *args]))
+    deadline = time.monotonic() + 120
+    while not out.exists():
+        status = jobs.get_job_status(job_id)
+        # `out` again: a job that does not hold writes it just before it ends
+        assert out.exists() or (not status.is_terminal() and time.monotonic() < deadline), \
+            (status, jobs.get_job_logs(job_id))
+        time.sleep(0.5)
+    return job_id, json.loads(out.read_text())
+
+
+def test_placement_groups_are_released_by_their_sweep_or_the_next_job_only(cluster, tmp_path):
     """What a sweep's driver does once its trials are over (trainer.runners.sweep): every placement
-    group its job still holds is removed; another job's, on the same cluster, is left alone."""
+    group its job still holds is removed; another job's, on the same cluster, is left alone. What
+    every driver does first (trainer.cluster.reservations): a running job's group and an ended
+    job's detached group are not orphans."""
     from ray.job_submission import JobSubmissionClient
     from ray.util.state import get_placement_group
 
     from trainer.cluster.auth import headers_for
 
     jobs = JobSubmissionClient(cluster.dashboard_url, headers=headers_for(cluster.dashboard_url))
-    script = tmp_path / "holder.py"
-    script.write_text(HOLDER)
-
-    def run(mode: str) -> tuple[str, dict]:
-        out = tmp_path / mode
-        job_id = jobs.submit_job(entrypoint=f"{sys.executable} {script} {out} {mode}")
-        deadline = time.monotonic() + 120
-        while not out.exists():
-            status = jobs.get_job_status(job_id)
-            # `out` again: the release job writes it just before it ends
-            assert out.exists() or (not status.is_terminal() and time.monotonic() < deadline), \
-                (status, jobs.get_job_logs(job_id))
-            time.sleep(0.5)
-        return job_id, json.loads(out.read_text())
-
-    holding, held = run("hold")
+    state = lambda pg_id: get_placement_group(pg_id, address=cluster.dashboard_url).state  # noqa: E731
+    holding, held = ray_job(cluster, tmp_path, "hold")
     try:
-        _, released = run("release")
+        _, detached = ray_job(cluster, tmp_path, "detached")
+        _, released = ray_job(cluster, tmp_path, "release", detached["mine"])
         assert released["released"] == [released["mine"]]
-        state = lambda pg_id: get_placement_group(pg_id, address=cluster.dashboard_url).state  # noqa: E731
         assert state(released["mine"]) == "REMOVED"
         assert state(held["mine"]) == "CREATED"
+        assert not {held["mine"], detached["mine"]} & set(released["orphans"]), released
     finally:
         jobs.stop_job(holding)
