@@ -370,12 +370,10 @@ def test_placement_groups_are_released_by_their_sweep_or_the_next_job_only(clust
     group its job still holds is removed; another job's, on the same cluster, is left alone. What
     every driver does first (trainer.cluster.reservations): a running job's group and an ended
     job's detached group are not orphans."""
-    from ray.job_submission import JobSubmissionClient
     from ray.util.state import get_placement_group
 
-    from trainer.cluster.auth import headers_for
+    from trainer.scheduling.ray_jobs import RayJobs
 
-    jobs = JobSubmissionClient(cluster.dashboard_url, headers=headers_for(cluster.dashboard_url))
     state = lambda pg_id: get_placement_group(pg_id, address=cluster.dashboard_url).state  # noqa: E731
     holding, held = ray_job(cluster, tmp_path, "hold")
     try:
@@ -386,4 +384,4 @@ def test_placement_groups_are_released_by_their_sweep_or_the_next_job_only(clust
         assert state(held["mine"]) == "CREATED"
         assert not {held["mine"], detached["mine"]} & set(released["orphans"]), released
     finally:
-        jobs.stop_job(holding)
+        RayJobs(cluster.dashboard_url).stop(holding)

@@ -18,6 +18,7 @@ reads, through `ray._private.state` because only there does a group name its cre
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from trainer.errors import first_line
@@ -33,11 +34,12 @@ class Reservation:
     creator_actor: str | None       # None: the job's driver made it
 
 
-def orphans(groups: list[Reservation], ended_jobs: set[str], dead_actors: set[str]) -> list[str]:
-    """The ids of `groups` Ray should have removed already (see the module's docstring)."""
+def orphans(groups: list[Reservation], ended_jobs: set[str], actor_dead: Callable[[str], bool]) -> list[str]:
+    """The ids of `groups` Ray should have removed already (see the module's docstring);
+    `actor_dead` is asked only about the creators of groups otherwise orphaned."""
     return [g.id for g in groups
             if not g.removed and not g.detached and g.creator_job in ended_jobs
-            and (g.creator_actor is None or g.creator_actor in dead_actors)]
+            and (g.creator_actor is None or actor_dead(g.creator_actor))]
 
 
 def held_by(job: str) -> list[str]:
@@ -57,10 +59,8 @@ def release_orphans() -> list[str]:
     """Remove the placement groups of ended jobs that nothing owns any more; their ids. Prints one
     line when it released any; an error is printed, never raised (the job is what matters)."""
     try:
-        groups, ended = _groups(), _ended_jobs()
-        candidates = {g.creator_actor for g in groups
-                      if g.creator_actor and g.creator_job in ended and not g.removed and not g.detached}
-        found = orphans(groups, ended, {a for a in candidates if _actor_dead(a)})
+        groups = _groups()
+        found = orphans(groups, _ended_jobs(), _actor_dead)
         release(found)
     except Exception as e:      # noqa: BLE001 - housekeeping must not fail the job it runs in
         print(f"warning: could not check for placement groups left by ended jobs: {first_line(e)}",
@@ -106,3 +106,12 @@ def _actor_dead(actor_id: str) -> bool:
 
     info = actors(actor_id=actor_id)
     return not info or info.get("State") == "DEAD"
+
+
+def live_actors(job) -> list[str]:
+    """The ids of the actors of `job` (a ray.JobID) that are not dead, detached ones (which
+    outlive their job by design) aside."""
+    from ray._private.state import actors
+
+    return [a["ActorID"] for a in actors(job_id=job).values()
+            if a["State"] != "DEAD" and not a["IsDetached"]]

@@ -20,7 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
-from trainer.cluster.reservations import held_by, release, release_orphans
+from trainer.cluster.reservations import held_by, live_actors, release, release_orphans
 from trainer.errors import JobError, TrainerError, first_line
 from trainer.protocol import sweep_line
 from trainer.spec import JobSpec
@@ -319,7 +319,7 @@ def release_placement_groups(wait_for_actors: bool = True) -> list[str]:
         # still create its group in between (seen 1 ms after `fit` returned): wait for them first.
         # Not on a cancel: the trials were not torn down then, and the driver has STOP_WAIT_S to end.
         deadline = time.monotonic() + (ACTORS_GONE_WAIT_S if wait_for_actors else 0)
-        while _live_actors(ray.get_runtime_context().job_id) and time.monotonic() < deadline:
+        while live_actors(ray.get_runtime_context().job_id) and time.monotonic() < deadline:
             time.sleep(0.2)
         held = held_by(ours)
         release(held)
@@ -329,14 +329,6 @@ def release_placement_groups(wait_for_actors: bool = True) -> list[str]:
     if held:
         print(f"released {len(held)} placement group(s) the trials left reserved", flush=True)
     return held
-
-
-def _live_actors(job) -> list[str]:
-    """The job's actors that are not dead (detached ones, which outlive jobs by design, aside)."""
-    from ray._private.state import actors
-
-    return [a["ActorID"] for a in actors(job_id=job).values()
-            if a["State"] != "DEAD" and not a["IsDetached"]]
 
 
 def _note_cancel_time(timing: dict) -> None:
