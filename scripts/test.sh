@@ -2,14 +2,44 @@
 # Installs what the tests need beyond .venv (the Debian packages the suite uses, the tensorflow and
 # mxnet runtimes, the emulated aarch64 root; each idempotent, the runtimes cached under
 # ~/.trainer/runtimes), then runs the suite.
+#
+# The installs overlap: the two runtimes are pip installs into venvs of their own (one core each,
+# ~2 min apiece from a warm cache), apt installs the Debian packages meanwhile, and the arm64 root
+# comes after those (it runs apt-get too, and apt takes one process at a time). Each one's output
+# is printed whole when it ends, in this order, so the log reads as if they ran one by one.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-set -e
-bash scripts/system-deps.sh
-.venv/bin/trainer runtime install tensorflow
-.venv/bin/trainer runtime install mxnet
-.venv/bin/trainer edge setup --tflite
-set +e
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+
+start() {   # start NAME COMMAND...: run it in the background, its output to $logs/NAME
+    local name=$1
+    shift
+    ("$@" >"$logs/$name" 2>&1; echo $? >"$logs/$name.rc") &
+}
+
+finish() {  # finish NAME: wait for it, print its output; fail the script if it failed
+    local name=$1
+    while [ ! -f "$logs/$name.rc" ]; do sleep 1; done
+    cat "$logs/$name"
+    local rc
+    rc=$(cat "$logs/$name.rc")
+    if [ "$rc" -ne 0 ]; then
+        echo "error: $name failed (exit $rc); nothing was tested" >&2
+        wait
+        exit 1
+    fi
+}
+
+start tensorflow .venv/bin/trainer runtime install tensorflow
+start mxnet .venv/bin/trainer runtime install mxnet
+start system-deps bash scripts/system-deps.sh
+finish system-deps
+start edge .venv/bin/trainer edge setup --tflite
+for name in tensorflow mxnet edge; do
+    finish "$name"
+done
+
 .venv/bin/python -m pytest -p no:cacheprovider --durations=30 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
