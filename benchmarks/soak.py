@@ -16,7 +16,7 @@ Writes benchmarks/results/soak.{json,md,png} with the machine and versions.
 
     python -m benchmarks.soak                 # 500 in sequence, 50 at once (hours on 2 cores)
     python -m benchmarks.soak --jobs 60 --burst 20
-    python -m benchmarks.soak --quick         # 2 + 2 jobs, for CI (no timing asserted)
+    python -m benchmarks.soak --quick         # 2 + 2 jobs, a smoke run (the extended test tier)
 """
 from __future__ import annotations
 
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=500)
     ap.add_argument("--burst", type=int, default=50)
     ap.add_argument("--sample-every", type=int, default=0, help="default: jobs/10")
-    ap.add_argument("--quick", action="store_true", help="2 in sequence + 2 at once (CI)")
+    ap.add_argument("--quick", action="store_true", help="2 in sequence + 2 at once (a smoke run)")
     ap.add_argument("--out", type=Path, default=R.RESULTS)
     args = ap.parse_args(argv)
     import logging
