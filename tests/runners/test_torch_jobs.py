@@ -6,9 +6,12 @@ import time
 from pathlib import Path
 
 import pytest
+from ray.util.state import list_actors
 
 import trainer
 from _jobs import kill_a_worker_and_check_resume, steps, submit_example_and_check_run, train_workers
+from trainer.promotion.registration import run_data_digest
+from trainer.protocol import ENV_DATA_DIGEST, parse_event, parse_progress, timing_from_logs
 from trainer.tracking.runs import client, global_store
 
 pytestmark = pytest.mark.integration
@@ -18,9 +21,15 @@ EXAMPLE = REPO / "examples" / "digits" / "torch.yaml"
 TRAINER = str(Path(sys.executable).parent / "trainer")
 
 
-def test_digits_end_to_end(cluster):
+@pytest.fixture(scope="module")
+def digits(cluster):
+    """The README's main command, once: its job also serves the checks that hold for any local job."""
+    return submit_example_and_check_run(cluster, EXAMPLE, "torch", workers=2)
+
+
+def test_digits_end_to_end(digits):
     """The README's main command: 2 DDP workers, >= 0.95, everything recorded in MLflow."""
-    job, run = submit_example_and_check_run(cluster, EXAMPLE, "torch", workers=2)
+    job, run = digits
     # The final model is logged and loads; calibration samples are there for conversion.
     import mlflow.pytorch
     import torch
@@ -42,6 +51,34 @@ def test_digits_end_to_end(cluster):
     head = next(n for n in status["nodes"] if n["is_head"])
     assert head["cpus"] == 0 and head["gpus"] == 0
 
+
+
+def test_a_local_job_connects_before_mlflow_and_starts_no_preemption_watcher(digits, cluster):
+    """What a job's start costs that is ours (issue 28; tests/runners/test_job_start.py): the
+    driver connects to Ray before MLflow is imported and checks the data against the digest the
+    run records, and a job on the local cluster starts no Ray Train PreemptionWatcher."""
+    job, run = digits
+    info = job._jobs().info(job.id)
+    # The digest the driver checked the data against is the one the run records.
+    recorded = run_data_digest(client(job.tracking_uri), run)
+    assert recorded and info.runtime_env["env_vars"][ENV_DATA_DIGEST] == recorded
+    # MLflow was ready only after the driver had connected to Ray: it was not on the way there.
+    log = job.logs()
+    timing = timing_from_logs(log)
+    assert timing["entrypoint"] < timing["connected"] < timing["mlflow_imported"], timing
+    # Ray Train's actors of this job: its workers, and no PreemptionWatcher.
+    mine = [a for a in list_actors(address=cluster.dashboard_url, detail=True, limit=10000,
+                                   raise_on_missing_output=False) if a.job_id == info.job_id]
+    classes = {a.class_name for a in mine}
+    assert "RayTrainWorker" in classes and "TrainController" in classes, classes
+    assert "PreemptionWatcher" not in classes, classes
+    # Its last epoch's line and its workers' end reached the log before the driver ended, though
+    # it ended right after fit() (trainer.runners.forwarded): Ray forwards worker lines
+    # asynchronously.
+    last = int(run.data.params["epochs"]) - 1
+    assert last in {e["step"] for e in map(parse_progress, log.splitlines()) if e}, log[-3000:]
+    assert any(e["event"] == "worker_end" for e in map(parse_event, log.splitlines()) if e), log[-3000:]
+    assert "had not reached this log" not in log and timing["lines_in"] <= timing["closed"], log[-3000:]
 
 @pytest.mark.extended
 def test_placement_follows_the_accelerator_label(cluster):
