@@ -52,7 +52,6 @@ def test_digits_end_to_end(digits):
     assert head["cpus"] == 0 and head["gpus"] == 0
 
 
-
 def test_a_local_job_connects_before_mlflow_and_starts_no_preemption_watcher(digits, cluster):
     """What a job's start costs that is ours (issue 28; tests/runners/test_job_start.py): the
     driver connects to Ray before MLflow is imported and checks the data against the digest the
@@ -79,6 +78,7 @@ def test_a_local_job_connects_before_mlflow_and_starts_no_preemption_watcher(dig
     assert last in {e["step"] for e in map(parse_progress, log.splitlines()) if e}, log[-3000:]
     assert any(e["event"] == "worker_end" for e in map(parse_event, log.splitlines()) if e), log[-3000:]
     assert "had not reached this log" not in log and timing["lines_in"] <= timing["closed"], log[-3000:]
+
 
 @pytest.mark.extended
 def test_placement_follows_the_accelerator_label(cluster):
