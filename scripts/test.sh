@@ -16,24 +16,27 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
+declare -A pids
 
 start() {   # start NAME COMMAND...: run it in the background, its output to $logs/NAME
     local name=$1
     shift
-    ("$@" >"$logs/$name" 2>&1; echo $? >"$logs/$name.rc") &
+    "$@" >"$logs/$name" 2>&1 &
+    pids[$name]=$!
 }
 
-finish() {  # finish NAME: wait for it, print its output; fail the script if it failed
-    local name=$1
-    while [ ! -f "$logs/$name.rc" ]; do sleep 1; done
-    cat "$logs/$name"
-    local rc
-    rc=$(cat "$logs/$name.rc")
-    if [ "$rc" -ne 0 ]; then
-        echo "error: $name failed (exit $rc); nothing was tested" >&2
-        wait
-        exit 1
-    fi
+finish() {  # finish NAME...: wait for each in turn, print its output; fail the script if one failed
+    local name rc
+    for name in "$@"; do
+        rc=0
+        wait "${pids[$name]}" || rc=$?
+        cat "$logs/$name"
+        if [ "$rc" -ne 0 ]; then
+            echo "error: $name failed (exit $rc); nothing was tested" >&2
+            wait
+            exit 1
+        fi
+    done
 }
 
 tests() {   # tests PYTEST-ARGS...: one pytest run; exit 5 (nothing collected) is a failure
@@ -54,16 +57,12 @@ start edge .venv/bin/trainer edge setup --tflite
 if [ $# -eq 0 ]; then
     tests -m "not integration"
     quick=$?
-    for name in tensorflow mxnet edge; do
-        finish "$name"
-    done
+    finish tensorflow mxnet edge
     tests -m integration
     rest=$?
     [ "$quick" -eq 0 ] || echo "error: the quick tier failed (its report is above the installs' output)" >&2
     [ "$quick" -eq 0 ] && [ "$rest" -eq 0 ]
     exit $?
 fi
-for name in tensorflow mxnet edge; do
-    finish "$name"
-done
+finish tensorflow mxnet edge
 tests "$@"
