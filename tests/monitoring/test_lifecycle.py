@@ -13,6 +13,8 @@ import pytest
 import requests
 
 from trainer.cluster import processes
+from trainer.monitoring.prometheus import _not_ready
+from trainer.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -59,6 +61,15 @@ def test_up_status_down(home):
     assert {t["job"] for t in status["targets"]} >= {"trainer-exporter"}
     table = cli(home, "status").stdout
     assert up["url"] in table and "trainer-exporter" in table
+
+    # A start that runs out of time names the part that does not answer and that part's own log
+    # (a slow exporter is not "Prometheus was not ready", pointing at Prometheus's log).
+    assert _not_ready(state) is None
+    closed = f"http://127.0.0.1:{free_port()}"
+    what, log = _not_ready({**state, "exporter_url": f"{closed}/metrics"})
+    assert what.startswith("trainer's exporter does not answer") and log == state["exporter"]["log"]
+    what, log = _not_ready({**state, "url": closed})
+    assert what.startswith("Prometheus does not answer") and log == state["prometheus"]["log"]
 
     down = json.loads(cli(home, "down", "--output", "json").stdout)
     assert down["stopped_processes"] == 2

@@ -190,6 +190,17 @@ def _knows_exporter(url: str) -> bool:
     return any(t["labels"].get("job") == "trainer-exporter" for t in targets)
 
 
+def _not_ready(state: dict) -> tuple[str, str] | None:
+    """What of a starting monitor does not answer yet, and the log that tells why; None once ready."""
+    if not _ready(f"{state['url']}/-/ready"):
+        return f"Prometheus does not answer at {state['url']}/-/ready", state["prometheus"]["log"]
+    if not _ready(state["exporter_url"], timeout=10):
+        return f"trainer's exporter does not answer at {state['exporter_url']}", state["exporter"]["log"]
+    if not _knows_exporter(state["url"]):
+        return "Prometheus does not list trainer's exporter as a target yet", state["prometheus"]["log"]
+    return None
+
+
 def up(home: Path | None = None, *, port: int | None = None, rules: Path | None = None,
        interval_s: int = SCRAPE_INTERVAL_S, progress=None) -> tuple[dict, bool]:
     """Start the local Prometheus and the exporter, or find them running. Returns (state, started_now)."""
@@ -229,15 +240,14 @@ def up(home: Path | None = None, *, port: int | None = None, rules: Path | None 
         deadline = time.monotonic() + START_TIMEOUT_S
         # Ready: Prometheus answers, the exporter answers, and Prometheus lists the exporter as a
         # target (scrape discovery runs after /-/ready): `status` right after `up` shows it.
-        while not (_ready(f"{state['url']}/-/ready") and _ready(state["exporter_url"], timeout=10)
-                   and _knows_exporter(state["url"])):
+        while (waiting := _not_ready(state)) is not None:
             for name in ("prometheus", "exporter"):
                 if _process(state[name], folder) is None:
                     raise ClusterError(f"{name} exited at start: {_last_line(Path(state[name]['log']))} "
                                        f"(log: {state[name]['log']})")
             if time.monotonic() > deadline:
-                raise ClusterError(f"Prometheus was not ready within {START_TIMEOUT_S}s "
-                                   f"(log: {folder / 'prometheus.log'})")
+                what, log = waiting
+                raise ClusterError(f"the monitor was not ready within {START_TIMEOUT_S}s: {what} (log: {log})")
             time.sleep(0.3)
     except BaseException:
         _stop_recorded(folder, state)
