@@ -89,26 +89,62 @@ def test_metrics_that_cannot_be_read_are_a_tracking_error(tmp_path, monkeypatch)
         last_metrics(uri, "0" * 32)
 
 
-def test_follow_notices_the_end_right_after_the_drivers_last_line(monkeypatch):
-    """Polling every 0.5 s cost up to half a second after every job; once the driver has printed
-    its timing line (its last), the end is polled for every END_POLL_S."""
+class _FakeTail:
+    """Ray's log tail as Job.follow sees it: chunks that cut lines anywhere, lagging the log."""
+
+    def __init__(self, chunks, failed=None):
+        self.chunks, self.failed, self.closed = list(chunks), failed, False
+
+    def take(self):
+        return self.chunks.pop(0) if self.chunks else ""
+
+    def close(self):
+        self.closed = True
+
+
+def _fake_jobs(log: str, states: list, tail: _FakeTail):
+    class FakeRayJobs:
+        reads = 0
+
+        def state(self, job_id):
+            return states.pop(0) if len(states) > 1 else states[0]
+
+        def logs(self, job_id):
+            FakeRayJobs.reads += 1
+            return log
+
+        def tail(self, job_id):
+            return tail
+
+    return FakeRayJobs
+
+
+def test_follow_takes_lines_from_the_tail_and_the_rest_from_one_read_at_the_end(monkeypatch):
+    """Lines cut across chunks come out whole; the log is read once, at the end, for what the
+    tail had not delivered (a line without its newline included); the driver's timing line makes
+    the state polls fast (END_POLL_S), so the end is noticed at once."""
     from trainer.api import jobs as jobs_module
     from trainer.protocol import TIMING_PREFIX
 
-    class FakeRayJobs:
-        calls = 0
-        lines = ["job j: 1 torch worker(s)", "epoch 1", TIMING_PREFIX + '{"closed": 1}']
-
-        def state(self, job_id):
-            FakeRayJobs.calls += 1
-            return JobState.SUCCEEDED if FakeRayJobs.calls > 5 else JobState.RUNNING
-
-        def logs(self, job_id):
-            return "\n".join(self.lines[:FakeRayJobs.calls]) + "\n"
-
+    timing = TIMING_PREFIX + '{"closed": 1}'
+    log = f"job j: 1 torch worker(s)\nepoch 1\n{timing}\nlast words"
+    tail = _FakeTail(["job j: 1 to", "rch worker(s)\nep", "", "och 1\n" + timing[:5], timing[5:] + "\n"])
+    fake = _fake_jobs(log, [JobState.RUNNING] * 5 + [JobState.SUCCEEDED], tail)
     slept = []
-    monkeypatch.setattr(Job, "_jobs", lambda self: FakeRayJobs())
+    monkeypatch.setattr(Job, "_jobs", lambda self: fake())
     monkeypatch.setattr(jobs_module.time, "sleep", slept.append)
-    lines = list(Job(id="j", address="http://127.0.0.1:8265").follow(poll_s=0.5))
-    assert lines == FakeRayJobs.lines
-    assert slept == [0.5, 0.5] + [jobs_module.END_POLL_S] * 3
+    lines = list(Job(id="j", address="http://127.0.0.1:8265").follow(poll_s=0.25))
+    assert lines == log.split("\n")
+    assert fake.reads == 1 and tail.closed
+    assert slept == [0.25] * 4 + [jobs_module.END_POLL_S]
+
+
+def test_follow_reads_the_log_at_every_poll_where_the_tail_cannot_be_opened(monkeypatch):
+    from trainer.api import jobs as jobs_module
+
+    tail = _FakeTail(["a\nb"], failed="WSServerHandshakeError: 400, message='Invalid response status'")
+    fake = _fake_jobs("a\nb\nc\n", [JobState.RUNNING] * 3 + [JobState.FAILED], tail)
+    monkeypatch.setattr(Job, "_jobs", lambda self: fake())
+    monkeypatch.setattr(jobs_module.time, "sleep", lambda s: None)
+    assert list(Job(id="j", address="http://127.0.0.1:8265").follow()) == ["a", "b", "c"]
+    assert fake.reads == 3 and tail.closed

@@ -6,6 +6,9 @@ Each request carries the cluster's token (`trainer.cluster.auth.headers_for`): t
 cluster's own, or a remote one's from RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH."""
 from __future__ import annotations
 
+import asyncio
+import queue
+import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -78,6 +81,11 @@ class RayJobs:
         with _translate(ClusterError, f"cannot read logs of {job_id}", self.address):
             return self._client.get_job_logs(job_id)
 
+    def tail(self, job_id: str) -> "LogTail":
+        """The job's log as Ray streams it (a websocket through the dashboard to the driver node's
+        agent): each byte crosses once, where `logs` sends the whole log every call."""
+        return LogTail(self._client, job_id)
+
     def stop(self, job_id: str) -> bool:
         self.info(job_id)
         with _translate(ClusterError, f"cannot stop job {job_id}", self.address):
@@ -87,3 +95,63 @@ class RayJobs:
         with _translate(ClusterError, f"cannot list jobs on {self.shown}", self.address):
             jobs = self._client.list_jobs()
         return [j for j in jobs if (j.metadata or {}).get(METADATA_MARK) == "1"]
+
+
+class LogTail:
+    """Ray's log tail of one job, read on a thread of its own (Ray's client is asyncio): `take()`
+    returns what arrived since the last call, without waiting. Ray sends new lines a second or two
+    after they are written and closes the stream only a second or two after the job ends, so a
+    follower polls the job's state beside it and reads the rest of the log once at the end
+    (`Job.follow`). `failed` holds why the stream could not be opened or broke (a proxy that
+    refuses websockets, a dashboard gone): the follower then reads the log by polling."""
+
+    def __init__(self, client, job_id: str):
+        self._client, self._job_id = client, job_id
+        self._chunks: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self.failed: str | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"log-tail-{job_id}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._pump())
+        except asyncio.CancelledError:
+            pass
+        except Exception as e:      # noqa: BLE001 - any failure means: fall back to polling
+            self.failed = redact_text(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+    async def _pump(self) -> None:
+        self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
+        if self._closed:            # closed before the loop existed (see close)
+            return
+        async for chunk in self._client.tail_job_logs(self._job_id):
+            self._chunks.put(chunk)
+
+    def take(self) -> str:
+        out = []
+        while True:
+            try:
+                out.append(self._chunks.get_nowait())
+            except queue.Empty:
+                return "".join(out)
+
+    def close(self) -> None:
+        # The flag first, the loop after: _pump sets the loop first, the flag after, so one of the
+        # two sees the other and the stream is never left open.
+        self._closed = True
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None and self._thread.is_alive():
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:    # the loop ended meanwhile
+                pass
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> "LogTail":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
