@@ -2,7 +2,7 @@
 MLflow, takes the data digest from its environment instead of reading the run, and a job on the
 local cluster starts no Ray Train PreemptionWatcher (nothing drains the local cluster's nodes).
 What a real job shows of these is checked on the README's main job, which the default tier runs
-anyway: tests/runners/test_torch_jobs.py::test_a_local_job_connects_before_mlflow_and_starts_no_preemption_watcher."""
+anyway: tests/runners/test_torch_jobs.py::test_a_local_job_connects_before_mlflow_and_starts_no_idle_actors."""
 import json
 import subprocess
 import sys

@@ -52,10 +52,11 @@ def test_digits_end_to_end(digits):
     assert head["cpus"] == 0 and head["gpus"] == 0
 
 
-def test_a_local_job_connects_before_mlflow_and_starts_no_preemption_watcher(digits, cluster):
+def test_a_local_job_connects_before_mlflow_and_starts_no_idle_actors(digits, cluster):
     """What a job's start costs that is ours (issue 28; tests/runners/test_job_start.py): the
     driver connects to Ray before MLflow is imported and checks the data against the digest the
-    run records, and a job on the local cluster starts no Ray Train PreemptionWatcher."""
+    run records, a job on the local cluster starts no Ray Train PreemptionWatcher, and no job
+    starts Ray Train's DatasetManager (trainer's jobs take no Ray datasets)."""
     job, run = digits
     info = job._jobs().info(job.id)
     # The digest the driver checked the data against is the one the run records.
@@ -65,12 +66,14 @@ def test_a_local_job_connects_before_mlflow_and_starts_no_preemption_watcher(dig
     log = job.logs()
     timing = timing_from_logs(log)
     assert timing["entrypoint"] < timing["connected"] < timing["mlflow_imported"], timing
-    # Ray Train's actors of this job: its workers, and no PreemptionWatcher.
+    # Ray Train's actors of this job: its workers and their helpers, no PreemptionWatcher and no
+    # DatasetManager (trainer.runners.base.without_dataset_manager).
     mine = [a for a in list_actors(address=cluster.dashboard_url, detail=True, limit=10000,
                                    raise_on_missing_output=False) if a.job_id == info.job_id]
     classes = {a.class_name for a in mine}
     assert "RayTrainWorker" in classes and "TrainController" in classes, classes
-    assert "PreemptionWatcher" not in classes, classes
+    assert "SynchronizationActor" in classes, classes
+    assert "PreemptionWatcher" not in classes and "DatasetManager" not in classes, classes
     # Its last epoch's line and its workers' end reached the log before the driver ended, though
     # it ended right after fit() (trainer.runners.forwarded): Ray forwards worker lines
     # asynchronously.

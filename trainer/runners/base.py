@@ -61,6 +61,23 @@ def tune_ray_train(environ=os.environ) -> dict[str, str]:
     return {key: environ[key] for key in RAY_TRAIN_ENV}
 
 
+def without_dataset_manager(trainer):
+    """`trainer` (a Ray Train v2 trainer) without Ray Train's DatasetManager when it was given no
+    Ray datasets, as trainer's jobs never are (each rank reads its data itself). Ray Train starts
+    that actor with every worker group regardless: one more Python process on the driver's node
+    (~2.5 CPU-s and ~190 MiB here, taken from the workers' start on a small machine) that nothing
+    calls. Its callback is what creates it; without it the workers' `dataset_shard_provider` is
+    None, which Ray Train's worker accepts (it is Optional there). Ray is pinned: the test that
+    lists a job's actors (tests/runners/test_torch_jobs.py) fails if this stops holding."""
+    if trainer.datasets:
+        return trainer
+    from ray.train.v2._internal.callbacks import DatasetsCallback
+
+    defaults = trainer._create_default_callbacks
+    trainer._create_default_callbacks = lambda: [c for c in defaults() if not isinstance(c, DatasetsCallback)]
+    return trainer
+
+
 RUNNERS = {
     "torch": "trainer.runners.torch:RUNNER",
     "tensorflow": "trainer.runners.tensorflow:RUNNER",

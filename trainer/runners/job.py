@@ -22,7 +22,7 @@ from trainer.context import LocalSession, RayTrainSession
 from trainer.errors import ConversionError, JobError, ParityError, SpecError, TrainerError, first_line
 from trainer.protocol import (ENV_DATA_DIGEST, ENV_JOB_ID, ENV_RUN_ID, ENV_SPEC, ENV_TRACKING_URI, FAILURE_PREFIX,
                               TIMING_PREFIX, retry_line)
-from trainer.runners.base import get_runner, tune_ray_train
+from trainer.runners.base import get_runner, tune_ray_train, without_dataset_manager
 from trainer.runners.forwarded import Ended, ForwardedLines, Reported
 from trainer.spec import PACKAGE_SCHEME, JobSpec
 from trainer.tracking import preload, record
@@ -368,7 +368,7 @@ def main() -> int:
         loop_config["data_path"] = pinned_data(spec, workdir, run_id, tracking_uri, os.environ.get(ENV_DATA_DIGEST))
         print(f"job {job_id}: {spec.workers} {spec.framework} worker(s) on "
               f"{spec.resources.accelerator} nodes; MLflow run {run_id}", flush=True)
-        trainer = runner.ray_trainer(worker_loop, loop_config, scaling_config(spec), run_config)
+        trainer = without_dataset_manager(runner.ray_trainer(worker_loop, loop_config, scaling_config(spec), run_config))
         _record_cancel(cancelled, connect=True)
         release_orphans()       # a group a previous job left reserved would hold our workers back
         timing["connected"] = time.time()

@@ -70,7 +70,7 @@ def trial(config: dict, setup: dict) -> None:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from trainer.runners.base import get_runner, tune_ray_train
+    from trainer.runners.base import get_runner, tune_ray_train, without_dataset_manager
     from trainer.runners.job import driver_failure, retry_announcer, scaling_config
     from trainer.tracking import sweeps
     from trainer.tracking.runs import failure_line
@@ -91,7 +91,8 @@ def trial(config: dict, setup: dict) -> None:
     loop_config = {"spec": one.model_dump_json(), "run_id": run_id, "tracking_uri": uri,
                    "workdir": setup["workdir"], "job_id": setup["job_id"], "driver_started": time.time(),
                    "data_path": setup.get("data_path")}
-    trainer = get_runner(spec.framework).ray_trainer(trial_worker_loop, loop_config, scaling_config(one), run_config)
+    trainer = without_dataset_manager(
+        get_runner(spec.framework).ray_trainer(trial_worker_loop, loop_config, scaling_config(one), run_config))
     try:
         trainer.fit()
     except Exception as e:
