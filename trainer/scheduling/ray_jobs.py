@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from trainer.cluster import auth
 from trainer.credentials import redact, redact_text
-from trainer.errors import ClusterError, JobError, TrainerError, foreign, ours
+from trainer.errors import ClusterError, JobError, TrainerError, first_line, foreign, ours
 from trainer.state import JobState
 
 # Jobs submitted by trainer carry this in their Ray metadata (`trainer list` shows only those).
@@ -121,7 +121,7 @@ class LogTail:
         except asyncio.CancelledError:
             pass
         except Exception as e:      # noqa: BLE001 - any failure means: fall back to polling
-            self.failed = redact_text(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            self.failed = redact_text(first_line(e))
 
     async def _pump(self) -> None:
         self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
@@ -139,8 +139,8 @@ class LogTail:
                 return "".join(out)
 
     def close(self) -> None:
-        # The flag first, the loop after: _pump sets the loop first, the flag after, so one of the
-        # two sees the other and the stream is never left open.
+        # The flag first, the loop after: _pump sets the loop first and reads the flag after, so
+        # one of the two sees the other and the stream is never left open.
         self._closed = True
         loop, task = self._loop, self._task
         if loop is not None and task is not None and self._thread.is_alive():
@@ -149,9 +149,3 @@ class LogTail:
             except RuntimeError:    # the loop ended meanwhile
                 pass
         self._thread.join(timeout=5)
-
-    def __enter__(self) -> "LogTail":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
