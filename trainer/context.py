@@ -140,20 +140,21 @@ class Context:
         values.pop("step", None)
         self._auto_step += 1
         self.last_step, self.last_epoch = step, metrics.get("epoch", self.last_epoch)   # for a failure's record
+        if checkpoint is not None:
+            self._checkpoints_seen += 1
+        persisting = checkpoint is not None and self._checkpoints_seen % self.spec.checkpoint.every_epochs == 0
+        if self.rank == 0:
+            # The line before MLflow has the values: a worker killed from here on (ASHA stopping
+            # its trial mid-epoch) leaves a log with every epoch its run has.
+            telemetry.reported(step, values)
+            self._print_progress(step, values, force=persisting or "epoch" in metrics)
         if self._channel is not None:
             # The key that is the step is MLflow's x axis, not a curve of its own.
             self._channel.add({k: v for k, v in values.items() if k != "epoch" or "step" in metrics}, step)
-        persisted = False
-        if checkpoint is not None:
-            self._checkpoints_seen += 1
-            if self._checkpoints_seen % self.spec.checkpoint.every_epochs == 0:
-                if self._channel is not None:
-                    self._channel.commit()  # sent while the checkpoint is written; _persist waits
-                self._persist(values, checkpoint, step)
-                persisted = True
-        if self.rank == 0:
-            telemetry.reported(step, values)
-            self._print_progress(step, values, force=persisted or "epoch" in metrics)
+        if persisting:
+            if self._channel is not None:
+                self._channel.commit()  # sent while the checkpoint is written; _persist waits
+            self._persist(values, checkpoint, step)
 
     def restore(self) -> dict | None:
         """The dict passed with the last persisted checkpoint (after a restart), or None.

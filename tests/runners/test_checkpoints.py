@@ -196,3 +196,28 @@ def test_local_checkpoints_appear_whole_or_not_at_all(tmp_path, monkeypatch):
     assert [p.name for p in root.glob("checkpoint_*")] == ["checkpoint_000000"]
     JsonContext(spec, LocalSession(root, keep=2))
     assert sorted(p.name for p in root.iterdir()) == ["checkpoint_000000"]
+
+
+def test_a_steps_progress_line_is_out_before_its_metrics_go_to_mlflow(tmp_path, capsys):
+    """A worker killed between the two (ASHA stopping a trial mid-epoch) leaves a log with every
+    epoch its MLflow run has (`trainer logs SWEEP --trial N` == the trial's history)."""
+    order = []
+
+    class Channel:      # the metrics channel's side that MLflow sees: values handed over, then sent
+        def add(self, values, step):
+            order.extend(["printed" if step in printed_steps(capsys.readouterr().out) else "not printed",
+                          f"to MLflow {step}"])
+
+        def commit(self):
+            pass
+
+        def flush(self):
+            pass
+
+    spec = JobSpec(name="t", framework="torch", entrypoint="t.py:train", checkpoint={"every_epochs": 2})
+    ctx = JsonContext(spec, FolderSession(tmp_path))
+    ctx._channel = Channel()
+    for epoch in range(3):       # persisted, not persisted, persisted
+        ctx.report({"epoch": epoch, "loss": 1.0}, checkpoint={"epoch": epoch})
+    assert order == ["printed", "to MLflow 0", "printed", "to MLflow 1", "printed", "to MLflow 2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_1"]     # every 2nd: epoch 1

@@ -1,5 +1,5 @@
 """The driver waits, bounded, until the workers' last lines have passed through its stdout (Ray
-forwards them asynchronously): a completed trial's ends, a stopped trial's last result, a job's
+forwards them asynchronously): a completed trial's ends, a stopped trial's last step, a job's
 last checkpoint's progress line. Lines are written the way Ray's log thread writes them: from
 another thread, to whatever `sys.stdout` is then. The real path runs in tests/sweeps'
 4-trial sweep (`trainer logs SWEEP --trial N` == the trial's MLflow history)."""
@@ -12,7 +12,7 @@ import pytest
 
 from trainer.protocol import event_line, progress_line
 from trainer.runners import job, sweep
-from trainer.runners.forwarded import Ended, ForwardedLines, Reported
+from trainer.runners.forwarded import Ended, ForwardedLines, Printed, Reported
 
 SWEEP_ID = "sw-20261206-0000-ab12"
 TRIAL_ID = "3f2a1_{:05d}"
@@ -84,6 +84,19 @@ def test_a_stopped_trial_is_waited_for_until_the_progress_line_of_its_last_resul
     assert capsys.readouterr().err == ""
 
 
+def test_a_stopped_trial_is_waited_for_until_the_progress_line_of_its_last_step_in_mlflow(watch):
+    """Tune got epoch 1's result and ASHA stopped the trial, but its worker had gone on to epoch
+    2 and put it in MLflow before it was killed: the log must show epoch 2 too."""
+    expected = [Printed(2, 2, "trial 2")]
+    watch.feed(worker(31, "worker_start", 2))
+    watch.feed(worker(41, "worker_start", 1))
+    watch.feed(progress(31, {"epoch": 1.0, "accuracy": 0.5}))        # the result Tune got
+    watch.feed(progress(41, {"epoch": 2.0, "accuracy": 0.7}))        # another trial's epoch 2
+    assert watch.wait_for(expected, timeout=0.05) == expected
+    watch.feed(progress(31, {"epoch": 2.0, "accuracy": 0.6}))
+    assert watch.wait_for(expected, timeout=0.05) == []
+
+
 def test_a_job_waits_for_its_last_checkpoints_progress_line_and_the_bound_is_kept(watch):
     watch.install()
     expected = job.last_lines("job-1", 2, SimpleNamespace(metrics={"epoch": 3.0, "accuracy": 0.95}))
@@ -110,8 +123,12 @@ def test_which_lines_each_driver_expects(monkeypatch):
               TRIAL_ID.format(1): {"trial": 1, "outcome": "stopped early", "result": {"accuracy": 0.1}},
               TRIAL_ID.format(2): {"trial": 2, "outcome": "failed", "result": {"accuracy": 0.1}},
               TRIAL_ID.format(3): {"trial": 3, "outcome": "stopped early"}}         # stopped before a result
-    assert sweep.last_lines(trials, SWEEP_ID, 2) == [Ended(f"{SWEEP_ID}-{TRIAL_ID.format(0)}", 2, "trial 0"),
-                                                     Reported(1, {"accuracy": 0.1}, "trial 1")]
+    # Without MLflow's last steps: a stopped trial's last result Tune got.
+    assert sweep.last_lines(trials, SWEEP_ID, 2, {}) == [Ended(f"{SWEEP_ID}-{TRIAL_ID.format(0)}", 2, "trial 0"),
+                                                         Reported(1, {"accuracy": 0.1}, "trial 1")]
+    # With them: its last step in MLflow, which its worker may have reached after that result.
+    assert sweep.last_lines(trials, SWEEP_ID, 2, {1: 2, 3: 0})[1:] == [Printed(1, 2, "trial 1"),
+                                                                      Printed(3, 0, "trial 3")]
 
 
 def test_close_puts_the_stream_back():

@@ -15,10 +15,15 @@ it expects has passed through it (the drivers say what: job.last_lines, sweep.la
   printed its `worker_end` event (trainer.tracking.record.announce_worker), a worker's last
   line: one process's lines reach the driver in the order it printed them (one log monitor
   reads its file in order);
+- `Printed`: a trial's progress line of a given step, the last its MLflow run has, for a trial
+  ASHA stopped (its actor is killed: it prints no end). Its worker trains on while Tune decides,
+  so that step can be later than the last result Tune got; rank 0 prints the line of a report
+  with an epoch or a checkpoint before its metrics go to MLflow (trainer.context), so the line
+  exists wherever the step does (a sweep's metric comes with its checkpoints: Tune reads it there);
 - `Reported`: the progress line of a given result, recognised by its metrics (a progress line
-  carries the metrics the report gave Ray): the last result Tune got from a trial ASHA stopped
-  (its actor is killed: it prints no end), the last checkpoint's of a job (whose workers' alike
-  end lines Ray's log deduplication may hold back, see job.last_lines).
+  carries the metrics the report gave Ray): the last checkpoint's of a job (whose workers' alike
+  end lines Ray's log deduplication may hold back, see job.last_lines), the last result Tune got
+  from a stopped trial when the sweep has no MLflow run to read its last step from.
 
 Why the driver's stdout and not a Ray hook: Ray offers no public one. The dispatcher the
 `ray_print_logs` thread emits to (`ray._private.ray_logging.global_worker_stdstream_dispatcher`)
@@ -51,6 +56,14 @@ class Ended:
 
 
 @dataclass(frozen=True)
+class Printed:
+    """Trial `trial`'s progress line of step `step` (or of a later one)."""
+    trial: int
+    step: int
+    name: str
+
+
+@dataclass(frozen=True)
 class Reported:
     """The progress line of the report whose metrics are `metrics` (a Tune result, a Train
     result's last checkpoint's): trial `trial`'s, or with None any worker's (a job's)."""
@@ -69,7 +82,7 @@ class ForwardedLines:
         self._trials = TrialLines()
         self._started: dict[tuple[str, int], str] = {}      # (train run, rank) -> its last group
         self._ended: set[tuple[str, int, str]] = set()      # (train run, rank, group)
-        self._progress: dict[int | None, list[dict]] = {}   # trial (None: any) -> progress lines' metrics
+        self._progress: dict[int | None, list[dict]] = {}   # trial (None: any) -> its progress events
         self._tee: LineTee | None = None
         self._real = None
 
@@ -98,11 +111,11 @@ class ForwardedLines:
                     self._ended.add((*key, str(event.get("group"))))
             progress = parse_progress(line)
             if progress is not None:
-                self._progress.setdefault(None, []).append(progress.get("metrics") or {})
+                self._progress.setdefault(None, []).append(progress)
             for trial, held in placed:
                 progress = parse_progress(held) if trial is not None else None
                 if progress is not None:
-                    self._progress.setdefault(trial, []).append(progress.get("metrics") or {})
+                    self._progress.setdefault(trial, []).append(progress)
             self._cond.notify_all()
 
     def _seen(self, expected) -> bool:
@@ -112,11 +125,14 @@ class ForwardedLines:
                 if group is None or (expected.train_run, rank, group) not in self._ended:
                     return False
             return True
-        return any(metrics and all(expected.metrics.get(k) == v for k, v in metrics.items())
-                   for metrics in self._progress.get(expected.trial, []))
+        seen = self._progress.get(expected.trial, [])
+        if isinstance(expected, Printed):
+            return any(p.get("step", -1) >= expected.step for p in seen)
+        return any((metrics := p.get("metrics")) and all(expected.metrics.get(k) == v for k, v in metrics.items())
+                   for p in seen)
 
     def wait_for(self, expected: list, timeout: float = END_WAIT_S) -> list:
-        """Wait until every expectation (Ended, Reported) has passed through this stream, at
+        """Wait until every expectation (Ended, Printed, Reported) has passed through this stream, at
         most `timeout` seconds; returns those that had not. One warning line on stderr names
         them (the log may lack their last lines)."""
         deadline = time.monotonic() + timeout

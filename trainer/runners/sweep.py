@@ -276,21 +276,37 @@ def tuner(spec: JobSpec, setup: dict, callback):
                                   callbacks=[callback], failure_config=tune.FailureConfig(max_failures=0)))
 
 
-def last_lines(trials: dict[str, dict], job_id: str, workers: int) -> list:
+def last_lines(trials: dict[str, dict], job_id: str, workers: int, last_steps: dict[int, int]) -> list:
     """What the driver must have seen in its log before it ends (trainer.runners.forwarded): a
     completed trial's workers' ends (its Train run is `<job id>-<trial id>`, see `trial`), a
-    stopped trial's progress line of the last result Tune got (its actor was killed: no end).
-    A failed or cancelled trial's lines are not waited for: its end is no one's expectation."""
-    from trainer.runners.forwarded import Ended, Reported
+    stopped trial's progress line of the last step its MLflow run has (`last_steps`, by trial),
+    else of the last result Tune got (its actor was killed: no end). A failed or cancelled
+    trial's lines are not waited for: its end is no one's expectation."""
+    from trainer.runners.forwarded import Ended, Printed, Reported
     from trainer.tracking import sweeps
 
     out: list = []
     for trial_id, t in trials.items():
         if t["outcome"] == sweeps.COMPLETED:
             out.append(Ended(f"{job_id}-{trial_id}", workers, f"trial {t['trial']}"))
+        elif t["outcome"] == sweeps.STOPPED and t["trial"] in last_steps:
+            out.append(Printed(t["trial"], last_steps[t["trial"]], f"trial {t['trial']}"))
         elif t["outcome"] == sweeps.STOPPED and t.get("result"):
             out.append(Reported(t["trial"], t["result"], f"trial {t['trial']}"))
     return out
+
+
+def stopped_last_steps(uri: str, run_id: str, metric: str) -> dict[int, int]:
+    """The last step of `metric` each trial ASHA stopped has in MLflow, by trial (its workers
+    are gone by now: release_placement_groups waited for them); {} when MLflow cannot say."""
+    from trainer.tracking import sweeps
+
+    try:
+        states = sweeps.trial_states(uri, run_id, metric, [])
+    except TrainerError as e:
+        print(f"warning: {first_line(e)}", file=sys.stderr, flush=True)
+        return {}
+    return {t["trial"]: t["epoch"] for t in states if t["state"] == sweeps.STOPPED and t["epoch"] is not None}
 
 
 def choose_best(spec: JobSpec, trials: dict[str, dict]) -> dict | None:
@@ -448,7 +464,8 @@ def main(spec: JobSpec, job_id: str, run_id: str | None, tracking_uri: str | Non
         try:
             if tuned and not cancelled:
                 # Last, so the best trial's conversion above gave Ray's forwarding its time.
-                forwarded.wait_for(last_lines(callback.trials, job_id, spec.workers))
+                steps = stopped_last_steps(tracking_uri, run_id, sweep.metric) if run_id and tracking_uri else {}
+                forwarded.wait_for(last_lines(callback.trials, job_id, spec.workers, steps))
                 timing["lines_in"] = time.time()
         finally:    # a SIGTERM (`trainer cancel`) in the wait still closes the runs, KILLED
             forwarded.close()
