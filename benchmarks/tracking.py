@@ -5,8 +5,10 @@ step) runs in this process (`trainer run --local`'s session, world size 1) with 
 MLflow run: ctx.report only prints rate-limited progress) and on (a real MLflow run on SQLite:
 the batched channel of trainer.tracking.metrics, with `failure.max_failures` 2 - values committed
 with checkpoints or the 10,000-value / 30 s bound - and 0, the default - a live channel: a full
-log_batch of 1,000 values or 2 s, whichever comes first),
-interleaved rounds; then it counts the points MLflow holds for each tracked run.
+log_batch of 1,000 values or 2 s, whichever comes first), and the live channel to an MLflow
+tracking server over HTTP (`trainer mlflow serve` on the same SQLite file: a cluster's setting, where
+the SQL runs in the server's process, whose CPU is recorded beside it), interleaved rounds; then
+it counts the points MLflow holds for each tracked run.
 
     flock /tmp/bench.lock python -m benchmarks.tracking [--reports 10000] [--rounds 3] [--quick] [--out DIR]
 
@@ -26,7 +28,25 @@ from pathlib import Path
 from benchmarks import _record as R
 from benchmarks.runner import SPEC, data_path
 
-VARIANTS = [("tracking off", None), ("MLflow, max_failures 2", 2), ("MLflow, max_failures 0", 0)]
+# (name, max_failures: None = no run, over HTTP to the tracking server?)
+VARIANTS = [("tracking off", None, False), ("MLflow, max_failures 2", 2, False), ("MLflow, max_failures 0", 0, False),
+            ("MLflow server (HTTP), max_failures 0", 0, True)]
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its children (the server is MLflow's CLI + uvicorn)."""
+    import psutil
+
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def measure(args, work: Path) -> dict:
@@ -37,25 +57,27 @@ def measure(args, work: Path) -> dict:
     from trainer.context import LocalSession
     from trainer.runners.torch import TorchContext
     from trainer.spec import load_spec
-    from trainer.tracking import runs
+    from trainer.tracking import runs, server
 
     torch.set_num_threads(1)
     base, _ = load_spec(R.ROOT / SPEC)
     uri = runs.tracking_uri(base)
+    served, _ = server.serve(port=None)      # over the same store ($TRAINER_HOME's SQLite file)
     loader, _, _ = d._data(data_path(), 32)
     batches = list(loader)
     loss_fn = nn.CrossEntropyLoss()
 
-    def job(max_failures: int | None, n: int) -> tuple[float, str | None]:
+    def job(max_failures: int | None, n: int, http: bool = False) -> tuple[float, float, str | None, float]:
         spec = base.model_copy(update={"failure": base.failure.model_copy(update={"max_failures": max_failures or 0})})
-        run_id = None
+        run_id, at = None, served.url if http else uri
         if max_failures is not None:
-            run_id = runs.start_run(spec, f"bench-tracking-{time.time_ns()}", uri, "local", None)
+            run_id = runs.start_run(spec, f"bench-tracking-{time.time_ns()}", at, "local", None)
+        server0 = tree_cpu_s(served.pid)
         torch.manual_seed(0)
         model = d.DigitsCNN(16)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         t0, c0 = time.perf_counter(), time.process_time()
-        ctx = TorchContext(spec, LocalSession(work / "ckpt", 1), run_id=run_id, tracking_uri=uri)
+        ctx = TorchContext(spec, LocalSession(work / "ckpt", 1), run_id=run_id, tracking_uri=at)
         for i in range(n):
             xb, yb = batches[i % len(batches)]
             opt.zero_grad()
@@ -65,19 +87,25 @@ def measure(args, work: Path) -> dict:
             ctx.report({"step": i, "loss": loss})
         ctx.close()          # the job's end: every value sent
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        server_cpu = tree_cpu_s(served.pid) - server0
         if run_id:
-            runs.finish_run(uri, run_id, "FINISHED")     # no run left RUNNING (not timed)
-        return wall, cpu, run_id
+            runs.finish_run(at, run_id, "FINISHED")     # no run left RUNNING (not timed)
+        return wall, cpu, run_id, server_cpu
 
-    out = {name: [] for name, _ in VARIANTS}
-    with contextlib.redirect_stdout(io.StringIO()):       # rank 0's progress lines
-        job(2, 200)                                        # warm-up: imports, the store's schema
-        for r in range(args.rounds):
-            order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
-            for name, mf in order:
-                wall, cpu, run_id = job(mf, args.reports)
-                points = len(runs.client(uri).get_metric_history(run_id, "loss")) if run_id else None
-                out[name].append({"wall_s": wall, "cpu_s": cpu, "points": points})
+    out = {name: [] for name, _, _ in VARIANTS}
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):       # rank 0's progress lines
+            job(2, 200)                                        # warm-up: imports, the store's schema
+            job(0, 200, http=True)
+            for r in range(args.rounds):
+                order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
+                for name, mf, http in order:
+                    wall, cpu, run_id, server_cpu = job(mf, args.reports, http)
+                    points = len(runs.client(uri).get_metric_history(run_id, "loss")) if run_id else None
+                    out[name].append({"wall_s": wall, "cpu_s": cpu, "points": points,
+                                      "server_cpu_s": server_cpu if http else None})
+    finally:
+        server.stop()
     return out
 
 
@@ -90,13 +118,17 @@ def report(record: dict) -> str:
         wall = R.median(x["wall_s"] for x in xs)
         cpu = R.median(x["cpu_s"] for x in xs)
         points = [x["points"] for x in xs]
+        served = [x["server_cpu_s"] for x in xs if x.get("server_cpu_s") is not None]
         rows.append([name, R.fmt(cpu, 2), f"{(cpu / off_cpu - 1) * 100:+.1f}%", R.fmt(wall, 2),
-                     f"{(wall / off - 1) * 100:+.1f}%", "-" if points[0] is None else " / ".join(map(str, points))])
+                     f"{(wall / off - 1) * 100:+.1f}%", R.fmt(R.median(served), 2) if served else "-",
+                     "-" if points[0] is None else " / ".join(map(str, points))])
     return "\n".join([
         f"{record['reports']:,} `ctx.report` calls, one per digits CNN step (batch 32, 1 thread), in one process; "
-        f"medians of {record['rounds']} interleaved rounds. CPU s: the process's CPU time (training thread + "
-        f"MLflow sender), which other processes' load does not inflate; wall s swings with that load:", "",
-        R.markdown_table(["tracking", "CPU s", "vs off", "wall s", "vs off", "points in MLflow (each round)"], rows),
+        f"medians of {record['rounds']} interleaved rounds. CPU s: the training process's CPU time (training "
+        f"thread + MLflow sender), which other processes' load does not inflate; wall s swings with that load; "
+        f"server CPU s: the tracking server's processes over the same run (its SQL writes):", "",
+        R.markdown_table(["tracking", "CPU s", "vs off", "wall s", "vs off", "server CPU s",
+                          "points in MLflow (each round)"], rows),
         ""])
 
 
