@@ -80,7 +80,9 @@ def local_part(args, work: Path) -> dict:
 
 def throughput_part(args, work: Path) -> dict:
     """Steady-state step rate in this process: the raw loop vs the same loop with `ctx.report`
-    every step (MLflow run on, metrics channel as in a job), interleaved rounds."""
+    every step (MLflow run on, metrics channel as in a job), interleaved rounds. The ratio is the
+    median of each round's (with ctx.report / the raw loop just before it): paired rounds cancel
+    the host's drift, which at a few % was wider than the gap with 4 rounds of medians."""
     import torch
     from torch import nn
 
@@ -122,14 +124,14 @@ def throughput_part(args, work: Path) -> dict:
         loop(False)  # warm-up, both paths (the channel's sender thread imports MLflow on its first use)
         loop(True)
         raw, with_ctx = [], []
-        for _ in range(1 if args.quick else 4):
+        for _ in range(1 if args.quick else 12):
             raw.append(loop(False))
             with_ctx.append(loop(True))
         ctx.close()
     got = len(runs.client(uri).get_metric_history(run_id, "loss"))
     runs.finish_run(uri, run_id, "FINISHED")     # no run left RUNNING
     return {"steps_per_round": steps, "raw_steps_s": raw, "ctx_steps_s": with_ctx,
-            "ratio": R.median(with_ctx) / R.median(raw), "mlflow_points": got, "reported": step_no[0]}
+            "ratio": R.median(c / r for c, r in zip(with_ctx, raw)), "mlflow_points": got, "reported": step_no[0]}
 
 
 # ----------------------------------------------------------------------------- cluster
@@ -277,7 +279,10 @@ def report(record: dict) -> str:
                   f"{tp['steps_per_round']} steps a round, interleaved): raw "
                   f"{R.fmt(R.median(tp['raw_steps_s']), 0)} steps/s, `ctx.report` every step "
                   f"{R.fmt(R.median(tp['ctx_steps_s']), 0)} steps/s: **{tp['ratio']:.3f} of raw** "
-                  f"({tp['mlflow_points']} of {tp['reported']} values in MLflow).", ""]
+                  f"(median of {len(tp['raw_steps_s'])} paired rounds, each "
+                  f"{min(c / r for c, r in zip(tp['ctx_steps_s'], tp['raw_steps_s'])):.3f}-"
+                  f"{max(c / r for c, r in zip(tp['ctx_steps_s'], tp['raw_steps_s'])):.3f}; "
+                  f"{tp['mlflow_points']} of {tp['reported']} values in MLflow).", ""]
     cl = record.get("cluster")
     if cl:
         v = cl["variants"]
