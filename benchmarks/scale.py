@@ -36,33 +36,44 @@ ROOT = R.ROOT
 TYPES = ["A100", "T4", "H100", "L4"]
 
 
-def spec(name: str, accelerator: str, hold_s: float) -> dict:
+def spec(name: str, accelerator: str, hold_s: float, tracking_uri: str | None) -> dict:
+    tracking = {"experiment": "scale"} | ({"uri": tracking_uri} if tracking_uri else {})
     return {"name": name, "framework": "torch", "entrypoint": "benchmarks/jobs/fleet.py:hold", "workers": 2,
             "resources": {"accelerator": accelerator, "cpus_per_worker": 0.25}, "failure": {"max_failures": 0},
-            "config": {"hold_s": hold_s}, "tracking": {"experiment": "scale"}}
+            "config": {"hold_s": hold_s}, "tracking": tracking}
 
 
 def run(nodes: int | None, jobs: int, hold_s: float, cpus_per_node: int, echo=print) -> dict:
     import trainer
     from ray.util.state import list_actors, list_nodes
 
+    from trainer.tracking import server
+
     os.chdir(ROOT)
+    tracking_uri = None
     if nodes:
         specs = [f"{TYPES[i % len(TYPES)]}:{cpus_per_node}" for i in range(nodes)]
         t0 = time.perf_counter()
         state, started = trainer.cluster_up(specs, progress=echo)
         start_s = time.perf_counter() - t0
+        # A cluster's setting: every job records through one tracking server. On the embedded
+        # SQLite file, 16 submits at once beside 11 running jobs (load ~60) timed out waiting for
+        # MLflow's connection pool: every process's writes queued on the file's one writer.
+        tracking_uri = server.serve(port=0)[0].url
     else:   # --quick: the running cluster (the CI session's), its labelled types
         state, started = trainer.cluster_up(None)
         start_s = None
     try:
-        return _scale(trainer, list_actors, list_nodes, state, start_s, jobs, hold_s)
+        return _scale(trainer, list_actors, list_nodes, state, start_s, jobs, hold_s, tracking_uri)
     finally:
+        if tracking_uri:
+            server.stop()
         if started:   # a cluster this run started for itself goes with it
             trainer.cluster_down()
 
 
-def _scale(trainer, list_actors, list_nodes, state, start_s, jobs: int, hold_s: float) -> dict:
+def _scale(trainer, list_actors, list_nodes, state, start_s, jobs: int, hold_s: float,
+           tracking_uri: str | None) -> dict:
     address = state.dashboard_url
     inventory = list_nodes(address=address, detail=True, limit=10000, raise_on_missing_output=False)
     label = {n.node_id: (n.labels or {}).get("ray.io/accelerator-type") for n in inventory if n.state == "ALIVE"}
@@ -70,7 +81,7 @@ def _scale(trainer, list_actors, list_nodes, state, start_s, jobs: int, hold_s: 
     jobs = jobs or len(types)   # 0 (--quick): one job per type
     result = {"machine": R.machine(), "nodes": [str(s) for s in state.node_specs], "node_count": len(state.node_specs),
               "jobs": jobs, "hold_s": hold_s, "cluster_start_s": round(start_s, 1) if start_s else None,
-              "types": types}
+              "types": types, "tracking": "a tracking server over HTTP" if tracking_uri else "the embedded SQLite store"}
 
     tag = uuid.uuid4().hex[:6]
     wanted = [types[i % len(types)] for i in range(jobs)]
@@ -79,7 +90,7 @@ def _scale(trainer, list_actors, list_nodes, state, start_s, jobs: int, hold_s: 
 
     def submit(i: int) -> None:
         t = time.time()
-        job = trainer.submit(spec(f"scale-{tag}-{i:03d}", wanted[i], hold_s))
+        job = trainer.submit(spec(f"scale-{tag}-{i:03d}", wanted[i], hold_s, tracking_uri))
         submitted[job.id] = {"i": i, "accelerator": wanted[i], "submitted_at": t, "accepted_at": time.time(),
                              "job": job, "ray_id": None, "running_at": None, "workers": {}}
 
@@ -157,7 +168,8 @@ def markdown(r: dict) -> str:
              f"- cluster: CPU-only head + {r['node_count']} worker nodes ({', '.join(r['nodes'])})"
              + (f", started in {r['cluster_start_s']} s" if r.get("cluster_start_s") else ""),
              f"- jobs: {r['jobs']} `trainer.submit` calls from 16 threads at once, accelerators round-robin over "
-             f"{', '.join(r['types'])}; each 2 Ray Train workers of 0.25 CPU holding {r['hold_s']} s", "",
+             f"{', '.join(r['types'])}; each 2 Ray Train workers of 0.25 CPU holding {r['hold_s']} s; MLflow: "
+             f"{r.get('tracking', 'the embedded SQLite store')}", "",
              "| measure | value |", "|---|---|",
              f"| training workers placed | {s['workers_placed']} |",
              f"| placement decisions / s (workers seen ALIVE / time since first submit) | {s['placements_per_s']} |",
