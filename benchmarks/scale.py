@@ -162,8 +162,9 @@ def markdown(r: dict) -> str:
     lines = [f"# Scheduling at scale: {r['node_count']} labelled nodes, {r['jobs']} jobs", "",
              f"- date: {m['date']}",
              f"- machine: {m['cpu']}, {m['cores']} logical CPUs, {m['memory_gib']} GiB, {m['os']}; "
-             f"1-min load average {m['load_avg_start']} at start, {m.get('load_avg_end')} at the end "
-             f"(other work shared the machine)",
+             f"1-min load average {(r.get('load_before') or [m['load_avg_start']])[0]} when the run began, "
+             f"{m['load_avg_start']} once its cluster was up, {m.get('load_avg_end')} at the end (the run's own "
+             f"nodes and jobs)",
              f"- versions: Python {m['python']}, Ray {m['ray']}, MLflow {m['mlflow']}",
              f"- cluster: CPU-only head + {r['node_count']} worker nodes ({', '.join(r['nodes'])})"
              + (f", started in {r['cluster_start_s']} s" if r.get("cluster_start_s") else ""),
@@ -241,8 +242,10 @@ def main(argv=None) -> int:
 
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     os.environ.setdefault("RAY_AUTH_TOKEN_PATH", str(token_path()))
+    before = [round(x, 2) for x in os.getloadavg()]   # before this run's own nodes start: was the machine quiet?
     try:
         r = run(args.nodes or None, args.jobs, args.hold_s, args.cpus_per_node)
+        r["load_before"] = before
     finally:
         if own_home:
             import shutil
