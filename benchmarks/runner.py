@@ -275,13 +275,12 @@ def report(record: dict) -> str:
                   "parity, run close).", ""]
     tp = record.get("throughput")
     if tp:
+        pairs = [c / r for c, r in zip(tp["ctx_steps_s"], tp["raw_steps_s"])]
         lines += [f"Steady-state step rate in one process (digits CNN, batch 32, 1 thread, "
                   f"{tp['steps_per_round']} steps a round, interleaved): raw "
                   f"{R.fmt(R.median(tp['raw_steps_s']), 0)} steps/s, `ctx.report` every step "
                   f"{R.fmt(R.median(tp['ctx_steps_s']), 0)} steps/s: **{tp['ratio']:.3f} of raw** "
-                  f"(median of {len(tp['raw_steps_s'])} paired rounds, each "
-                  f"{min(c / r for c, r in zip(tp['ctx_steps_s'], tp['raw_steps_s'])):.3f}-"
-                  f"{max(c / r for c, r in zip(tp['ctx_steps_s'], tp['raw_steps_s'])):.3f}; "
+                  f"(median of {len(pairs)} paired rounds, each {min(pairs):.3f}-{max(pairs):.3f}; "
                   f"{tp['mlflow_points']} of {tp['reported']} values in MLflow).", ""]
     cl = record.get("cluster")
     if cl:

@@ -68,7 +68,6 @@ def measure(args, work: Path) -> dict:
     torch.set_num_threads(1)
     base, _ = load_spec(R.ROOT / SPEC)
     uri = runs.tracking_uri(base)
-    served, _ = server.serve(port=None)      # over the same store ($TRAINER_HOME's SQLite file)
     loader, _, _ = d._data(data_path(), 32)
     batches = list(loader)
     loss_fn = nn.CrossEntropyLoss()
@@ -114,8 +113,9 @@ def measure(args, work: Path) -> dict:
         finally:
             sender_cpu.append(time.thread_time() - t)
 
-    MetricsChannel._loop = timed_loop
     out = {name: [] for name, _, _ in VARIANTS}
+    served, _ = server.serve(port=None)      # over the same store ($TRAINER_HOME's SQLite file)
+    MetricsChannel._loop = timed_loop
     try:
         with contextlib.redirect_stdout(io.StringIO()):       # rank 0's progress lines
             job(2, 200)                                        # warm-up: imports, the store's schema
